@@ -1,0 +1,313 @@
+package model
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Render returns the ruleset as `nft list table <family> nftproxy` prints it, byte for byte,
+// so that golden files read like what an operator sees and can be compared with the kernel's
+// state.
+func Render(rs *Ruleset) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table %s %s {\n", rs.Family, TableName)
+	first := true
+	sep := func() {
+		if !first {
+			b.WriteString("\n")
+		}
+		first = false
+	}
+	for _, s := range rs.Sets {
+		sep()
+		renderSet(&b, rs.Family, s)
+	}
+	for _, c := range rs.Chains {
+		sep()
+		renderChain(&b, rs.Family, c)
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+func renderSet(b *strings.Builder, fam Family, s *Set) {
+	kind := "set"
+	if s.Map {
+		kind = "map"
+	}
+	fmt.Fprintf(b, "\t%s %s {\n", kind, s.Name)
+	types := make([]string, len(s.Key))
+	for i, k := range s.Key {
+		types[i] = keyTypeName(fam, k)
+	}
+	typ := strings.Join(types, " . ")
+	if s.Map {
+		typ += " : verdict"
+	}
+	fmt.Fprintf(b, "\t\ttype %s\n", typ)
+	if s.Comment != "" {
+		fmt.Fprintf(b, "\t\tcomment %s\n", strconv.Quote(s.Comment))
+	}
+	if len(s.Elements) > 0 {
+		elems := slices.Clone(s.Elements)
+		slices.SortStableFunc(elems, func(x, y Element) int {
+			return compareKeyBytes(s.Key, elementKeyBytes(fam, s.Key, x), elementKeyBytes(fam, s.Key, y))
+		})
+		// nft prints IPv4 addresses two to a line, and other keys one to a line.
+		perLine := 1
+		if fam == IPv4 && len(s.Key) == 1 && s.Key[0] == KeyAddr {
+			perLine = 2
+		}
+		b.WriteString("\t\telements = { ")
+		for i, e := range elems {
+			switch {
+			case i == 0:
+			case i%perLine == 0:
+				b.WriteString(",\n\t\t\t     ")
+			default:
+				b.WriteString(", ")
+			}
+			b.WriteString(renderElement(s, e))
+		}
+		b.WriteString(" }\n")
+	}
+	b.WriteString("\t}\n")
+}
+
+func keyTypeName(fam Family, k KeyField) string {
+	switch k {
+	case KeyAddr:
+		if fam == IPv6 {
+			return "ipv6_addr"
+		}
+		return "ipv4_addr"
+	case KeyProto:
+		return "inet_proto"
+	case KeyPort:
+		return "inet_service"
+	}
+	return "invalid"
+}
+
+func renderElement(s *Set, e Element) string {
+	parts := make([]string, len(s.Key))
+	for i, k := range s.Key {
+		switch k {
+		case KeyAddr:
+			parts[i] = e.Addr.String()
+		case KeyProto:
+			parts[i] = e.Proto.String()
+		case KeyPort:
+			parts[i] = strconv.Itoa(int(e.Port))
+		}
+	}
+	out := strings.Join(parts, " . ")
+	if e.Comment != "" {
+		out += " comment " + strconv.Quote(e.Comment)
+	}
+	if s.Map {
+		out += " : " + renderVerdict(e.Verdict)
+	}
+	return out
+}
+
+// KeyFieldLen is the length in bytes of a key field in a set key: every field of a
+// concatenation is padded to a multiple of 4 bytes.
+func KeyFieldLen(fam Family, k KeyField, concat bool) int {
+	n := 2
+	switch k {
+	case KeyAddr:
+		if fam == IPv6 {
+			return 16
+		}
+		return 4
+	case KeyProto:
+		n = 1
+	}
+	if concat {
+		return 4
+	}
+	return n
+}
+
+// ElementKey returns the element's key as the kernel stores it.
+func ElementKey(fam Family, key []KeyField, e Element) []byte {
+	return elementKeyBytes(fam, key, e)
+}
+
+func elementKeyBytes(fam Family, key []KeyField, e Element) []byte {
+	concat := len(key) > 1
+	var out []byte
+	for _, k := range key {
+		field := make([]byte, KeyFieldLen(fam, k, concat))
+		switch k {
+		case KeyAddr:
+			copy(field, e.Addr.AsSlice())
+		case KeyProto:
+			field[0] = byte(e.Proto)
+		case KeyPort:
+			field[0], field[1] = byte(e.Port>>8), byte(e.Port)
+		}
+		out = append(out, field...)
+	}
+	return out
+}
+
+// compareKeyBytes orders keys as nft sorts elements for listing: single values as big-endian
+// numbers, concatenations as one number in host (little-endian) byte order.
+func compareKeyBytes(key []KeyField, a, b []byte) int {
+	if len(key) > 1 {
+		for i := len(a) - 1; i >= 0; i-- {
+			if a[i] != b[i] {
+				if a[i] < b[i] {
+					return -1
+				}
+				return 1
+			}
+		}
+		return 0
+	}
+	return bytes.Compare(a, b)
+}
+
+func renderVerdict(v Verdict) string {
+	switch v.Kind {
+	case Jump:
+		return "jump " + v.Chain
+	case Goto:
+		return "goto " + v.Chain
+	case Return:
+		return "return"
+	case Drop:
+		return "drop"
+	case Accept:
+		return "accept"
+	}
+	return "continue"
+}
+
+func renderChain(b *strings.Builder, fam Family, c *Chain) {
+	fmt.Fprintf(b, "\tchain %s {\n", c.Name)
+	if c.Hook != nil {
+		fmt.Fprintf(b, "\t\ttype %s hook %s priority %s; policy accept;\n", c.Hook.Type, c.Hook.Hook, priorityName(c.Hook))
+	}
+	for _, r := range c.Rules {
+		fmt.Fprintf(b, "\t\t%s\n", RenderRule(fam, r))
+	}
+	b.WriteString("\t}\n")
+}
+
+// priorityName prints a priority the way nft does: relative to the standard priority of the
+// hook when one is close, else as a number.
+func priorityName(h *Hook) string {
+	type named struct {
+		name  string
+		value int32
+	}
+	// nft names dstnat only on prerouting and srcnat only on postrouting.
+	std := []named{{"raw", -300}, {"mangle", -150}, {"filter", 0}, {"security", 50}}
+	switch h.Hook {
+	case "prerouting":
+		std = append(std, named{"dstnat", priorityDstNAT})
+	case "postrouting":
+		std = append(std, named{"srcnat", prioritySrcNAT})
+	}
+	for _, s := range std {
+		switch d := h.Priority - s.value; {
+		case d == 0:
+			return s.name
+		case d > 0 && d <= 10:
+			return fmt.Sprintf("%s + %d", s.name, d)
+		case d < 0 && d >= -10:
+			return fmt.Sprintf("%s - %d", s.name, -d)
+		}
+	}
+	return strconv.Itoa(int(h.Priority))
+}
+
+// RenderRule returns one rule as nft prints it.
+func RenderRule(fam Family, r Rule) string {
+	parts := make([]string, 0, len(r.Exprs)+1)
+	for _, e := range r.Exprs {
+		parts = append(parts, renderExpr(fam, e))
+	}
+	if r.Comment != "" {
+		parts = append(parts, "comment "+strconv.Quote(r.Comment))
+	}
+	return strings.Join(parts, " ")
+}
+
+func renderExpr(fam Family, e Expr) string {
+	ip := fam.String()
+	switch e := e.(type) {
+	case CtStateNew:
+		return "ct state new"
+	case FibDaddrLocal:
+		return "fib daddr type local"
+	case DaddrNotLoopback:
+		if fam == IPv6 {
+			return "ip6 daddr != ::1"
+		}
+		return "ip daddr != 127.0.0.0/8"
+	case MatchSaddr:
+		op := ""
+		if e.Negate {
+			op = "!= "
+		}
+		return fmt.Sprintf("%s saddr %s%s", ip, op, prefixString(e.Prefix))
+	case DaddrInSet:
+		return fmt.Sprintf("%s daddr @%s", ip, e.Set)
+	case VmapLookup:
+		fields := make([]string, len(e.Key))
+		for i, k := range e.Key {
+			switch k {
+			case KeyAddr:
+				fields[i] = ip + " daddr"
+			case KeyProto:
+				fields[i] = "meta l4proto"
+			case KeyPort:
+				fields[i] = "th dport"
+			}
+		}
+		return strings.Join(fields, " . ") + " vmap @" + e.Map
+	case MarkUnset:
+		return fmt.Sprintf("meta mark & 0x%08x == 0x00000000", e.Mask)
+	case MarkSetOr:
+		return fmt.Sprintf("meta mark set meta mark | 0x%08x", e.Bits)
+	case MarkSetXor:
+		return fmt.Sprintf("meta mark set meta mark ^ 0x%08x", e.Bits)
+	case Masquerade:
+		if e.FullyRandom {
+			return "masquerade fully-random"
+		}
+		return "masquerade"
+	case Reject:
+		return "reject"
+	case NumgenVmap:
+		items := make([]string, len(e.Targets))
+		for i, t := range e.Targets {
+			items[i] = fmt.Sprintf("%d : goto %s", i, t)
+		}
+		return fmt.Sprintf("numgen random mod %d vmap { %s }", len(e.Targets), strings.Join(items, ", "))
+	case DNAT:
+		addr := e.Addr.String()
+		if e.Addr.Is6() {
+			addr = "[" + addr + "]"
+		}
+		return fmt.Sprintf("meta l4proto %s dnat to %s:%d", e.Proto, addr, e.Port)
+	case Verdict:
+		return renderVerdict(e)
+	}
+	return fmt.Sprintf("unknown<%T>", e)
+}
+
+func prefixString(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.Masked().String()
+}

@@ -1,0 +1,187 @@
+package model
+
+import (
+	"net/netip"
+)
+
+// TableName is the name of nftproxy's table in each family ("table ip nftproxy",
+// "table ip6 nftproxy"). nftproxy owns these tables and touches nothing else.
+const TableName = "nftproxy"
+
+// Ruleset is the desired content of one nftproxy table: its sets and maps, and its chains in
+// the order they are created (base chains and fixed chains first, then per-service chains
+// sorted by name).
+type Ruleset struct {
+	Family Family
+	Sets   []*Set
+	Chains []*Chain
+}
+
+// Set returns the set or map named name, or nil.
+func (r *Ruleset) Set(name string) *Set {
+	for _, s := range r.Sets {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// Chain returns the chain named name, or nil.
+func (r *Ruleset) Chain(name string) *Chain {
+	for _, c := range r.Chains {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// KeyField is one field of a set key.
+type KeyField uint8
+
+// The key fields nftproxy's sets use.
+const (
+	// KeyAddr is an address of the table's family (ipv4_addr or ipv6_addr).
+	KeyAddr KeyField = iota + 1
+	// KeyProto is a transport protocol (inet_proto).
+	KeyProto
+	// KeyPort is a transport port (inet_service).
+	KeyPort
+)
+
+// Set is a named set or verdict map.
+type Set struct {
+	Name string
+	// Key lists the key's fields; more than one makes a concatenation.
+	Key []KeyField
+	// Map makes this a verdict map: each element carries a Verdict.
+	Map      bool
+	Comment  string
+	Elements []Element
+}
+
+// Element is one element of a set or map. Only the fields named by the set's Key are used.
+type Element struct {
+	Addr  netip.Addr
+	Proto Protocol
+	Port  uint16
+	// Verdict is the element's verdict in a verdict map.
+	Verdict Verdict
+	// Comment names the Service the element belongs to ("namespace/name:port").
+	Comment string
+}
+
+// Hook describes a base chain: which netfilter hook it attaches to, as what type, at which
+// priority.
+type Hook struct {
+	Type     string // "filter" or "nat"
+	Hook     string // "prerouting", "input", "forward", "output" or "postrouting"
+	Priority int32
+}
+
+// Chain is a chain with its rules. Base chains have a Hook; their policy is always accept.
+type Chain struct {
+	Name  string
+	Hook  *Hook
+	Rules []Rule
+}
+
+// Rule is a list of expressions evaluated in order, with an optional comment.
+type Rule struct {
+	Exprs   []Expr
+	Comment string
+}
+
+// Expr is one statement or match of a rule. The concrete types below form a closed set that
+// both the renderer and package nft understand.
+type Expr interface{ isExpr() }
+
+// CtStateNew matches packets that open a connection: "ct state new".
+type CtStateNew struct{}
+
+// FibDaddrLocal matches packets whose destination is a local address: "fib daddr type local".
+type FibDaddrLocal struct{}
+
+// DaddrNotLoopback matches destinations outside the loopback range: "ip daddr != 127.0.0.0/8"
+// or "ip6 daddr != ::1".
+type DaddrNotLoopback struct{}
+
+// MatchSaddr compares the source address with Prefix (a single address when Prefix is a host
+// prefix): "ip saddr 10.244.1.5", "ip saddr != 10.244.0.0/16".
+type MatchSaddr struct {
+	Prefix netip.Prefix
+	Negate bool
+}
+
+// DaddrInSet matches destinations in the named set: "ip daddr @nodeport-ips".
+type DaddrInSet struct{ Set string }
+
+// VmapLookup looks up the packet's key in a verdict map and applies the verdict of the
+// matching element: "ip daddr . meta l4proto . th dport vmap @service-ips".
+type VmapLookup struct {
+	Key []KeyField
+	Map string
+}
+
+// MarkUnset matches packets whose mark has none of the bits of Mask:
+// "meta mark & 0x00004000 == 0x00000000".
+type MarkUnset struct{ Mask uint32 }
+
+// MarkSetOr sets bits in the packet mark: "meta mark set meta mark | 0x00004000".
+type MarkSetOr struct{ Bits uint32 }
+
+// MarkSetXor flips bits in the packet mark: "meta mark set meta mark ^ 0x00004000".
+type MarkSetXor struct{ Bits uint32 }
+
+// Masquerade source-NATs the packet to the outgoing interface's address.
+type Masquerade struct{ FullyRandom bool }
+
+// Reject refuses the packet with an ICMP port unreachable ("reject").
+type Reject struct{}
+
+// NumgenVmap picks one of Targets uniformly at random and jumps to it with goto:
+// "numgen random mod N vmap { 0 : goto a, 1 : goto b }".
+type NumgenVmap struct{ Targets []string }
+
+// DNAT rewrites the destination of a Proto packet to Addr:Port:
+// "meta l4proto tcp dnat to 10.244.1.5:8080".
+type DNAT struct {
+	Proto Protocol
+	Addr  netip.Addr
+	Port  uint16
+}
+
+// VerdictKind is the kind of a verdict.
+type VerdictKind uint8
+
+// The verdicts nftproxy uses.
+const (
+	VerdictNone VerdictKind = iota
+	Jump
+	Goto
+	Return
+	Drop
+	Accept
+)
+
+// Verdict ends a rule (or is the value of a verdict map element). Chain is set for Jump and Goto.
+type Verdict struct {
+	Kind  VerdictKind
+	Chain string
+}
+
+func (CtStateNew) isExpr()       {}
+func (FibDaddrLocal) isExpr()    {}
+func (DaddrNotLoopback) isExpr() {}
+func (MatchSaddr) isExpr()       {}
+func (DaddrInSet) isExpr()       {}
+func (VmapLookup) isExpr()       {}
+func (MarkUnset) isExpr()        {}
+func (MarkSetOr) isExpr()        {}
+func (MarkSetXor) isExpr()       {}
+func (Masquerade) isExpr()       {}
+func (Reject) isExpr()           {}
+func (NumgenVmap) isExpr()       {}
+func (DNAT) isExpr()             {}
+func (Verdict) isExpr()          {}

@@ -1,0 +1,140 @@
+// Package model owns the translation from cluster state to the desired nftables ruleset.
+//
+// It is a pure function: Build takes the Services this node must proxy (already converted from
+// Kubernetes objects by package sync) and the node's configuration, and returns a Ruleset value
+// for one IP family. It performs no I/O, keeps no clock and produces sorted, deterministic
+// output, so the same input always yields byte-identical rules. Render turns a Ruleset into the
+// text `nft list table` prints; package nft turns the same value into netlink messages.
+package model
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Family is an IP family; nftproxy keeps one table per family.
+type Family uint8
+
+// The IP families nftproxy programs.
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+// String returns the nft table family keyword ("ip" or "ip6").
+func (f Family) String() string {
+	if f == IPv6 {
+		return "ip6"
+	}
+	return "ip"
+}
+
+// Contains reports whether addr belongs to the family.
+func (f Family) Contains(addr netip.Addr) bool {
+	if f == IPv6 {
+		return addr.Is6() && !addr.Is4In6()
+	}
+	return addr.Is4()
+}
+
+// Protocol is an IP transport protocol, numbered as in the IP header.
+type Protocol uint8
+
+// The transport protocols a Service port may use.
+const (
+	TCP  Protocol = 6
+	UDP  Protocol = 17
+	SCTP Protocol = 132
+)
+
+// String returns the protocol's nft keyword.
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	case SCTP:
+		return "sctp"
+	}
+	return fmt.Sprintf("%d", uint8(p))
+}
+
+// ServiceType is the kind of a Service, as in the Kubernetes API.
+type ServiceType uint8
+
+// The Service types that the proxy programs. ExternalName and headless Services never reach
+// the model: package sync drops them.
+const (
+	ClusterIP ServiceType = iota
+	NodePort
+	LoadBalancer
+)
+
+// ServiceName identifies a Service.
+type ServiceName struct {
+	Namespace string
+	Name      string
+}
+
+// String returns "namespace/name".
+func (n ServiceName) String() string { return n.Namespace + "/" + n.Name }
+
+// Service is one Kubernetes Service as the proxy sees it: its addresses, its ports and, per
+// port, the endpoints that serve it. Addresses of both families may be present; Build keeps
+// those of the family it builds.
+type Service struct {
+	Name ServiceName
+	Type ServiceType
+	// ClusterIPs holds spec.clusterIPs (at most one per family).
+	ClusterIPs []netip.Addr
+	// ExternalIPs holds spec.externalIPs.
+	ExternalIPs []netip.Addr
+	// LoadBalancerIPs holds status.loadBalancer.ingress[].ip, without ingresses in Proxy mode.
+	LoadBalancerIPs []netip.Addr
+	Ports           []ServicePort
+}
+
+// ServicePort is one entry of spec.ports with the endpoints that serve it, matched by port
+// name from the Service's EndpointSlices and deduplicated.
+type ServicePort struct {
+	// Name is the port's name ("" for a Service's only, unnamed port).
+	Name     string
+	Protocol Protocol
+	Port     uint16
+	// NodePort is the allocated node port, 0 when the Service has none.
+	NodePort  uint16
+	Endpoints []Endpoint
+}
+
+// Endpoint is one backend address:port for a Service port, with its EndpointSlice conditions.
+type Endpoint struct {
+	Addr netip.Addr
+	Port uint16
+	// Ready, Serving and Terminating are the EndpointSlice conditions (nil ready means ready;
+	// nil serving means the value of ready).
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	// NodeName is the node the endpoint runs on, "" when unknown.
+	NodeName string
+}
+
+// NodeConfig is this node's configuration for one family: flags and facts about the node that
+// shape the rules.
+type NodeConfig struct {
+	Family Family
+	// ClusterCIDRs are the pod network ranges (--cluster-cidr); traffic to a ClusterIP from any
+	// other source is masqueraded. Empty disables that masquerade rule. Prefixes of the other
+	// family are ignored.
+	ClusterCIDRs []netip.Prefix
+	// MasqueradeAll masquerades all traffic to Services (--masquerade-all).
+	MasqueradeAll bool
+	// NodePortAddresses restricts NodePorts to local addresses inside these prefixes
+	// (--nodeport-addresses, with "primary" already resolved to the node's primary IPs as
+	// single-address prefixes). Empty means every local address except loopback.
+	NodePortAddresses []netip.Prefix
+	// LocalAddresses are the addresses assigned to this node's interfaces; with
+	// NodePortAddresses set, the ones inside those prefixes accept NodePort traffic.
+	LocalAddresses []netip.Addr
+}
