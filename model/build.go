@@ -86,8 +86,8 @@ func (b *builder) addElement(set string, e Element) {
 
 func rule(exprs ...Expr) Rule { return Rule{Exprs: exprs} }
 
-func jump(chain string) Verdict   { return Verdict{Kind: Jump, Chain: chain} }
-func goTo(chain string) Verdict   { return Verdict{Kind: Goto, Chain: chain} }
+func jump(chain string) Verdict { return Verdict{Kind: Jump, Chain: chain} }
+func goTo(chain string) Verdict { return Verdict{Kind: Goto, Chain: chain} }
 func baseHook(typ, hook string, prio int32) *Hook {
 	return &Hook{Type: typ, Hook: hook, Priority: prio}
 }
