@@ -1,0 +1,424 @@
+package nft
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// Registers as nft allocates them: the verdict register, the first 128-bit data register and
+// the 32-bit registers that concatenations are loaded into.
+const (
+	regVerdict = 0
+	reg1       = 1
+	reg2       = 2
+	reg32First = 8 // NFT_REG32_00, aliasing the first word of reg1
+)
+
+// ICMP codes of "reject" (port unreachable), which nft picks for the table's family.
+const (
+	icmpPortUnreachable   = 3
+	icmpv6PortUnreachable = 4
+)
+
+// encoder adds the objects of one family's table to a google/nftables batch. The expression
+// sequences mirror what nft itself generates for the same text (`nft --debug=netlink`), so
+// that `nft list table` prints kernel state programmed here exactly as Render prints the model.
+type encoder struct {
+	b      *batch
+	fam    byte
+	family model.Family
+}
+
+// nfproto returns the netlink family of a model family.
+func nfproto(fam model.Family) byte {
+	if fam == model.IPv6 {
+		return unix.NFPROTO_IPV6
+	}
+	return unix.NFPROTO_IPV4
+}
+
+func newEncoder(b *batch, fam model.Family) *encoder {
+	return &encoder{b: b, fam: nfproto(fam), family: fam}
+}
+
+// addAll adds the table, then every set, every chain, the sets' elements and every rule:
+// map elements and rules may refer to any chain, so all chains exist before either.
+func (e *encoder) addAll(rs *model.Ruleset) error {
+	e.b.addTable(e.fam, model.TableName)
+	for _, s := range rs.Sets {
+		e.addSet(s)
+	}
+	for _, c := range rs.Chains {
+		e.addChain(c)
+	}
+	for _, s := range rs.Sets {
+		if err := e.addElements(s, s.Elements); err != nil {
+			return err
+		}
+	}
+	for _, c := range rs.Chains {
+		for i, r := range c.Rules {
+			if err := e.addRule(c.Name, r); err != nil {
+				return fmt.Errorf("rule %d of chain %s: %w", i, c.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Set key type numbers, as nft's datatype table has them.
+const (
+	typeInteger     = 4
+	typeIPv4Addr    = 7
+	typeIPv6Addr    = 8
+	typeInetProto   = 12
+	typeInetService = 13
+	// concatTypeBits is how far each field of a concatenated key type is shifted.
+	concatTypeBits = 6
+)
+
+// keyType returns the key type number and length of a set key, and the lengths of its fields.
+func (e *encoder) keyType(key []model.KeyField) (typ, length uint32, fields []uint32) {
+	concat := len(key) > 1
+	for _, k := range key {
+		t := uint32(typeInetService)
+		switch k {
+		case model.KeyAddr:
+			t = typeIPv4Addr
+			if e.family == model.IPv6 {
+				t = typeIPv6Addr
+			}
+		case model.KeyProto:
+			t = typeInetProto
+		}
+		typ = typ<<concatTypeBits | t
+		l := uint32(model.KeyFieldLen(e.family, k, concat))
+		length += l
+		fields = append(fields, l)
+	}
+	return typ, length, fields
+}
+
+func (e *encoder) addSet(s *model.Set) {
+	typ, length, fields := e.keyType(s.Key)
+	e.b.addSet(e.fam, model.TableName, setSpec{
+		name:      s.Name,
+		id:        e.b.newSetID(),
+		isMap:     s.Map,
+		keyType:   typ,
+		keyLen:    length,
+		fieldLens: fields,
+		comment:   s.Comment,
+	})
+}
+
+// addElements adds elements to the set s.
+func (e *encoder) addElements(s *model.Set, in []model.Element) error {
+	return e.elements(unix.NFT_MSG_NEWSETELEM, s, in)
+}
+
+// delElements deletes elements from the set s.
+func (e *encoder) delElements(s *model.Set, in []model.Element) error {
+	return e.elements(unix.NFT_MSG_DELSETELEM, s, in)
+}
+
+func (e *encoder) elements(op uint16, s *model.Set, in []model.Element) error {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]element, 0, len(in))
+	for _, el := range in {
+		if len(s.Key) > 0 && s.Key[0] == model.KeyAddr && !e.family.Contains(el.Addr) {
+			return fmt.Errorf("set %s: address %s is not %s", s.Name, el.Addr, e.family)
+		}
+		w := element{key: model.ElementKey(e.family, s.Key, el), comment: el.Comment}
+		if s.Map {
+			v, err := verdict(el.Verdict)
+			if err != nil {
+				return fmt.Errorf("set %s: %w", s.Name, err)
+			}
+			w.verdict = v
+		}
+		out = append(out, w)
+	}
+	e.b.setElems(e.fam, op, model.TableName, s.Name, 0, out)
+	return nil
+}
+
+func (e *encoder) addChain(c *model.Chain) {
+	spec := chainSpec{name: c.Name}
+	if c.Hook != nil {
+		spec.hook = &hookSpec{num: hookNum(c.Hook.Hook)}
+		spec.priority = c.Hook.Priority
+		spec.chainTyp = c.Hook.Type
+	}
+	e.b.addChain(e.fam, model.TableName, spec)
+}
+
+func hookNum(h string) uint32 {
+	switch h {
+	case "prerouting":
+		return unix.NF_INET_PRE_ROUTING
+	case "input":
+		return unix.NF_INET_LOCAL_IN
+	case "forward":
+		return unix.NF_INET_FORWARD
+	case "output":
+		return unix.NF_INET_LOCAL_OUT
+	default:
+		return unix.NF_INET_POST_ROUTING
+	}
+}
+
+func (e *encoder) addRule(chain string, r model.Rule) error {
+	exprs, err := e.ruleExprs(r)
+	if err != nil {
+		return err
+	}
+	e.b.addRule(e.fam, model.TableName, chain, exprs, r.Comment)
+	return nil
+}
+
+func (e *encoder) ruleExprs(r model.Rule) ([]expr.Any, error) {
+	var out []expr.Any
+	for _, x := range r.Exprs {
+		xs, err := e.exprs(x)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, xs...)
+	}
+	return out, nil
+}
+
+// Header offsets of the fields nftproxy matches on.
+func (e *encoder) addrField(src bool) (offset, length uint32) {
+	if e.family == model.IPv6 {
+		if src {
+			return 8, 16
+		}
+		return 24, 16
+	}
+	if src {
+		return 12, 4
+	}
+	return 16, 4
+}
+
+func payloadNet(reg, offset, length uint32) *expr.Payload {
+	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: length}
+}
+
+func payloadDport(reg uint32) *expr.Payload {
+	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}
+}
+
+func metaL4Proto(reg uint32) *expr.Meta {
+	return &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}
+}
+
+func addrBytes(a netip.Addr) []byte { return a.AsSlice() }
+
+func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
+	switch x := x.(type) {
+	case model.CtStateNew:
+		return []expr.Any{
+			&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)},
+		}, nil
+
+	case model.FibDaddrLocal:
+		return []expr.Any{
+			&expr.Fib{Register: reg1, FlagDADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+		}, nil
+
+	case model.DaddrNotLoopback:
+		off, _ := e.addrField(false)
+		if e.family == model.IPv6 {
+			return []expr.Any{
+				payloadNet(reg1, off, 16),
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: netip.IPv6Loopback().AsSlice()},
+			}, nil
+		}
+		return []expr.Any{
+			payloadNet(reg1, off, 1),
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{127}},
+		}, nil
+
+	case model.MatchSaddr:
+		return e.matchPrefix(x.Prefix, x.Negate)
+
+	case model.DaddrInSet:
+		off, n := e.addrField(false)
+		return []expr.Any{
+			payloadNet(reg1, off, n),
+			&expr.Lookup{SourceRegister: reg1, SetName: x.Set},
+		}, nil
+
+	case model.VmapLookup:
+		var out []expr.Any
+		reg := uint32(reg32First)
+		for i, k := range x.Key {
+			dst := reg
+			if i == 0 {
+				dst = reg1 // nft names the first register of a concatenation by its 128-bit alias
+			}
+			switch k {
+			case model.KeyAddr:
+				off, n := e.addrField(false)
+				out = append(out, payloadNet(dst, off, n))
+				reg += n / 4
+			case model.KeyProto:
+				out = append(out, metaL4Proto(dst))
+				reg++
+			case model.KeyPort:
+				out = append(out, payloadDport(dst))
+				reg++
+			}
+		}
+		out = append(out, &expr.Lookup{SourceRegister: reg1, SetName: x.Map, DestRegister: regVerdict, IsDestRegSet: true})
+		return out, nil
+
+	case model.MarkUnset:
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(x.Mask), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: make([]byte, 4)},
+		}, nil
+
+	case model.MarkSetOr:
+		return markSet(^x.Bits, x.Bits), nil
+
+	case model.MarkSetXor:
+		return markSet(0xffffffff, x.Bits), nil
+
+	case model.Masquerade:
+		return []expr.Any{&expr.Masq{FullyRandom: x.FullyRandom}}, nil
+
+	case model.Reject:
+		code := uint8(icmpPortUnreachable)
+		if e.family == model.IPv6 {
+			code = icmpv6PortUnreachable
+		}
+		return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: code}}, nil
+
+	case model.NumgenVmap:
+		return e.numgenVmap(x)
+
+	case model.DNAT:
+		if !e.family.Contains(x.Addr) {
+			return nil, fmt.Errorf("dnat to %s in an %s table", x.Addr, e.family)
+		}
+		fam := uint32(unix.NFPROTO_IPV4)
+		if e.family == model.IPv6 {
+			fam = unix.NFPROTO_IPV6
+		}
+		return []expr.Any{
+			metaL4Proto(reg1),
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(x.Proto)}},
+			&expr.Immediate{Register: reg1, Data: addrBytes(x.Addr)},
+			&expr.Immediate{Register: reg2, Data: binaryutil.BigEndian.PutUint16(x.Port)},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: reg1, RegProtoMin: reg2, Specified: true},
+		}, nil
+
+	case model.Verdict:
+		v, err := verdict(x)
+		if err != nil {
+			return nil, err
+		}
+		return []expr.Any{v}, nil
+	}
+	return nil, fmt.Errorf("unsupported expression %T", x)
+}
+
+// matchPrefix compares the source address with p, loading only the bytes the prefix covers
+// and masking the last one when the prefix does not end on a byte boundary, as nft does.
+func (e *encoder) matchPrefix(p netip.Prefix, negate bool) ([]expr.Any, error) {
+	if !e.family.Contains(p.Addr()) {
+		return nil, fmt.Errorf("prefix %s in an %s table", p, e.family)
+	}
+	off, n := e.addrField(true)
+	bits := p.Bits()
+	op := expr.CmpOpEq
+	if negate {
+		op = expr.CmpOpNeq
+	}
+	addr := p.Masked().Addr().AsSlice()
+	if bits == int(n)*8 {
+		return []expr.Any{payloadNet(reg1, off, n), &expr.Cmp{Op: op, Register: reg1, Data: addr}}, nil
+	}
+	nbytes := uint32((bits + 7) / 8)
+	out := []expr.Any{payloadNet(reg1, off, nbytes)}
+	if bits%8 != 0 {
+		mask := make([]byte, nbytes)
+		for i := range mask {
+			mask[i] = 0xff
+		}
+		mask[nbytes-1] = byte(0xff << (8 - bits%8))
+		out = append(out, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: nbytes, Mask: mask, Xor: make([]byte, nbytes)})
+	}
+	return append(out, &expr.Cmp{Op: op, Register: reg1, Data: addr[:nbytes]}), nil
+}
+
+func markSet(mask, xor uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(mask), Xor: binaryutil.NativeEndian.PutUint32(xor)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
+	}
+}
+
+// numgenVmap adds the anonymous constant map that numgen's result is looked up in.
+func (e *encoder) numgenVmap(x model.NumgenVmap) ([]expr.Any, error) {
+	id := e.b.newSetID()
+	const name = "__map%d" // the kernel picks the number
+	e.b.addSet(e.fam, model.TableName, setSpec{
+		name:      name,
+		id:        id,
+		anonymous: true,
+		isMap:     true,
+		keyType:   typeInteger,
+		keyLen:    4,
+		hostOrder: true,
+		size:      uint32(len(x.Targets)),
+	})
+	elems := make([]element, len(x.Targets))
+	for i, t := range x.Targets {
+		elems[i] = element{
+			key:     binaryutil.NativeEndian.PutUint32(uint32(i)),
+			verdict: &expr.Verdict{Kind: expr.VerdictGoto, Chain: t},
+		}
+	}
+	e.b.setElems(e.fam, unix.NFT_MSG_NEWSETELEM, model.TableName, name, id, elems)
+	return []expr.Any{
+		&expr.Numgen{Register: reg1, Type: unix.NFT_NG_RANDOM, Modulus: uint32(len(x.Targets))},
+		&expr.Lookup{SourceRegister: reg1, SetName: name, SetID: id, DestRegister: regVerdict, IsDestRegSet: true},
+	}, nil
+}
+
+func verdict(v model.Verdict) (*expr.Verdict, error) {
+	switch v.Kind {
+	case model.Jump:
+		return &expr.Verdict{Kind: expr.VerdictJump, Chain: v.Chain}, nil
+	case model.Goto:
+		return &expr.Verdict{Kind: expr.VerdictGoto, Chain: v.Chain}, nil
+	case model.Return:
+		return &expr.Verdict{Kind: expr.VerdictReturn}, nil
+	case model.Drop:
+		return &expr.Verdict{Kind: expr.VerdictDrop}, nil
+	case model.Accept:
+		return &expr.Verdict{Kind: expr.VerdictAccept}, nil
+	}
+	return nil, fmt.Errorf("verdict kind %d has no netlink encoding", v.Kind)
+}
