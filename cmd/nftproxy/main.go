@@ -1,0 +1,200 @@
+// Command nftproxy is a Kubernetes service proxy that programs nftables over netlink.
+//
+//	nftproxy run --manifests DIR [flags]     keep the node's rules in line with the manifests
+//	nftproxy render --manifests DIR [flags]  print the rules that run would program
+//	nftproxy cleanup                         remove nftproxy's tables
+//	nftproxy version                         print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/nftproxy/nftproxy/model"
+	"github.com/nftproxy/nftproxy/nft"
+	"github.com/nftproxy/nftproxy/sync"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `nftproxy: a Kubernetes service proxy on nftables
+
+Usage:
+  nftproxy run --manifests DIR [flags]     program this node's Services and keep them in sync
+  nftproxy render --manifests DIR [flags]  print the ruleset run would program (no root needed)
+  nftproxy cleanup                         remove nftproxy's tables (ip and ip6 nftproxy)
+  nftproxy version                         print the version
+
+Run "nftproxy COMMAND -h" for the flags of a command.
+`
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "nftproxy:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "run":
+		return runDaemon(ctx, args[1:], stderr)
+	case "render":
+		return runRender(args[1:], stdout, stderr)
+	case "cleanup":
+		return runCleanup(args[1:], stderr)
+	case "version":
+		fmt.Fprintln(stdout, "nftproxy", version)
+		return nil
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+// commonFlags are the flags shared by run and render.
+type commonFlags struct {
+	cfg       sync.Config
+	manifests string
+	logFormat string
+	verbosity int
+}
+
+func (c *commonFlags) bind(fs *flag.FlagSet) {
+	c.cfg.BindFlags(fs)
+	fs.StringVar(&c.manifests, "manifests", "", "directory of Service, EndpointSlice and Node manifests (YAML or JSON) to proxy")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	fs.IntVar(&c.verbosity, "v", 0, "log verbosity: 0 logs info and above, 1 or more adds debug")
+}
+
+func (c *commonFlags) logger(w io.Writer) (*slog.Logger, error) {
+	level := slog.LevelInfo
+	if c.verbosity > 0 {
+		level = slog.LevelDebug
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch c.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", c.logFormat)
+}
+
+// nodeName returns this node's name: --hostname-override, else $NODE_NAME, else the hostname.
+func (c *commonFlags) nodeName() (string, error) {
+	if c.cfg.HostnameOverride != "" {
+		return c.cfg.HostnameOverride, nil
+	}
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		return n, nil
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("node name: %w", err)
+	}
+	return h, nil
+}
+
+func parse(name string, args []string, stderr io.Writer, c *commonFlags) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c.bind(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if c.manifests == "" {
+		return errors.New("--manifests is required")
+	}
+	return nil
+}
+
+func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
+	var c commonFlags
+	if err := parse("run", args, stderr, &c); err != nil {
+		return err
+	}
+	log, err := c.logger(stderr)
+	if err != nil {
+		return err
+	}
+	node, err := c.nodeName()
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	proxy := &sync.Proxy{Config: &c.cfg, NodeName: node, Backend: nft.NewNetlink(""), Log: log}
+	source := &sync.ManifestSource{Dir: c.manifests, Log: log}
+	log.Info("starting nftproxy", "version", version, "node", node, "manifests", c.manifests)
+	errc := make(chan error, 1)
+	go func() { errc <- source.Run(ctx, func(objs sync.Objects, _ []sync.BadObject) { proxy.Update(objs) }) }()
+	if err := proxy.Run(ctx); err != nil {
+		return err
+	}
+	if err := <-errc; err != nil {
+		return err
+	}
+	log.Info("stopping; rules stay in place")
+	return nil
+}
+
+func runRender(args []string, stdout, stderr io.Writer) error {
+	var c commonFlags
+	if err := parse("render", args, stderr, &c); err != nil {
+		return err
+	}
+	log, err := c.logger(stderr)
+	if err != nil {
+		return err
+	}
+	node, err := c.nodeName()
+	if err != nil {
+		return err
+	}
+	rulesets, bad, err := c.cfg.RenderDir(c.manifests, node)
+	if err != nil {
+		return err
+	}
+	for _, b := range bad {
+		log.Warn("skipping object that cannot be turned into rules", "object", b.String())
+	}
+	for _, rs := range rulesets {
+		fmt.Fprint(stdout, model.Render(rs))
+	}
+	return nil
+}
+
+func runCleanup(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("cleanup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := nft.NewNetlink("").Delete(model.IPv4, model.IPv6); err != nil {
+		return err
+	}
+	fmt.Fprintln(stderr, "removed tables ip nftproxy and ip6 nftproxy")
+	return nil
+}

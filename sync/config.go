@@ -1,0 +1,167 @@
+package sync
+
+import (
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// Config is the proxy's configuration, from command-line flags. Flag names follow kube-proxy's
+// wherever the meaning is the same.
+type Config struct {
+	// HostnameOverride is the name of this node's Node object.
+	HostnameOverride string
+	// ClusterCIDRs are the pod network ranges, at most one per family.
+	ClusterCIDRs []netip.Prefix
+	// NodePortAddresses restricts NodePorts to local addresses inside these prefixes.
+	NodePortAddresses []netip.Prefix
+	// NodePortPrimary serves NodePorts only on the Node object's primary IPs
+	// (--nodeport-addresses=primary).
+	NodePortPrimary bool
+	// MasqueradeAll masquerades all traffic to Services.
+	MasqueradeAll bool
+	// ServiceProxyName makes the proxy handle Services labelled
+	// service.kubernetes.io/service-proxy-name with this value (and only those labelled).
+	ServiceProxyName string
+}
+
+// BindFlags registers the rule-shaping flags on fs.
+func (c *Config) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.HostnameOverride, "hostname-override", "", "name of this node's Node object (default: the NODE_NAME environment variable, else the hostname)")
+	fs.Func("cluster-cidr", "pod network range, or an IPv4,IPv6 pair; traffic to ClusterIPs from outside it is masqueraded", func(s string) error {
+		cidrs, err := ParseClusterCIDRs(s)
+		c.ClusterCIDRs = cidrs
+		return err
+	})
+	fs.Func("nodeport-addresses", "comma-separated CIDRs of the local addresses that accept NodePort traffic, or \"primary\" for the Node's primary IPs (default: all local addresses except loopback)", func(s string) error {
+		prefixes, primary, err := ParseNodePortAddresses(s)
+		c.NodePortAddresses, c.NodePortPrimary = prefixes, primary
+		return err
+	})
+	fs.BoolVar(&c.MasqueradeAll, "masquerade-all", false, "masquerade all traffic sent to Services")
+	fs.StringVar(&c.ServiceProxyName, "service-proxy-name", "", "handle only Services whose service.kubernetes.io/service-proxy-name label has this value")
+}
+
+// ParseClusterCIDRs parses --cluster-cidr: one CIDR, or a comma-separated pair of one IPv4 and
+// one IPv6 CIDR.
+func ParseClusterCIDRs(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	seen := map[bool]bool{}
+	for _, f := range splitList(s) {
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("cluster CIDR %q: %w", f, err)
+		}
+		is4 := p.Addr().Is4()
+		if seen[is4] {
+			return nil, fmt.Errorf("cluster CIDR %q: at most one CIDR per IP family", s)
+		}
+		seen[is4] = true
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// ParseNodePortAddresses parses --nodeport-addresses: "primary", or a comma-separated list of
+// CIDRs.
+func ParseNodePortAddresses(s string) (prefixes []netip.Prefix, primary bool, err error) {
+	fields := splitList(s)
+	if len(fields) == 1 && fields[0] == "primary" {
+		return nil, true, nil
+	}
+	for _, f := range fields {
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, false, fmt.Errorf("nodeport address %q: want a CIDR or \"primary\": %w", f, err)
+		}
+		prefixes = append(prefixes, p.Masked())
+	}
+	return prefixes, false, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// NodeConfig returns the model configuration of one family. localAddrs are the addresses of
+// this node's interfaces (for --nodeport-addresses CIDRs); node is this node's Node object, if
+// known (for --nodeport-addresses=primary).
+func (c *Config) NodeConfig(fam model.Family, node NodeInfo, localAddrs []netip.Addr) model.NodeConfig {
+	nc := model.NodeConfig{
+		Family:            fam,
+		ClusterCIDRs:      c.ClusterCIDRs,
+		MasqueradeAll:     c.MasqueradeAll,
+		NodePortAddresses: c.NodePortAddresses,
+		LocalAddresses:    localAddrs,
+	}
+	if c.NodePortPrimary {
+		// Primary IPs serve NodePorts whether or not they are configured on an interface
+		// (they may sit on a load balancer's side of the node).
+		nc.NodePortAddresses = nil
+		nc.LocalAddresses = nil
+		for _, a := range node.PrimaryIPs() {
+			nc.NodePortAddresses = append(nc.NodePortAddresses, netip.PrefixFrom(a, a.BitLen()))
+			nc.LocalAddresses = append(nc.LocalAddresses, a)
+		}
+		if len(nc.NodePortAddresses) == 0 {
+			// No Node object yet: an impossible prefix keeps NodePorts closed rather than
+			// open on every address.
+			nc.NodePortAddresses = []netip.Prefix{netip.PrefixFrom(netip.IPv6Unspecified(), 128)}
+		}
+	}
+	return nc
+}
+
+// Desired builds the rulesets (IPv4, then IPv6) for a snapshot of objects.
+func (c *Config) Desired(objs Objects, nodeName string, localAddrs []netip.Addr) ([]*model.Ruleset, []BadObject) {
+	services, bad := Convert(objs, ConvertOptions{ServiceProxyName: c.ServiceProxyName})
+	node, _ := FindNode(objs.Nodes, nodeName)
+	out := make([]*model.Ruleset, 0, 2)
+	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
+		out = append(out, model.Build(services, c.NodeConfig(fam, node, localAddrs)))
+	}
+	return out, bad
+}
+
+// LocalAddresses returns the addresses of this network namespace's interfaces.
+func LocalAddresses() ([]netip.Addr, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("list interface addresses: %w", err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out, nil
+}
+
+// RenderDir builds the rulesets for the manifests in dir without touching the kernel, as
+// `nftproxy render` does. The Node object named nodeName stands in for the interfaces: its
+// addresses are the local addresses, so that the output depends only on the manifests.
+func (c *Config) RenderDir(dir, nodeName string) ([]*model.Ruleset, []BadObject, error) {
+	objs, bad, err := LoadManifests(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	node, _ := FindNode(objs.Nodes, nodeName)
+	rulesets, convertBad := c.Desired(objs, nodeName, append(slices.Clone(node.InternalIPs), node.ExternalIPs...))
+	return rulesets, append(bad, convertBad...), nil
+}

@@ -1,0 +1,489 @@
+package sync
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// Labels that decide whether a Service is ours to proxy.
+const (
+	// LabelServiceProxyName marks a Service as belonging to the named proxy.
+	LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	// LabelHeadless marks a Service as headless; the proxy ignores it.
+	LabelHeadless = corev1.IsHeadlessService
+)
+
+// Object kinds named in BadObject.Kind.
+const (
+	KindService       = "Service"
+	KindEndpointSlice = "EndpointSlice"
+	KindNode          = "Node"
+)
+
+// Objects is a full snapshot of the objects a source holds.
+type Objects struct {
+	Services       []*corev1.Service
+	EndpointSlices []*discoveryv1.EndpointSlice
+	Nodes          []*corev1.Node
+}
+
+// BadObject describes an object skipped because it cannot be turned into rules. Skipping it
+// never affects any other object.
+type BadObject struct {
+	Kind      string
+	Namespace string
+	Name      string
+	Err       error
+}
+
+// String names the object and the reason, as in "Service default/foo: <err>".
+func (b BadObject) String() string {
+	kind := b.Kind
+	if kind == "" {
+		kind = "Object"
+	}
+	name := b.Name
+	if b.Namespace != "" {
+		name = b.Namespace + "/" + b.Name
+	}
+	s := kind
+	if name != "" {
+		s += " " + name
+	}
+	if b.Err != nil {
+		s += ": " + b.Err.Error()
+	}
+	return s
+}
+
+// ConvertOptions tunes which Services Convert keeps.
+type ConvertOptions struct {
+	// ServiceProxyName is this proxy's name. Services labelled
+	// service.kubernetes.io/service-proxy-name belong to another proxy and are ignored unless
+	// the label equals this name (and this name is non-empty).
+	ServiceProxyName string
+}
+
+// Convert turns Services and their EndpointSlices into model Services, sorted by
+// namespace/name with ports in spec order, and returns the objects it skipped because they
+// cannot be turned into rules. Services the proxy must ignore (ExternalName, headless, owned by
+// another proxy) are dropped without a BadObject. Convert performs no I/O.
+func Convert(objs Objects, opts ConvertOptions) ([]model.Service, []BadObject) {
+	var bad []BadObject
+
+	// Index slices by the Service they belong to, in name order so output is deterministic.
+	slicesByService := make(map[model.ServiceName][]*discoveryv1.EndpointSlice)
+	for _, es := range objs.EndpointSlices {
+		if es == nil {
+			continue
+		}
+		svc, ok := es.Labels[discoveryv1.LabelServiceName]
+		if !ok || svc == "" {
+			continue
+		}
+		key := model.ServiceName{Namespace: es.Namespace, Name: svc}
+		slicesByService[key] = append(slicesByService[key], es)
+	}
+
+	services := make([]*corev1.Service, 0, len(objs.Services))
+	for _, s := range objs.Services {
+		if s != nil {
+			services = append(services, s)
+		}
+	}
+	slices.SortStableFunc(services, func(a, b *corev1.Service) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+
+	out := make([]model.Service, 0, len(services))
+	var last model.ServiceName
+	for i, s := range services {
+		name := model.ServiceName{Namespace: s.Namespace, Name: s.Name}
+		if i > 0 && name == last {
+			bad = append(bad, BadObject{Kind: KindService, Namespace: s.Namespace, Name: s.Name,
+				Err: errors.New("duplicate Service in snapshot, keeping the first")})
+			continue
+		}
+		last = name
+		if ignoreService(s, opts) {
+			continue
+		}
+		ms, err := convertService(s)
+		if err != nil {
+			bad = append(bad, BadObject{Kind: KindService, Namespace: s.Namespace, Name: s.Name, Err: err})
+			continue
+		}
+		eps := parseSlices(slicesByService[name], &bad)
+		for i := range ms.Ports {
+			ms.Ports[i].Endpoints = portEndpoints(ms.Ports[i], eps)
+		}
+		out = append(out, ms)
+	}
+	return out, bad
+}
+
+// ignoreService reports whether s is not for this proxy to program.
+func ignoreService(s *corev1.Service, opts ConvertOptions) bool {
+	if s.Spec.Type == corev1.ServiceTypeExternalName {
+		return true
+	}
+	if s.Spec.ClusterIP == corev1.ClusterIPNone ||
+		(len(s.Spec.ClusterIPs) > 0 && s.Spec.ClusterIPs[0] == corev1.ClusterIPNone) {
+		return true
+	}
+	if _, ok := s.Labels[LabelHeadless]; ok {
+		return true
+	}
+	if proxy, ok := s.Labels[LabelServiceProxyName]; ok {
+		return opts.ServiceProxyName == "" || proxy != opts.ServiceProxyName
+	}
+	return false
+}
+
+// convertService converts everything of s but its endpoints.
+func convertService(s *corev1.Service) (model.Service, error) {
+	ms := model.Service{Name: model.ServiceName{Namespace: s.Namespace, Name: s.Name}}
+	switch s.Spec.Type {
+	case "", corev1.ServiceTypeClusterIP:
+		ms.Type = model.ClusterIP
+	case corev1.ServiceTypeNodePort:
+		ms.Type = model.NodePort
+	case corev1.ServiceTypeLoadBalancer:
+		ms.Type = model.LoadBalancer
+	default:
+		return ms, fmt.Errorf("unknown service type %q", s.Spec.Type)
+	}
+
+	clusterIPs := s.Spec.ClusterIPs
+	if len(clusterIPs) == 0 && s.Spec.ClusterIP != "" {
+		clusterIPs = []string{s.Spec.ClusterIP}
+	}
+	var err error
+	if ms.ClusterIPs, err = parseAddrs(clusterIPs); err != nil {
+		return ms, fmt.Errorf("spec.clusterIPs: %w", err)
+	}
+	if ms.ExternalIPs, err = parseAddrs(s.Spec.ExternalIPs); err != nil {
+		return ms, fmt.Errorf("spec.externalIPs: %w", err)
+	}
+	for i, ing := range s.Status.LoadBalancer.Ingress {
+		if ing.IP == "" || (ing.IPMode != nil && *ing.IPMode == corev1.LoadBalancerIPModeProxy) {
+			continue
+		}
+		addr, err := parseAddr(ing.IP)
+		if err != nil {
+			return ms, fmt.Errorf("status.loadBalancer.ingress[%d].ip: %w", i, err)
+		}
+		ms.LoadBalancerIPs = append(ms.LoadBalancerIPs, addr)
+	}
+
+	type protoPort struct {
+		proto model.Protocol
+		port  int32
+	}
+	seen := make(map[protoPort]bool, len(s.Spec.Ports))
+	for i, p := range s.Spec.Ports {
+		proto, err := parseProtocol(p.Protocol)
+		if err != nil {
+			return ms, fmt.Errorf("spec.ports[%d]: %w", i, err)
+		}
+		if p.Port < 1 || p.Port > 65535 {
+			return ms, fmt.Errorf("spec.ports[%d]: port %d out of range 1-65535", i, p.Port)
+		}
+		if p.NodePort < 0 || p.NodePort > 65535 {
+			return ms, fmt.Errorf("spec.ports[%d]: nodePort %d out of range 0-65535", i, p.NodePort)
+		}
+		key := protoPort{proto, p.Port}
+		if seen[key] {
+			return ms, fmt.Errorf("spec.ports[%d]: duplicate port %s/%d", i, proto, p.Port)
+		}
+		seen[key] = true
+		sp := model.ServicePort{Name: p.Name, Protocol: proto, Port: uint16(p.Port)}
+		if ms.Type == model.NodePort || ms.Type == model.LoadBalancer {
+			sp.NodePort = uint16(p.NodePort)
+		}
+		ms.Ports = append(ms.Ports, sp)
+	}
+	return ms, nil
+}
+
+// parseProtocol maps a Kubernetes protocol to the model's; empty means TCP.
+func parseProtocol(p corev1.Protocol) (model.Protocol, error) {
+	switch p {
+	case "", corev1.ProtocolTCP:
+		return model.TCP, nil
+	case corev1.ProtocolUDP:
+		return model.UDP, nil
+	case corev1.ProtocolSCTP:
+		return model.SCTP, nil
+	}
+	return 0, fmt.Errorf("unknown protocol %q", p)
+}
+
+// parseAddr parses an IP address, unmapping IPv4-in-IPv6 and refusing zones.
+func parseAddr(s string) (netip.Addr, error) {
+	addr, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if addr.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("address %q has a zone", s)
+	}
+	return addr.Unmap(), nil
+}
+
+func parseAddrs(ss []string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, s := range ss {
+		addr, err := parseAddr(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, addr)
+	}
+	return out, nil
+}
+
+// slicePort is a valid port entry of an EndpointSlice.
+type slicePort struct {
+	name  string
+	proto model.Protocol
+	port  uint16
+}
+
+// sliceEndpoint is a valid endpoint of an EndpointSlice, before it is given a port.
+type sliceEndpoint struct {
+	addr                        netip.Addr
+	ready, serving, terminating bool
+	nodeName                    string
+}
+
+// parsedSlice is the usable content of one EndpointSlice.
+type parsedSlice struct {
+	ports     []slicePort
+	endpoints []sliceEndpoint
+}
+
+// parseSlices validates the slices of one Service, in name order, reporting one BadObject per
+// slice that had unusable entries. The usable entries of such a slice are kept.
+func parseSlices(list []*discoveryv1.EndpointSlice, bad *[]BadObject) []parsedSlice {
+	list = slices.Clone(list)
+	slices.SortStableFunc(list, func(a, b *discoveryv1.EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
+	out := make([]parsedSlice, 0, len(list))
+	for _, es := range list {
+		ps, err := parseSlice(es)
+		if err != nil {
+			*bad = append(*bad, BadObject{Kind: KindEndpointSlice, Namespace: es.Namespace, Name: es.Name, Err: err})
+		}
+		if len(ps.ports) > 0 && len(ps.endpoints) > 0 {
+			out = append(out, ps)
+		}
+	}
+	return out
+}
+
+func parseSlice(es *discoveryv1.EndpointSlice) (parsedSlice, error) {
+	var ps parsedSlice
+	var errs []error
+	var family model.Family
+	switch es.AddressType {
+	case discoveryv1.AddressTypeIPv4:
+		family = model.IPv4
+	case discoveryv1.AddressTypeIPv6:
+		family = model.IPv6
+	case discoveryv1.AddressTypeFQDN:
+		return ps, nil
+	default:
+		return ps, fmt.Errorf("unknown addressType %q", es.AddressType)
+	}
+	for i, p := range es.Ports {
+		var sp slicePort
+		if p.Name != nil {
+			sp.name = *p.Name
+		}
+		proto := corev1.ProtocolTCP
+		if p.Protocol != nil {
+			proto = *p.Protocol
+		}
+		var err error
+		if sp.proto, err = parseProtocol(proto); err != nil {
+			// No Service port can match it; not worth a warning.
+			continue
+		}
+		if p.Port == nil {
+			errs = append(errs, fmt.Errorf("ports[%d]: no port number", i))
+			continue
+		}
+		if *p.Port < 1 || *p.Port > 65535 {
+			errs = append(errs, fmt.Errorf("ports[%d]: port %d out of range 1-65535", i, *p.Port))
+			continue
+		}
+		sp.port = uint16(*p.Port)
+		ps.ports = append(ps.ports, sp)
+	}
+	for i, ep := range es.Endpoints {
+		if len(ep.Addresses) == 0 {
+			errs = append(errs, fmt.Errorf("endpoints[%d]: no address", i))
+			continue
+		}
+		addr, err := parseAddr(ep.Addresses[0])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("endpoints[%d]: %w", i, err))
+			continue
+		}
+		if !family.Contains(addr) {
+			errs = append(errs, fmt.Errorf("endpoints[%d]: address %s is not %s", i, addr, es.AddressType))
+			continue
+		}
+		c := ep.Conditions
+		se := sliceEndpoint{
+			addr:        addr,
+			ready:       c.Ready == nil || *c.Ready,
+			terminating: c.Terminating != nil && *c.Terminating,
+		}
+		se.serving = se.ready
+		if c.Serving != nil {
+			se.serving = *c.Serving
+		}
+		if ep.NodeName != nil {
+			se.nodeName = *ep.NodeName
+		}
+		ps.endpoints = append(ps.endpoints, se)
+	}
+	return ps, errors.Join(errs...)
+}
+
+// portEndpoints collects the endpoints serving sp from every slice with a port of the same
+// name and protocol, deduplicated by address and port and sorted.
+func portEndpoints(sp model.ServicePort, eps []parsedSlice) []model.Endpoint {
+	type key struct {
+		addr netip.Addr
+		port uint16
+	}
+	index := make(map[key]int)
+	var out []model.Endpoint
+	for _, ps := range eps {
+		i := slices.IndexFunc(ps.ports, func(p slicePort) bool { return p.name == sp.Name && p.proto == sp.Protocol })
+		if i < 0 {
+			continue
+		}
+		port := ps.ports[i].port
+		for _, se := range ps.endpoints {
+			ep := model.Endpoint{
+				Addr:        se.addr,
+				Port:        port,
+				Ready:       se.ready,
+				Serving:     se.serving,
+				Terminating: se.terminating,
+				NodeName:    se.nodeName,
+			}
+			k := key{se.addr, port}
+			if j, ok := index[k]; ok {
+				if better(ep, out[j]) {
+					out[j] = ep
+				}
+				continue
+			}
+			index[k] = len(out)
+			out = append(out, ep)
+		}
+	}
+	slices.SortFunc(out, func(a, b model.Endpoint) int {
+		return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
+	})
+	return out
+}
+
+// better reports whether a should replace b as the copy of a duplicated endpoint: ready wins,
+// then serving, then not terminating; otherwise the first seen stays.
+func better(a, b model.Endpoint) bool {
+	if a.Ready != b.Ready {
+		return a.Ready
+	}
+	if a.Serving != b.Serving {
+		return a.Serving
+	}
+	if a.Terminating != b.Terminating {
+		return !a.Terminating
+	}
+	return false
+}
+
+// NodeInfo is what the proxy needs from its Node object.
+type NodeInfo struct {
+	Name string
+	// Zone is the topology.kubernetes.io/zone label, "" when absent.
+	Zone string
+	// InternalIPs and ExternalIPs are the node's status addresses of those types, in order.
+	InternalIPs []netip.Addr
+	ExternalIPs []netip.Addr
+	// PodCIDRs is spec.podCIDRs (or spec.podCIDR).
+	PodCIDRs []netip.Prefix
+}
+
+// PrimaryIPs returns the node's primary IP per family, IPv4 first: the first InternalIP of
+// each family, else the first ExternalIP of that family. These are what
+// --nodeport-addresses=primary resolves to.
+func (n NodeInfo) PrimaryIPs() []netip.Addr {
+	var out []netip.Addr
+	for _, f := range []model.Family{model.IPv4, model.IPv6} {
+		if a, ok := firstOf(f, n.InternalIPs); ok {
+			out = append(out, a)
+		} else if a, ok := firstOf(f, n.ExternalIPs); ok {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func firstOf(f model.Family, addrs []netip.Addr) (netip.Addr, bool) {
+	for _, a := range addrs {
+		if f.Contains(a) {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// FindNode returns the Node named name from the snapshot (false if absent). Addresses and pod
+// CIDRs that do not parse are left out.
+func FindNode(nodes []*corev1.Node, name string) (NodeInfo, bool) {
+	for _, n := range nodes {
+		if n == nil || n.Name != name {
+			continue
+		}
+		info := NodeInfo{Name: n.Name, Zone: n.Labels[corev1.LabelTopologyZone]}
+		for _, a := range n.Status.Addresses {
+			addr, err := parseAddr(a.Address)
+			if err != nil {
+				continue
+			}
+			switch a.Type {
+			case corev1.NodeInternalIP:
+				info.InternalIPs = append(info.InternalIPs, addr)
+			case corev1.NodeExternalIP:
+				info.ExternalIPs = append(info.ExternalIPs, addr)
+			}
+		}
+		cidrs := n.Spec.PodCIDRs
+		if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+			cidrs = []string{n.Spec.PodCIDR}
+		}
+		for _, c := range cidrs {
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				continue
+			}
+			info.PodCIDRs = append(info.PodCIDRs, p.Masked())
+		}
+		return info, true
+	}
+	return NodeInfo{}, false
+}
