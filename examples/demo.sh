@@ -39,6 +39,8 @@ for pod in pod1 pod2; do
   ip -n "$ns" link set lo up
   ip -n "$NODE" link add "v$pod" type veth peer name eth0 netns "$ns"
   ip -n "$NODE" link set "v$pod" master br0 up
+  # Hairpin mode, as kubelet and the CNI bridge plugin set it: a pod can reach itself through a Service.
+  ip -n "$NODE" link set "v$pod" type bridge_slave hairpin on
   ip -n "$ns" addr add "10.244.1.$i/24" dev eth0
   ip -n "$ns" link set eth0 up
   ip -n "$ns" route add default via 10.244.1.1

@@ -267,6 +267,10 @@ func (tp *Topology) AddPod(t testing.TB, node int, name string) *Pod {
 	tp.Node(node).IP(t,
 		"link add "+p.HostIf+" type veth peer name "+PodIf+" netns "+p.NS.Name,
 		"link set "+p.HostIf+" master "+BridgeName,
+		// As kubelet's hairpin-veth mode and the CNI bridge plugin's hairpinMode do: a
+		// pod that reaches itself through a Service gets its packets back on the port
+		// they came in by.
+		"link set "+p.HostIf+" type bridge_slave hairpin on",
 		"link set "+p.HostIf+" up",
 	)
 	p.NS.IP(t,
