@@ -78,7 +78,7 @@ const (
 	// PodCIDRv4 covers the IPv4 pod networks of both nodes.
 	PodCIDRv4 = "10.244.0.0/16"
 	// PodCIDRv6 covers the IPv6 pod networks of both nodes.
-	PodCIDRv6 = "fd00:244::/48"
+	PodCIDRv6 = "fd00:244::/32"
 
 	// ServiceCIDRv4 is the suggested IPv4 ClusterIP range (a convention
 	// only: nothing routes it specifically, node1's default route covers it).
