@@ -1,0 +1,131 @@
+package model
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// Test conventions: pods 10.244.0.0/16, services 10.96.0.0/16, node 192.168.0.2.
+
+func testServices() []Service {
+	a := netip.MustParseAddr
+	var out []Service
+	for i, ns := range []string{"b", "a", "c"} {
+		out = append(out, Service{
+			Name:       ServiceName{Namespace: ns, Name: "web"},
+			Type:       NodePort,
+			ClusterIPs: []netip.Addr{a("10.96.0." + string(rune('1'+i)))},
+			Ports: []ServicePort{{Name: "http", Protocol: TCP, Port: 80, NodePort: uint16(30080 + i), Endpoints: []Endpoint{
+				{Addr: a("10.244.1.2"), Port: 8080, Ready: true},
+				{Addr: a("10.244.2.2"), Port: 8080, Ready: true},
+				{Addr: a("10.244.3.2"), Port: 8080, Ready: true},
+			}}},
+		})
+	}
+	return out
+}
+
+func TestBuildIsDeterministic(t *testing.T) {
+	cfg := NodeConfig{Family: IPv4, ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
+	want := Render(Build(testServices(), cfg))
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 20 {
+		svcs := testServices()
+		rng.Shuffle(len(svcs), func(i, j int) { svcs[i], svcs[j] = svcs[j], svcs[i] })
+		for _, s := range svcs {
+			eps := s.Ports[0].Endpoints
+			rng.Shuffle(len(eps), func(i, j int) { eps[i], eps[j] = eps[j], eps[i] })
+		}
+		if got := Render(Build(svcs, cfg)); got != want {
+			t.Fatalf("shuffle %d: output depends on input order", i)
+		}
+	}
+}
+
+func TestSharedExternalIPGoesToFirstService(t *testing.T) {
+	svcs := testServices()
+	for i := range svcs {
+		svcs[i].ExternalIPs = []netip.Addr{netip.MustParseAddr("198.51.100.1")}
+	}
+	rs := Build(svcs, NodeConfig{Family: IPv4})
+	var owners []string
+	for _, e := range rs.Set(MapServiceIPs).Elements {
+		if e.Addr == netip.MustParseAddr("198.51.100.1") {
+			owners = append(owners, e.Comment)
+		}
+	}
+	if !slices.Equal(owners, []string{"a/web:http"}) {
+		t.Errorf("198.51.100.1:80 is claimed by %v, want only a/web:http (first by name)", owners)
+	}
+}
+
+func TestNamesAreBoundedAndDistinct(t *testing.T) {
+	long := strings.Repeat("n", 63)
+	svc := ServiceName{Namespace: long, Name: long}
+	p1 := ServicePort{Name: strings.Repeat("p", 15), Protocol: TCP, Port: 80}
+	p2 := p1
+	p2.Port = 81
+	ep := Endpoint{Addr: netip.MustParseAddr("fd00:244:1:2:3:4:5:6"), Port: 65535}
+	names := []string{
+		ServiceChainName(svc, p1), ServiceChainName(svc, p2),
+		ExternalChainName(svc, p1), EndpointChainName(svc, p1, ep), EndpointChainName(svc, p2, ep),
+	}
+	seen := map[string]bool{}
+	for _, n := range names {
+		if len(n) > maxNameLen {
+			t.Errorf("name %q is %d bytes, want at most %d", n, len(n), maxNameLen)
+		}
+		if !strings.Contains(n, "/") {
+			t.Errorf("per-service name %q has no '/'", n)
+		}
+		if seen[n] {
+			t.Errorf("name %q is derived twice", n)
+		}
+		seen[n] = true
+	}
+	if c := PortComment(ServiceName{Namespace: strings.Repeat("x", 200), Name: "y"}, p1); len(c) > maxCommentLen {
+		t.Errorf("comment is %d bytes, want at most %d", len(c), maxCommentLen)
+	}
+}
+
+func TestEndpointChoice(t *testing.T) {
+	a := netip.MustParseAddr
+	tests := []struct {
+		name string
+		eps  []Endpoint
+		want []string // DNAT targets, sorted
+	}{
+		{"ready only", []Endpoint{{Addr: a("10.244.1.2"), Port: 80, Ready: true}, {Addr: a("10.244.1.3"), Port: 80, Serving: true, Terminating: true}}, []string{"10.244.1.2"}},
+		{"terminating fallback", []Endpoint{{Addr: a("10.244.1.3"), Port: 80, Serving: true, Terminating: true}, {Addr: a("10.244.1.4"), Port: 80}}, []string{"10.244.1.3"}},
+		{"nothing serving", []Endpoint{{Addr: a("10.244.1.4"), Port: 80, Terminating: true}}, nil},
+		{"other family ignored", []Endpoint{{Addr: a("fd00::1"), Port: 80, Ready: true}}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			svc := Service{Name: ServiceName{Namespace: "ns", Name: "s"}, ClusterIPs: []netip.Addr{a("10.96.0.1")},
+				Ports: []ServicePort{{Protocol: TCP, Port: 80, Endpoints: tt.eps}}}
+			rs := Build([]Service{svc}, NodeConfig{Family: IPv4})
+			var got []string
+			for _, c := range rs.Chains {
+				for _, r := range c.Rules {
+					for _, e := range r.Exprs {
+						if d, ok := e.(DNAT); ok {
+							got = append(got, d.Addr.String())
+						}
+					}
+				}
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("endpoints %v, want %v", got, tt.want)
+			}
+			rejected := len(rs.Set(MapNoEndpointServices).Elements) == 1
+			if rejected != (len(tt.want) == 0) {
+				t.Errorf("rejected=%v with endpoints %v", rejected, tt.want)
+			}
+		})
+	}
+}
