@@ -1,16 +1,14 @@
 package integration
 
 import (
-	"flag"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/nftproxy/nftproxy/integration/topology"
+	"github.com/nftproxy/nftproxy/internal/scenario"
 	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
-	"github.com/nftproxy/nftproxy/sync"
 )
 
 // TestKernelRoundTrip programs every golden scenario over netlink into a fresh network
@@ -19,32 +17,17 @@ import (
 // encoding and keeps the golden files honest.
 func TestKernelRoundTrip(t *testing.T) {
 	topology.RequirePrivileged(t)
-	entries, err := os.ReadDir("../testdata")
+	scenarios, err := scenario.Load("../testdata")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(entries) == 0 {
+	if len(scenarios) == 0 {
 		t.Fatal("no golden scenarios in ../testdata")
 	}
-	for _, e := range entries {
-		if !e.IsDir() {
-			continue
-		}
-		name := e.Name()
-		dir := filepath.Join("../testdata", name)
-		t.Run(name, func(t *testing.T) {
+	for _, sc := range scenarios {
+		t.Run(sc.Name, func(t *testing.T) {
 			t.Parallel()
-			var cfg sync.Config
-			fs := flag.NewFlagSet(name, flag.ContinueOnError)
-			cfg.BindFlags(fs)
-			args := []string{"--hostname-override", "node1"}
-			if b, err := os.ReadFile(filepath.Join(dir, "flags")); err == nil {
-				args = append(args, strings.Fields(string(b))...)
-			}
-			if err := fs.Parse(args); err != nil {
-				t.Fatalf("flags: %v", err)
-			}
-			rulesets, _, err := cfg.RenderDir(dir, cfg.HostnameOverride)
+			rulesets, err := sc.Render()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -55,7 +38,7 @@ func TestKernelRoundTrip(t *testing.T) {
 			}
 			viaNft := topology.NewNetNS(t, "rt-nft")
 			for _, rs := range rulesets {
-				golden := filepath.Join(dir, "expected-"+rs.Family.String()+".nft")
+				golden := sc.GoldenPath(rs.Family)
 				want, err := os.ReadFile(golden)
 				if err != nil {
 					t.Fatal(err)
@@ -64,10 +47,10 @@ func TestKernelRoundTrip(t *testing.T) {
 				fromNft := viaNft.Run(t, "nft", "list", "table", rs.Family.String(), model.TableName)
 				fromNetlink := viaNetlink.Run(t, "nft", "list", "table", rs.Family.String(), model.TableName)
 				if fromNft != string(want) {
-					t.Errorf("%s: nft -f then nft list differs from the golden file:\n%s", golden, diffLines(string(want), fromNft))
+					t.Errorf("%s: nft -f then nft list differs from the golden file:\n%s", golden, scenario.LineDiff(string(want), fromNft))
 				}
 				if fromNetlink != string(want) {
-					t.Errorf("%s: table programmed over netlink differs from the golden file:\n%s", golden, diffLines(string(want), fromNetlink))
+					t.Errorf("%s: table programmed over netlink differs from the golden file:\n%s", golden, scenario.LineDiff(string(want), fromNetlink))
 				}
 			}
 		})
@@ -101,25 +84,4 @@ func TestReplaceAndCleanup(t *testing.T) {
 	if strings.Contains(got, "nftproxy") || !strings.Contains(got, "table inet someone-else") {
 		t.Errorf("after cleanup, tables are:\n%s\nwant only inet someone-else", got)
 	}
-}
-
-// diffLines shows the first lines where want and got differ.
-func diffLines(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	var b strings.Builder
-	shown := 0
-	for i := 0; i < max(len(w), len(g)) && shown < 8; i++ {
-		var wl, gl string
-		if i < len(w) {
-			wl = w[i]
-		}
-		if i < len(g) {
-			gl = g[i]
-		}
-		if wl != gl {
-			b.WriteString("  want: " + wl + "\n  got:  " + gl + "\n")
-			shown++
-		}
-	}
-	return b.String()
 }

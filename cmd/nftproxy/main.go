@@ -113,32 +113,35 @@ func (c *commonFlags) nodeName() (string, error) {
 	return h, nil
 }
 
-func parse(name string, args []string, stderr io.Writer, c *commonFlags) error {
+// setup parses the flags of run or render and returns them with the logger and node name
+// they select.
+func setup(name string, args []string, stderr io.Writer) (*commonFlags, *slog.Logger, string, error) {
+	c := &commonFlags{}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c.bind(fs)
 	if err := fs.Parse(args); err != nil {
-		return err
+		return nil, nil, "", err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+		return nil, nil, "", fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	if c.manifests == "" {
-		return errors.New("--manifests is required")
-	}
-	return nil
-}
-
-func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
-	var c commonFlags
-	if err := parse("run", args, stderr, &c); err != nil {
-		return err
+		return nil, nil, "", errors.New("--manifests is required")
 	}
 	log, err := c.logger(stderr)
 	if err != nil {
-		return err
+		return nil, nil, "", err
 	}
 	node, err := c.nodeName()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	return c, log, node, nil
+}
+
+func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
+	c, log, node, err := setup("run", args, stderr)
 	if err != nil {
 		return err
 	}
@@ -161,15 +164,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 func runRender(args []string, stdout, stderr io.Writer) error {
-	var c commonFlags
-	if err := parse("render", args, stderr, &c); err != nil {
-		return err
-	}
-	log, err := c.logger(stderr)
-	if err != nil {
-		return err
-	}
-	node, err := c.nodeName()
+	c, log, node, err := setup("render", args, stderr)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,86 @@
+// Package scenario owns the layout of the golden scenarios in testdata/: each folder holds
+// manifests (*.yaml), an optional "flags" file with the render flags, and the expected tables
+// expected-ip.nft and expected-ip6.nft. The golden test and the kernel round trip both read
+// scenarios through it.
+package scenario
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/nftproxy/nftproxy/model"
+	"github.com/nftproxy/nftproxy/sync"
+)
+
+// NodeName is the node every scenario is rendered for.
+const NodeName = "node1"
+
+// Scenario is one golden scenario.
+type Scenario struct {
+	Name string
+	Dir  string
+	// Args are the render flags, --hostname-override included.
+	Args []string
+}
+
+// Load returns the scenarios under root, sorted by name.
+func Load(root string) ([]Scenario, error) {
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return nil, fmt.Errorf("read scenarios: %w", err)
+	}
+	var out []Scenario
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		args := []string{"--hostname-override", NodeName}
+		if b, err := os.ReadFile(filepath.Join(dir, "flags")); err == nil {
+			args = append(args, strings.Fields(string(b))...)
+		}
+		out = append(out, Scenario{Name: e.Name(), Dir: dir, Args: args})
+	}
+	return out, nil
+}
+
+// Render builds the scenario's rulesets as `nftproxy render` does.
+func (s Scenario) Render() ([]*model.Ruleset, error) {
+	var cfg sync.Config
+	fs := flag.NewFlagSet(s.Name, flag.ContinueOnError)
+	cfg.BindFlags(fs)
+	if err := fs.Parse(s.Args); err != nil {
+		return nil, fmt.Errorf("scenario %s flags: %w", s.Name, err)
+	}
+	rulesets, _, err := cfg.RenderDir(s.Dir, cfg.HostnameOverride)
+	return rulesets, err
+}
+
+// GoldenPath returns the expected-table file of a family.
+func (s Scenario) GoldenPath(fam model.Family) string {
+	return filepath.Join(s.Dir, "expected-"+fam.String()+".nft")
+}
+
+// LineDiff shows the first lines where want and got differ, for test failures.
+func LineDiff(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	var b strings.Builder
+	shown := 0
+	for i := 0; i < max(len(w), len(g)) && shown < 10; i++ {
+		var wl, gl string
+		if i < len(w) {
+			wl = w[i]
+		}
+		if i < len(g) {
+			gl = g[i]
+		}
+		if wl != gl {
+			fmt.Fprintf(&b, "line %d:\n  want: %s\n  got:  %s\n", i+1, wl, gl)
+			shown++
+		}
+	}
+	return b.String()
+}
