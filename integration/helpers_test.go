@@ -22,12 +22,8 @@ const (
 	nodeName = "node1"
 	// node2Name is the nodeName of endpoints on node2.
 	node2Name = "node2"
-	// clusterCIDRv6 is the IPv6 pod network of both nodes. Not topology.PodCIDRv6
-	// (fd00:244::/32 = fd00:244:0::/48), which contains neither fd00:244:1::/64 nor
-	// fd00:244:2::/64: with it every IPv6 pod would count as outside the cluster.
-	clusterCIDRv6 = "fd00:244::/32"
 	// clusterCIDRs is --cluster-cidr: the pod networks of both nodes.
-	clusterCIDRs = topology.PodCIDRv4 + "," + clusterCIDRv6
+	clusterCIDRs = topology.PodCIDRv4 + "," + topology.PodCIDRv6
 
 	// dialTimeout bounds one connection (connect, send, receive) in an assertion.
 	dialTimeout = 2 * time.Second

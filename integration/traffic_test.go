@@ -11,7 +11,7 @@ package integration
 //	       10.244.1.1 / fd00:244:1::1 on the pod bridge
 //	pods   on node1 10.244.1.2.. / fd00:244:1::2..; on node2 10.244.2.2.. / fd00:244:2::2..
 //	client 203.0.113.2 / fd00:203::2, default route via node1
-//	--cluster-cidr 10.244.0.0/16,fd00:244::/32 (see clusterCIDRv6)
+//	--cluster-cidr 10.244.0.0/16,fd00:244::/32
 //
 //	ClusterIPs           10.96.<test>.10 and fd00:96::<test>10 (10.96.0.0/16, fd00:96::/112)
 //	ExternalIP           198.51.100.10     (routed to node1 by the client's default route)
