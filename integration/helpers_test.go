@@ -34,11 +34,6 @@ const (
 	// refusedWithin is how soon a rejected connection must fail: less than TCP's first
 	// SYN retransmission (1s), so that the first packet's rejection is what refused it.
 	refusedWithin = 500 * time.Millisecond
-	// refusedWithinIPv6TCP is the allowance for IPv6 TCP. In these namespaces the reject of
-	// the first IPv6 SYN reaches the client only for the SYN's retransmission, one second
-	// later (the rules are the same as for IPv4, whose first SYN is refused at once; the
-	// cause is not understood yet and is an open finding). Still refused, never a timeout.
-	refusedWithinIPv6TCP = 1500 * time.Millisecond
 	// probeTimeout bounds one attempt while waiting.
 	probeTimeout = 500 * time.Millisecond
 )
@@ -492,7 +487,7 @@ func checkRefused(t *testing.T, row string, from *topology.NetNS, network string
 			row, network, target, from.Name, elapsed.Round(time.Millisecond), err)
 	case !topology.IsRefused(err):
 		t.Errorf("%s: %s %s from %s: %v, want refused", row, network, target, from.Name, err)
-	case elapsed > refusedWithin && !(target.Addr().Is6() && network == "tcp" && elapsed < refusedWithinIPv6TCP):
+	case elapsed > refusedWithin:
 		// A TCP refusal after ~1s means the first rejection was lost and only the
 		// retransmitted SYN (initial RTO 1s) was refused.
 		t.Errorf("%s: %s %s from %s refused after %v, want at once (within %v)",

@@ -137,6 +137,7 @@ func (b *builder) skeleton() {
 		rule(append(b.nodePortMatch(), VmapLookup{Key: keyProtoPort, Map: MapNoEndpointNodePorts})...),
 	}})
 	b.addFixedChain(&Chain{Name: ChainClusterIPsCheck, Rules: []Rule{
+		{Exprs: []Expr{DaddrInSet{Set: SetClusterIPs}, Reject{TCPReset: true}}, Comment: "Reject traffic to invalid ports of ClusterIPs"},
 		{Exprs: []Expr{DaddrInSet{Set: SetClusterIPs}, Reject{}}, Comment: "Reject traffic to invalid ports of ClusterIPs"},
 	}})
 	b.addFixedChain(&Chain{Name: ChainServices, Rules: []Rule{
@@ -149,7 +150,7 @@ func (b *builder) skeleton() {
 		rule(Masquerade{FullyRandom: true}),
 	}})
 	b.addFixedChain(&Chain{Name: ChainMarkForMasquerade, Rules: []Rule{rule(MarkSetOr{Bits: MasqueradeMark})}})
-	b.addFixedChain(&Chain{Name: ChainReject, Rules: []Rule{rule(Reject{})}})
+	b.addFixedChain(&Chain{Name: ChainReject, Rules: []Rule{rule(Reject{TCPReset: true}), rule(Reject{})}})
 }
 
 // nodePortIPs returns this family's local addresses inside --nodeport-addresses, sorted.

@@ -286,6 +286,9 @@ func renderExpr(fam Family, e Expr) string {
 		}
 		return "masquerade"
 	case Reject:
+		if e.TCPReset {
+			return "reject with tcp reset"
+		}
 		return "reject"
 	case NumgenVmap:
 		items := make([]string, len(e.Targets))

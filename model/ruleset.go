@@ -137,8 +137,11 @@ type MarkSetXor struct{ Bits uint32 }
 // Masquerade source-NATs the packet to the outgoing interface's address.
 type Masquerade struct{ FullyRandom bool }
 
-// Reject refuses the packet with an ICMP port unreachable ("reject").
-type Reject struct{}
+// Reject refuses the packet: with a TCP reset when TCPReset is set (the rule then only matches
+// TCP, "reject with tcp reset"), else with an ICMP port unreachable ("reject"). TCP clients
+// get a reset because an ICMP error that arrives while connect() holds the socket lock is
+// dropped by Linux, which delays the refusal until the SYN is retransmitted a second later.
+type Reject struct{ TCPReset bool }
 
 // NumgenVmap picks one of Targets uniformly at random and jumps to it with goto:
 // "numgen random mod N vmap { 0 : goto a, 1 : goto b }".

@@ -306,6 +306,13 @@ func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 		return []expr.Any{&expr.Masq{FullyRandom: x.FullyRandom}}, nil
 
 	case model.Reject:
+		if x.TCPReset {
+			return []expr.Any{
+				metaL4Proto(reg1),
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(model.TCP)}},
+				&expr.Reject{Type: unix.NFT_REJECT_TCP_RST},
+			}, nil
+		}
 		code := uint8(icmpPortUnreachable)
 		if e.family == model.IPv6 {
 			code = icmpv6PortUnreachable

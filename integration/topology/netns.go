@@ -107,10 +107,6 @@ var baseSysctls = map[string]string{
 	"net/ipv4/conf/default/rp_filter":  "0",
 	"net/ipv4/icmp_ratelimit":          "0",
 	"net/ipv6/icmp/ratelimit":          "0",
-	// Without this, the first ICMPv6 destination-unreachable a fresh namespace sends (a
-	// REJECT) is swallowed by the ICMPv6 rate limiter and TCP only sees the refusal on its
-	// SYN retransmit, a second later. Exempt type 1 from rate limiting.
-	"net/ipv6/icmp/ratemask": "0,2-127",
 }
 
 // forwardingSysctls turn a namespace into a router.
