@@ -88,22 +88,19 @@ func (b *batch) delTable(family byte, name string) {
 // chainSpec describes a chain to create; hooked chains set hook.
 type chainSpec struct {
 	name     string
-	hook     *hookSpec
+	hooked   bool
+	hookNum  uint32
 	priority int32
 	chainTyp string
-}
-
-type hookSpec struct {
-	num uint32
 }
 
 func (b *batch) addChain(family byte, table string, c chainSpec) {
 	ae := newAttrs()
 	ae.String(unix.NFTA_CHAIN_TABLE, table)
 	ae.String(unix.NFTA_CHAIN_NAME, c.name)
-	if c.hook != nil {
+	if c.hooked {
 		ae.Nested(unix.NFTA_CHAIN_HOOK, func(nae *netlink.AttributeEncoder) error {
-			nae.Uint32(unix.NFTA_HOOK_HOOKNUM, c.hook.num)
+			nae.Uint32(unix.NFTA_HOOK_HOOKNUM, c.hookNum)
 			nae.Uint32(unix.NFTA_HOOK_PRIORITY, uint32(c.priority))
 			return nil
 		})
@@ -111,26 +108,6 @@ func (b *batch) addChain(family byte, table string, c chainSpec) {
 		ae.String(unix.NFTA_CHAIN_TYPE, c.chainTyp)
 	}
 	b.add(family, unix.NFT_MSG_NEWCHAIN, netlink.Create, ae)
-}
-
-func (b *batch) chainOp(family byte, typ uint16, table, name string) {
-	ae := newAttrs()
-	ae.String(unix.NFTA_CHAIN_TABLE, table)
-	ae.String(unix.NFTA_CHAIN_NAME, name)
-	b.add(family, typ, 0, ae)
-}
-
-// delChain deletes a chain, which must be empty and unreferenced.
-func (b *batch) delChain(family byte, table, name string) {
-	b.chainOp(family, unix.NFT_MSG_DELCHAIN, table, name)
-}
-
-// flushChain deletes every rule of a chain.
-func (b *batch) flushChain(family byte, table, name string) {
-	ae := newAttrs()
-	ae.String(unix.NFTA_RULE_TABLE, table)
-	ae.String(unix.NFTA_RULE_CHAIN, name)
-	b.add(family, unix.NFT_MSG_DELRULE, 0, ae)
 }
 
 // setSpec describes a set to create.

@@ -123,11 +123,6 @@ func (e *encoder) addElements(s *model.Set, in []model.Element) error {
 	return e.elements(unix.NFT_MSG_NEWSETELEM, s, in)
 }
 
-// delElements deletes elements from the set s.
-func (e *encoder) delElements(s *model.Set, in []model.Element) error {
-	return e.elements(unix.NFT_MSG_DELSETELEM, s, in)
-}
-
 func (e *encoder) elements(op uint16, s *model.Set, in []model.Element) error {
 	if len(in) == 0 {
 		return nil
@@ -154,7 +149,8 @@ func (e *encoder) elements(op uint16, s *model.Set, in []model.Element) error {
 func (e *encoder) addChain(c *model.Chain) {
 	spec := chainSpec{name: c.Name}
 	if c.Hook != nil {
-		spec.hook = &hookSpec{num: hookNum(c.Hook.Hook)}
+		spec.hooked = true
+		spec.hookNum = hookNum(c.Hook.Hook)
 		spec.priority = c.Hook.Priority
 		spec.chainTyp = c.Hook.Type
 	}
@@ -222,8 +218,6 @@ func payloadDport(reg uint32) *expr.Payload {
 func metaL4Proto(reg uint32) *expr.Meta {
 	return &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}
 }
-
-func addrBytes(a netip.Addr) []byte { return a.AsSlice() }
 
 func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 	switch x := x.(type) {
@@ -333,7 +327,7 @@ func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 		return []expr.Any{
 			metaL4Proto(reg1),
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(x.Proto)}},
-			&expr.Immediate{Register: reg1, Data: addrBytes(x.Addr)},
+			&expr.Immediate{Register: reg1, Data: x.Addr.AsSlice()},
 			&expr.Immediate{Register: reg2, Data: binaryutil.BigEndian.PutUint16(x.Port)},
 			&expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: reg1, RegProtoMin: reg2, Specified: true},
 		}, nil
