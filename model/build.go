@@ -15,73 +15,114 @@ const (
 var (
 	keyAddrProtoPort = []KeyField{KeyAddr, KeyProto, KeyPort}
 	keyProtoPort     = []KeyField{KeyProto, KeyPort}
+
+	keyAddrProtoPortSlot = []KeyField{KeyAddr, KeyProto, KeyPort, KeySlot}
+	keyProtoPortSlot     = []KeyField{KeyProto, KeyPort, KeySlot}
 )
 
 // Build returns the desired ruleset for node.Family from the Services this node proxies.
 //
-// The table has a fixed skeleton of chains; Services appear in it as elements of four verdict
-// maps keyed on "daddr . l4proto . dport" (or "l4proto . dport" for NodePorts), pointing at
-// per-service-port chains that pick an endpoint with "numgen random mod N" and DNAT to it.
-// Service ports without a usable endpoint are listed in the no-endpoint maps instead, whose
-// elements reject new connections. Build is deterministic: its output depends only on its
-// input, never on the order of Services, ports or endpoints within it.
+// The table has a fixed skeleton of chains; Services appear in it as elements of verdict maps
+// keyed on "daddr . l4proto . dport" (or "l4proto . dport" for NodePorts), pointing at
+// per-service-port chains that DNAT to an endpoint drawn with "numgen random mod N" from the
+// endpoint maps. Service ports without a usable endpoint are listed in the no-endpoint maps
+// instead, whose elements reject new connections. Build is deterministic: its output depends
+// only on its input, never on the order of Services, ports or endpoints within it.
+//
+// Build is Skeleton plus the Part of every Service, merged in name order: when two Services
+// claim the same key of a set (say, a shared external IP), the first one's element is kept.
 func Build(services []Service, node NodeConfig) *Ruleset {
-	b := &builder{
-		node:   node,
-		sets:   map[string]*Set{},
-		chains: map[string]*Chain{},
-	}
-	b.skeleton()
+	rs := Skeleton(node)
 	sorted := slices.Clone(services)
-	slices.SortFunc(sorted, func(a, b Service) int {
-		return cmp.Or(cmp.Compare(a.Name.Namespace, b.Name.Namespace), cmp.Compare(a.Name.Name, b.Name.Name))
-	})
-	for i := range sorted {
-		b.service(&sorted[i])
+	slices.SortFunc(sorted, func(a, b Service) int { return CompareNames(a.Name, b.Name) })
+	sets := make(map[string]*Set, len(rs.Sets))
+	seen := make(map[string]map[Element]bool, len(rs.Sets))
+	for _, s := range rs.Sets {
+		sets[s.Name] = s
+		seen[s.Name] = map[Element]bool{}
+		for _, e := range s.Elements {
+			seen[s.Name][e.Key()] = true
+		}
 	}
-	return b.finish()
+	chains := map[string]bool{}
+	for _, c := range rs.Chains {
+		chains[c.Name] = true
+	}
+	var dynamic []*Chain
+	for i := range sorted {
+		part := BuildPart(&sorted[i], node)
+		for _, pe := range part.Elements {
+			if k := pe.Element.Key(); !seen[pe.Set][k] {
+				seen[pe.Set][k] = true
+				sets[pe.Set].Elements = append(sets[pe.Set].Elements, pe.Element)
+			}
+		}
+		for _, c := range part.Chains {
+			if !chains[c.Name] {
+				chains[c.Name] = true
+				dynamic = append(dynamic, c)
+			}
+		}
+	}
+	for _, s := range rs.Sets {
+		slices.SortFunc(s.Elements, CompareElements)
+	}
+	slices.SortFunc(dynamic, func(a, b *Chain) int { return cmp.Compare(a.Name, b.Name) })
+	rs.Chains = append(rs.Chains, dynamic...)
+	return rs
+}
+
+// CompareNames orders Services by namespace, then name: the order in which they claim keys.
+func CompareNames(a, b ServiceName) int {
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+}
+
+// Key returns the element with only its key fields set: two elements of a set with the same
+// Key are the same element as far as the kernel is concerned.
+func (e Element) Key() Element {
+	return Element{Addr: e.Addr, Proto: e.Proto, Port: e.Port, Slot: e.Slot}
+}
+
+// PartElement is an element of the named set.
+type PartElement struct {
+	Set string
+	Element
+}
+
+// Part is one Service's share of a family's ruleset: the elements it claims in the skeleton's
+// sets and maps, and the chains it owns. Parts of different Services are independent, which
+// is what lets the syncer rebuild only the Services that changed.
+type Part struct {
+	Elements []PartElement
+	Chains   []*Chain
+}
+
+// BuildPart returns the elements and chains of one Service in node.Family's table. A Service
+// without a ClusterIP of that family has an empty Part.
+func BuildPart(svc *Service, node NodeConfig) *Part {
+	b := &builder{node: node, part: &Part{}}
+	b.service(svc)
+	return b.part
+}
+
+// Skeleton returns the table without any Service: the sets and maps (with the node's NodePort
+// addresses), the base chains and the fixed chains.
+func Skeleton(node NodeConfig) *Ruleset {
+	b := &builder{node: node}
+	return b.skeleton()
 }
 
 type builder struct {
-	node       NodeConfig
-	sets       map[string]*Set
-	setOrder   []string
-	chains     map[string]*Chain
-	fixedOrder []string
-	// seen records the keys already added to each set, so that a key claimed by two Services
-	// (say, a shared external IP) goes to the first of them in name order.
-	seen map[string]map[Element]bool
+	node NodeConfig
+	part *Part
 }
 
-func (b *builder) addSet(s *Set) {
-	b.sets[s.Name] = s
-	b.setOrder = append(b.setOrder, s.Name)
+func (b *builder) addElement(set string, e Element) {
+	b.part.Elements = append(b.part.Elements, PartElement{Set: set, Element: e})
 }
 
 func (b *builder) addChain(c *Chain) {
-	b.chains[c.Name] = c
-}
-
-func (b *builder) addFixedChain(c *Chain) {
-	b.addChain(c)
-	b.fixedOrder = append(b.fixedOrder, c.Name)
-}
-
-// addElement adds e to the set unless an element with the same key is already there.
-func (b *builder) addElement(set string, e Element) {
-	key := Element{Addr: e.Addr, Proto: e.Proto, Port: e.Port}
-	if b.seen == nil {
-		b.seen = map[string]map[Element]bool{}
-	}
-	if b.seen[set] == nil {
-		b.seen[set] = map[Element]bool{}
-	}
-	if b.seen[set][key] {
-		return
-	}
-	b.seen[set][key] = true
-	s := b.sets[set]
-	s.Elements = append(s.Elements, e)
+	b.part.Chains = append(b.part.Chains, c)
 }
 
 func rule(exprs ...Expr) Rule { return Rule{Exprs: exprs} }
@@ -103,54 +144,64 @@ func (b *builder) nodePortMatch() []Expr {
 	return []Expr{FibDaddrLocal{}, DaddrNotLoopback{}}
 }
 
-// skeleton adds the sets and chains that exist whatever the Services are.
-func (b *builder) skeleton() {
-	b.addSet(&Set{Name: SetClusterIPs, Key: []KeyField{KeyAddr}, Comment: "Active ClusterIPs"})
-	if b.nodePortsLimited() {
-		b.addSet(&Set{Name: SetNodePortIPs, Key: []KeyField{KeyAddr}, Comment: "IPs that accept NodePort traffic"})
-		for _, a := range b.nodePortIPs() {
-			b.addElement(SetNodePortIPs, Element{Addr: a})
-		}
-	}
-	b.addSet(&Set{Name: MapServiceIPs, Key: keyAddrProtoPort, Map: true, Comment: "ClusterIP, ExternalIP and LoadBalancer IP traffic"})
-	b.addSet(&Set{Name: MapServiceNodePorts, Key: keyProtoPort, Map: true, Comment: "NodePort traffic"})
-	b.addSet(&Set{Name: MapNoEndpointServices, Key: keyAddrProtoPort, Map: true, Comment: "vmap to drop or reject packets to services with no endpoints"})
-	b.addSet(&Set{Name: MapNoEndpointNodePorts, Key: keyProtoPort, Map: true, Comment: "vmap to drop or reject packets to service nodeports with no endpoints"})
+// skeleton returns the sets and chains that exist whatever the Services are.
+func (b *builder) skeleton() *Ruleset {
+	rs := &Ruleset{Family: b.node.Family}
+	addSet := func(s *Set) { rs.Sets = append(rs.Sets, s) }
+	addChain := func(c *Chain) { rs.Chains = append(rs.Chains, c) }
 
-	b.addFixedChain(&Chain{Name: ChainFilterPrerouting, Hook: baseHook("filter", "prerouting", priorityDstNAT-10),
+	addSet(&Set{Name: SetClusterIPs, Key: []KeyField{KeyAddr}, Comment: "Active ClusterIPs"})
+	if b.nodePortsLimited() {
+		s := &Set{Name: SetNodePortIPs, Key: []KeyField{KeyAddr}, Comment: "IPs that accept NodePort traffic"}
+		for _, a := range b.nodePortIPs() {
+			s.Elements = append(s.Elements, Element{Addr: a})
+		}
+		addSet(s)
+	}
+	addSet(&Set{Name: MapServiceIPs, Key: keyAddrProtoPort, Data: VerdictData, Comment: "ClusterIP, ExternalIP and LoadBalancer IP traffic"})
+	addSet(&Set{Name: MapServiceNodePorts, Key: keyProtoPort, Data: VerdictData, Comment: "NodePort traffic"})
+	addSet(&Set{Name: MapNoEndpointServices, Key: keyAddrProtoPort, Data: VerdictData, Comment: "vmap to drop or reject packets to services with no endpoints"})
+	addSet(&Set{Name: MapNoEndpointNodePorts, Key: keyProtoPort, Data: VerdictData, Comment: "vmap to drop or reject packets to service nodeports with no endpoints"})
+	addSet(&Set{Name: MapServiceEndpoints, Key: keyAddrProtoPortSlot, Data: EndpointData, Comment: "Endpoint of each slot of a ClusterIP, ExternalIP or LoadBalancer IP port"})
+	addSet(&Set{Name: MapNodePortEndpoints, Key: keyProtoPortSlot, Data: EndpointData, Comment: "Endpoint of each slot of a NodePort"})
+	addSet(&Set{Name: SetHairpin, Key: []KeyField{KeyAddr, KeyAddr}, Comment: "Endpoints paired with themselves, to masquerade a pod that reaches itself through a Service"})
+
+	addChain(&Chain{Name: ChainFilterPrerouting, Hook: baseHook("filter", "prerouting", priorityDstNAT-10),
 		Rules: []Rule{rule(CtStateNew{}, jump(ChainEndpointsCheck))}})
-	b.addFixedChain(&Chain{Name: ChainFilterOutput, Hook: baseHook("filter", "output", priorityDstNAT-10),
+	addChain(&Chain{Name: ChainFilterOutput, Hook: baseHook("filter", "output", priorityDstNAT-10),
 		Rules: []Rule{rule(CtStateNew{}, jump(ChainEndpointsCheck))}})
-	b.addFixedChain(&Chain{Name: ChainFilterPreroutingPostNAT, Hook: baseHook("filter", "prerouting", priorityDstNAT+10),
+	addChain(&Chain{Name: ChainFilterPreroutingPostNAT, Hook: baseHook("filter", "prerouting", priorityDstNAT+10),
 		Rules: []Rule{rule(CtStateNew{}, jump(ChainClusterIPsCheck))}})
-	b.addFixedChain(&Chain{Name: ChainFilterOutputPostNAT, Hook: baseHook("filter", "output", priorityDstNAT+10),
+	addChain(&Chain{Name: ChainFilterOutputPostNAT, Hook: baseHook("filter", "output", priorityDstNAT+10),
 		Rules: []Rule{rule(CtStateNew{}, jump(ChainClusterIPsCheck))}})
-	b.addFixedChain(&Chain{Name: ChainNATPrerouting, Hook: baseHook("nat", "prerouting", priorityDstNAT),
+	addChain(&Chain{Name: ChainNATPrerouting, Hook: baseHook("nat", "prerouting", priorityDstNAT),
 		Rules: []Rule{rule(jump(ChainServices))}})
-	b.addFixedChain(&Chain{Name: ChainNATOutput, Hook: baseHook("nat", "output", priorityDstNAT),
+	addChain(&Chain{Name: ChainNATOutput, Hook: baseHook("nat", "output", priorityDstNAT),
 		Rules: []Rule{rule(jump(ChainServices))}})
-	b.addFixedChain(&Chain{Name: ChainNATPostrouting, Hook: baseHook("nat", "postrouting", prioritySrcNAT),
+	addChain(&Chain{Name: ChainNATPostrouting, Hook: baseHook("nat", "postrouting", prioritySrcNAT),
 		Rules: []Rule{rule(jump(ChainMasquerading))}})
 
-	b.addFixedChain(&Chain{Name: ChainEndpointsCheck, Rules: []Rule{
+	addChain(&Chain{Name: ChainEndpointsCheck, Rules: []Rule{
 		rule(VmapLookup{Key: keyAddrProtoPort, Map: MapNoEndpointServices}),
 		rule(append(b.nodePortMatch(), VmapLookup{Key: keyProtoPort, Map: MapNoEndpointNodePorts})...),
 	}})
-	b.addFixedChain(&Chain{Name: ChainClusterIPsCheck, Rules: []Rule{
+	addChain(&Chain{Name: ChainClusterIPsCheck, Rules: []Rule{
 		{Exprs: []Expr{DaddrInSet{Set: SetClusterIPs}, Reject{TCPReset: true}}, Comment: "Reject traffic to invalid ports of ClusterIPs"},
 		{Exprs: []Expr{DaddrInSet{Set: SetClusterIPs}, Reject{}}, Comment: "Reject traffic to invalid ports of ClusterIPs"},
 	}})
-	b.addFixedChain(&Chain{Name: ChainServices, Rules: []Rule{
+	addChain(&Chain{Name: ChainServices, Rules: []Rule{
 		rule(VmapLookup{Key: keyAddrProtoPort, Map: MapServiceIPs}),
 		rule(append(b.nodePortMatch(), VmapLookup{Key: keyProtoPort, Map: MapServiceNodePorts})...),
 	}})
-	b.addFixedChain(&Chain{Name: ChainMasquerading, Rules: []Rule{
+	addChain(&Chain{Name: ChainMasquerading, Rules: []Rule{
+		{Exprs: []Expr{CtStatusDNAT{}, SaddrDaddrInSet{Set: SetHairpin}, jump(ChainMarkForMasquerade)}, Comment: "hairpin"},
 		rule(MarkUnset{Mask: MasqueradeMark}, Verdict{Kind: Return}),
 		rule(MarkSetXor{Bits: MasqueradeMark}),
 		rule(Masquerade{FullyRandom: true}),
 	}})
-	b.addFixedChain(&Chain{Name: ChainMarkForMasquerade, Rules: []Rule{rule(MarkSetOr{Bits: MasqueradeMark})}})
-	b.addFixedChain(&Chain{Name: ChainReject, Rules: []Rule{rule(Reject{TCPReset: true}), rule(Reject{})}})
+	addChain(&Chain{Name: ChainMarkForMasquerade, Rules: []Rule{rule(MarkSetOr{Bits: MasqueradeMark})}})
+	addChain(&Chain{Name: ChainReject, Rules: []Rule{rule(Reject{TCPReset: true}), rule(Reject{})}})
+	return rs
 }
 
 // nodePortIPs returns this family's local addresses inside --nodeport-addresses, sorted.
@@ -254,74 +305,55 @@ func (b *builder) service(svc *Service) {
 
 		svcChain := ServiceChainName(svc.Name, port)
 		b.addElement(MapServiceIPs, Element{Addr: clusterIP, Proto: port.Protocol, Port: port.Port, Verdict: goTo(svcChain), Comment: comment})
-		b.serviceChain(svc, port, svcChain, eps)
+		b.slots(MapServiceEndpoints, Element{Addr: clusterIP, Proto: port.Protocol, Port: port.Port, Comment: comment}, eps)
+		c := &Chain{Name: svcChain}
+		if b.node.MasqueradeAll {
+			c.Rules = append(c.Rules, rule(jump(ChainMarkForMasquerade)))
+		} else if cidr, ok := b.clusterCIDR(); ok {
+			c.Rules = append(c.Rules, rule(MatchSaddr{Prefix: cidr, Negate: true}, jump(ChainMarkForMasquerade)))
+		}
+		c.Rules = append(c.Rules, rule(DNATSlot{Proto: port.Protocol, Key: keyAddrProtoPort, Slots: uint32(len(eps)), Map: MapServiceEndpoints}))
+		b.addChain(c)
+		for _, ep := range eps {
+			b.addElement(SetHairpin, Element{Addr: ep.Addr})
+		}
 
 		if len(external) > 0 || nodePort != 0 {
 			extChain := ExternalChainName(svc.Name, port)
-			b.addChain(&Chain{Name: extChain, Rules: []Rule{
+			ext := &Chain{Name: extChain, Rules: []Rule{
 				{Exprs: []Expr{jump(ChainMarkForMasquerade)}, Comment: "masquerade traffic from outside the cluster"},
-				rule(goTo(svcChain)),
-			}})
+			}}
+			if len(external) > 0 {
+				ext.Rules = append(ext.Rules, rule(DNATSlot{Proto: port.Protocol, Key: keyAddrProtoPort, Slots: uint32(len(eps)), Map: MapServiceEndpoints}))
+			}
+			if nodePort != 0 {
+				ext.Rules = append(ext.Rules, rule(DNATSlot{Proto: port.Protocol, Key: keyProtoPort, Slots: uint32(len(eps)), Map: MapNodePortEndpoints}))
+			}
+			b.addChain(ext)
 			for _, a := range external {
 				b.addElement(MapServiceIPs, Element{Addr: a, Proto: port.Protocol, Port: port.Port, Verdict: goTo(extChain), Comment: comment})
+				b.slots(MapServiceEndpoints, Element{Addr: a, Proto: port.Protocol, Port: port.Port, Comment: comment}, eps)
 			}
 			if nodePort != 0 {
 				b.addElement(MapServiceNodePorts, Element{Proto: port.Protocol, Port: nodePort, Verdict: goTo(extChain), Comment: comment})
+				b.slots(MapNodePortEndpoints, Element{Proto: port.Protocol, Port: nodePort, Comment: comment}, eps)
 			}
 		}
 	}
 }
 
-// serviceChain adds the chain that spreads a port's traffic over eps, and one chain per
-// endpoint that DNATs to it.
-func (b *builder) serviceChain(svc *Service, port ServicePort, name string, eps []Endpoint) {
-	c := &Chain{Name: name}
-	if b.node.MasqueradeAll {
-		c.Rules = append(c.Rules, rule(jump(ChainMarkForMasquerade)))
-	} else if cidr, ok := b.clusterCIDR(); ok {
-		c.Rules = append(c.Rules, rule(MatchSaddr{Prefix: cidr, Negate: true}, jump(ChainMarkForMasquerade)))
-	}
-	targets := make([]string, len(eps))
+// slots adds one element per endpoint to an endpoint map: key's fields with slots 0 to
+// len(eps)-1, in the endpoints' order.
+func (b *builder) slots(set string, key Element, eps []Endpoint) {
 	for i, ep := range eps {
-		targets[i] = EndpointChainName(svc.Name, port, ep)
-		b.addChain(&Chain{Name: targets[i], Rules: []Rule{
-			{Exprs: []Expr{MatchSaddr{Prefix: netip.PrefixFrom(ep.Addr, ep.Addr.BitLen())}, jump(ChainMarkForMasquerade)}, Comment: "hairpin"},
-			rule(DNAT{Proto: port.Protocol, Addr: ep.Addr, Port: ep.Port}),
-		}})
+		e := key
+		e.Slot = uint32(i)
+		e.Endpoint = netip.AddrPortFrom(ep.Addr, ep.Port)
+		b.addElement(set, e)
 	}
-	if len(targets) == 1 {
-		c.Rules = append(c.Rules, rule(goTo(targets[0])))
-	} else {
-		c.Rules = append(c.Rules, rule(NumgenVmap{Targets: targets}))
-	}
-	b.addChain(c)
 }
 
-// finish orders sets, elements and chains deterministically.
-func (b *builder) finish() *Ruleset {
-	rs := &Ruleset{Family: b.node.Family}
-	for _, name := range b.setOrder {
-		s := b.sets[name]
-		slices.SortFunc(s.Elements, compareElements)
-		rs.Sets = append(rs.Sets, s)
-	}
-	fixed := map[string]bool{}
-	for _, name := range b.fixedOrder {
-		fixed[name] = true
-		rs.Chains = append(rs.Chains, b.chains[name])
-	}
-	var dynamic []*Chain
-	for name, c := range b.chains {
-		if !fixed[name] {
-			dynamic = append(dynamic, c)
-		}
-	}
-	slices.SortFunc(dynamic, func(a, b *Chain) int { return cmp.Compare(a.Name, b.Name) })
-	rs.Chains = append(rs.Chains, dynamic...)
-	return rs
-}
-
-// compareElements orders elements by key: address, then protocol, then port.
-func compareElements(a, b Element) int {
-	return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port))
+// CompareElements orders elements by key: address, then protocol, port and slot.
+func CompareElements(a, b Element) int {
+	return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Slot, b.Slot))
 }

@@ -68,10 +68,9 @@ func TestNamesAreBoundedAndDistinct(t *testing.T) {
 	p1 := ServicePort{Name: strings.Repeat("p", 15), Protocol: TCP, Port: 80}
 	p2 := p1
 	p2.Port = 81
-	ep := Endpoint{Addr: netip.MustParseAddr("fd00:244:1:2:3:4:5:6"), Port: 65535}
 	names := []string{
 		ServiceChainName(svc, p1), ServiceChainName(svc, p2),
-		ExternalChainName(svc, p1), EndpointChainName(svc, p1, ep), EndpointChainName(svc, p2, ep),
+		ExternalChainName(svc, p1), ExternalChainName(svc, p2),
 	}
 	seen := map[string]bool{}
 	for _, n := range names {
@@ -96,7 +95,7 @@ func TestEndpointChoice(t *testing.T) {
 	tests := []struct {
 		name string
 		eps  []Endpoint
-		want []string // DNAT targets, sorted
+		want []string // endpoints in the slots of the ClusterIP, sorted
 	}{
 		{"ready only", []Endpoint{{Addr: a("10.244.1.2"), Port: 80, Ready: true}, {Addr: a("10.244.1.3"), Port: 80, Serving: true, Terminating: true}}, []string{"10.244.1.2"}},
 		{"terminating fallback", []Endpoint{{Addr: a("10.244.1.3"), Port: 80, Serving: true, Terminating: true}, {Addr: a("10.244.1.4"), Port: 80}}, []string{"10.244.1.3"}},
@@ -109,14 +108,8 @@ func TestEndpointChoice(t *testing.T) {
 				Ports: []ServicePort{{Protocol: TCP, Port: 80, Endpoints: tt.eps}}}
 			rs := Build([]Service{svc}, NodeConfig{Family: IPv4})
 			var got []string
-			for _, c := range rs.Chains {
-				for _, r := range c.Rules {
-					for _, e := range r.Exprs {
-						if d, ok := e.(DNAT); ok {
-							got = append(got, d.Addr.String())
-						}
-					}
-				}
+			for _, e := range rs.Set(MapServiceEndpoints).Elements {
+				got = append(got, e.Endpoint.Addr().String())
 			}
 			slices.Sort(got)
 			if !slices.Equal(got, tt.want) {

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"strconv"
-	"strings"
 )
 
 // Names of the fixed objects of the table. None of them contains a "/": every per-service
@@ -28,6 +27,9 @@ const (
 	MapServiceNodePorts    = "service-nodeports"
 	MapNoEndpointServices  = "no-endpoint-services"
 	MapNoEndpointNodePorts = "no-endpoint-nodeports"
+	MapServiceEndpoints    = "service-endpoints"
+	MapNodePortEndpoints   = "nodeport-endpoints"
+	SetHairpin             = "hairpin"
 	SetClusterIPs          = "cluster-ips"
 	SetNodePortIPs         = "nodeport-ips"
 )
@@ -72,14 +74,6 @@ func ServiceChainName(svc ServiceName, p ServicePort) string {
 // ExternalIPs, LoadBalancer IPs): "external-HASH-ns/name/proto/port".
 func ExternalChainName(svc ServiceName, p ServicePort) string {
 	return derivedName("external", portID(svc, p), strconv.Itoa(int(p.Port)))
-}
-
-// EndpointChainName names the chain that DNATs to one endpoint of a Service port:
-// "endpoint-HASH-ns/name/proto/port__addr/port". Colons of IPv6 addresses become dots, since
-// nft identifiers cannot contain them.
-func EndpointChainName(svc ServiceName, p ServicePort, ep Endpoint) string {
-	addr := strings.ReplaceAll(ep.Addr.String(), ":", ".")
-	return derivedName("endpoint", portID(svc, p)+"__"+addr+"/"+strconv.Itoa(int(ep.Port)), strconv.Itoa(int(p.Port)))
 }
 
 // derivedName builds "prefix-HASH-readable". The hash covers the readable part and salt (the

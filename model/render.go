@@ -2,6 +2,7 @@ package model
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -36,19 +37,11 @@ func Render(rs *Ruleset) string {
 
 func renderSet(b *strings.Builder, fam Family, s *Set) {
 	kind := "set"
-	if s.Map {
+	if s.IsMap() {
 		kind = "map"
 	}
 	fmt.Fprintf(b, "\t%s %s {\n", kind, s.Name)
-	types := make([]string, len(s.Key))
-	for i, k := range s.Key {
-		types[i] = keyTypeName(fam, k)
-	}
-	typ := strings.Join(types, " . ")
-	if s.Map {
-		typ += " : verdict"
-	}
-	fmt.Fprintf(b, "\t\ttype %s\n", typ)
+	fmt.Fprintf(b, "\t\t%s\n", setTypeLine(fam, s))
 	if s.Comment != "" {
 		fmt.Fprintf(b, "\t\tcomment %s\n", strconv.Quote(s.Comment))
 	}
@@ -78,6 +71,36 @@ func renderSet(b *strings.Builder, fam Family, s *Set) {
 	b.WriteString("\t}\n")
 }
 
+// setTypeLine returns the "type ..." line of a set, or the "typeof ..." line of an endpoint
+// map, whose slot field has no named type.
+func setTypeLine(fam Family, s *Set) string {
+	if s.Data == EndpointData {
+		fields := make([]string, len(s.Key))
+		for i, k := range s.Key {
+			switch k {
+			case KeyAddr:
+				fields[i] = fam.String() + " daddr"
+			case KeyProto:
+				fields[i] = "meta l4proto"
+			case KeyPort:
+				fields[i] = "th dport"
+			case KeySlot:
+				fields[i] = "numgen random mod 1"
+			}
+		}
+		return fmt.Sprintf("typeof %s : %s daddr . th dport", strings.Join(fields, " . "), fam)
+	}
+	types := make([]string, len(s.Key))
+	for i, k := range s.Key {
+		types[i] = keyTypeName(fam, k)
+	}
+	typ := strings.Join(types, " . ")
+	if s.Data == VerdictData {
+		typ += " : verdict"
+	}
+	return "type " + typ
+}
+
 func keyTypeName(fam Family, k KeyField) string {
 	switch k {
 	case KeyAddr:
@@ -103,14 +126,19 @@ func renderElement(s *Set, e Element) string {
 			parts[i] = e.Proto.String()
 		case KeyPort:
 			parts[i] = strconv.Itoa(int(e.Port))
+		case KeySlot:
+			parts[i] = strconv.FormatUint(uint64(e.Slot), 10)
 		}
 	}
 	out := strings.Join(parts, " . ")
 	if e.Comment != "" {
 		out += " comment " + strconv.Quote(e.Comment)
 	}
-	if s.Map {
+	switch s.Data {
+	case VerdictData:
 		out += " : " + renderVerdict(e.Verdict)
+	case EndpointData:
+		out += fmt.Sprintf(" : %s . %d", e.Endpoint.Addr(), e.Endpoint.Port())
 	}
 	return out
 }
@@ -120,6 +148,8 @@ func renderElement(s *Set, e Element) string {
 func KeyFieldLen(fam Family, k KeyField, concat bool) int {
 	n := 2
 	switch k {
+	case KeySlot:
+		return 4
 	case KeyAddr:
 		if fam == IPv6 {
 			return 16
@@ -151,6 +181,9 @@ func elementKeyBytes(fam Family, key []KeyField, e Element) []byte {
 			field[0] = byte(e.Proto)
 		case KeyPort:
 			field[0], field[1] = byte(e.Port>>8), byte(e.Port)
+		case KeySlot:
+			// numgen writes its result in host byte order.
+			binary.NativeEndian.PutUint32(field, e.Slot)
 		}
 		out = append(out, field...)
 	}
@@ -290,18 +323,25 @@ func renderExpr(fam Family, e Expr) string {
 			return "reject with tcp reset"
 		}
 		return "reject"
-	case NumgenVmap:
-		items := make([]string, len(e.Targets))
-		for i, t := range e.Targets {
-			items[i] = fmt.Sprintf("%d : goto %s", i, t)
+	case DNATSlot:
+		// nft folds the protocol match into the port field's name.
+		fields := make([]string, 0, len(e.Key)+1)
+		for _, k := range e.Key {
+			switch k {
+			case KeyAddr:
+				fields = append(fields, ip+" daddr")
+			case KeyProto:
+				fields = append(fields, "meta l4proto")
+			case KeyPort:
+				fields = append(fields, e.Proto.String()+" dport")
+			}
 		}
-		return fmt.Sprintf("numgen random mod %d vmap { %s }", len(e.Targets), strings.Join(items, ", "))
-	case DNAT:
-		addr := e.Addr.String()
-		if e.Addr.Is6() {
-			addr = "[" + addr + "]"
-		}
-		return fmt.Sprintf("meta l4proto %s dnat to %s:%d", e.Proto, addr, e.Port)
+		fields = append(fields, fmt.Sprintf("numgen random mod %d", e.Slots))
+		return fmt.Sprintf("dnat %s to %s map @%s", ip, strings.Join(fields, " . "), e.Map)
+	case CtStatusDNAT:
+		return "ct status dnat"
+	case SaddrDaddrInSet:
+		return fmt.Sprintf("%s saddr . %s daddr @%s", ip, ip, e.Set)
 	case Verdict:
 		return renderVerdict(e)
 	}

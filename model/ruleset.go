@@ -48,6 +48,21 @@ const (
 	KeyProto
 	// KeyPort is a transport port (inet_service).
 	KeyPort
+	// KeySlot is an endpoint slot: the number "numgen random mod N" draws for a Service port.
+	KeySlot
+)
+
+// DataKind is what the elements of a map map their keys to.
+type DataKind uint8
+
+// The kinds of set data nftproxy uses.
+const (
+	// NoData makes a plain set.
+	NoData DataKind = iota
+	// VerdictData makes a verdict map: each element carries a Verdict.
+	VerdictData
+	// EndpointData makes a DNAT map: each element carries an endpoint address and port.
+	EndpointData
 )
 
 // Set is a named set or verdict map.
@@ -55,19 +70,25 @@ type Set struct {
 	Name string
 	// Key lists the key's fields; more than one makes a concatenation.
 	Key []KeyField
-	// Map makes this a verdict map: each element carries a Verdict.
-	Map      bool
+	// Data is what elements map to; NoData makes a plain set.
+	Data     DataKind
 	Comment  string
 	Elements []Element
 }
+
+// IsMap reports whether the set is a map.
+func (s *Set) IsMap() bool { return s.Data != NoData }
 
 // Element is one element of a set or map. Only the fields named by the set's Key are used.
 type Element struct {
 	Addr  netip.Addr
 	Proto Protocol
 	Port  uint16
-	// Verdict is the element's verdict in a verdict map.
+	Slot  uint32
+	// Verdict is the element's value in a verdict map.
 	Verdict Verdict
+	// Endpoint is the element's value in an endpoint map.
+	Endpoint netip.AddrPort
 	// Comment names the Service the element belongs to ("namespace/name:port").
 	Comment string
 }
@@ -143,17 +164,23 @@ type Masquerade struct{ FullyRandom bool }
 // dropped by Linux, which delays the refusal until the SYN is retransmitted a second later.
 type Reject struct{ TCPReset bool }
 
-// NumgenVmap picks one of Targets uniformly at random and jumps to it with goto:
-// "numgen random mod N vmap { 0 : goto a, 1 : goto b }".
-type NumgenVmap struct{ Targets []string }
-
-// DNAT rewrites the destination of a Proto packet to Addr:Port:
-// "meta l4proto tcp dnat to 10.244.1.5:8080".
-type DNAT struct {
+// DNATSlot rewrites the destination of a Proto packet to the endpoint that an endpoint map
+// holds for the packet's Key (fields of the packet) and a slot drawn uniformly at random
+// from 0 to Slots-1: "dnat ip to ip daddr . meta l4proto . tcp dport . numgen random mod 3
+// map @service-endpoints". Key must not contain KeySlot; the slot is appended to it.
+type DNATSlot struct {
 	Proto Protocol
-	Addr  netip.Addr
-	Port  uint16
+	Key   []KeyField
+	Slots uint32
+	Map   string
 }
+
+// CtStatusDNAT matches packets of connections whose destination was NATed: "ct status dnat".
+type CtStatusDNAT struct{}
+
+// SaddrDaddrInSet matches packets whose source and destination address pair is in the named
+// set: "ip saddr . ip daddr @hairpin".
+type SaddrDaddrInSet struct{ Set string }
 
 // VerdictKind is the kind of a verdict.
 type VerdictKind uint8
@@ -185,6 +212,7 @@ func (MarkSetOr) isExpr()        {}
 func (MarkSetXor) isExpr()       {}
 func (Masquerade) isExpr()       {}
 func (Reject) isExpr()           {}
-func (NumgenVmap) isExpr()       {}
-func (DNAT) isExpr()             {}
+func (DNATSlot) isExpr()         {}
+func (CtStatusDNAT) isExpr()     {}
+func (SaddrDaddrInSet) isExpr()  {}
 func (Verdict) isExpr()          {}

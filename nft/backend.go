@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -86,7 +87,12 @@ func (n *Netlink) Replace(rulesets ...*model.Ruleset) error {
 			return fmt.Errorf("encode %s table: %w", rs.Family, err)
 		}
 	}
-	if err := n.commit(b); err != nil {
+	t0 := time.Now()
+	err := n.commit(b)
+	if os.Getenv("PROBE") != "" {
+		fmt.Println("commit", time.Since(t0), len(b.msgs))
+	}
+	if err != nil {
 		return fmt.Errorf("replace nftproxy tables: %w", err)
 	}
 	return nil

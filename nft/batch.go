@@ -15,16 +15,16 @@ import (
 // nftables netlink constants that golang.org/x/sys/unix does not define.
 const (
 	nfnlBatchGenID       = 1    // NFNL_BATCH_GENID, in the batch-begin message
-	nftaSetDescConcat    = 2    // NFTA_SET_DESC_CONCAT
-	nftaSetFieldLen      = 1    // NFTA_SET_FIELD_LEN
-	nftSetConcat         = 0x80 // NFT_SET_CONCAT
-	udataSetKeyByteOrder = 0    // NFTNL_UDATA_SET_KEYBYTEORDER
-	udataSetComment      = 7    // NFTNL_UDATA_SET_COMMENT
+	udataSetKeyByteOrder  = 0 // NFTNL_UDATA_SET_KEYBYTEORDER
+	udataSetDataByteOrder = 1 // NFTNL_UDATA_SET_DATABYTEORDER
+	udataSetKeyTypeof     = 3 // NFTNL_UDATA_SET_KEY_TYPEOF
+	udataSetDataTypeof    = 4 // NFTNL_UDATA_SET_DATA_TYPEOF
+	udataSetDataInterval  = 6 // NFTNL_UDATA_SET_DATA_INTERVAL
+	udataSetComment       = 7 // NFTNL_UDATA_SET_COMMENT
 	udataElemComment     = 0    // NFTNL_UDATA_SET_ELEM_COMMENT
 	udataRuleComment     = 0    // NFTNL_UDATA_RULE_COMMENT
-	byteOrderHost        = 1
-	byteOrderBig         = 2
-	nfAccept             = 1 // NF_ACCEPT, the policy of every base chain
+	byteOrderBig          = 2
+	nfAccept              = 1 // NF_ACCEPT, the policy of every base chain
 )
 
 // batch accumulates nftables netlink messages for one transaction. Unlike google/nftables'
@@ -34,7 +34,7 @@ const (
 type batch struct {
 	msgs []netlink.Message
 	err  error
-	// nextSetID numbers the anonymous sets created in this batch.
+	// nextSetID numbers the sets created in this batch.
 	nextSetID uint32
 }
 
@@ -110,33 +110,26 @@ func (b *batch) addChain(family byte, table string, c chainSpec) {
 	b.add(family, unix.NFT_MSG_NEWCHAIN, netlink.Create, ae)
 }
 
-// setSpec describes a set to create.
+// setSpec describes a named set or map to create.
 type setSpec struct {
-	name      string
-	id        uint32
-	anonymous bool
-	isMap     bool // verdict map
-	keyType   uint32
-	keyLen    uint32
-	// fieldLens are the lengths of the fields of a concatenated key.
-	fieldLens []uint32
-	// hostOrder marks keys in host byte order (nft's numgen maps), for nft's printing.
-	hostOrder bool
-	comment   string
-	// size is the number of elements of a constant (anonymous) set.
-	size uint32
+	name    string
+	id      uint32
+	keyType uint32
+	keyLen  uint32
+	// dataType is 0 for a plain set, NFT_DATA_VERDICT for a verdict map, or the type number of
+	// a data map's values, dataLen bytes long.
+	dataType uint32
+	dataLen  uint32
+	// typeof is nft's description of the key and data as expressions, for sets whose key
+	// has no named type; nil for sets declared with "type".
+	typeof  []byte
+	comment string
 }
 
 func (b *batch) addSet(family byte, table string, s setSpec) {
 	var flags uint32
-	if s.anonymous {
-		flags |= unix.NFT_SET_ANONYMOUS | unix.NFT_SET_CONSTANT
-	}
-	if s.isMap {
+	if s.dataType != 0 {
 		flags |= unix.NFT_SET_MAP
-	}
-	if len(s.fieldLens) > 1 {
-		flags |= nftSetConcat
 	}
 	ae := newAttrs()
 	ae.String(unix.NFTA_SET_TABLE, table)
@@ -144,35 +137,21 @@ func (b *batch) addSet(family byte, table string, s setSpec) {
 	ae.Uint32(unix.NFTA_SET_FLAGS, flags)
 	ae.Uint32(unix.NFTA_SET_KEY_TYPE, s.keyType)
 	ae.Uint32(unix.NFTA_SET_KEY_LEN, s.keyLen)
-	if s.isMap {
-		ae.Uint32(unix.NFTA_SET_DATA_TYPE, unix.NFT_DATA_VERDICT)
-		ae.Uint32(unix.NFTA_SET_DATA_LEN, 0)
+	if s.dataType != 0 {
+		ae.Uint32(unix.NFTA_SET_DATA_TYPE, s.dataType)
+		ae.Uint32(unix.NFTA_SET_DATA_LEN, s.dataLen)
 	}
 	ae.Uint32(unix.NFTA_SET_ID, s.id)
-	if s.anonymous || len(s.fieldLens) > 1 {
-		ae.Nested(unix.NFTA_SET_DESC, func(d *netlink.AttributeEncoder) error {
-			if s.anonymous {
-				d.Uint32(unix.NFTA_SET_DESC_SIZE, s.size)
-			}
-			if len(s.fieldLens) > 1 {
-				d.Nested(nftaSetDescConcat, func(c *netlink.AttributeEncoder) error {
-					for _, l := range s.fieldLens {
-						c.Nested(unix.NFTA_LIST_ELEM, func(f *netlink.AttributeEncoder) error {
-							f.Uint32(nftaSetFieldLen, l)
-							return nil
-						})
-					}
-					return nil
-				})
-			}
-			return nil
-		})
+	var udata []byte
+	if s.typeof != nil {
+		// nft leaves the byte order of typeof keys and data unset.
+		udata = appendUdataUint32(udata, udataSetKeyByteOrder, 0)
+		udata = appendUdataUint32(udata, udataSetDataByteOrder, 0)
+		udata = append(udata, s.typeof...)
+		udata = appendUdataUint32(udata, udataSetDataInterval, 0)
+	} else {
+		udata = appendUdataUint32(udata, udataSetKeyByteOrder, byteOrderBig)
 	}
-	order := uint32(byteOrderBig)
-	if s.hostOrder {
-		order = byteOrderHost
-	}
-	udata := appendUdataUint32(nil, udataSetKeyByteOrder, order)
 	if s.comment != "" {
 		udata = appendUdataString(udata, udataSetComment, s.comment)
 	}
@@ -184,6 +163,8 @@ func (b *batch) addSet(family byte, table string, s setSpec) {
 type element struct {
 	key     []byte
 	verdict *expr.Verdict
+	// data is the value of a data map's element.
+	data    []byte
 	comment string
 }
 
@@ -192,7 +173,7 @@ type element struct {
 const maxElemsPerMsg = 256
 
 // setElems adds (typ NFT_MSG_NEWSETELEM) or deletes (NFT_MSG_DELSETELEM) elements.
-func (b *batch) setElems(family byte, typ uint16, table, set string, setID uint32, elems []element) {
+func (b *batch) setElems(family byte, typ uint16, table, set string, elems []element) {
 	for len(elems) > 0 {
 		n := min(len(elems), maxElemsPerMsg)
 		chunk := elems[:n]
@@ -200,9 +181,6 @@ func (b *batch) setElems(family byte, typ uint16, table, set string, setID uint3
 		ae := newAttrs()
 		ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, table)
 		ae.String(unix.NFTA_SET_ELEM_LIST_SET, set)
-		if setID != 0 {
-			ae.Uint32(unix.NFTA_SET_ELEM_LIST_SET_ID, setID)
-		}
 		ae.Nested(unix.NFTA_SET_ELEM_LIST_ELEMENTS, func(list *netlink.AttributeEncoder) error {
 			for i, el := range chunk {
 				list.Nested(uint16(i+1), func(e *netlink.AttributeEncoder) error {
@@ -219,6 +197,12 @@ func (b *batch) setElems(family byte, typ uint16, table, set string, setID uint3
 								}
 								return nil
 							})
+							return nil
+						})
+					}
+					if el.data != nil && typ == unix.NFT_MSG_NEWSETELEM {
+						e.Nested(unix.NFTA_SET_ELEM_DATA, func(d *netlink.AttributeEncoder) error {
+							d.Bytes(unix.NFTA_DATA_VALUE, el.data)
 							return nil
 						})
 					}

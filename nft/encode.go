@@ -20,6 +20,10 @@ const (
 	reg32First = 8 // NFT_REG32_00, aliasing the first word of reg1
 )
 
+// ctStatusDNAT is IPS_DST_NAT, the conntrack status bit of a connection whose destination
+// was NATed.
+const ctStatusDNAT = 0x20
+
 // ICMP codes of "reject" (port unreachable), which nft picks for the table's family.
 const (
 	icmpPortUnreachable   = 3
@@ -83,8 +87,8 @@ const (
 	concatTypeBits = 6
 )
 
-// keyType returns the key type number and length of a set key, and the lengths of its fields.
-func (e *encoder) keyType(key []model.KeyField) (typ, length uint32, fields []uint32) {
+// keyType returns the key type number and length of a set key.
+func (e *encoder) keyType(key []model.KeyField) (typ, length uint32) {
 	concat := len(key) > 1
 	for _, k := range key {
 		t := uint32(typeInetService)
@@ -96,26 +100,48 @@ func (e *encoder) keyType(key []model.KeyField) (typ, length uint32, fields []ui
 			}
 		case model.KeyProto:
 			t = typeInetProto
+		case model.KeySlot:
+			t = typeInteger
 		}
 		typ = typ<<concatTypeBits | t
-		l := uint32(model.KeyFieldLen(e.family, k, concat))
-		length += l
-		fields = append(fields, l)
+		length += uint32(model.KeyFieldLen(e.family, k, concat))
 	}
-	return typ, length, fields
+	return typ, length
 }
 
 func (e *encoder) addSet(s *model.Set) {
-	typ, length, fields := e.keyType(s.Key)
-	e.b.addSet(e.fam, model.TableName, setSpec{
-		name:      s.Name,
-		id:        e.b.newSetID(),
-		isMap:     s.Map,
-		keyType:   typ,
-		keyLen:    length,
-		fieldLens: fields,
-		comment:   s.Comment,
-	})
+	typ, length := e.keyType(s.Key)
+	spec := setSpec{
+		name:    s.Name,
+		id:      e.b.newSetID(),
+		keyType: typ,
+		keyLen:  length,
+		comment: s.Comment,
+	}
+	switch s.Data {
+	case model.VerdictData:
+		spec.dataType = unix.NFT_DATA_VERDICT
+	case model.EndpointData:
+		spec.dataType, spec.dataLen = e.endpointType()
+		spec.typeof = typeofUdata(e.family, s.Key)
+	}
+	e.b.addSet(e.fam, model.TableName, spec)
+}
+
+// endpointType returns the type number and length of an endpoint map's data: an address of the
+// table's family concatenated with a port.
+func (e *encoder) endpointType() (typ, length uint32) {
+	addrType, addrLen := uint32(typeIPv4Addr), uint32(4)
+	if e.family == model.IPv6 {
+		addrType, addrLen = typeIPv6Addr, 16
+	}
+	return addrType<<concatTypeBits | typeInetService, addrLen + 4
+}
+
+// endpointData returns an endpoint as an endpoint map stores it.
+func endpointData(ep netip.AddrPort) []byte {
+	out := ep.Addr().AsSlice()
+	return append(out, byte(ep.Port()>>8), byte(ep.Port()), 0, 0)
 }
 
 // addElements adds elements to the set s.
@@ -133,16 +159,22 @@ func (e *encoder) elements(op uint16, s *model.Set, in []model.Element) error {
 			return fmt.Errorf("set %s: address %s is not %s", s.Name, el.Addr, e.family)
 		}
 		w := element{key: model.ElementKey(e.family, s.Key, el), comment: el.Comment}
-		if s.Map {
+		switch s.Data {
+		case model.VerdictData:
 			v, err := verdict(el.Verdict)
 			if err != nil {
 				return fmt.Errorf("set %s: %w", s.Name, err)
 			}
 			w.verdict = v
+		case model.EndpointData:
+			if !e.family.Contains(el.Endpoint.Addr()) {
+				return fmt.Errorf("set %s: endpoint %s is not %s", s.Name, el.Endpoint, e.family)
+			}
+			w.data = endpointData(el.Endpoint)
 		}
 		out = append(out, w)
 	}
-	e.b.setElems(e.fam, op, model.TableName, s.Name, 0, out)
+	e.b.setElems(e.fam, op, model.TableName, s.Name, out)
 	return nil
 }
 
@@ -259,28 +291,46 @@ func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 		}, nil
 
 	case model.VmapLookup:
-		var out []expr.Any
-		reg := uint32(reg32First)
-		for i, k := range x.Key {
-			dst := reg
-			if i == 0 {
-				dst = reg1 // nft names the first register of a concatenation by its 128-bit alias
-			}
-			switch k {
-			case model.KeyAddr:
-				off, n := e.addrField(false)
-				out = append(out, payloadNet(dst, off, n))
-				reg += n / 4
-			case model.KeyProto:
-				out = append(out, metaL4Proto(dst))
-				reg++
-			case model.KeyPort:
-				out = append(out, payloadDport(dst))
-				reg++
-			}
-		}
+		out, _ := e.loadKey(x.Key, 0)
 		out = append(out, &expr.Lookup{SourceRegister: reg1, SetName: x.Map, DestRegister: regVerdict, IsDestRegSet: true})
 		return out, nil
+
+	case model.DNATSlot:
+		if x.Slots == 0 {
+			return nil, fmt.Errorf("dnat to map %s with no slots", x.Map)
+		}
+		out := []expr.Any{
+			metaL4Proto(reg1),
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(x.Proto)}},
+		}
+		load, word := e.loadKey(x.Key, 0)
+		out = append(out, load...)
+		// The endpoint comes back as the address, then the port in the next 32-bit word.
+		_, addrLen := e.addrField(false)
+		addrReg, portReg := uint32(reg1), register(addrLen/4)
+		return append(out,
+			&expr.Numgen{Register: register(word), Type: unix.NFT_NG_RANDOM, Modulus: x.Slots},
+			&expr.Lookup{SourceRegister: reg1, SetName: x.Map, DestRegister: reg1, IsDestRegSet: true},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(e.fam), RegAddrMin: addrReg, RegAddrMax: addrReg,
+				RegProtoMin: portReg, RegProtoMax: portReg, Specified: true},
+		), nil
+
+	case model.CtStatusDNAT:
+		return []expr.Any{
+			&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(ctStatusDNAT), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)},
+		}, nil
+
+	case model.SaddrDaddrInSet:
+		soff, n := e.addrField(true)
+		doff, _ := e.addrField(false)
+		return []expr.Any{
+			payloadNet(reg1, soff, n),
+			payloadNet(register(n/4), doff, n),
+			&expr.Lookup{SourceRegister: reg1, SetName: x.Set},
+		}, nil
 
 	case model.MarkUnset:
 		return []expr.Any{
@@ -312,25 +362,6 @@ func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 			code = icmpv6PortUnreachable
 		}
 		return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: code}}, nil
-
-	case model.NumgenVmap:
-		return e.numgenVmap(x)
-
-	case model.DNAT:
-		if !e.family.Contains(x.Addr) {
-			return nil, fmt.Errorf("dnat to %s in an %s table", x.Addr, e.family)
-		}
-		fam := uint32(unix.NFPROTO_IPV4)
-		if e.family == model.IPv6 {
-			fam = unix.NFPROTO_IPV6
-		}
-		return []expr.Any{
-			metaL4Proto(reg1),
-			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(x.Proto)}},
-			&expr.Immediate{Register: reg1, Data: x.Addr.AsSlice()},
-			&expr.Immediate{Register: reg2, Data: binaryutil.BigEndian.PutUint16(x.Port)},
-			&expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: reg1, RegProtoMin: reg2, Specified: true},
-		}, nil
 
 	case model.Verdict:
 		v, err := verdict(x)
@@ -380,32 +411,36 @@ func markSet(mask, xor uint32) []expr.Any {
 	}
 }
 
-// numgenVmap adds the anonymous constant map that numgen's result is looked up in.
-func (e *encoder) numgenVmap(x model.NumgenVmap) ([]expr.Any, error) {
-	id := e.b.newSetID()
-	const name = "__map%d" // the kernel picks the number
-	e.b.addSet(e.fam, model.TableName, setSpec{
-		name:      name,
-		id:        id,
-		anonymous: true,
-		isMap:     true,
-		keyType:   typeInteger,
-		keyLen:    4,
-		hostOrder: true,
-		size:      uint32(len(x.Targets)),
-	})
-	elems := make([]element, len(x.Targets))
-	for i, t := range x.Targets {
-		elems[i] = element{
-			key:     binaryutil.NativeEndian.PutUint32(uint32(i)),
-			verdict: &expr.Verdict{Kind: expr.VerdictGoto, Chain: t},
+// register returns the register holding the 32-bit word number word of a concatenation
+// loaded from NFT_REG_1 on. Like nft, it names a word by its 128-bit register when the word
+// starts one.
+func register(word uint32) uint32 {
+	if word%4 == 0 {
+		return reg1 + word/4
+	}
+	return reg32First + word
+}
+
+// loadKey loads the packet fields of key into consecutive registers from 32-bit word first
+// on, returning the expressions and the next free word.
+func (e *encoder) loadKey(key []model.KeyField, first uint32) ([]expr.Any, uint32) {
+	var out []expr.Any
+	word := first
+	for _, k := range key {
+		switch k {
+		case model.KeyAddr:
+			off, n := e.addrField(false)
+			out = append(out, payloadNet(register(word), off, n))
+			word += n / 4
+		case model.KeyProto:
+			out = append(out, metaL4Proto(register(word)))
+			word++
+		case model.KeyPort:
+			out = append(out, payloadDport(register(word)))
+			word++
 		}
 	}
-	e.b.setElems(e.fam, unix.NFT_MSG_NEWSETELEM, model.TableName, name, id, elems)
-	return []expr.Any{
-		&expr.Numgen{Register: reg1, Type: unix.NFT_NG_RANDOM, Modulus: uint32(len(x.Targets))},
-		&expr.Lookup{SourceRegister: reg1, SetName: name, SetID: id, DestRegister: regVerdict, IsDestRegSet: true},
-	}, nil
+	return out, word
 }
 
 func verdict(v model.Verdict) (*expr.Verdict, error) {
