@@ -303,43 +303,70 @@ func (b *builder) service(svc *Service) {
 			continue
 		}
 
-		svcChain := ServiceChainName(svc.Name, port)
-		b.addElement(MapServiceIPs, Element{Addr: clusterIP, Proto: port.Protocol, Port: port.Port, Verdict: goTo(svcChain), Comment: comment})
+		slots := uint32(len(eps))
+		b.addElement(MapServiceIPs, Element{Addr: clusterIP, Proto: port.Protocol, Port: port.Port, Verdict: goTo(b.pickChain(Cluster, port.Protocol, slots)), Comment: comment})
 		b.slots(MapServiceEndpoints, Element{Addr: clusterIP, Proto: port.Protocol, Port: port.Port, Comment: comment}, eps)
-		c := &Chain{Name: svcChain}
+		for _, ep := range eps {
+			b.addElement(SetHairpin, Element{Addr: ep.Addr})
+		}
+		if len(external) > 0 {
+			to := goTo(b.pickChain(External, port.Protocol, slots))
+			for _, a := range external {
+				b.addElement(MapServiceIPs, Element{Addr: a, Proto: port.Protocol, Port: port.Port, Verdict: to, Comment: comment})
+				b.slots(MapServiceEndpoints, Element{Addr: a, Proto: port.Protocol, Port: port.Port, Comment: comment}, eps)
+			}
+		}
+		if nodePort != 0 {
+			to := goTo(b.pickChain(NodePortPick, port.Protocol, slots))
+			b.addElement(MapServiceNodePorts, Element{Proto: port.Protocol, Port: nodePort, Verdict: to, Comment: comment})
+			b.slots(MapNodePortEndpoints, Element{Proto: port.Protocol, Port: nodePort, Comment: comment}, eps)
+		}
+	}
+}
+
+// PickKind is the kind of traffic an endpoint-picking chain handles.
+type PickKind uint8
+
+// The kinds of endpoint-picking chains.
+const (
+	// Cluster traffic: to a ClusterIP, masqueraded only from outside the cluster.
+	Cluster PickKind = iota
+	// External traffic to an ExternalIP or a LoadBalancer IP, always masqueraded.
+	External
+	// NodePortPick is external traffic to a NodePort, always masqueraded.
+	NodePortPick
+)
+
+// pickChain adds (once per name) the chain that DNATs kind traffic of proto Service ports with
+// the given number of endpoint slots, and returns its name.
+//
+// These chains are shared by every Service port of the same protocol and endpoint count:
+// which endpoints are meant comes from the endpoint maps, keyed on the packet's destination
+// and the slot drawn. Sharing them keeps the number of chains (and of rules bound to the
+// endpoint maps, each of which costs the kernel a walk over the whole map) independent of
+// the number of Services.
+func (b *builder) pickChain(kind PickKind, proto Protocol, slots uint32) string {
+	name := PickChainName(kind, proto, slots)
+	c := &Chain{Name: name}
+	switch kind {
+	case Cluster:
 		if b.node.MasqueradeAll {
 			c.Rules = append(c.Rules, rule(jump(ChainMarkForMasquerade)))
 		} else if cidr, ok := b.clusterCIDR(); ok {
 			c.Rules = append(c.Rules, rule(MatchSaddr{Prefix: cidr, Negate: true}, jump(ChainMarkForMasquerade)))
 		}
-		c.Rules = append(c.Rules, rule(DNATSlot{Proto: port.Protocol, Key: keyAddrProtoPort, Slots: uint32(len(eps)), Map: MapServiceEndpoints}))
-		b.addChain(c)
-		for _, ep := range eps {
-			b.addElement(SetHairpin, Element{Addr: ep.Addr})
-		}
-
-		if len(external) > 0 || nodePort != 0 {
-			extChain := ExternalChainName(svc.Name, port)
-			ext := &Chain{Name: extChain, Rules: []Rule{
-				{Exprs: []Expr{jump(ChainMarkForMasquerade)}, Comment: "masquerade traffic from outside the cluster"},
-			}}
-			if len(external) > 0 {
-				ext.Rules = append(ext.Rules, rule(DNATSlot{Proto: port.Protocol, Key: keyAddrProtoPort, Slots: uint32(len(eps)), Map: MapServiceEndpoints}))
-			}
-			if nodePort != 0 {
-				ext.Rules = append(ext.Rules, rule(DNATSlot{Proto: port.Protocol, Key: keyProtoPort, Slots: uint32(len(eps)), Map: MapNodePortEndpoints}))
-			}
-			b.addChain(ext)
-			for _, a := range external {
-				b.addElement(MapServiceIPs, Element{Addr: a, Proto: port.Protocol, Port: port.Port, Verdict: goTo(extChain), Comment: comment})
-				b.slots(MapServiceEndpoints, Element{Addr: a, Proto: port.Protocol, Port: port.Port, Comment: comment}, eps)
-			}
-			if nodePort != 0 {
-				b.addElement(MapServiceNodePorts, Element{Proto: port.Protocol, Port: nodePort, Verdict: goTo(extChain), Comment: comment})
-				b.slots(MapNodePortEndpoints, Element{Proto: port.Protocol, Port: nodePort, Comment: comment}, eps)
-			}
-		}
+		c.Rules = append(c.Rules, rule(DNATSlot{Proto: proto, Key: keyAddrProtoPort, Slots: slots, Map: MapServiceEndpoints}))
+	case External:
+		c.Rules = append(c.Rules,
+			Rule{Exprs: []Expr{jump(ChainMarkForMasquerade)}, Comment: "masquerade traffic from outside the cluster"},
+			rule(DNATSlot{Proto: proto, Key: keyAddrProtoPort, Slots: slots, Map: MapServiceEndpoints}))
+	case NodePortPick:
+		c.Rules = append(c.Rules,
+			Rule{Exprs: []Expr{jump(ChainMarkForMasquerade)}, Comment: "masquerade traffic from outside the cluster"},
+			rule(DNATSlot{Proto: proto, Key: keyProtoPort, Slots: slots, Map: MapNodePortEndpoints}))
 	}
+	b.addChain(c)
+	return name
 }
 
 // slots adds one element per endpoint to an endpoint map: key's fields with slots 0 to

@@ -62,30 +62,21 @@ func TestSharedExternalIPGoesToFirstService(t *testing.T) {
 	}
 }
 
-func TestNamesAreBoundedAndDistinct(t *testing.T) {
-	long := strings.Repeat("n", 63)
-	svc := ServiceName{Namespace: long, Name: long}
-	p1 := ServicePort{Name: strings.Repeat("p", 15), Protocol: TCP, Port: 80}
-	p2 := p1
-	p2.Port = 81
-	names := []string{
-		ServiceChainName(svc, p1), ServiceChainName(svc, p2),
-		ExternalChainName(svc, p1), ExternalChainName(svc, p2),
-	}
+func TestNamesAreDistinctAndCommentsBounded(t *testing.T) {
 	seen := map[string]bool{}
-	for _, n := range names {
-		if len(n) > maxNameLen {
-			t.Errorf("name %q is %d bytes, want at most %d", n, len(n), maxNameLen)
+	for _, kind := range []PickKind{Cluster, External, NodePortPick} {
+		for _, proto := range []Protocol{TCP, UDP, SCTP} {
+			for _, n := range []uint32{1, 2, 10, 11} {
+				name := PickChainName(kind, proto, n)
+				if seen[name] {
+					t.Errorf("chain name %q is derived twice", name)
+				}
+				seen[name] = true
+			}
 		}
-		if !strings.Contains(n, "/") {
-			t.Errorf("per-service name %q has no '/'", n)
-		}
-		if seen[n] {
-			t.Errorf("name %q is derived twice", n)
-		}
-		seen[n] = true
 	}
-	if c := PortComment(ServiceName{Namespace: strings.Repeat("x", 200), Name: "y"}, p1); len(c) > maxCommentLen {
+	p := ServicePort{Name: strings.Repeat("p", 15), Protocol: TCP, Port: 80}
+	if c := PortComment(ServiceName{Namespace: strings.Repeat("x", 200), Name: "y"}, p); len(c) > maxCommentLen {
 		t.Errorf("comment is %d bytes, want at most %d", len(c), maxCommentLen)
 	}
 }
