@@ -36,10 +36,10 @@ func Build(services []Service, node NodeConfig) *Ruleset {
 	sorted := slices.Clone(services)
 	slices.SortFunc(sorted, func(a, b Service) int { return CompareNames(a.Name, b.Name) })
 	sets := make(map[string]*Set, len(rs.Sets))
-	seen := make(map[string]map[Element]bool, len(rs.Sets))
+	seen := make(map[string]map[Key]bool, len(rs.Sets))
 	for _, s := range rs.Sets {
 		sets[s.Name] = s
-		seen[s.Name] = map[Element]bool{}
+		seen[s.Name] = map[Key]bool{}
 		for _, e := range s.Elements {
 			seen[s.Name][e.Key()] = true
 		}
@@ -77,10 +77,19 @@ func CompareNames(a, b ServiceName) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 }
 
-// Key returns the element with only its key fields set: two elements of a set with the same
-// Key are the same element as far as the kernel is concerned.
-func (e Element) Key() Element {
-	return Element{Addr: e.Addr, Proto: e.Proto, Port: e.Port, Slot: e.Slot}
+// Key is the key of an element: two elements of a set with the same Key are the same element
+// as far as the kernel is concerned. It is much smaller than an Element, which matters for
+// maps of hundreds of thousands of elements.
+type Key struct {
+	Addr  netip.Addr
+	Proto Protocol
+	Port  uint16
+	Slot  uint32
+}
+
+// Key returns the element's key.
+func (e Element) Key() Key {
+	return Key{Addr: e.Addr, Proto: e.Proto, Port: e.Port, Slot: e.Slot}
 }
 
 // PartElement is an element of the named set.
@@ -97,10 +106,26 @@ type Part struct {
 	Chains   []*Chain
 }
 
+// Element returns a pointer to the Part's element of set with key k, or nil.
+func (p *Part) Element(set string, k Key) *Element {
+	for i := range p.Elements {
+		if pe := &p.Elements[i]; pe.Set == set && pe.Element.Key() == k {
+			return &pe.Element
+		}
+	}
+	return nil
+}
+
 // BuildPart returns the elements and chains of one Service in node.Family's table. A Service
 // without a ClusterIP of that family has an empty Part.
 func BuildPart(svc *Service, node NodeConfig) *Part {
-	b := &builder{node: node, part: &Part{}}
+	// Most Services need about this many elements: per port, the ClusterIP's service-ips
+	// and cluster-ips elements, and a slot and a hairpin element per endpoint.
+	n := 1
+	for _, p := range svc.Ports {
+		n += 2 + 3*len(p.Endpoints)
+	}
+	b := &builder{node: node, part: &Part{Elements: make([]PartElement, 0, n)}}
 	b.service(svc)
 	return b.part
 }

@@ -39,7 +39,6 @@ const MasqueradeMark uint32 = 0x4000
 // maxCommentLen is nft's limit for comments (NFTNL_UDATA_COMMENT_MAXLEN).
 const maxCommentLen = 128
 
-
 // PortComment is the comment carried by every map element of a Service port:
 // "namespace/name:port", with the port's name, or its number when it has none.
 func PortComment(svc ServiceName, p ServicePort) string {

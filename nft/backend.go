@@ -16,12 +16,20 @@ import (
 	"github.com/nftproxy/nftproxy/model"
 )
 
-// Backend commits rulesets to nftables. Every call is atomic: either all of it takes effect
-// or none of it does.
+// Backend reads and writes nftproxy's tables. Every write is atomic: either all of it takes
+// effect or none of it does.
 type Backend interface {
-	// Replace replaces nftproxy's table of each given family with the ruleset, in one
-	// transaction covering all of them. Tables of families not given are left alone.
-	Replace(rulesets ...*model.Ruleset) error
+	// Apply commits tx as one transaction. When genID is not zero the transaction is applied
+	// only if the ruleset generation still equals genID; otherwise it fails with
+	// ErrGenerationChanged and changes nothing.
+	Apply(tx *Transaction, genID uint32) error
+	// Read returns the table of fam as it is, decoded against want (the layout nftproxy
+	// would write), and the generation it was read at; nil when there is no table. A table
+	// in another layout gives an error matching ErrIncompatible.
+	Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, uint32, error)
+	// Generation returns the current ruleset generation, which every commit by anyone
+	// changes.
+	Generation() (uint32, error)
 	// Delete removes nftproxy's tables of the given families, if they exist.
 	Delete(families ...model.Family) error
 }

@@ -14,15 +14,15 @@ import (
 
 // nftables netlink constants that golang.org/x/sys/unix does not define.
 const (
-	nfnlBatchGenID       = 1    // NFNL_BATCH_GENID, in the batch-begin message
+	nfnlBatchGenID        = 1 // NFNL_BATCH_GENID, in the batch-begin message
 	udataSetKeyByteOrder  = 0 // NFTNL_UDATA_SET_KEYBYTEORDER
 	udataSetDataByteOrder = 1 // NFTNL_UDATA_SET_DATABYTEORDER
 	udataSetKeyTypeof     = 3 // NFTNL_UDATA_SET_KEY_TYPEOF
 	udataSetDataTypeof    = 4 // NFTNL_UDATA_SET_DATA_TYPEOF
 	udataSetDataInterval  = 6 // NFTNL_UDATA_SET_DATA_INTERVAL
 	udataSetComment       = 7 // NFTNL_UDATA_SET_COMMENT
-	udataElemComment     = 0    // NFTNL_UDATA_SET_ELEM_COMMENT
-	udataRuleComment     = 0    // NFTNL_UDATA_RULE_COMMENT
+	udataElemComment      = 0 // NFTNL_UDATA_SET_ELEM_COMMENT
+	udataRuleComment      = 0 // NFTNL_UDATA_RULE_COMMENT
 	byteOrderBig          = 2
 	nfAccept              = 1 // NF_ACCEPT, the policy of every base chain
 )
@@ -110,6 +110,22 @@ func (b *batch) addChain(family byte, table string, c chainSpec) {
 	b.add(family, unix.NFT_MSG_NEWCHAIN, netlink.Create, ae)
 }
 
+// flushChain deletes all rules of a chain.
+func (b *batch) flushChain(family byte, table, chain string) {
+	ae := newAttrs()
+	ae.String(unix.NFTA_RULE_TABLE, table)
+	ae.String(unix.NFTA_RULE_CHAIN, chain)
+	b.add(family, unix.NFT_MSG_DELRULE, 0, ae)
+}
+
+// delChain deletes an empty chain that nothing refers to.
+func (b *batch) delChain(family byte, table, chain string) {
+	ae := newAttrs()
+	ae.String(unix.NFTA_CHAIN_TABLE, table)
+	ae.String(unix.NFTA_CHAIN_NAME, chain)
+	b.add(family, unix.NFT_MSG_DELCHAIN, 0, ae)
+}
+
 // setSpec describes a named set or map to create.
 type setSpec struct {
 	name    string
@@ -172,50 +188,83 @@ type element struct {
 // the 64 KiB that a netlink attribute length can describe.
 const maxElemsPerMsg = 256
 
-// setElems adds (typ NFT_MSG_NEWSETELEM) or deletes (NFT_MSG_DELSETELEM) elements.
+// setElems adds (typ NFT_MSG_NEWSETELEM) or deletes (NFT_MSG_DELSETELEM) elements. The
+// element lists are written by hand rather than with netlink.AttributeEncoder: a full sync
+// writes hundreds of thousands of elements, and nested encoders cost an allocation each.
 func (b *batch) setElems(family byte, typ uint16, table, set string, elems []element) {
+	adding := typ == unix.NFT_MSG_NEWSETELEM
 	for len(elems) > 0 {
 		n := min(len(elems), maxElemsPerMsg)
 		chunk := elems[:n]
 		elems = elems[n:]
-		ae := newAttrs()
-		ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, table)
-		ae.String(unix.NFTA_SET_ELEM_LIST_SET, set)
-		ae.Nested(unix.NFTA_SET_ELEM_LIST_ELEMENTS, func(list *netlink.AttributeEncoder) error {
-			for i, el := range chunk {
-				list.Nested(uint16(i+1), func(e *netlink.AttributeEncoder) error {
-					e.Nested(unix.NFTA_SET_ELEM_KEY, func(k *netlink.AttributeEncoder) error {
-						k.Bytes(unix.NFTA_DATA_VALUE, el.key)
-						return nil
-					})
-					if el.verdict != nil && typ == unix.NFT_MSG_NEWSETELEM {
-						e.Nested(unix.NFTA_SET_ELEM_DATA, func(d *netlink.AttributeEncoder) error {
-							d.Nested(unix.NFTA_DATA_VERDICT, func(v *netlink.AttributeEncoder) error {
-								v.Uint32(unix.NFTA_VERDICT_CODE, uint32(int32(el.verdict.Kind)))
-								if el.verdict.Chain != "" {
-									v.String(unix.NFTA_VERDICT_CHAIN, el.verdict.Chain)
-								}
-								return nil
-							})
-							return nil
-						})
+		data := []byte{family, unix.NFNETLINK_V0, 0, 0}
+		data = appendNLAString(data, unix.NFTA_SET_ELEM_LIST_TABLE, table)
+		data = appendNLAString(data, unix.NFTA_SET_ELEM_LIST_SET, set)
+		list := len(data)
+		data = appendNLAHeader(data, unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_LIST_ELEMENTS)
+		for i, el := range chunk {
+			elem := len(data)
+			data = appendNLAHeader(data, unix.NLA_F_NESTED|uint16(i+1))
+			key := len(data)
+			data = appendNLAHeader(data, unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_KEY)
+			data = appendNLA(data, unix.NFTA_DATA_VALUE, el.key)
+			data = endNested(data, key)
+			if adding && (el.verdict != nil || el.data != nil) {
+				d := len(data)
+				data = appendNLAHeader(data, unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_DATA)
+				if el.verdict != nil {
+					v := len(data)
+					data = appendNLAHeader(data, unix.NLA_F_NESTED|unix.NFTA_DATA_VERDICT)
+					data = appendNLA(data, unix.NFTA_VERDICT_CODE, binary.BigEndian.AppendUint32(nil, uint32(int32(el.verdict.Kind))))
+					if el.verdict.Chain != "" {
+						data = appendNLAString(data, unix.NFTA_VERDICT_CHAIN, el.verdict.Chain)
 					}
-					if el.data != nil && typ == unix.NFT_MSG_NEWSETELEM {
-						e.Nested(unix.NFTA_SET_ELEM_DATA, func(d *netlink.AttributeEncoder) error {
-							d.Bytes(unix.NFTA_DATA_VALUE, el.data)
-							return nil
-						})
-					}
-					if el.comment != "" && typ == unix.NFT_MSG_NEWSETELEM {
-						e.Bytes(unix.NFTA_SET_ELEM_USERDATA, appendUdataString(nil, udataElemComment, el.comment))
-					}
-					return nil
-				})
+					data = endNested(data, v)
+				} else {
+					data = appendNLA(data, unix.NFTA_DATA_VALUE, el.data)
+				}
+				data = endNested(data, d)
 			}
-			return nil
+			if adding && el.comment != "" {
+				data = appendNLA(data, unix.NFTA_SET_ELEM_USERDATA, appendUdataString(nil, udataElemComment, el.comment))
+			}
+			data = endNested(data, elem)
+		}
+		data = endNested(data, list)
+		b.msgs = append(b.msgs, netlink.Message{
+			Header: netlink.Header{
+				Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ),
+				Flags: netlink.Request | netlink.Create,
+			},
+			Data: data,
 		})
-		b.add(family, typ, netlink.Create, ae)
 	}
+}
+
+// appendNLAHeader appends the header of an attribute whose length endNested fills in.
+func appendNLAHeader(b []byte, typ uint16) []byte {
+	return binary.NativeEndian.AppendUint16(binary.NativeEndian.AppendUint16(b, 0), typ)
+}
+
+// endNested sets the length of the attribute that starts at start to reach the end of b.
+func endNested(b []byte, start int) []byte {
+	binary.NativeEndian.PutUint16(b[start:], uint16(len(b)-start))
+	return b
+}
+
+// appendNLA appends one netlink attribute, padded to 4 bytes.
+func appendNLA(b []byte, typ uint16, payload []byte) []byte {
+	b = binary.NativeEndian.AppendUint16(b, uint16(4+len(payload)))
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = append(b, payload...)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+func appendNLAString(b []byte, typ uint16, s string) []byte {
+	return appendNLA(b, typ, append([]byte(s), 0))
 }
 
 func (b *batch) addRule(family byte, table, chain string, exprs []expr.Any, comment string) {

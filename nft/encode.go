@@ -67,10 +67,18 @@ func (e *encoder) addAll(rs *model.Ruleset) error {
 		}
 	}
 	for _, c := range rs.Chains {
-		for i, r := range c.Rules {
-			if err := e.addRule(c.Name, r); err != nil {
-				return fmt.Errorf("rule %d of chain %s: %w", i, c.Name, err)
-			}
+		if err := e.addRules(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addRules appends the rules of c to the chain c.Name.
+func (e *encoder) addRules(c *model.Chain) error {
+	for i, r := range c.Rules {
+		if err := e.addRule(c.Name, r); err != nil {
+			return fmt.Errorf("rule %d of chain %s: %w", i, c.Name, err)
 		}
 	}
 	return nil

@@ -1,33 +1,106 @@
 package nft
 
 import (
+	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	gosync "sync"
 
 	"github.com/nftproxy/nftproxy/model"
 )
 
-// Fake is an in-memory Backend. It applies each call atomically, keeps the resulting tables,
-// records the last transaction and can be told to fail a share of them, so that tests of the
-// sync loop can check convergence without a kernel.
+// Fake is an in-memory Backend. It applies each transaction atomically with the kernel's
+// checks that matter to a syncer (an element or chain added twice with different content, a
+// missing element or chain deleted, a chain deleted while it has rules or is referenced, a
+// stale generation), keeps the resulting tables, records the last transaction and can be told
+// to fail a share of transactions, so that tests of the sync loop can check convergence
+// without a kernel.
 type Fake struct {
 	mu     gosync.Mutex
-	tables map[model.Family]*model.Ruleset
-	// FailRate is the probability (0 to 1) that a call fails with ErrInjected and changes
-	// nothing.
+	tables map[model.Family]*fakeTable
+	gen    uint32
+	// FailRate is the probability (0 to 1) that a transaction fails with ErrInjected and
+	// changes nothing.
 	FailRate float64
 	rng      *rand.Rand
-	// Calls counts the calls made, failed ones included.
+	// Calls counts the transactions applied, failed ones included.
 	Calls int
-	// Last holds the rulesets of the last successful Replace.
-	Last []*model.Ruleset
+	// Last holds the last successful transaction.
+	Last *Transaction
 }
 
 var _ Backend = (*Fake)(nil)
 
+// fakeTable is one family's table, indexed for cheap updates.
+type fakeTable struct {
+	sets   []*model.Set // definitions, without elements
+	elems  map[string]map[model.Key]model.Element
+	chains map[string]*model.Chain
+	order  []string // chain creation order
+}
+
 // NewFake returns an empty Fake whose injected failures follow seed.
 func NewFake(seed uint64) *Fake {
-	return &Fake{tables: map[model.Family]*model.Ruleset{}, rng: rand.New(rand.NewPCG(seed, seed))}
+	return &Fake{tables: map[model.Family]*fakeTable{}, gen: 1, rng: rand.New(rand.NewPCG(seed, seed))}
+}
+
+func newFakeTable(rs *model.Ruleset) *fakeTable {
+	t := &fakeTable{elems: map[string]map[model.Key]model.Element{}, chains: map[string]*model.Chain{}}
+	for _, s := range rs.Sets {
+		def := *s
+		def.Elements = nil
+		t.sets = append(t.sets, &def)
+		m := make(map[model.Key]model.Element, len(s.Elements))
+		for _, e := range s.Elements {
+			m[e.Key()] = e
+		}
+		t.elems[s.Name] = m
+	}
+	for _, c := range rs.Chains {
+		t.chains[c.Name] = c
+		t.order = append(t.order, c.Name)
+	}
+	return t
+}
+
+// ruleset returns the table as a Ruleset in canonical order.
+func (t *fakeTable) ruleset(fam model.Family) *model.Ruleset {
+	rs := &model.Ruleset{Family: fam}
+	for _, def := range t.sets {
+		s := *def
+		s.Elements = slices.SortedFunc(maps.Values(t.elems[def.Name]), model.CompareElements)
+		rs.Sets = append(rs.Sets, &s)
+	}
+	for _, name := range t.order {
+		c := t.chains[name]
+		rs.Chains = append(rs.Chains, &model.Chain{Name: c.Name, Hook: c.Hook, Rules: slices.Clone(c.Rules)})
+	}
+	return rs
+}
+
+// references reports whether any element or rule of the table refers to chain.
+func (t *fakeTable) references(chain string) bool {
+	for _, def := range t.sets {
+		if def.Data != model.VerdictData {
+			continue
+		}
+		for _, e := range t.elems[def.Name] {
+			if e.Verdict.Chain == chain {
+				return true
+			}
+		}
+	}
+	for _, c := range t.chains {
+		for _, r := range c.Rules {
+			for _, x := range r.Exprs {
+				if v, ok := x.(model.Verdict); ok && v.Chain == chain {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 func (f *Fake) fail() bool {
@@ -35,18 +108,148 @@ func (f *Fake) fail() bool {
 	return f.FailRate > 0 && f.rng.Float64() < f.FailRate
 }
 
-// Replace implements Backend.
-func (f *Fake) Replace(rulesets ...*model.Ruleset) error {
+// Apply implements Backend.
+func (f *Fake) Apply(tx *Transaction, genID uint32) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if tx.Empty() {
+		return nil
+	}
 	if f.fail() {
 		return ErrInjected
 	}
-	for _, rs := range rulesets {
-		f.tables[rs.Family] = rs
+	if genID != 0 && genID != f.gen {
+		return ErrGenerationChanged
 	}
-	f.Last = rulesets
+	// Apply in place, journaling how to undo each step, and roll back on the first error:
+	// copying the tables for every transaction would make the Fake, not the syncer, the
+	// cost of a small change.
+	var undo []func()
+	defer func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}()
+	for _, rs := range tx.Replace {
+		old, had := f.tables[rs.Family]
+		f.tables[rs.Family] = newFakeTable(rs)
+		undo = append(undo, func() {
+			if had {
+				f.tables[rs.Family] = old
+			} else {
+				delete(f.tables, rs.Family)
+			}
+		})
+	}
+	for i, op := range tx.Ops {
+		t := f.tables[op.Family]
+		if t == nil {
+			return fmt.Errorf("operation %d: no %s table", i, op.Family)
+		}
+		if err := t.apply(op, &undo); err != nil {
+			return fmt.Errorf("operation %d: %w", i, err)
+		}
+	}
+	undo = nil
+	f.gen++
+	f.Last = tx
 	return nil
+}
+
+// apply applies one operation, appending to undo what reverts it.
+func (t *fakeTable) apply(op Op, undo *[]func()) error {
+	// Chain changes are undone by restoring the chain index and order as they were.
+	chains, order := maps.Clone(t.chains), slices.Clone(t.order)
+	restoreChains := func() { t.chains, t.order = chains, order }
+	switch op.Kind {
+	case AddElements, DeleteElements:
+		m, ok := t.elems[op.Set.Name]
+		if !ok {
+			return fmt.Errorf("set %s: no such set", op.Set.Name)
+		}
+		for _, e := range op.Set.Elements {
+			k := e.Key()
+			old, ok := m[k]
+			if op.Kind == DeleteElements {
+				if !ok {
+					return fmt.Errorf("set %s: delete missing element %v", op.Set.Name, k)
+				}
+				delete(m, k)
+				*undo = append(*undo, func() { m[k] = old })
+				continue
+			}
+			if ok && old != e {
+				return fmt.Errorf("set %s: element %v exists with other data", op.Set.Name, k)
+			}
+			if e.Verdict.Chain != "" && t.chains[e.Verdict.Chain] == nil {
+				return fmt.Errorf("set %s: element refers to missing chain %s", op.Set.Name, e.Verdict.Chain)
+			}
+			m[k] = e
+			if !ok {
+				*undo = append(*undo, func() { delete(m, k) })
+			}
+		}
+		return nil
+	case AddChain:
+		if old, ok := t.chains[op.Chain.Name]; ok {
+			if len(old.Rules) > 0 || len(op.Chain.Rules) > 0 {
+				return fmt.Errorf("chain %s exists", op.Chain.Name)
+			}
+		} else {
+			t.order = append(t.order, op.Chain.Name)
+		}
+		t.chains[op.Chain.Name] = op.Chain
+	case RewriteChain, FlushChain:
+		old, ok := t.chains[op.Chain.Name]
+		if !ok {
+			return fmt.Errorf("chain %s: no such chain", op.Chain.Name)
+		}
+		c := &model.Chain{Name: old.Name, Hook: old.Hook}
+		if op.Kind == RewriteChain {
+			c.Rules = op.Chain.Rules
+		}
+		t.chains[c.Name] = c
+	case DeleteChain:
+		c, ok := t.chains[op.Chain.Name]
+		switch {
+		case !ok:
+			return fmt.Errorf("chain %s: no such chain", op.Chain.Name)
+		case len(c.Rules) > 0:
+			return fmt.Errorf("chain %s: delete a chain that has rules", op.Chain.Name)
+		case t.references(op.Chain.Name):
+			return fmt.Errorf("chain %s: delete a chain in use", op.Chain.Name)
+		}
+		delete(t.chains, op.Chain.Name)
+		t.order = slices.DeleteFunc(t.order, func(n string) bool { return n == op.Chain.Name })
+	default:
+		return fmt.Errorf("unknown operation %d", op.Kind)
+	}
+	*undo = append(*undo, restoreChains)
+	return nil
+}
+
+// Replace replaces the tables of the given rulesets' families.
+func (f *Fake) Replace(rulesets ...*model.Ruleset) error {
+	return f.Apply(&Transaction{Replace: rulesets}, 0)
+}
+
+// Read implements Backend. The Fake always holds tables in the layout it was given, so it
+// never reports ErrIncompatible.
+func (f *Fake) Read(fam model.Family, _ *model.Ruleset) (*model.Ruleset, uint32, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t := f.tables[fam]
+	if t == nil {
+		return nil, f.gen, nil
+	}
+	return t.ruleset(fam), f.gen, nil
+}
+
+// Generation implements Backend.
+func (f *Fake) Generation() (uint32, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gen, nil
 }
 
 // Delete implements Backend.
@@ -59,15 +262,31 @@ func (f *Fake) Delete(families ...model.Family) error {
 	for _, fam := range families {
 		delete(f.tables, fam)
 	}
+	f.gen++
 	return nil
+}
+
+// Tamper changes the table of fam behind the syncer's back, as an operator running nft
+// would, and bumps the generation.
+func (f *Fake) Tamper(fam model.Family, change func(rs *model.Ruleset)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t := f.tables[fam]
+	if t == nil {
+		return
+	}
+	rs := t.ruleset(fam)
+	change(rs)
+	f.tables[fam] = newFakeTable(rs)
+	f.gen++
 }
 
 // Render returns the table of fam as nft would list it, or "" when there is none.
 func (f *Fake) Render(fam model.Family) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if rs := f.tables[fam]; rs != nil {
-		return model.Render(rs)
+	if t := f.tables[fam]; t != nil {
+		return model.Render(t.ruleset(fam))
 	}
 	return ""
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	gosync "sync"
 	"time"
 
@@ -17,17 +18,25 @@ const (
 	logKeyDuration = "duration"
 	logKeyRetryIn  = "retryIn"
 	logKeyNode     = "node"
+	logKeyObjects  = "objects"
+	logKeyFull     = "full"
 )
 
-// Backoff bounds for retrying a failed commit.
+// Backoff bounds for retrying a failed sync.
 const (
 	minRetryDelay = 500 * time.Millisecond
 	maxRetryDelay = 30 * time.Second
 )
 
-// Proxy keeps nftproxy's tables in the kernel in line with the latest snapshot of objects
-// that a source delivered. Sources call Update; Run commits the desired rulesets, retrying
-// with exponential backoff when a commit fails, and skips commits that would change nothing.
+// Default periods, as kube-proxy's.
+const (
+	DefaultMinSyncPeriod = time.Second
+	DefaultSyncPeriod    = time.Minute
+)
+
+// Proxy is the sync loop: it turns the snapshots of objects that a source delivers into
+// changed Services for a Syncer, and runs the Syncer no more often than MinSyncPeriod, at
+// least every SyncPeriod (to repair drift), and with exponential backoff after a failure.
 type Proxy struct {
 	Config   *Config
 	NodeName string
@@ -35,23 +44,33 @@ type Proxy struct {
 	Log      *slog.Logger
 	// LocalAddresses lists this node's interface addresses; nil means LocalAddresses().
 	LocalAddresses func() ([]netip.Addr, error)
+	// MinSyncPeriod is the least time between two syncs (0 syncs on every change).
+	MinSyncPeriod time.Duration
+	// SyncPeriod is the longest time between two syncs; each one checks the kernel's
+	// tables against the last commit. 0 means DefaultSyncPeriod.
+	SyncPeriod time.Duration
+	// Metrics, when set, receive the figures of each sync.
+	Metrics *Metrics
+	// Conntrack, when set, clears stale UDP flows.
+	Conntrack Conntrack
 
 	mu      gosync.Mutex
 	objs    *Objects
+	objsAt  time.Time
 	changed chan struct{}
 
-	// committed holds the rendered tables of the last successful commit, by family.
-	committed map[model.Family]string
-	// warned holds the objects already reported as bad, so each is reported once while it
-	// stays bad.
-	warned map[string]bool
+	syncer   *Syncer
+	services map[model.ServiceName]*model.Service
+	warned   map[string]bool
+	// lastSuccess is the time of the last successful sync, for health checks.
+	lastSuccess time.Time
 }
 
-// Update hands the proxy a new full snapshot of objects. It never blocks. The source has
-// already reported the objects it could not decode.
+// Update hands the proxy a new full snapshot of objects. It never blocks.
 func (p *Proxy) Update(objs Objects) {
 	p.mu.Lock()
 	p.objs = &objs
+	p.objsAt = time.Now()
 	p.mu.Unlock()
 	select {
 	case p.signal() <- struct{}{}:
@@ -68,39 +87,64 @@ func (p *Proxy) signal() chan struct{} {
 	return p.changed
 }
 
-// Run syncs after every update until ctx is done. Rules stay in the kernel when it returns.
+// Run syncs until ctx is done. Rules stay in the kernel when it returns.
 func (p *Proxy) Run(ctx context.Context) error {
 	changed := p.signal()
+	period := p.SyncPeriod
+	if period <= 0 {
+		period = DefaultSyncPeriod
+	}
+	periodic := time.NewTicker(period)
+	defer periodic.Stop()
 	delay := minRetryDelay
 	var retry <-chan time.Time
+	var lastSync time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
 		case <-retry:
+		case <-periodic.C:
 		}
 		retry = nil
+		// Rate limit: changes arriving meanwhile are folded into this sync.
+		if wait := p.MinSyncPeriod - time.Since(lastSync); !lastSync.IsZero() && wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+		}
+		lastSync = time.Now()
 		if err := p.SyncOnce(); err != nil {
-			p.Log.Error("sync failed; will retry", logKeyError, err, logKeyRetryIn, delay)
+			p.Log.Error("sync failed; will retry with a full sync", logKeyError, err, logKeyRetryIn, delay)
 			retry = time.After(delay)
 			delay = min(2*delay, maxRetryDelay)
 			continue
 		}
 		delay = minRetryDelay
+		if p.syncer != nil && p.syncer.Pending() {
+			// Stale chains are deleted by the next commit.
+			retry = time.After(max(p.MinSyncPeriod, minRetryDelay))
+		}
 	}
 }
 
-// SyncOnce builds the rulesets of the latest snapshot and commits them if they differ from
-// the last commit. Before the first snapshot it does nothing.
+// SyncOnce converts the latest snapshot, tells the syncer what changed and syncs. Before the
+// first snapshot it does nothing.
 func (p *Proxy) SyncOnce() error {
 	p.mu.Lock()
-	objs := p.objs
+	objs, at := p.objs, p.objsAt
 	p.mu.Unlock()
 	if objs == nil {
 		return nil
 	}
-	start := time.Now()
+	if p.syncer == nil {
+		p.syncer = NewSyncer(p.Backend, model.IPv4, model.IPv6)
+		p.syncer.Conntrack = p.Conntrack
+		p.services = map[model.ServiceName]*model.Service{}
+	}
 	list := p.LocalAddresses
 	if list == nil {
 		list = LocalAddresses
@@ -109,23 +153,79 @@ func (p *Proxy) SyncOnce() error {
 	if err != nil {
 		return err
 	}
-	rulesets, bad := p.Config.Desired(*objs, p.NodeName, addrs)
+	services, bad := Convert(*objs, ConvertOptions{ServiceProxyName: p.Config.ServiceProxyName})
 	p.reportBad(bad)
-	rendered := map[model.Family]string{}
-	same := p.committed != nil
-	for _, rs := range rulesets {
-		rendered[rs.Family] = model.Render(rs)
-		same = same && rendered[rs.Family] == p.committed[rs.Family]
+	node, _ := FindNode(objs.Nodes, p.NodeName)
+	p.syncer.SetNode(map[model.Family]model.NodeConfig{
+		model.IPv4: p.Config.NodeConfig(model.IPv4, node, addrs),
+		model.IPv6: p.Config.NodeConfig(model.IPv6, node, addrs),
+	})
+	p.syncer.Update(p.diffServices(services), at)
+
+	start := time.Now()
+	res, err := p.syncer.Sync()
+	took := time.Since(start)
+	for _, cerr := range p.syncer.ConntrackErrors() {
+		p.Log.Warn("clearing stale conntrack entries failed", logKeyError, cerr)
+		if p.Metrics != nil {
+			p.Metrics.ConntrackFailures.Inc()
+		}
 	}
-	if same {
-		return nil
-	}
-	if err := p.Backend.Replace(rulesets...); err != nil {
+	if err != nil {
+		if p.Metrics != nil {
+			p.Metrics.SyncFailures.Inc()
+		}
 		return err
 	}
-	p.committed = rendered
-	p.Log.Info("synced rules", logKeyServices, len(objs.Services), logKeyDuration, time.Since(start), logKeyNode, p.NodeName)
+	p.lastSuccess = time.Now()
+	if m := p.Metrics; m != nil {
+		m.SyncDuration.Observe(took.Seconds())
+		if res.Full {
+			m.FullSyncDuration.Observe(took.Seconds())
+		} else {
+			m.PartialSyncDuration.Observe(took.Seconds())
+		}
+		m.LastSync.SetToCurrentTime()
+		if res.Objects > 0 {
+			m.BatchObjects.Observe(float64(res.Objects))
+		}
+		if !res.Oldest.IsZero() {
+			m.NetworkProgramming.Observe(time.Since(res.Oldest).Seconds())
+		}
+		if res.DriftRepaired {
+			m.DriftRepairs.Inc()
+		}
+		m.setElements(res.Elements)
+	}
+	if res.DriftRepaired {
+		p.Log.Warn("nftproxy's tables were changed behind its back; repaired them", logKeyObjects, res.Objects)
+	}
+	if res.Objects > 0 || res.Full {
+		p.Log.Info("synced rules", logKeyFull, res.Full, logKeyServices, res.Services, logKeyObjects, res.Objects,
+			logKeyDuration, took, logKeyNode, p.NodeName)
+	}
 	return nil
+}
+
+// diffServices returns the Services that differ from the previous snapshot (nil values for
+// the ones that are gone) and remembers the new snapshot.
+func (p *Proxy) diffServices(services []model.Service) map[model.ServiceName]*model.Service {
+	now := make(map[model.ServiceName]*model.Service, len(services))
+	changes := map[model.ServiceName]*model.Service{}
+	for i := range services {
+		svc := &services[i]
+		now[svc.Name] = svc
+		if old := p.services[svc.Name]; old == nil || !reflect.DeepEqual(old, svc) {
+			changes[svc.Name] = svc
+		}
+	}
+	for name := range p.services {
+		if now[name] == nil {
+			changes[name] = nil
+		}
+	}
+	p.services = now
+	return changes
 }
 
 // reportBad logs each bad object once, until it is fixed or gone.
@@ -139,4 +239,7 @@ func (p *Proxy) reportBad(bad []BadObject) {
 		}
 	}
 	p.warned = now
+	if p.Metrics != nil {
+		p.Metrics.SkippedObjects.Set(float64(len(bad)))
+	}
 }

@@ -1,0 +1,336 @@
+package integration
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/nftproxy/nftproxy/integration/topology"
+	"github.com/nftproxy/nftproxy/internal/scale"
+	"github.com/nftproxy/nftproxy/internal/scenario"
+	"github.com/nftproxy/nftproxy/model"
+	"github.com/nftproxy/nftproxy/nft"
+)
+
+// unrecognized is how Read returns a rule nftproxy would not have written.
+var unrecognized = model.Rule{Comment: "nftproxy: unrecognized rule"}
+
+// TestReadGoldenScenarios programs every golden scenario over netlink and reads each table
+// back: every element must decode and every rule must be recognized, so the table read
+// renders exactly as the ruleset written.
+func TestReadGoldenScenarios(t *testing.T) {
+	topology.RequirePrivileged(t)
+	scenarios, err := scenario.Load("../testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(scenarios) == 0 {
+		t.Fatal("no golden scenarios in ../testdata")
+	}
+	for _, sc := range scenarios {
+		t.Run(sc.Name, func(t *testing.T) {
+			t.Parallel()
+			rulesets, err := sc.Render()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ns := topology.NewNetNS(t, "rd")
+			be := nft.NewNetlink(ns.Path())
+			if err := be.Replace(rulesets...); err != nil {
+				t.Fatalf("replace: %v", err)
+			}
+			for _, want := range rulesets {
+				got, gen, err := be.Read(want.Family, want)
+				if err != nil {
+					t.Fatalf("read %s: %v", want.Family, err)
+				}
+				if got == nil {
+					t.Fatalf("read %s: no table", want.Family)
+				}
+				if g, err := be.Generation(); err != nil || g != gen {
+					t.Errorf("read %s at generation %d, now %d (%v)", want.Family, gen, g, err)
+				}
+				if w, g := model.Render(want), model.Render(got); g != w {
+					t.Errorf("%s table read back differs:\n%s", want.Family, scenario.LineDiff(w, g))
+				}
+				checkSameSets(t, want, got)
+			}
+		})
+	}
+}
+
+// checkSameSets checks that got has want's sets in want's order with the same elements, in
+// model.CompareElements order (Render sorts by itself, so it does not show the order).
+func checkSameSets(t *testing.T, want, got *model.Ruleset) {
+	t.Helper()
+	if len(got.Sets) != len(want.Sets) {
+		t.Errorf("read %d sets, want %d", len(got.Sets), len(want.Sets))
+		return
+	}
+	for i, ws := range want.Sets {
+		gs := got.Sets[i]
+		if gs.Name != ws.Name || gs.Data != ws.Data || gs.Comment != ws.Comment || !slices.Equal(gs.Key, ws.Key) {
+			t.Errorf("set %d is %s, want %s", i, gs.Name, ws.Name)
+			continue
+		}
+		if !slices.IsSortedFunc(gs.Elements, model.CompareElements) {
+			t.Errorf("set %s: elements are not sorted", gs.Name)
+		}
+		wantElems := slices.SortedFunc(slices.Values(ws.Elements), model.CompareElements)
+		if !slices.Equal(gs.Elements, wantElems) {
+			t.Errorf("set %s: read %d elements that differ from the %d written", gs.Name, len(gs.Elements), len(wantElems))
+		}
+	}
+}
+
+// TestReadNoTable checks that Read of a namespace without nftproxy's table returns nil.
+func TestReadNoTable(t *testing.T) {
+	topology.RequirePrivileged(t)
+	ns := topology.NewNetNS(t, "rd-none")
+	ns.Run(t, "nft", "add table ip other")
+	be := nft.NewNetlink(ns.Path())
+	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
+		got, _, err := be.Read(fam, model.Build(nil, model.NodeConfig{Family: fam}))
+		if err != nil || got != nil {
+			t.Errorf("read %s: %v, %v; want no table and no error", fam, got, err)
+		}
+	}
+}
+
+// TestReadIncompatible checks that tables in another layout are reported as ErrIncompatible.
+func TestReadIncompatible(t *testing.T) {
+	topology.RequirePrivileged(t)
+	want := model.Build(scale.Services(5, 2), model.NodeConfig{Family: model.IPv4})
+	cases := []struct {
+		name string
+		// nft is run (each argument as one nft command) after programming want, or
+		// instead of it when fresh.
+		nft   []string
+		fresh bool
+	}{
+		{name: "created by nft", fresh: true, nft: []string{
+			"add table ip nftproxy",
+			"add set ip nftproxy service-ips { type ipv4_addr; }",
+		}},
+		{name: "empty table", fresh: true, nft: []string{"add table ip nftproxy"}},
+		{name: "extra set", nft: []string{"add set ip nftproxy extra { type ipv4_addr; }"}},
+		{name: "set declared differently", nft: []string{
+			"flush chain ip nftproxy cluster-ips-check",
+			"delete set ip nftproxy cluster-ips",
+			"add set ip nftproxy cluster-ips { type ipv4_addr; flags interval; }",
+		}},
+		{name: "set without comment", nft: []string{
+			"flush chain ip nftproxy cluster-ips-check",
+			"delete set ip nftproxy cluster-ips",
+			"add set ip nftproxy cluster-ips { type ipv4_addr; }",
+		}},
+		{name: "base chain at another priority", nft: []string{
+			"delete chain ip nftproxy nat-output",
+			"add chain ip nftproxy nat-output { type nat hook output priority -99; policy accept; }",
+		}},
+		{name: "base chain with another policy", nft: []string{
+			"delete chain ip nftproxy filter-output",
+			"add chain ip nftproxy filter-output { type filter hook output priority -110; policy drop; }",
+		}},
+		{name: "extra base chain", nft: []string{"add chain ip nftproxy extra { type filter hook input priority 0; }"}},
+		{name: "foreign chain", nft: []string{"add chain ip nftproxy my-debugging"}},
+		{name: "dormant table", nft: []string{"add table ip nftproxy { flags dormant; }"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ns := topology.NewNetNS(t, "rd-incompat")
+			be := nft.NewNetlink(ns.Path())
+			if !tc.fresh {
+				if err := be.Replace(want); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, cmd := range tc.nft {
+				ns.Run(t, "nft", cmd)
+			}
+			got, _, err := be.Read(model.IPv4, want)
+			if !errors.Is(err, nft.ErrIncompatible) {
+				t.Fatalf("read: %v, %v; want ErrIncompatible", got, err)
+			}
+			t.Logf("read: %v", err)
+		})
+	}
+}
+
+// TestReadShowsDrift checks that hand-made changes to the table show in what Read returns,
+// and nothing else does.
+func TestReadShowsDrift(t *testing.T) {
+	topology.RequirePrivileged(t)
+	ns := topology.NewNetNS(t, "rd-drift")
+	be := nft.NewNetlink(ns.Path())
+	want := model.Build(scale.Services(20, 3), model.NodeConfig{Family: model.IPv4})
+	if err := be.Replace(want); err != nil {
+		t.Fatal(err)
+	}
+	expect := cloneRuleset(want)
+
+	// One endpoint slot deleted.
+	eps := expect.Set(model.MapServiceEndpoints)
+	gone := eps.Elements[4]
+	eps.Elements = slices.Delete(eps.Elements, 4, 5)
+	ns.Run(t, "nft", fmt.Sprintf("delete element ip nftproxy %s { %s . %s . %d . %d }",
+		model.MapServiceEndpoints, gone.Addr, gone.Proto, gone.Port, gone.Slot))
+	// One element added to a verdict map, pointing where nftproxy's do.
+	sips := expect.Set(model.MapServiceIPs)
+	added := sips.Elements[0]
+	added.Port = 81
+	added.Comment = "by hand"
+	sips.Elements = slices.SortedFunc(slices.Values(append(slices.Clone(sips.Elements), added)), model.CompareElements)
+	ns.Run(t, "nft", fmt.Sprintf("add element ip nftproxy %s { %s . %s . %d comment %q : goto %s }",
+		model.MapServiceIPs, added.Addr, added.Proto, added.Port, added.Comment, added.Verdict.Chain))
+	// A rule appended to a chain, one inserted at the head of another.
+	ns.Run(t, "nft", "add rule ip nftproxy services counter")
+	services := expect.Chain(model.ChainServices)
+	services.Rules = append(services.Rules, unrecognized)
+	ns.Run(t, "nft", "insert rule ip nftproxy reject-chain ip saddr 192.0.2.1 drop")
+	reject := expect.Chain(model.ChainReject)
+	reject.Rules = append([]model.Rule{unrecognized}, reject.Rules...)
+	// A rule nftproxy writes, but with another comment.
+	ns.Run(t, "nft", `add rule ip nftproxy mark-for-masquerade meta mark set meta mark | 0x4000 comment "x"`)
+	mark := expect.Chain(model.ChainMarkForMasquerade)
+	mark.Rules = append(mark.Rules, unrecognized)
+	// A stale endpoint-picking chain, with a rule nft writes as nftproxy does.
+	ns.Run(t, "nft", "add chain ip nftproxy cluster-tcp-9")
+	ns.Run(t, "nft", "add rule ip nftproxy cluster-tcp-9 jump mark-for-masquerade")
+	expect.Chains = append(expect.Chains, &model.Chain{Name: "cluster-tcp-9", Rules: []model.Rule{unrecognized}})
+
+	got, _, err := be.Read(model.IPv4, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w, g := model.Render(expect), model.Render(got); g != w {
+		t.Errorf("read back:\n%s", scenario.LineDiff(w, g))
+	}
+	checkSameSets(t, expect, got)
+	last := got.Chains[len(got.Chains)-1]
+	if last.Name != "cluster-tcp-9" || last.Hook != nil {
+		t.Errorf("last chain is %s (hook %v), want the stale cluster-tcp-9", last.Name, last.Hook)
+	}
+	for _, c := range got.Chains {
+		for _, r := range c.Rules {
+			if r.Comment == unrecognized.Comment && r.Exprs != nil {
+				t.Errorf("chain %s: unrecognized rule with expressions", c.Name)
+			}
+		}
+	}
+}
+
+// TestReadRecognizesRulesWrittenByNft checks that Read recognizes rules that nft writes from
+// the text nftproxy's rules render as: both encode them the same way.
+func TestReadRecognizesRulesWrittenByNft(t *testing.T) {
+	topology.RequirePrivileged(t)
+	ns := topology.NewNetNS(t, "rd-nft")
+	be := nft.NewNetlink(ns.Path())
+	want := model.Build(scale.Services(3, 2), model.NodeConfig{Family: model.IPv4})
+	if err := be.Replace(want); err != nil {
+		t.Fatal(err)
+	}
+	expect := cloneRuleset(want)
+	for _, name := range []string{model.ChainMarkForMasquerade, model.ChainMasquerading, model.ChainReject} {
+		c := expect.Chain(name)
+		for _, r := range slices.Clone(c.Rules) {
+			ns.Run(t, "nft", "add rule ip nftproxy "+name+" "+model.RenderRule(model.IPv4, r))
+			c.Rules = append(c.Rules, r)
+		}
+	}
+	got, _, err := be.Read(model.IPv4, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w, g := model.Render(expect), model.Render(got); g != w {
+		t.Errorf("read back:\n%s", scenario.LineDiff(w, g))
+	}
+	for _, c := range got.Chains {
+		for _, r := range c.Rules {
+			if r.Comment == unrecognized.Comment {
+				t.Errorf("chain %s: a rule written by nft was not recognized", c.Name)
+			}
+		}
+	}
+}
+
+// TestGenerationChanges checks that every commit changes the generation, and that Read reports
+// the generation it read at.
+func TestGenerationChanges(t *testing.T) {
+	topology.RequirePrivileged(t)
+	ns := topology.NewNetNS(t, "rd-gen")
+	be := nft.NewNetlink(ns.Path())
+	g0, err := be.Generation()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := model.Build(nil, model.NodeConfig{Family: model.IPv4})
+	if err := be.Replace(want); err != nil {
+		t.Fatal(err)
+	}
+	g1, err := be.Generation()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g1 == g0 {
+		t.Errorf("generation %d did not change after a commit", g0)
+	}
+	_, g2, err := be.Read(model.IPv4, want)
+	if err != nil || g2 != g1 {
+		t.Errorf("read at generation %d (%v), want %d", g2, err, g1)
+	}
+	ns.Run(t, "nft", "add table ip other")
+	g3, err := be.Generation()
+	if err != nil || g3 == g1 {
+		t.Errorf("generation %d (%v) did not change after nft committed", g3, err)
+	}
+}
+
+// BenchmarkRead10k reads back the table of 10,000 Services with 10 endpoints each.
+func BenchmarkRead10k(b *testing.B) {
+	topology.RequirePrivileged(b)
+	ns := topology.NewNetNS(b, "rd-bench")
+	be := nft.NewNetlink(ns.Path())
+	want := model.Build(scale.Services(10000, 10), model.NodeConfig{Family: model.IPv4})
+	if err := be.Replace(want); err != nil {
+		b.Fatal(err)
+	}
+	elems := 0
+	for _, s := range want.Sets {
+		elems += len(s.Elements)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		got, _, err := be.Read(model.IPv4, want)
+		if err != nil || got == nil {
+			b.Fatalf("read: %v", err)
+		}
+	}
+	b.StopTimer()
+	got, _, _ := be.Read(model.IPv4, want)
+	if model.Render(got) != model.Render(want) {
+		b.Fatal("read back differs from the table written")
+	}
+	b.ReportMetric(float64(elems), "elements")
+	b.ReportMetric(float64(len(want.Chains)), "chains")
+}
+
+// cloneRuleset deep-copies the parts of a ruleset the tests change.
+func cloneRuleset(rs *model.Ruleset) *model.Ruleset {
+	out := &model.Ruleset{Family: rs.Family}
+	for _, s := range rs.Sets {
+		c := *s
+		c.Elements = slices.Clone(s.Elements)
+		out.Sets = append(out.Sets, &c)
+	}
+	for _, c := range rs.Chains {
+		cc := *c
+		cc.Rules = slices.Clone(c.Rules)
+		out.Chains = append(out.Chains, &cc)
+	}
+	return out
+}
+

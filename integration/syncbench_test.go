@@ -1,0 +1,131 @@
+package integration
+
+import (
+	"fmt"
+	"net/netip"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/nftproxy/nftproxy/integration/topology"
+	"github.com/nftproxy/nftproxy/internal/scale"
+	"github.com/nftproxy/nftproxy/model"
+	"github.com/nftproxy/nftproxy/nft"
+	"github.com/nftproxy/nftproxy/sync"
+)
+
+// Kernel benchmarks of the syncer: N Services x 10 endpoints (every tenth a NodePort, see
+// internal/scale) programmed into a fresh network namespace. `make bench` runs them.
+var kernelBenchSizes = []int{1000, 10000}
+
+const benchEndpoints = 10
+
+func benchServices(n int) map[model.ServiceName]*model.Service {
+	out := make(map[model.ServiceName]*model.Service, n)
+	for i := range n {
+		svc := scale.Service(i, benchEndpoints, 0)
+		out[svc.Name] = &svc
+	}
+	return out
+}
+
+func newBenchSyncer(be nft.Backend, services map[model.ServiceName]*model.Service) *sync.Syncer {
+	s := sync.NewSyncer(be, model.IPv4)
+	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4,
+		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.128.0.0/9")}}})
+	s.Update(services, time.Now())
+	return s
+}
+
+func liveHeapMB() float64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return float64(ms.HeapAlloc) / 1e6
+}
+
+// BenchmarkKernelColdSync measures the first sync into an empty namespace, from the
+// Services to the committed transaction, and the heap the syncer keeps afterwards.
+func BenchmarkKernelColdSync(b *testing.B) {
+	topology.RequirePrivileged(b)
+	for _, n := range kernelBenchSizes {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			services := benchServices(n)
+			var s *sync.Syncer
+			objects := 0
+			for b.Loop() {
+				b.StopTimer()
+				ns := topology.NewNetNS(b, "bench")
+				runtime.GC()
+				b.StartTimer()
+				s = newBenchSyncer(nft.NewNetlink(ns.Path()), services)
+				res, err := s.Sync()
+				if err != nil {
+					b.Fatal(err)
+				}
+				objects = res.Objects
+			}
+			b.ReportMetric(float64(objects), "objects")
+			b.ReportMetric(liveHeapMB(), "heap-MB")
+			runtime.KeepAlive(s)
+		})
+	}
+}
+
+// BenchmarkKernelRestart measures a restarted daemon adopting tables that are already up to
+// date: it reads them back, finds nothing to change and writes nothing.
+func BenchmarkKernelRestart(b *testing.B) {
+	topology.RequirePrivileged(b)
+	for _, n := range kernelBenchSizes {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			services := benchServices(n)
+			ns := topology.NewNetNS(b, "bench")
+			be := nft.NewNetlink(ns.Path())
+			if _, err := newBenchSyncer(be, services).Sync(); err != nil {
+				b.Fatal(err)
+			}
+			objects := 0
+			for b.Loop() {
+				res, err := newBenchSyncer(be, services).Sync()
+				if err != nil {
+					b.Fatal(err)
+				}
+				objects += res.Objects
+			}
+			b.ReportMetric(float64(objects)/float64(b.N), "objects/op")
+		})
+	}
+}
+
+// BenchmarkKernelOneEndpointChange measures partial syncs that each replace one endpoint of
+// one Service (the last one, by a new address that keeps its slot), with N Services in place.
+func BenchmarkKernelOneEndpointChange(b *testing.B) {
+	topology.RequirePrivileged(b)
+	for _, n := range kernelBenchSizes {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			ns := topology.NewNetNS(b, "bench")
+			s := newBenchSyncer(nft.NewNetlink(ns.Path()), benchServices(n))
+			if _, err := s.Sync(); err != nil {
+				b.Fatal(err)
+			}
+			i, objects := 0, 0
+			for b.Loop() {
+				svc := scale.Service(i%n, benchEndpoints, 0)
+				if i/n%2 == 0 {
+					svc.Ports[0].Endpoints[benchEndpoints-1].Addr = netip.MustParseAddr("10.255.255.254")
+				}
+				s.Update(map[model.ServiceName]*model.Service{svc.Name: &svc}, time.Now())
+				res, err := s.Sync()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if res.Full {
+					b.Fatal("a one-endpoint change caused a full sync")
+				}
+				objects += res.Objects
+				i++
+			}
+			b.ReportMetric(float64(objects)/float64(i), "objects/op")
+		})
+	}
+}

@@ -1,0 +1,1053 @@
+package nft
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// ErrIncompatible reports that nftproxy's table exists but was not written in the layout the
+// desired ruleset describes (a set or map missing, extra or declared differently, a base chain
+// hooked differently, a chain nftproxy would not create): it cannot be updated in place and
+// must be replaced as a whole.
+var ErrIncompatible = errors.New("nftables table is not in nftproxy's layout")
+
+// nftables netlink attributes and flags that golang.org/x/sys/unix does not define.
+const (
+	nftaTableUserdata      = 6  // NFTA_TABLE_USERDATA
+	nftaChainFlags         = 10 // NFTA_CHAIN_FLAGS
+	nftaChainUserdata      = 12 // NFTA_CHAIN_USERDATA
+	nftaSetExpr            = 17 // NFTA_SET_EXPR
+	nftaSetExpressions     = 18 // NFTA_SET_EXPRESSIONS
+	nftaSetElemKeyEnd      = 10 // NFTA_SET_ELEM_KEY_END
+	nftaSetElemExpressions = 11 // NFTA_SET_ELEM_EXPRESSIONS
+	nftChainBase           = 1  // NFT_CHAIN_BASE, which the kernel reports in a base chain's flags
+	nlaTypeMask            = ^uint16(unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
+)
+
+// readAttempts bounds how often Read starts over because the ruleset changed while it read.
+const readAttempts = 5
+
+// readTimeout bounds the wait for each reply while reading.
+const readTimeout = 30 * time.Second
+
+// recvBufSize is the receive buffer for replies. Passing the kernel a buffer of at least 32 KiB
+// makes it fill each part of a dump up to its limit of about 32 KiB instead of one page: the
+// kernel restarts every part of a set element dump from the start of the set, so fewer parts
+// matter for large sets.
+const recvBufSize = 64 << 10
+
+// unrecognizedRule is the comment of a rule of the kernel that nftproxy would not have
+// written (it is returned without expressions, so it never equals a wanted rule).
+const unrecognizedRule = "nftproxy: unrecognized rule"
+
+// Generation returns the current nftables ruleset generation (NFT_MSG_GETGEN) of the
+// backend's network namespace.
+func (n *Netlink) Generation() (uint32, error) {
+	c, err := n.dial()
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	r, err := newReader(c)
+	if err != nil {
+		return 0, err
+	}
+	return r.generation()
+}
+
+// Read returns nftproxy's table of family fam as the kernel holds it, decoded against want
+// (the desired ruleset of that family), and the ruleset generation it was read at.
+// It returns (nil, gen, nil) when the table does not exist, and an error matching
+// ErrIncompatible (errors.Is) when the table exists but was not written in the layout
+// want describes: a set or map missing, extra, or declared differently (flags, key type/len,
+// data type/len, user data), or a base chain with a different hook/priority/type.
+//
+// The returned ruleset has want's sets, in want's order, with the elements the kernel holds;
+// then those of want's chains that exist, in want's order, followed by the chains the kernel
+// has that want lacks, sorted by name. A rule equal to one of its chain's rules in want is
+// that model.Rule; any other rule is a Rule without expressions whose comment says it was not
+// recognized. The table is read at one generation: when the ruleset changes during the read,
+// Read starts over.
+func (n *Netlink) Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, uint32, error) {
+	if want == nil {
+		want = &model.Ruleset{Family: fam}
+	}
+	exp, err := newExpectation(fam, want)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
+	}
+	c, err := n.dial()
+	if err != nil {
+		return nil, 0, err
+	}
+	defer c.Close()
+	r, err := newReader(c)
+	if err != nil {
+		return nil, 0, err
+	}
+	for range readAttempts {
+		gen, err := r.generation()
+		if err != nil {
+			return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
+		}
+		r.interrupted = false
+		rs, readErr := r.readTable(exp)
+		after, err := r.generation()
+		if err != nil {
+			return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
+		}
+		if after != gen || r.interrupted {
+			// Something committed while we read: what we saw may mix two generations.
+			continue
+		}
+		if readErr != nil {
+			return nil, gen, fmt.Errorf("read %s table: %w", fam, readErr)
+		}
+		return rs, gen, nil
+	}
+	return nil, 0, fmt.Errorf("read %s table: the ruleset changed during each of %d attempts", fam, readAttempts)
+}
+
+// --- What nftproxy would write ----------------------------------------------------------------
+
+// setDef is the definition of a set as a NEWSET message carries it, or the kernel dumps it.
+type setDef struct {
+	flags    uint32
+	keyType  uint32
+	keyLen   uint32
+	dataType uint32
+	dataLen  uint32
+	udata    string
+	// extra is set when the set has properties nftproxy never gives a set (timeouts,
+	// expressions, stateful objects).
+	extra bool
+}
+
+// equal reports whether two definitions describe the same set. The kernel ignores the data
+// length of a verdict map and reports the size of its own verdict structure instead.
+func (d setDef) equal(o setDef) bool {
+	if d.dataType == unix.NFT_DATA_VERDICT && o.dataType == unix.NFT_DATA_VERDICT {
+		d.dataLen, o.dataLen = 0, 0
+	}
+	return d == o
+}
+
+func (d setDef) String() string {
+	return fmt.Sprintf("flags %#x key type %#x len %d data type %#x len %d user data %x%s",
+		d.flags, d.keyType, d.keyLen, d.dataType, d.dataLen, d.udata, map[bool]string{true: " with timeouts or expressions"}[d.extra])
+}
+
+// chainDef is the definition of a chain as a NEWCHAIN message carries it, or the kernel dumps
+// it.
+type chainDef struct {
+	hooked   bool
+	hookNum  uint32
+	priority int32
+	policy   uint32
+	typ      string
+	// extra is set when the chain has properties nftproxy never gives a chain (a device,
+	// flags other than the kernel's own "base chain", user data).
+	extra bool
+}
+
+func (d chainDef) String() string {
+	if !d.hooked {
+		return "regular chain"
+	}
+	return fmt.Sprintf("type %s hook %d priority %d policy %d", d.typ, d.hookNum, d.priority, d.policy)
+}
+
+// expectation is what nftproxy would write for a ruleset: the set and chain definitions and
+// the fingerprint of each rule, all taken from the messages the encoder produces for it, so
+// that reading back never disagrees with writing.
+type expectation struct {
+	fam     model.Family
+	nfproto byte
+	want    *model.Ruleset
+	sets    map[string]setDef
+	chains  map[string]chainDef
+	// rules maps a chain's name to its rules by fingerprint.
+	rules map[string]map[string]model.Rule
+	// verdicts maps the netlink verdict codes nftproxy writes to the model's verdict kinds.
+	verdicts map[int32]model.VerdictKind
+}
+
+func newExpectation(fam model.Family, want *model.Ruleset) (*expectation, error) {
+	exp := &expectation{
+		fam:      fam,
+		nfproto:  nfproto(fam),
+		want:     want,
+		sets:     make(map[string]setDef, len(want.Sets)),
+		chains:   make(map[string]chainDef, len(want.Chains)),
+		rules:    make(map[string]map[string]model.Rule, len(want.Chains)),
+		verdicts: map[int32]model.VerdictKind{},
+	}
+	b := &batch{}
+	e := newEncoder(b, fam)
+	for _, s := range want.Sets {
+		e.addSet(s)
+	}
+	for _, c := range want.Chains {
+		e.addChain(c)
+	}
+	for _, c := range want.Chains {
+		for i, r := range c.Rules {
+			if err := e.addRule(c.Name, r); err != nil {
+				return nil, fmt.Errorf("encode rule %d of chain %s: %w", i, c.Name, err)
+			}
+		}
+	}
+	if b.err != nil {
+		return nil, fmt.Errorf("encode desired table: %w", b.err)
+	}
+	// The messages come in the order they were added: sets, chains, then rules chain by chain.
+	msgs := b.msgs
+	for _, s := range want.Sets {
+		name, def, err := decodeSet(msgs[0].Data[4:])
+		if err != nil || name != s.Name {
+			return nil, fmt.Errorf("decode encoded set %s: %v", s.Name, err)
+		}
+		exp.sets[name] = def
+		msgs = msgs[1:]
+	}
+	for _, c := range want.Chains {
+		name, def, err := decodeChain(msgs[0].Data[4:])
+		if err != nil || name != c.Name {
+			return nil, fmt.Errorf("decode encoded chain %s: %v", c.Name, err)
+		}
+		exp.chains[name] = def
+		msgs = msgs[1:]
+	}
+	for _, c := range want.Chains {
+		byPrint := make(map[string]model.Rule, len(c.Rules))
+		for _, r := range c.Rules {
+			chain, fp, err := ruleFingerprint(exp.nfproto, msgs[0].Data[4:], false)
+			if err != nil || chain != c.Name {
+				return nil, fmt.Errorf("decode encoded rule of chain %s: %v", c.Name, err)
+			}
+			byPrint[fp] = r
+			msgs = msgs[1:]
+		}
+		exp.rules[c.Name] = byPrint
+	}
+	for _, k := range []model.VerdictKind{model.Jump, model.Goto, model.Return, model.Drop, model.Accept} {
+		v, err := verdict(model.Verdict{Kind: k, Chain: "x"})
+		if err != nil {
+			return nil, err
+		}
+		exp.verdicts[int32(v.Kind)] = k
+	}
+	return exp, nil
+}
+
+// decodeSet decodes the attributes of a NEWSET message.
+func decodeSet(data []byte) (name string, def setDef, err error) {
+	ad, err := netlink.NewAttributeDecoder(data)
+	if err != nil {
+		return "", def, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_SET_NAME:
+			name = ad.String()
+		case unix.NFTA_SET_FLAGS:
+			def.flags = ad.Uint32()
+		case unix.NFTA_SET_KEY_TYPE:
+			def.keyType = ad.Uint32()
+		case unix.NFTA_SET_KEY_LEN:
+			def.keyLen = ad.Uint32()
+		case unix.NFTA_SET_DATA_TYPE:
+			def.dataType = ad.Uint32()
+		case unix.NFTA_SET_DATA_LEN:
+			def.dataLen = ad.Uint32()
+		case unix.NFTA_SET_USERDATA:
+			def.udata = string(ad.Bytes())
+		case unix.NFTA_SET_TIMEOUT, unix.NFTA_SET_OBJ_TYPE, nftaSetExpr, nftaSetExpressions:
+			def.extra = true
+		}
+	}
+	return name, def, ad.Err()
+}
+
+// decodeChain decodes the attributes of a NEWCHAIN message.
+func decodeChain(data []byte) (name string, def chainDef, err error) {
+	ad, err := netlink.NewAttributeDecoder(data)
+	if err != nil {
+		return "", def, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_CHAIN_NAME:
+			name = ad.String()
+		case unix.NFTA_CHAIN_HOOK:
+			def.hooked = true
+			ad.Nested(func(h *netlink.AttributeDecoder) error {
+				for h.Next() {
+					switch h.Type() {
+					case unix.NFTA_HOOK_HOOKNUM:
+						def.hookNum = h.Uint32()
+					case unix.NFTA_HOOK_PRIORITY:
+						def.priority = int32(h.Uint32())
+					default:
+						// A device (netdev hooks) or anything else nftproxy never sets.
+						def.extra = true
+					}
+				}
+				return nil
+			})
+		case unix.NFTA_CHAIN_POLICY:
+			def.policy = ad.Uint32()
+		case unix.NFTA_CHAIN_TYPE:
+			def.typ = ad.String()
+		case nftaChainFlags:
+			if ad.Uint32()&^nftChainBase != 0 {
+				def.extra = true
+			}
+		case nftaChainUserdata:
+			def.extra = true
+		}
+	}
+	return name, def, ad.Err()
+}
+
+// ruleFingerprint decodes the attributes of a NEWRULE message into its chain's name and a
+// fingerprint of what the rule does: its expressions as google/nftables encodes them, then
+// its user data (the comment). With normalize, each expression is first decoded with
+// google/nftables and encoded again, so that a rule the kernel dumps gives the fingerprint of
+// the rule the encoder wrote; a rule with an expression nftproxy never writes gets a
+// fingerprint no wanted rule has.
+func ruleFingerprint(fam byte, data []byte, normalize bool) (chain, fp string, err error) {
+	ad, err := netlink.NewAttributeDecoder(data)
+	if err != nil {
+		return "", "", err
+	}
+	ad.ByteOrder = binary.BigEndian
+	var exprs, udata []byte
+	foreign := false
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_RULE_CHAIN:
+			chain = ad.String()
+		case unix.NFTA_RULE_USERDATA:
+			udata = ad.Bytes()
+		case unix.NFTA_RULE_EXPRESSIONS:
+			ad.Nested(func(list *netlink.AttributeDecoder) error {
+				for list.Next() {
+					if list.Type() != unix.NFTA_LIST_ELEM {
+						foreign = true
+						continue
+					}
+					if !normalize {
+						exprs = appendAttr(exprs, list.Type(), list.Bytes())
+						continue
+					}
+					var b []byte
+					list.Do(func(raw []byte) error {
+						b = normalizeExpr(fam, raw)
+						return nil
+					})
+					if b == nil {
+						foreign = true
+						continue
+					}
+					exprs = appendAttr(exprs, unix.NFTA_LIST_ELEM, b)
+				}
+				return nil
+			})
+		}
+	}
+	if err := ad.Err(); err != nil {
+		return "", "", err
+	}
+	if foreign {
+		return chain, "", nil
+	}
+	return chain, string(appendAttr(appendAttr(nil, 1, exprs), 2, udata)), nil
+}
+
+// appendAttr appends a netlink attribute (for fingerprints, so without alignment).
+func appendAttr(b []byte, typ uint16, data []byte) []byte {
+	b = binary.NativeEndian.AppendUint16(b, uint16(4+len(data)))
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	return append(b, data...)
+}
+
+// normalizeExpr decodes one expression of a dumped rule (NFTA_EXPR_NAME and NFTA_EXPR_DATA)
+// and encodes it again as google/nftables does, or returns nil for an expression nftproxy
+// never writes or that does not decode.
+func normalizeExpr(fam byte, raw []byte) []byte {
+	ad, err := netlink.NewAttributeDecoder(raw)
+	if err != nil {
+		return nil
+	}
+	ad.ByteOrder = binary.BigEndian
+	var name string
+	var data []byte
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_EXPR_NAME:
+			name = ad.String()
+		case unix.NFTA_EXPR_DATA:
+			data = ad.Bytes()
+		}
+	}
+	if ad.Err() != nil {
+		return nil
+	}
+	var e expr.Any
+	switch name {
+	case "ct":
+		e = &expr.Ct{}
+	case "bitwise":
+		e = &expr.Bitwise{}
+	case "cmp":
+		e = &expr.Cmp{}
+	case "fib":
+		e = &expr.Fib{}
+	case "payload":
+		e = &expr.Payload{}
+	case "lookup":
+		e = &expr.Lookup{}
+	case "meta":
+		e = &expr.Meta{}
+	case "masq":
+		e = &expr.Masq{}
+	case "reject":
+		e = &expr.Reject{}
+	case "numgen":
+		e = &expr.Numgen{}
+	case "nat":
+		e = &expr.NAT{}
+	case "immediate":
+		imm := &expr.Immediate{}
+		if err := expr.Unmarshal(fam, data, imm); err != nil {
+			return nil
+		}
+		// An immediate that loads the verdict register is a verdict (as google/nftables
+		// decodes rules).
+		if imm.Register == unix.NFT_REG_VERDICT && len(imm.Data) == 0 {
+			e = &expr.Verdict{}
+		} else {
+			e = imm
+		}
+	default:
+		return nil
+	}
+	if err := expr.Unmarshal(fam, data, e); err != nil {
+		return nil
+	}
+	b, err := expr.Marshal(fam, e)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// --- Reading ------------------------------------------------------------------------------
+
+// reader sends nftables requests over one netlink socket and walks the replies in place.
+type reader struct {
+	conn *netlink.Conn
+	raw  syscall.RawConn
+	buf  []byte
+	// interrupted is set when the kernel flagged a dump as inconsistent (NLM_F_DUMP_INTR).
+	interrupted bool
+	nrecv, nbytes int
+}
+
+func newReader(c *netlink.Conn) (*reader, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("netlink socket: %w", err)
+	}
+	return &reader{conn: c, raw: raw, buf: make([]byte, recvBufSize)}, nil
+}
+
+// generation returns the current ruleset generation.
+func (r *reader) generation() (uint32, error) {
+	var gen uint32
+	found := false
+	err := r.request(unix.NFT_MSG_GETGEN, 0, unix.AF_UNSPEC, nil, func(data []byte) error {
+		ad, err := netlink.NewAttributeDecoder(data)
+		if err != nil {
+			return err
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				gen, found = ad.Uint32(), true
+			}
+		}
+		return ad.Err()
+	})
+	if err != nil {
+		return 0, fmt.Errorf("get ruleset generation: %w", err)
+	}
+	if !found {
+		return 0, errors.New("get ruleset generation: no generation in the reply")
+	}
+	return gen, nil
+}
+
+// request sends an nftables request of type typ (NFT_MSG_GET*) and calls fn with the
+// attributes of each reply message (after its nfgenmsg header). A dump request lists every
+// object; others get one reply. Once fn fails, the rest of the reply is read and discarded, so
+// that the socket stays usable, and fn's error is returned.
+func (r *reader) request(typ uint16, flags netlink.HeaderFlags, family byte, attrs *netlink.AttributeEncoder, fn func(data []byte) error) error {
+	var payload []byte
+	if attrs != nil {
+		var err error
+		if payload, err = attrs.Encode(); err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+	}
+	dump := flags&netlink.Dump != 0
+	if !dump {
+		// The acknowledgement marks the end of the reply.
+		flags |= netlink.Acknowledge
+	}
+	req, err := r.conn.Send(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ),
+			Flags: netlink.Request | flags,
+		},
+		Data: append([]byte{family, unix.NFNETLINK_V0, 0, 0}, payload...),
+	})
+	if err != nil {
+		return err
+	}
+	if err := r.conn.SetReadDeadline(time.Now().Add(readTimeout)); err != nil {
+		return fmt.Errorf("set netlink read deadline: %w", err)
+	}
+	var fnErr error
+	for {
+		n, err := r.recv()
+		if err != nil {
+			return err
+		}
+		b := r.buf[:n]
+		for len(b) >= unix.NLMSG_HDRLEN {
+			length := int(binary.NativeEndian.Uint32(b[0:4]))
+			if length < unix.NLMSG_HDRLEN || length > len(b) {
+				return fmt.Errorf("netlink reply of %d bytes claims %d", len(b), length)
+			}
+			mtype := binary.NativeEndian.Uint16(b[4:6])
+			mflags := binary.NativeEndian.Uint16(b[6:8])
+			seq := binary.NativeEndian.Uint32(b[8:12])
+			data := b[unix.NLMSG_HDRLEN:length]
+			b = b[min(len(b), (length+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1)):]
+			if seq != req.Header.Sequence {
+				continue // a late reply to an earlier request
+			}
+			switch mtype {
+			case unix.NLMSG_ERROR, unix.NLMSG_DONE:
+				var errno int32
+				if len(data) >= 4 {
+					errno = int32(binary.NativeEndian.Uint32(data))
+				}
+				if mtype == unix.NLMSG_DONE && !dump {
+					continue
+				}
+				if errno != 0 {
+					return syscall.Errno(-errno)
+				}
+				if mtype == unix.NLMSG_DONE || !dump {
+					return fnErr
+				}
+			default:
+				if mflags&unix.NLM_F_DUMP_INTR != 0 {
+					r.interrupted = true
+				}
+				if fnErr != nil {
+					continue
+				}
+				if len(data) < 4 {
+					fnErr = errors.New("netlink reply without nfgenmsg header")
+					continue
+				}
+				fnErr = fn(data[4:])
+			}
+		}
+	}
+}
+
+// recv reads one datagram into r.buf.
+func (r *reader) recv() (int, error) {
+	var n, flags int
+	var rerr error
+	err := r.raw.Read(func(fd uintptr) bool {
+		for {
+			n, _, flags, _, rerr = unix.Recvmsg(int(fd), r.buf, nil, unix.MSG_DONTWAIT)
+			if rerr != unix.EINTR {
+				break
+			}
+		}
+		return rerr != unix.EAGAIN
+	})
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("receive netlink reply: %w", err)
+	}
+	r.nrecv++
+	r.nbytes += n
+	if flags&unix.MSG_TRUNC != 0 {
+		return 0, errors.New("receive netlink reply: truncated")
+	}
+	return n, nil
+}
+
+// readTable reads the table of exp's family, or returns nil when it does not exist.
+func (r *reader) readTable(exp *expectation) (*model.Ruleset, error) {
+	fam := exp.nfproto
+	// The table.
+	ae := newAttrs()
+	ae.String(unix.NFTA_TABLE_NAME, model.TableName)
+	var tableFlags uint32
+	var tableUdata bool
+	err := r.request(unix.NFT_MSG_GETTABLE, 0, fam, ae, func(data []byte) error {
+		ad, err := netlink.NewAttributeDecoder(data)
+		if err != nil {
+			return err
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_TABLE_FLAGS:
+				tableFlags = ad.Uint32()
+			case nftaTableUserdata:
+				tableUdata = true
+			}
+		}
+		return ad.Err()
+	})
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get table: %w", err)
+	}
+	if tableFlags != 0 || tableUdata {
+		return nil, fmt.Errorf("table has flags %#x or user data: %w", tableFlags, ErrIncompatible)
+	}
+
+	// The sets: the kernel's must be exactly the ones nftproxy would create.
+	ae = newAttrs()
+	ae.String(unix.NFTA_SET_TABLE, model.TableName)
+	kernelSets := map[string]setDef{}
+	err = r.request(unix.NFT_MSG_GETSET, netlink.Dump, fam, ae, func(data []byte) error {
+		table, err := attrString(data, unix.NFTA_SET_TABLE)
+		if err != nil || table != model.TableName {
+			return err
+		}
+		name, def, err := decodeSet(data)
+		if err != nil {
+			return fmt.Errorf("decode set: %w", err)
+		}
+		kernelSets[name] = def
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list sets: %w", err)
+	}
+	for name, def := range kernelSets {
+		want, ok := exp.sets[name]
+		if !ok {
+			return nil, fmt.Errorf("set %s: not one of nftproxy's: %w", name, ErrIncompatible)
+		}
+		if !want.equal(def) {
+			return nil, fmt.Errorf("set %s is %v, want %v: %w", name, def, want, ErrIncompatible)
+		}
+	}
+	out := &model.Ruleset{Family: exp.fam}
+	for _, s := range exp.want.Sets {
+		if _, ok := kernelSets[s.Name]; !ok {
+			return nil, fmt.Errorf("set %s: missing: %w", s.Name, ErrIncompatible)
+		}
+		got := &model.Set{Name: s.Name, Key: slices.Clone(s.Key), Data: s.Data, Comment: s.Comment}
+		if err := r.readElements(exp, got, len(s.Elements)); err != nil {
+			return nil, fmt.Errorf("read set %s: %w", s.Name, err)
+		}
+		out.Sets = append(out.Sets, got)
+	}
+
+	// The chains.
+	ae = newAttrs()
+	ae.String(unix.NFTA_CHAIN_TABLE, model.TableName)
+	chains := map[string]*model.Chain{}
+	var unknown []*model.Chain
+	err = r.request(unix.NFT_MSG_GETCHAIN, netlink.Dump, fam, ae, func(data []byte) error {
+		table, err := attrString(data, unix.NFTA_CHAIN_TABLE)
+		if err != nil || table != model.TableName {
+			return err
+		}
+		name, def, err := decodeChain(data)
+		if err != nil {
+			return fmt.Errorf("decode chain: %w", err)
+		}
+		if want, ok := exp.chains[name]; ok {
+			if def != want {
+				return fmt.Errorf("chain %s is %v, want %v: %w", name, def, want, ErrIncompatible)
+			}
+			wc := exp.want.Chain(name)
+			c := &model.Chain{Name: name}
+			if wc.Hook != nil {
+				h := *wc.Hook
+				c.Hook = &h
+			}
+			chains[name] = c
+			return nil
+		}
+		if def.hooked || def.extra || !isPickChain(name) {
+			return fmt.Errorf("chain %s (%v) is not one nftproxy would create: %w", name, def, ErrIncompatible)
+		}
+		c := &model.Chain{Name: name}
+		chains[name] = c
+		unknown = append(unknown, c)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list chains: %w", err)
+	}
+
+	// The rules of every chain, in one dump.
+	ae = newAttrs()
+	ae.String(unix.NFTA_RULE_TABLE, model.TableName)
+	err = r.request(unix.NFT_MSG_GETRULE, netlink.Dump, fam, ae, func(data []byte) error {
+		table, err := attrString(data, unix.NFTA_RULE_TABLE)
+		if err != nil || table != model.TableName {
+			return err
+		}
+		chain, fp, err := ruleFingerprint(fam, data, true)
+		if err != nil {
+			return fmt.Errorf("decode rule: %w", err)
+		}
+		c := chains[chain]
+		if c == nil {
+			return fmt.Errorf("rule of unlisted chain %s", chain)
+		}
+		rule, ok := exp.rules[chain][fp]
+		if !ok || fp == "" {
+			rule = model.Rule{Comment: unrecognizedRule}
+		}
+		c.Rules = append(c.Rules, rule)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list rules: %w", err)
+	}
+	for _, c := range exp.want.Chains {
+		if got := chains[c.Name]; got != nil {
+			out.Chains = append(out.Chains, got)
+		}
+	}
+	slices.SortFunc(unknown, func(a, b *model.Chain) int { return cmp.Compare(a.Name, b.Name) })
+	out.Chains = append(out.Chains, unknown...)
+	return out, nil
+}
+
+// isPickChain reports whether name is that of an endpoint-picking chain (model.PickChainName),
+// the only chains nftproxy creates besides the fixed ones.
+func isPickChain(name string) bool {
+	parts := strings.Split(name, "-")
+	if len(parts) != 3 {
+		return false
+	}
+	slots, err := strconv.ParseUint(parts[2], 10, 32)
+	if err != nil || slots == 0 {
+		return false
+	}
+	for _, kind := range []model.PickKind{model.Cluster, model.External, model.NodePortPick} {
+		for _, proto := range []model.Protocol{model.TCP, model.UDP, model.SCTP} {
+			if model.PickChainName(kind, proto, uint32(slots)) == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// attrString returns the string attribute typ of a message's attributes, or "".
+func attrString(data []byte, typ uint16) (string, error) {
+	ad, err := netlink.NewAttributeDecoder(data)
+	if err != nil {
+		return "", err
+	}
+	for ad.Next() {
+		if ad.Type() == typ {
+			return ad.String(), nil
+		}
+	}
+	return "", ad.Err()
+}
+
+// readElements dumps the elements of set s into s.Elements, sorted.
+func (r *reader) readElements(exp *expectation, s *model.Set, sizeHint int) error {
+	d := &elemDecoder{
+		fam:      exp.fam,
+		set:      s,
+		verdicts: exp.verdicts,
+		strs:     map[string]string{},
+		elems:    make([]model.Element, 0, sizeHint),
+	}
+	d.keyLen = len(model.ElementKey(exp.fam, s.Key, model.Element{}))
+	if s.Data == model.EndpointData {
+		// The set's definition, which the kernel's matches, gives the length of its data.
+		d.dataLen = int(exp.sets[s.Name].dataLen)
+	}
+	ae := newAttrs()
+	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
+	ae.String(unix.NFTA_SET_ELEM_LIST_SET, s.Name)
+	t0 := time.Now()
+	r.nrecv, r.nbytes = 0, 0
+	err := r.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, exp.nfproto, ae, d.message)
+	if os.Getenv("RDDEBUG") != "" {
+		fmt.Fprintln(os.Stderr, s.Name, len(d.elems), time.Since(t0), r.nrecv, r.nbytes)
+	}
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(d.elems, model.CompareElements)
+	s.Elements = d.elems
+	return nil
+}
+
+// elemDecoder decodes the element messages of one set.
+type elemDecoder struct {
+	fam      model.Family
+	set      *model.Set
+	verdicts map[int32]model.VerdictKind
+	keyLen   int
+	dataLen  int
+	// strs interns comments and chain names, which many elements share.
+	strs  map[string]string
+	elems []model.Element
+}
+
+func (d *elemDecoder) intern(b []byte) string {
+	if s, ok := d.strs[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	d.strs[s] = s
+	return s
+}
+
+// message decodes one NEWSETELEM message of the dump.
+func (d *elemDecoder) message(data []byte) error {
+	ad, err := netlink.NewAttributeDecoder(data)
+	if err != nil {
+		return err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		if ad.Type() != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+			continue
+		}
+		ad.Nested(func(list *netlink.AttributeDecoder) error {
+			for list.Next() {
+				if list.Type() != unix.NFTA_LIST_ELEM {
+					continue
+				}
+				list.Do(d.element)
+			}
+			return nil
+		})
+	}
+	return ad.Err()
+}
+
+// element decodes the attributes of one element.
+func (d *elemDecoder) element(b []byte) error {
+	var e model.Element
+	var key, data []byte
+	var verdictCode int32
+	var verdictChain []byte
+	hasVerdict := false
+	for a := range attrs(b) {
+		switch a.typ {
+		case unix.NFTA_SET_ELEM_KEY:
+			key = nestedValue(a.data, unix.NFTA_DATA_VALUE)
+		case unix.NFTA_SET_ELEM_DATA:
+			for da := range attrs(a.data) {
+				switch da.typ {
+				case unix.NFTA_DATA_VALUE:
+					data = da.data
+				case unix.NFTA_DATA_VERDICT:
+					hasVerdict = true
+					for va := range attrs(da.data) {
+						switch va.typ {
+						case unix.NFTA_VERDICT_CODE:
+							if len(va.data) == 4 {
+								verdictCode = int32(binary.BigEndian.Uint32(va.data))
+							}
+						case unix.NFTA_VERDICT_CHAIN:
+							verdictChain = trimNUL(va.data)
+						}
+					}
+				}
+			}
+		case unix.NFTA_SET_ELEM_USERDATA:
+			if c, ok := udataString(a.data, udataElemComment); ok {
+				e.Comment = d.intern(c)
+			}
+		case unix.NFTA_SET_ELEM_FLAGS:
+			if len(a.data) == 4 && binary.BigEndian.Uint32(a.data) != 0 {
+				// An interval end or a catch-all element: nftproxy writes neither.
+				return fmt.Errorf("element with flags %#x: %w", binary.BigEndian.Uint32(a.data), ErrIncompatible)
+			}
+		case unix.NFTA_SET_ELEM_TIMEOUT, unix.NFTA_SET_ELEM_EXPR, unix.NFTA_SET_ELEM_OBJREF, nftaSetElemKeyEnd, nftaSetElemExpressions:
+			return fmt.Errorf("element with attribute %d: %w", a.typ, ErrIncompatible)
+		}
+	}
+	if len(key) != d.keyLen || !decodeKey(d.fam, d.set.Key, key, &e) {
+		return fmt.Errorf("element key %x: %w", key, ErrIncompatible)
+	}
+	switch d.set.Data {
+	case model.VerdictData:
+		kind, ok := d.verdicts[verdictCode]
+		if !hasVerdict || !ok {
+			return fmt.Errorf("element %x: verdict %d: %w", key, verdictCode, ErrIncompatible)
+		}
+		e.Verdict = model.Verdict{Kind: kind}
+		if kind == model.Jump || kind == model.Goto {
+			e.Verdict.Chain = d.intern(verdictChain)
+		}
+	case model.EndpointData:
+		if len(data) != d.dataLen || data[len(data)-2] != 0 || data[len(data)-1] != 0 {
+			return fmt.Errorf("element %x: endpoint %x: %w", key, data, ErrIncompatible)
+		}
+		n := len(data) - 4
+		var addr netip.Addr
+		if n == 4 {
+			addr = netip.AddrFrom4([4]byte(data[:4]))
+		} else {
+			addr = netip.AddrFrom16([16]byte(data[:16]))
+		}
+		e.Endpoint = netip.AddrPortFrom(addr, binary.BigEndian.Uint16(data[n:]))
+	}
+	d.elems = append(d.elems, e)
+	return nil
+}
+
+// decodeKey fills the key fields of e from a key as model.ElementKey writes it, and reports
+// whether it is one (padding included).
+func decodeKey(fam model.Family, fields []model.KeyField, b []byte, e *model.Element) bool {
+	concat := len(fields) > 1
+	for _, k := range fields {
+		n := model.KeyFieldLen(fam, k, concat)
+		if len(b) < n {
+			return false
+		}
+		f := b[:n]
+		b = b[n:]
+		switch k {
+		case model.KeyAddr:
+			if n == 4 {
+				e.Addr = netip.AddrFrom4([4]byte(f))
+			} else {
+				e.Addr = netip.AddrFrom16([16]byte(f))
+			}
+		case model.KeyProto:
+			e.Proto = model.Protocol(f[0])
+			if !zero(f[1:]) {
+				return false
+			}
+		case model.KeyPort:
+			e.Port = binary.BigEndian.Uint16(f)
+			if !zero(f[2:]) {
+				return false
+			}
+		case model.KeySlot:
+			e.Slot = binary.NativeEndian.Uint32(f)
+		default:
+			return false
+		}
+	}
+	return len(b) == 0
+}
+
+func zero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func trimNUL(b []byte) []byte {
+	if len(b) > 0 && b[len(b)-1] == 0 {
+		return b[:len(b)-1]
+	}
+	return b
+}
+
+// udataString returns the string of TLV typ in nft's user data.
+func udataString(udata []byte, typ byte) ([]byte, bool) {
+	for len(udata) >= 2 {
+		t, n := udata[0], int(udata[1])
+		if len(udata) < 2+n {
+			return nil, false
+		}
+		if t == typ {
+			return trimNUL(udata[2 : 2+n]), true
+		}
+		udata = udata[2+n:]
+	}
+	return nil, false
+}
+
+// attr is one netlink attribute, its data aliasing the message.
+type attr struct {
+	typ  uint16
+	data []byte
+}
+
+// attrs iterates over the netlink attributes in b without allocating: the innermost levels of
+// a set element dump are walked hundreds of thousands of times per read, and a
+// netlink.AttributeDecoder is one allocation per level and element. A malformed attribute ends
+// the iteration.
+func attrs(b []byte) func(yield func(attr) bool) {
+	return func(yield func(attr) bool) {
+		for len(b) >= unix.NLA_HDRLEN {
+			n := int(binary.NativeEndian.Uint16(b[0:2]))
+			if n < unix.NLA_HDRLEN || n > len(b) {
+				return
+			}
+			a := attr{typ: binary.NativeEndian.Uint16(b[2:4]) & nlaTypeMask, data: b[unix.NLA_HDRLEN:n]}
+			if !yield(a) {
+				return
+			}
+			b = b[min(len(b), (n+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1)):]
+		}
+	}
+}
+
+// nestedValue returns the data of attribute typ nested in b.
+func nestedValue(b []byte, typ uint16) []byte {
+	for a := range attrs(b) {
+		if a.typ == typ {
+			return a.data
+		}
+	}
+	return nil
+}

@@ -1,0 +1,173 @@
+package nft
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/nftproxy/nftproxy/internal/scale"
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// readTestRulesets returns rulesets that use every expression the encoder writes.
+func readTestRulesets() []*model.Ruleset {
+	p := netip.MustParsePrefix
+	a := netip.MustParseAddr
+	svcs := scale.Services(30, 3)
+	var out []*model.Ruleset
+	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
+		configs := []model.NodeConfig{
+			{Family: fam},
+			{Family: fam, ClusterCIDRs: []netip.Prefix{p("10.244.0.0/16"), p("fd00:244::/32")}},
+			{Family: fam, ClusterCIDRs: []netip.Prefix{p("10.240.0.0/13"), p("fd00:244::/31")}},
+			{Family: fam, MasqueradeAll: true},
+			{Family: fam, NodePortAddresses: []netip.Prefix{p("192.168.0.0/16"), p("fd00::/8")},
+				LocalAddresses: []netip.Addr{a("192.168.0.2"), a("fd00::2")}},
+		}
+		for _, cfg := range configs {
+			if fam == model.IPv6 {
+				// Give the IPv6 table Services of its own.
+				var v6 []model.Service
+				for _, s := range svcs {
+					s.ClusterIPs = []netip.Addr{netip.AddrFrom16(s.ClusterIPs[0].As16())}
+					v6 = append(v6, s)
+				}
+				out = append(out, model.Build(v6, cfg))
+				continue
+			}
+			out = append(out, model.Build(svcs, cfg))
+		}
+	}
+	return out
+}
+
+// TestFingerprintRoundTrip checks that decoding every expression the encoder writes with
+// google/nftables and encoding it again gives the same bytes, so that a rule read back from
+// the kernel (which Read normalizes that way) can be recognized.
+func TestFingerprintRoundTrip(t *testing.T) {
+	for _, rs := range readTestRulesets() {
+		exp, err := newExpectation(rs.Family, rs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := &batch{}
+		e := newEncoder(b, rs.Family)
+		for _, c := range rs.Chains {
+			if err := e.addRules(c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, m := range b.msgs {
+			chain, fp, err := ruleFingerprint(nfproto(rs.Family), m.Data[4:], true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := exp.rules[chain][fp]; !ok || fp == "" {
+				t.Errorf("%s: a rule of chain %s is not recognized after a round trip", rs.Family, chain)
+			}
+		}
+	}
+}
+
+// TestExpectationDefinitions checks that the expected set and chain definitions are those
+// the encoder writes.
+func TestExpectationDefinitions(t *testing.T) {
+	rs := model.Build(nil, model.NodeConfig{Family: model.IPv4})
+	exp, err := newExpectation(model.IPv4, rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sm := exp.sets[model.MapServiceEndpoints]
+	if sm.flags == 0 || sm.keyLen != 16 || sm.dataLen != 8 || sm.udata == "" {
+		t.Errorf("service-endpoints: %v", sm)
+	}
+	if c := exp.chains[model.ChainNATPrerouting]; !c.hooked || c.typ != "nat" || c.priority != -100 || c.policy != nfAccept {
+		t.Errorf("nat-prerouting: %v", c)
+	}
+	if c := exp.chains[model.ChainServices]; c.hooked {
+		t.Errorf("services: %v", c)
+	}
+	if got := exp.verdicts[-4]; got != model.Goto {
+		t.Errorf("verdict code -4 is %v, want goto", got)
+	}
+}
+
+func TestDecodeKey(t *testing.T) {
+	keys := [][]model.KeyField{
+		{model.KeyAddr},
+		{model.KeyAddr, model.KeyAddr},
+		{model.KeyAddr, model.KeyProto, model.KeyPort},
+		{model.KeyProto, model.KeyPort},
+		{model.KeyAddr, model.KeyProto, model.KeyPort, model.KeySlot},
+		{model.KeyProto, model.KeyPort, model.KeySlot},
+	}
+	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
+		addr := netip.MustParseAddr("10.1.2.3")
+		if fam == model.IPv6 {
+			addr = netip.MustParseAddr("fd00::1:2:3")
+		}
+		for _, key := range keys {
+			in := model.Element{Proto: model.UDP, Port: 53000, Slot: 70000}
+			for _, k := range key {
+				if k == model.KeyAddr {
+					in.Addr = addr
+				}
+			}
+			if !hasField(key, model.KeyProto) {
+				in.Proto = 0
+			}
+			if !hasField(key, model.KeyPort) {
+				in.Port = 0
+			}
+			if !hasField(key, model.KeySlot) {
+				in.Slot = 0
+			}
+			raw := model.ElementKey(fam, key, in)
+			var got model.Element
+			if !decodeKey(fam, key, raw, &got) || got != in {
+				t.Errorf("%s %v: decode(%x) = %+v, want %+v", fam, key, raw, got, in)
+			}
+			if len(key) > 1 && key[len(key)-1] == model.KeyPort {
+				bad := append([]byte(nil), raw...)
+				bad[len(bad)-1] = 1 // padding of the port
+				if decodeKey(fam, key, bad, &got) {
+					t.Errorf("%s %v: decoded %x, whose padding is not zero", fam, key, bad)
+				}
+			}
+		}
+	}
+}
+
+func hasField(key []model.KeyField, f model.KeyField) bool {
+	for _, k := range key {
+		if k == f {
+			return true
+		}
+	}
+	return false
+}
+
+func TestIsPickChain(t *testing.T) {
+	for _, name := range []string{"cluster-tcp-1", "external-udp-10", "nodeport-sctp-3"} {
+		if !isPickChain(name) {
+			t.Errorf("isPickChain(%q) = false", name)
+		}
+	}
+	for _, name := range []string{"cluster-tcp-0", "cluster-tcp-01", "cluster-icmp-1", "services", "foo", "cluster-tcp-1-x", fmt.Sprintf("nodeport-tcp-%d", uint64(1)<<33)} {
+		if isPickChain(name) {
+			t.Errorf("isPickChain(%q) = true", name)
+		}
+	}
+}
+
+func TestUdataString(t *testing.T) {
+	u := appendUdataUint32(nil, 3, 7)
+	u = appendUdataString(u, udataElemComment, "ns/svc:http")
+	got, ok := udataString(u, udataElemComment)
+	if !ok || string(got) != "ns/svc:http" {
+		t.Errorf("udataString = %q, %v", got, ok)
+	}
+	if _, ok := udataString(u[:len(u)-1], udataElemComment); ok {
+		t.Error("udataString accepted a truncated TLV")
+	}
+}

@@ -1,0 +1,139 @@
+package nft
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// OpKind is the kind of one change in a Transaction.
+type OpKind uint8
+
+// The changes a Transaction can make to an existing table.
+const (
+	// AddElements adds Set.Elements to the set or map named Set.Name.
+	AddElements OpKind = iota + 1
+	// DeleteElements deletes Set.Elements (by key) from the set or map named Set.Name.
+	DeleteElements
+	// AddChain creates Chain with its rules.
+	AddChain
+	// RewriteChain replaces the rules of the existing chain Chain.Name with Chain.Rules.
+	RewriteChain
+	// FlushChain deletes every rule of the chain Chain.Name, which stays.
+	FlushChain
+	// DeleteChain deletes the empty, unreferenced chain Chain.Name.
+	DeleteChain
+)
+
+// Op is one change to the table of Family.
+type Op struct {
+	Kind   OpKind
+	Family model.Family
+	// Set names the set and gives its key and data; Elements are the elements to add or
+	// delete.
+	Set   *model.Set
+	Chain *model.Chain
+}
+
+// Transaction is a set of changes applied all or nothing: first the tables in Replace are
+// replaced wholesale, then Ops are applied in order.
+type Transaction struct {
+	Replace []*model.Ruleset
+	Ops     []Op
+}
+
+// Empty reports whether the transaction changes nothing.
+func (tx *Transaction) Empty() bool { return len(tx.Replace) == 0 && len(tx.Ops) == 0 }
+
+// Objects counts the kernel objects the transaction writes: tables, sets, chains, rules and
+// elements created, changed or deleted (a flush counts once).
+func (tx *Transaction) Objects() int {
+	n := 0
+	for _, rs := range tx.Replace {
+		n++
+		for _, s := range rs.Sets {
+			n += 1 + len(s.Elements)
+		}
+		for _, c := range rs.Chains {
+			n += 1 + len(c.Rules)
+		}
+	}
+	for _, op := range tx.Ops {
+		switch op.Kind {
+		case AddElements, DeleteElements:
+			n += len(op.Set.Elements)
+		case AddChain:
+			n += 1 + len(op.Chain.Rules)
+		case RewriteChain:
+			n += 1 + len(op.Chain.Rules)
+		case FlushChain, DeleteChain:
+			n++
+		}
+	}
+	return n
+}
+
+// encode adds the transaction's messages to b.
+func (tx *Transaction) encode(b *batch) error {
+	for _, rs := range tx.Replace {
+		fam := nfproto(rs.Family)
+		b.addTable(fam, model.TableName)
+		b.delTable(fam, model.TableName)
+		if err := newEncoder(b, rs.Family).addAll(rs); err != nil {
+			return fmt.Errorf("encode %s table: %w", rs.Family, err)
+		}
+	}
+	// Chains first, so that elements and rules added later in the batch may refer to them.
+	for _, op := range tx.Ops {
+		if op.Kind == AddChain {
+			newEncoder(b, op.Family).addChain(op.Chain)
+		}
+	}
+	for i, op := range tx.Ops {
+		e := newEncoder(b, op.Family)
+		var err error
+		switch op.Kind {
+		case AddElements:
+			err = e.elements(unix.NFT_MSG_NEWSETELEM, op.Set, op.Set.Elements)
+		case DeleteElements:
+			err = e.elements(unix.NFT_MSG_DELSETELEM, op.Set, op.Set.Elements)
+		case AddChain:
+			err = e.addRules(op.Chain)
+		case RewriteChain:
+			b.flushChain(e.fam, model.TableName, op.Chain.Name)
+			err = e.addRules(op.Chain)
+		case FlushChain:
+			b.flushChain(e.fam, model.TableName, op.Chain.Name)
+		case DeleteChain:
+			b.delChain(e.fam, model.TableName, op.Chain.Name)
+		default:
+			err = fmt.Errorf("unknown operation %d", op.Kind)
+		}
+		if err != nil {
+			return fmt.Errorf("operation %d: %w", i, err)
+		}
+	}
+	return b.err
+}
+
+// Apply implements Backend.
+func (n *Netlink) Apply(tx *Transaction, genID uint32) error {
+	if tx.Empty() {
+		return nil
+	}
+	b := &batch{}
+	if err := tx.encode(b); err != nil {
+		return fmt.Errorf("encode transaction: %w", err)
+	}
+	c, err := n.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := b.commit(c, genID); err != nil {
+		return fmt.Errorf("commit transaction of %d messages: %w", len(b.msgs), err)
+	}
+	return nil
+}

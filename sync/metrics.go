@@ -1,0 +1,91 @@
+package sync
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// Metrics are the proxy's Prometheus metrics. Names shared with kube-proxy mean the same
+// thing, so that existing dashboards and alerts keep working.
+type Metrics struct {
+	SyncDuration        prometheus.Histogram
+	FullSyncDuration    prometheus.Histogram
+	PartialSyncDuration prometheus.Histogram
+	LastSync            prometheus.Gauge
+	NetworkProgramming  prometheus.Histogram
+	SyncFailures        prometheus.Counter
+	BatchObjects        prometheus.Histogram
+	SetElements         *prometheus.GaugeVec
+	DriftRepairs        prometheus.Counter
+	SkippedObjects      prometheus.Gauge
+	ConntrackFailures   prometheus.Counter
+}
+
+// NewMetrics creates the metrics and registers them with reg (if not nil).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	syncBuckets := prometheus.ExponentialBuckets(0.001, 2, 15)
+	m := &Metrics{
+		SyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "kubeproxy_sync_proxy_rules_duration_seconds", Buckets: syncBuckets,
+			Help: "SyncProxyRules latency in seconds: time to compute and commit one sync, full or partial.",
+		}),
+		FullSyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "kubeproxy_sync_full_proxy_rules_duration_seconds", Buckets: syncBuckets,
+			Help: "Latency in seconds of full syncs, which read the tables back from the kernel.",
+		}),
+		PartialSyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "kubeproxy_sync_partial_proxy_rules_duration_seconds", Buckets: syncBuckets,
+			Help: "Latency in seconds of partial syncs, which rebuild only the Services that changed.",
+		}),
+		LastSync: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+			Help: "The last time the rules were successfully synced (Unix seconds).",
+		}),
+		NetworkProgramming: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kubeproxy_network_programming_duration_seconds",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 20),
+			Help:    "In-cluster network programming latency in seconds: from a change reaching the proxy to its rules being in the kernel.",
+		}),
+		SyncFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+			Help: "Syncs whose nftables transaction failed (nothing was applied; the next sync is a full one).",
+		}),
+		BatchObjects: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "nftproxy_sync_batch_objects",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 12),
+			Help:    "Kernel objects (tables, sets, chains, rules, elements) written by each committed transaction.",
+		}),
+		SetElements: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "nftproxy_set_elements",
+			Help: "Elements of each set and map of nftproxy's tables after the last sync.",
+		}, []string{"family", "set"}),
+		DriftRepairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nftproxy_drift_repairs_total",
+			Help: "Full syncs that found the kernel's tables changed behind nftproxy's back and repaired them.",
+		}),
+		SkippedObjects: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "nftproxy_skipped_objects",
+			Help: "Objects currently skipped because they cannot be turned into rules (each is logged once).",
+		}),
+		ConntrackFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nftproxy_conntrack_cleanup_failures_total",
+			Help: "Conntrack cleanups (stale UDP flows) that failed.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.SyncDuration, m.FullSyncDuration, m.PartialSyncDuration, m.LastSync,
+			m.NetworkProgramming, m.SyncFailures, m.BatchObjects, m.SetElements, m.DriftRepairs,
+			m.SkippedObjects, m.ConntrackFailures)
+	}
+	return m
+}
+
+// setElements records the element counts of a sync.
+func (m *Metrics) setElements(counts map[model.Family]map[string]int) {
+	for fam, sets := range counts {
+		for set, n := range sets {
+			m.SetElements.WithLabelValues(fam.String(), set).Set(float64(n))
+		}
+	}
+}

@@ -1,0 +1,230 @@
+package sync_test
+
+import (
+	"flag"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nftproxy/nftproxy/internal/scale"
+	"github.com/nftproxy/nftproxy/internal/scenario"
+	"github.com/nftproxy/nftproxy/model"
+	"github.com/nftproxy/nftproxy/nft"
+	"github.com/nftproxy/nftproxy/sync"
+)
+
+var families = []model.Family{model.IPv4, model.IPv6}
+
+// scenarioInput returns a golden scenario's Services and node configuration, as
+// `nftproxy render` computes them.
+func scenarioInput(t *testing.T, sc scenario.Scenario) ([]model.Service, map[model.Family]model.NodeConfig) {
+	t.Helper()
+	var cfg sync.Config
+	fs := flag.NewFlagSet(sc.Name, flag.ContinueOnError)
+	cfg.BindFlags(fs)
+	if err := fs.Parse(sc.Args); err != nil {
+		t.Fatal(err)
+	}
+	objs, _, err := sync.LoadManifests(sc.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, _ := sync.FindNode(objs.Nodes, cfg.HostnameOverride)
+	local := append(slices.Clone(node.InternalIPs), node.ExternalIPs...)
+	services, _ := sync.Convert(objs, sync.ConvertOptions{ServiceProxyName: cfg.ServiceProxyName})
+	nodes := map[model.Family]model.NodeConfig{}
+	for _, fam := range families {
+		nodes[fam] = cfg.NodeConfig(fam, node, local)
+	}
+	return services, nodes
+}
+
+// syncUntilDone syncs until a sync succeeds, as the loop's retries would.
+func syncUntilDone(t *testing.T, s *sync.Syncer) sync.SyncResult {
+	t.Helper()
+	for range 100 {
+		res, err := s.Sync()
+		if err == nil {
+			return res
+		}
+	}
+	t.Fatal("no sync succeeded in 100 attempts")
+	return sync.SyncResult{}
+}
+
+// perturb returns a changed copy of svc: one endpoint fewer, or a port renumbered.
+func perturb(svc model.Service, rng *rand.Rand) model.Service {
+	out := svc
+	out.Ports = slices.Clone(svc.Ports)
+	for i := range out.Ports {
+		p := &out.Ports[i]
+		if len(p.Endpoints) > 1 && rng.IntN(2) == 0 {
+			p.Endpoints = p.Endpoints[1:]
+		} else {
+			p.Port++
+		}
+	}
+	return out
+}
+
+// TestConvergenceUnderFailures drives every golden scenario as a sequence of changes
+// (Services appear one by one, some change and change back, a stray one comes and goes)
+// against a Fake that fails 10% of transactions, and checks that the tables end up exactly
+// as the golden files, and that the syncer's idea of the kernel matches the kernel.
+func TestConvergenceUnderFailures(t *testing.T) {
+	scenarios, err := scenario.Load("../testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range scenarios {
+		t.Run(sc.Name, func(t *testing.T) {
+			services, nodes := scenarioInput(t, sc)
+			fake := nft.NewFake(uint64(len(sc.Name)))
+			fake.FailRate = 0.1
+			s := sync.NewSyncer(fake, families...)
+			s.SetNode(nodes)
+			rng := rand.New(rand.NewPCG(7, uint64(len(services))))
+			now := time.Unix(0, 0)
+			stray := model.Service{Name: model.ServiceName{Namespace: "zz", Name: "stray"},
+				ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.99.99"), netip.MustParseAddr("fd00:96::9999")},
+				Ports: []model.ServicePort{{Protocol: model.UDP, Port: 53, Endpoints: []model.Endpoint{
+					{Addr: netip.MustParseAddr("10.244.9.9"), Port: 53, Ready: true},
+					{Addr: netip.MustParseAddr("fd00:244:9::9"), Port: 53, Ready: true}}}}}
+			s.Update(map[model.ServiceName]*model.Service{stray.Name: &stray}, now)
+			syncUntilDone(t, s)
+			for _, i := range rng.Perm(len(services)) {
+				svc := services[i]
+				changed := perturb(svc, rng)
+				s.Update(map[model.ServiceName]*model.Service{svc.Name: &changed}, now)
+				syncUntilDone(t, s)
+				s.Update(map[model.ServiceName]*model.Service{svc.Name: &svc}, now)
+				syncUntilDone(t, s)
+			}
+			s.Update(map[model.ServiceName]*model.Service{stray.Name: nil}, now)
+			for s.Pending() {
+				syncUntilDone(t, s)
+			}
+			for _, fam := range families {
+				want, err := os.ReadFile(sc.GoldenPath(fam))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := fake.Render(fam); got != string(want) {
+					t.Errorf("%s table differs from %s:\n%s", fam, sc.GoldenPath(fam), scenario.LineDiff(string(want), got))
+				}
+				if got := model.Render(s.Committed(fam)); got != string(want) {
+					t.Errorf("the syncer's view of the %s table differs from %s:\n%s", fam, sc.GoldenPath(fam), scenario.LineDiff(string(want), got))
+				}
+			}
+		})
+	}
+}
+
+func newScaleSyncer(t testing.TB, backend nft.Backend, n, m int) *sync.Syncer {
+	t.Helper()
+	s := sync.NewSyncer(backend, model.IPv4)
+	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4, ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}})
+	changes := map[model.ServiceName]*model.Service{}
+	for i := range n {
+		svc := scale.Service(i, m, 0)
+		changes[svc.Name] = &svc
+	}
+	s.Update(changes, time.Now())
+	if _, err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestOneEndpointChange checks what a partial sync writes when one endpoint of one Service
+// is replaced: the two slot elements of the endpoint maps and the two hairpin elements.
+func TestOneEndpointChange(t *testing.T) {
+	fake := nft.NewFake(1)
+	s := newScaleSyncer(t, fake, 100, 10)
+	svc := scale.Service(42, 10, 0)
+	svc.Ports[0].Endpoints[9].Addr = netip.MustParseAddr("10.200.0.1")
+	s.Update(map[model.ServiceName]*model.Service{svc.Name: &svc}, time.Now())
+	res, err := s.Sync()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Full || res.Objects > 6 {
+		t.Errorf("one endpoint change: full=%v, %d objects written, want a partial sync of at most 6", res.Full, res.Objects)
+	}
+	for _, op := range fake.Last.Ops {
+		if op.Kind != nft.AddElements && op.Kind != nft.DeleteElements {
+			t.Errorf("one endpoint change wrote a %v operation on %v", op.Kind, op.Chain)
+		}
+	}
+	got := fake.Render(model.IPv4)
+	if want := model.Render(s.Committed(model.IPv4)); got != want {
+		t.Errorf("kernel and syncer disagree:\n%s", scenario.LineDiff(want, got))
+	}
+	res, err = s.Sync()
+	if err != nil || res.Objects != 0 {
+		t.Errorf("a sync without changes wrote %d objects (err %v)", res.Objects, err)
+	}
+}
+
+// TestDriftRepair checks that a change made behind the syncer's back (an element deleted by
+// hand, a flushed table) is seen through the generation and repaired by the next sync.
+func TestDriftRepair(t *testing.T) {
+	fake := nft.NewFake(1)
+	s := newScaleSyncer(t, fake, 20, 3)
+	want := fake.Render(model.IPv4)
+	for name, tamper := range map[string]func(rs *model.Ruleset){
+		"element deleted": func(rs *model.Ruleset) {
+			set := rs.Set(model.MapServiceEndpoints)
+			set.Elements = set.Elements[1:]
+		},
+		"table flushed": func(rs *model.Ruleset) {
+			for _, set := range rs.Sets {
+				set.Elements = nil
+			}
+			for _, c := range rs.Chains {
+				c.Rules = nil
+			}
+		},
+	} {
+		fake.Tamper(model.IPv4, tamper)
+		if fake.Render(model.IPv4) == want {
+			t.Fatalf("%s: tampering changed nothing", name)
+		}
+		res, err := s.Sync()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !res.Full || !res.DriftRepaired {
+			t.Errorf("%s: full=%v drift=%v, want a full sync that repairs drift", name, res.Full, res.DriftRepaired)
+		}
+		if got := fake.Render(model.IPv4); got != want {
+			t.Errorf("%s: not repaired:\n%s", name, scenario.LineDiff(want, got))
+		}
+	}
+}
+
+// TestAdoption checks that a new syncer (a restarted daemon) finding its tables already in
+// place writes nothing, and that one finding a stale table changes only the difference.
+func TestAdoption(t *testing.T) {
+	fake := nft.NewFake(1)
+	newScaleSyncer(t, fake, 50, 4)
+	calls := fake.Calls
+	restarted := sync.NewSyncer(fake, model.IPv4)
+	restarted.SetNode(map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4, ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}})
+	changes := map[model.ServiceName]*model.Service{}
+	for i := range 50 {
+		svc := scale.Service(i, 4, 0)
+		changes[svc.Name] = &svc
+	}
+	restarted.Update(changes, time.Now())
+	res, err := restarted.Sync()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Objects != 0 || fake.Calls != calls {
+		t.Errorf("adoption of an up-to-date table wrote %d objects in %d transactions", res.Objects, fake.Calls-calls)
+	}
+}
