@@ -679,21 +679,31 @@ func (t *familyState) isSkeletonChain(name string) bool {
 	return t.skeleton.Chain(name) != nil
 }
 
-// diffAll adds to tx what makes the committed (read back) table equal want.
+// diffAll adds to tx what makes the committed (read back) table equal want, the desired
+// ruleset (whose Service elements are also in the claims, which are cheaper to look up).
 func (t *familyState) diffAll(want *model.Ruleset, tx *nft.Transaction) {
 	ops := t.newOps()
-	for _, s := range want.Sets {
-		wantElems := make(map[model.Key]model.Element, len(s.Elements))
-		for _, e := range s.Elements {
-			wantElems[e.Key()] = e
-		}
-		for k := range t.committed.elems[s.Name] {
-			if _, ok := wantElems[k]; !ok {
-				ops.element(s.Name, k, model.Element{}, false)
+	for _, sk := range t.skeleton.Sets {
+		claims := t.claims[sk.Name]
+		var fixed map[model.Key]model.Element
+		if len(sk.Elements) > 0 {
+			fixed = make(map[model.Key]model.Element, len(sk.Elements))
+			for _, e := range sk.Elements {
+				fixed[e.Key()] = e
 			}
 		}
-		for k, e := range wantElems {
-			ops.element(s.Name, k, e, true)
+		for k := range t.committed.elems[sk.Name] {
+			if _, ok := fixed[k]; !ok && claims[k] == nil {
+				ops.element(sk.Name, k, model.Element{}, false)
+			}
+		}
+		for k, e := range fixed {
+			ops.element(sk.Name, k, e, true)
+		}
+		for k, c := range claims {
+			if _, ok := fixed[k]; !ok {
+				ops.element(sk.Name, k, *c.elem, true)
+			}
 		}
 	}
 	var chainOps []nft.Op

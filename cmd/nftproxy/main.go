@@ -13,9 +13,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
@@ -113,13 +120,29 @@ func (c *commonFlags) nodeName() (string, error) {
 	return h, nil
 }
 
-// setup parses the flags of run or render and returns them with the logger and node name
-// they select.
-func setup(name string, args []string, stderr io.Writer) (*commonFlags, *slog.Logger, string, error) {
+// daemonFlags are the flags of run only.
+type daemonFlags struct {
+	minSyncPeriod  time.Duration
+	syncPeriod     time.Duration
+	metricsAddress string
+}
+
+func (d *daemonFlags) bind(fs *flag.FlagSet) {
+	fs.DurationVar(&d.minSyncPeriod, "min-sync-period", sync.DefaultMinSyncPeriod, "least time between two syncs; changes arriving meanwhile are programmed together (0 syncs on every change)")
+	fs.DurationVar(&d.syncPeriod, "sync-period", sync.DefaultSyncPeriod, "longest time between two syncs; each checks the kernel's tables against the last commit and repairs them")
+	fs.StringVar(&d.metricsAddress, "metrics-bind-address", "127.0.0.1:10249", "address of the Prometheus /metrics endpoint (empty disables it)")
+}
+
+// setup parses the flags of run or render (with extra, the command's own flags) and returns
+// them with the logger and node name they select.
+func setup(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*commonFlags, *slog.Logger, string, error) {
 	c := &commonFlags{}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c.bind(fs)
+	if extra != nil {
+		extra(fs)
+	}
 	if err := fs.Parse(args); err != nil {
 		return nil, nil, "", err
 	}
@@ -141,14 +164,36 @@ func setup(name string, args []string, stderr io.Writer) (*commonFlags, *slog.Lo
 }
 
 func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
-	c, log, node, err := setup("run", args, stderr)
+	d := &daemonFlags{}
+	c, log, node, err := setup("run", args, stderr, d.bind)
 	if err != nil {
 		return err
+	}
+	if d.minSyncPeriod < 0 || d.syncPeriod <= 0 {
+		return fmt.Errorf("--min-sync-period must be at least 0 and --sync-period more than 0")
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	proxy := &sync.Proxy{Config: &c.cfg, NodeName: node, Backend: nft.NewNetlink(""), Log: log}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	proxy := &sync.Proxy{
+		Config:        &c.cfg,
+		NodeName:      node,
+		Backend:       nft.NewNetlink(""),
+		Log:           log,
+		MinSyncPeriod: d.minSyncPeriod,
+		SyncPeriod:    d.syncPeriod,
+		Metrics:       sync.NewMetrics(reg),
+		Conntrack:     sync.NewNetlinkConntrack(""),
+	}
+	if d.metricsAddress != "" {
+		srv, err := serveMetrics(d.metricsAddress, reg)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
 	source := &sync.ManifestSource{Dir: c.manifests, Log: log}
 	log.Info("starting nftproxy", "version", version, "node", node, "manifests", c.manifests)
 	errc := make(chan error, 1)
@@ -163,8 +208,21 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	return nil
 }
 
+// serveMetrics serves /metrics on addr until the returned server is closed.
+func serveMetrics(addr string, reg *prometheus.Registry) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-bind-address: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return srv, nil
+}
+
 func runRender(args []string, stdout, stderr io.Writer) error {
-	c, log, node, err := setup("render", args, stderr)
+	c, log, node, err := setup("render", args, stderr, nil)
 	if err != nil {
 		return err
 	}

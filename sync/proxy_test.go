@@ -1,0 +1,162 @@
+package sync
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftproxy/nftproxy/model"
+	"github.com/nftproxy/nftproxy/nft"
+)
+
+func proxyObjects(endpoint string) Objects {
+	ready := true
+	name, port := "http", int32(8080)
+	return Objects{
+		Services: []*corev1.Service{{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
+			Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"},
+				Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}}},
+		}},
+		EndpointSlices: []*discoveryv1.EndpointSlice{{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port}},
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{endpoint}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		}},
+	}
+}
+
+func newTestProxy(fake *nft.Fake) *Proxy {
+	return &Proxy{
+		Config:         &Config{},
+		NodeName:       "node1",
+		Backend:        fake,
+		Log:            slog.New(slog.NewTextHandler(io.Discard, nil)),
+		LocalAddresses: func() ([]netip.Addr, error) { return nil, nil },
+		Metrics:        NewMetrics(nil),
+	}
+}
+
+// endpointSlot is how the table shows the Service's one endpoint.
+func endpointSlot(ep string) string {
+	return `10.96.0.10 . tcp . 80 . 0 comment "default/web:http" : ` + ep + ` . 8080`
+}
+
+func TestProxySyncOnce(t *testing.T) {
+	fake := nft.NewFake(1)
+	p := newTestProxy(fake)
+	if err := p.SyncOnce(); err != nil || fake.Calls != 0 {
+		t.Fatalf("before any snapshot: err=%v, %d commits; want nothing", err, fake.Calls)
+	}
+
+	p.Update(proxyObjects("10.244.1.2"))
+	fake.FailRate = 1
+	if err := p.SyncOnce(); err == nil {
+		t.Fatal("a failed commit was not reported")
+	}
+	if got := fake.Render(model.IPv4); got != "" {
+		t.Fatalf("a failed commit changed the tables:\n%s", got)
+	}
+
+	fake.FailRate = 0
+	if err := p.SyncOnce(); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if got := fake.Render(model.IPv4); !strings.Contains(got, endpointSlot("10.244.1.2")) {
+		t.Fatalf("after the retry the table does not send the Service to the endpoint:\n%s", got)
+	}
+	calls := fake.Calls
+	if err := p.SyncOnce(); err != nil || fake.Calls != calls {
+		t.Errorf("a sync with nothing changed committed again (err=%v, commits %d -> %d)", err, calls, fake.Calls)
+	}
+
+	p.Update(proxyObjects("10.244.1.3"))
+	if err := p.SyncOnce(); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.Render(model.IPv4); !strings.Contains(got, endpointSlot("10.244.1.3")) || strings.Contains(got, "10.244.1.2") {
+		t.Errorf("after the endpoint moved the table is:\n%s", got)
+	}
+}
+
+// TestMinSyncPeriod runs the loop under a storm of changes (one every 20 ms for 2 s) and
+// checks that it commits at most once per --min-sync-period, that the last change is
+// programmed, and that with a period of 0 every change is.
+func TestMinSyncPeriod(t *testing.T) {
+	for _, tc := range []struct {
+		period     time.Duration
+		maxCommits int
+	}{
+		{time.Second, 4}, // the first change at once, then at most one per second, plus the last
+		{0, 100},
+	} {
+		synctest.Test(t, func(t *testing.T) {
+			fake := nft.NewFake(1)
+			p := newTestProxy(fake)
+			p.MinSyncPeriod = tc.period
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan error)
+			go func() { done <- p.Run(ctx) }()
+			last := ""
+			for i := range 100 {
+				last = netip.AddrFrom4([4]byte{10, 244, 1, byte(i + 2)}).String()
+				p.Update(proxyObjects(last))
+				time.Sleep(20 * time.Millisecond)
+				synctest.Wait()
+			}
+			time.Sleep(3 * time.Second)
+			synctest.Wait()
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if fake.Calls > tc.maxCommits {
+				t.Errorf("min-sync-period %v: %d commits for 100 changes in 2 s, want at most %d", tc.period, fake.Calls, tc.maxCommits)
+			}
+			if tc.period == 0 && fake.Calls < 100 {
+				t.Errorf("min-sync-period 0: %d commits for 100 changes 20 ms apart, want one each", fake.Calls)
+			}
+			if got := fake.Render(model.IPv4); !strings.Contains(got, endpointSlot(last)) {
+				t.Errorf("min-sync-period %v: the last change is not programmed:\n%s", tc.period, got)
+			}
+		})
+	}
+}
+
+// TestRetryBackoff checks that failed syncs are retried with growing delays (0.5 s, 1 s,
+// 2 s, ...) until one succeeds, without any new change arriving.
+func TestRetryBackoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := nft.NewFake(1)
+		fake.FailRate = 1
+		p := newTestProxy(fake)
+		p.MinSyncPeriod = 0
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go func() { _ = p.Run(ctx) }()
+		p.Update(proxyObjects("10.244.1.2"))
+		synctest.Wait()
+		// Attempts at 0, 0.5, 1.5, 3.5 and 7.5 s.
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		if fake.Calls != 4 {
+			t.Errorf("after 4 s of failures: %d attempts, want 4 (at 0, 0.5, 1.5 and 3.5 s)", fake.Calls)
+		}
+		fake.FailRate = 0
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		if got := fake.Render(model.IPv4); !strings.Contains(got, endpointSlot("10.244.1.2")) {
+			t.Errorf("the retry after the failures did not program the change:\n%s", got)
+		}
+	})
+}
