@@ -103,6 +103,20 @@ func (t *fakeTable) references(chain string) bool {
 	return false
 }
 
+// SetFailRate sets FailRate while other goroutines may be using the Fake.
+func (f *Fake) SetFailRate(rate float64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.FailRate = rate
+}
+
+// CallCount returns Calls while other goroutines may be using the Fake.
+func (f *Fake) CallCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.Calls
+}
+
 func (f *Fake) fail() bool {
 	f.Calls++
 	return f.FailRate > 0 && f.rng.Float64() < f.FailRate

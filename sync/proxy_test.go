@@ -120,11 +120,11 @@ func TestMinSyncPeriod(t *testing.T) {
 			if err := <-done; err != nil {
 				t.Fatal(err)
 			}
-			if fake.Calls > tc.maxCommits {
-				t.Errorf("min-sync-period %v: %d commits for 100 changes in 2 s, want at most %d", tc.period, fake.Calls, tc.maxCommits)
+			if fake.CallCount() > tc.maxCommits {
+				t.Errorf("min-sync-period %v: %d commits for 100 changes in 2 s, want at most %d", tc.period, fake.CallCount(), tc.maxCommits)
 			}
-			if tc.period == 0 && fake.Calls < 100 {
-				t.Errorf("min-sync-period 0: %d commits for 100 changes 20 ms apart, want one each", fake.Calls)
+			if tc.period == 0 && fake.CallCount() < 100 {
+				t.Errorf("min-sync-period 0: %d commits for 100 changes 20 ms apart, want one each", fake.CallCount())
 			}
 			if got := fake.Render(model.IPv4); !strings.Contains(got, endpointSlot(last)) {
 				t.Errorf("min-sync-period %v: the last change is not programmed:\n%s", tc.period, got)
@@ -138,7 +138,7 @@ func TestMinSyncPeriod(t *testing.T) {
 func TestRetryBackoff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fake := nft.NewFake(1)
-		fake.FailRate = 1
+		fake.SetFailRate(1)
 		p := newTestProxy(fake)
 		p.MinSyncPeriod = 0
 		ctx, cancel := context.WithCancel(t.Context())
@@ -149,10 +149,10 @@ func TestRetryBackoff(t *testing.T) {
 		// Attempts at 0, 0.5, 1.5, 3.5 and 7.5 s.
 		time.Sleep(4 * time.Second)
 		synctest.Wait()
-		if fake.Calls != 4 {
-			t.Errorf("after 4 s of failures: %d attempts, want 4 (at 0, 0.5, 1.5 and 3.5 s)", fake.Calls)
+		if fake.CallCount() != 4 {
+			t.Errorf("after 4 s of failures: %d attempts, want 4 (at 0, 0.5, 1.5 and 3.5 s)", fake.CallCount())
 		}
-		fake.FailRate = 0
+		fake.SetFailRate(0)
 		time.Sleep(4 * time.Second)
 		synctest.Wait()
 		if got := fake.Render(model.IPv4); !strings.Contains(got, endpointSlot("10.244.1.2")) {

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"maps"
 	"reflect"
+	"runtime"
 	"slices"
+	gosync "sync"
 	"time"
 
 	"github.com/nftproxy/nftproxy/model"
@@ -64,6 +66,8 @@ type familyState struct {
 	chainDefs   map[string]*model.Chain
 	// committed is what the table holds after the last commit.
 	committed *tableState
+	// want is the desired ruleset while a full sync replaces the table.
+	want *model.Ruleset
 	// staleChains were flushed by an earlier commit and are deleted by the next one.
 	staleChains map[string]bool
 }
@@ -329,20 +333,22 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 	res := SyncResult{Full: true, Services: len(s.services), Oldest: oldest(changes)}
 	tx := &nft.Transaction{}
 	tables := map[model.Family]*familyState{}
+	var replaced []*familyState
 	var gen uint32
-	first := true
-	for _, fam := range s.Families {
+	for i, fam := range s.Families {
 		t := newFamilyState(fam, s.node[fam])
 		t.buildAll(s.services)
 		want := t.desired(false)
 		have, g, err := s.Backend.Read(fam, want)
 		switch {
-		case errors.Is(err, nft.ErrIncompatible) || (err == nil && have == nil):
-			tx.Replace = append(tx.Replace, want)
-			t.committed = indexRuleset(want)
-		case err != nil:
+		case err != nil && !errors.Is(err, nft.ErrIncompatible):
 			s.restorePending(changes, old)
 			return res, fmt.Errorf("read %s table: %w", fam, err)
+		case err != nil || have == nil:
+			// No table, or one in another layout: replace it whole.
+			tx.Replace = append(tx.Replace, want)
+			t.want = want
+			replaced = append(replaced, t)
 		default:
 			t.committed = indexRuleset(have)
 			if prev := s.tables[fam]; prev != nil && prev.committed != nil && !prev.committed.equal(t.committed) {
@@ -350,31 +356,40 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			}
 			t.diffAll(want, tx)
 		}
-		if first || g != gen {
-			// Families read at different generations: commit against the later one, which
-			// fails if anything changed after the first read.
-			gen = max(gen, g)
-			first = false
+		if i > 0 && g != gen {
+			s.restorePending(changes, old)
+			return res, fmt.Errorf("read tables: %w", nft.ErrGenerationChanged)
 		}
+		gen = g
 		tables[fam] = t
 	}
 	res.Objects = tx.Objects()
-	s.tables = tables
 	s.gen = gen
-	if err := s.commit(tx); err != nil {
+	// Index the replaced tables while the kernel commits them.
+	var wg gosync.WaitGroup
+	for _, t := range replaced {
+		wg.Go(func() { t.committed = indexRuleset(t.want); t.want = nil })
+	}
+	err := s.commit(tx)
+	wg.Wait()
+	if err != nil {
 		s.restorePending(changes, old)
 		return res, err
 	}
+	s.tables = tables
 	// Commit records what the diff changed; the Replace'd tables are already committed.
 	for _, op := range tx.Ops {
 		s.afterCommit(&nft.Transaction{Ops: []nft.Op{op}})
 	}
 	var udp []udpChange
-	for _, p := range changes {
-		if p.svc != nil {
-			// A full sync cannot tell which endpoints went away; clear the destinations
-			// of UDP ports that have endpoints now, which covers "first endpoint".
-			udp = appendUDPChanges(udp, nil, model.BuildPart(p.svc, s.node[s.Families[0]]))
+	for name, p := range changes {
+		if p.svc == nil {
+			continue
+		}
+		// A full sync cannot tell which endpoints went away; clear the destinations of UDP
+		// ports that have endpoints now, which covers "first endpoint".
+		for _, t := range tables {
+			udp = appendUDPChanges(udp, nil, t.parts[name])
 		}
 	}
 	s.clearConntrack(udp)
@@ -405,11 +420,23 @@ func newFamilyState(fam model.Family, node model.NodeConfig) *familyState {
 
 // buildAll sets the Parts of all services, sizing the claim maps first.
 func (t *familyState) buildAll(services map[model.ServiceName]*model.Service) {
+	// Parts are independent: build them on every CPU.
+	names := slices.Collect(maps.Keys(services))
+	built := make([]*model.Part, len(names))
+	workers := min(runtime.GOMAXPROCS(0), 8)
+	var wg gosync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(names); i += workers {
+				built[i] = model.BuildPart(services[names[i]], t.node)
+			}
+		})
+	}
+	wg.Wait()
 	parts := make(map[model.ServiceName]*model.Part, len(services))
 	counts := map[string]int{}
-	for name, svc := range services {
-		part := model.BuildPart(svc, t.node)
-		parts[name] = part
+	for i, part := range built {
+		parts[names[i]] = part
 		for _, pe := range part.Elements {
 			counts[pe.Set]++
 		}
