@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/nftproxy/nftproxy/integration/topology"
 	"github.com/nftproxy/nftproxy/internal/scale"
@@ -288,6 +289,72 @@ func TestGenerationChanges(t *testing.T) {
 	}
 }
 
+// TestReadDuringCommits checks that Read never returns a table that mixes two generations:
+// while another socket keeps replacing the table with one of two versions, every read must be
+// exactly one of them.
+func TestReadDuringCommits(t *testing.T) {
+	topology.RequirePrivileged(t)
+	ns := topology.NewNetNS(t, "rd-race")
+	be := nft.NewNetlink(ns.Path())
+	cfg := model.NodeConfig{Family: model.IPv4}
+	var svcA, svcB []model.Service
+	for i := range 300 {
+		svcA = append(svcA, scale.Service(i, 4, 0))
+		svcB = append(svcB, scale.Service(i, 4, 1)) // other endpoint ports, same chains
+	}
+	a, b := model.Build(svcA, cfg), model.Build(svcB, cfg)
+	renderA, renderB := model.Render(a), model.Render(b)
+	if err := be.Replace(a); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan error)
+	go func() {
+		writer := nft.NewNetlink(ns.Path())
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			next := a
+			if i%2 == 0 {
+				next = b
+			}
+			if err := writer.Replace(next); err != nil {
+				done <- err
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	reads, changing := 0, 0
+	for range 50 {
+		got, _, err := be.Read(model.IPv4, a)
+		if err != nil {
+			// Read gives up when every attempt saw a commit; the writer commits often.
+			if errors.Is(err, nft.ErrGenerationChanged) {
+				changing++
+				continue
+			}
+			t.Fatalf("read: %v", err)
+		}
+		if g := model.Render(got); g != renderA && g != renderB {
+			t.Fatalf("read a table that is neither version:\n%s", scenario.LineDiff(renderA, g))
+		}
+		reads++
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatalf("replace: %v", err)
+	}
+	t.Logf("%d consistent reads, %d reads gave up", reads, changing)
+	if reads == 0 {
+		t.Error("no read succeeded")
+	}
+}
+
 // BenchmarkRead10k reads back the table of 10,000 Services with 10 endpoints each.
 func BenchmarkRead10k(b *testing.B) {
 	topology.RequirePrivileged(b)
@@ -333,4 +400,3 @@ func cloneRuleset(rs *model.Ruleset) *model.Ruleset {
 	}
 	return out
 }
-

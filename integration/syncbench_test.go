@@ -9,6 +9,7 @@ import (
 
 	"github.com/nftproxy/nftproxy/integration/topology"
 	"github.com/nftproxy/nftproxy/internal/scale"
+	"github.com/nftproxy/nftproxy/internal/scenario"
 	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
 	"github.com/nftproxy/nftproxy/sync"
@@ -127,5 +128,34 @@ func BenchmarkKernelOneEndpointChange(b *testing.B) {
 			}
 			b.ReportMetric(float64(objects)/float64(i), "objects/op")
 		})
+	}
+}
+
+// TestAdoptIncompatibleTable checks that a table nftproxy did not write in its current layout
+// (here: a service-ips set of another type, as an old version might have left) is replaced
+// whole, in one transaction, by the first sync.
+func TestAdoptIncompatibleTable(t *testing.T) {
+	topology.RequirePrivileged(t)
+	ns := topology.NewNetNS(t, "incompat")
+	ns.Run(t, "nft", "add table ip nftproxy")
+	ns.Run(t, "nft", "add set ip nftproxy service-ips { type ipv4_addr; }")
+	ns.Run(t, "nft", "add chain ip nftproxy leftover")
+	services := benchServices(3)
+	s := newBenchSyncer(nft.NewNetlink(ns.Path()), services)
+	res, err := s.Sync()
+	if err != nil {
+		t.Fatalf("sync over an incompatible table: %v", err)
+	}
+	if !res.Full {
+		t.Errorf("the first sync was not a full one")
+	}
+	var list []model.Service
+	for _, svc := range services {
+		list = append(list, *svc)
+	}
+	want := model.Render(model.Build(list, model.NodeConfig{Family: model.IPv4,
+		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.128.0.0/9")}}))
+	if got := ns.Run(t, "nft", "list", "table", "ip", "nftproxy"); got != want {
+		t.Errorf("the incompatible table was not replaced:\n%s", scenario.LineDiff(want, got))
 	}
 }

@@ -397,17 +397,25 @@ func (e *encoder) matchPrefix(p netip.Prefix, negate bool) ([]expr.Any, error) {
 	if bits == int(n)*8 {
 		return []expr.Any{payloadNet(reg1, off, n), &expr.Cmp{Op: op, Register: reg1, Data: addr}}, nil
 	}
-	nbytes := uint32((bits + 7) / 8)
-	out := []expr.Any{payloadNet(reg1, off, nbytes)}
-	if bits%8 != 0 {
-		mask := make([]byte, nbytes)
-		for i := range mask {
-			mask[i] = 0xff
-		}
-		mask[nbytes-1] = byte(0xff << (8 - bits%8))
-		out = append(out, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: nbytes, Mask: mask, Xor: make([]byte, nbytes)})
+	if bits%8 == 0 {
+		// A prefix on a byte boundary loads only the bytes it covers.
+		nbytes := uint32(bits / 8)
+		return []expr.Any{payloadNet(reg1, off, nbytes), &expr.Cmp{Op: op, Register: reg1, Data: addr[:nbytes]}}, nil
 	}
-	return append(out, &expr.Cmp{Op: op, Register: reg1, Data: addr[:nbytes]}), nil
+	// Any other prefix loads the whole address and masks it.
+	mask := make([]byte, n)
+	for i := range mask {
+		if b := bits - 8*i; b >= 8 {
+			mask[i] = 0xff
+		} else if b > 0 {
+			mask[i] = byte(0xff << (8 - b))
+		}
+	}
+	return []expr.Any{
+		payloadNet(reg1, off, n),
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: n, Mask: mask, Xor: make([]byte, n)},
+		&expr.Cmp{Op: op, Register: reg1, Data: addr},
+	}, nil
 }
 
 func markSet(mask, xor uint32) []expr.Any {

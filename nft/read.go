@@ -6,10 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -63,7 +64,7 @@ func (n *Netlink) Generation() (uint32, error) {
 		return 0, err
 	}
 	defer c.Close()
-	r, err := newReader(c)
+	r, err := newReader(c, n.dial)
 	if err != nil {
 		return 0, err
 	}
@@ -82,10 +83,14 @@ func (n *Netlink) Generation() (uint32, error) {
 // has that want lacks, sorted by name. A rule equal to one of its chain's rules in want is
 // that model.Rule; any other rule is a Rule without expressions whose comment says it was not
 // recognized. The table is read at one generation: when the ruleset changes during the read,
-// Read starts over.
+// Read starts over, and after a few attempts gives up with an error matching
+// ErrGenerationChanged.
 func (n *Netlink) Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, uint32, error) {
 	if want == nil {
 		want = &model.Ruleset{Family: fam}
+	}
+	if want.Family != fam {
+		return nil, 0, fmt.Errorf("read %s table: desired ruleset is of family %s", fam, want.Family)
 	}
 	exp, err := newExpectation(fam, want)
 	if err != nil {
@@ -96,7 +101,7 @@ func (n *Netlink) Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, u
 		return nil, 0, err
 	}
 	defer c.Close()
-	r, err := newReader(c)
+	r, err := newReader(c, n.dial)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -105,13 +110,13 @@ func (n *Netlink) Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, u
 		if err != nil {
 			return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
 		}
-		r.interrupted = false
+		r.interrupted.Store(false)
 		rs, readErr := r.readTable(exp)
 		after, err := r.generation()
 		if err != nil {
 			return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
 		}
-		if after != gen || r.interrupted {
+		if after != gen || r.interrupted.Load() {
 			// Something committed while we read: what we saw may mix two generations.
 			continue
 		}
@@ -120,7 +125,7 @@ func (n *Netlink) Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, u
 		}
 		return rs, gen, nil
 	}
-	return nil, 0, fmt.Errorf("read %s table: the ruleset changed during each of %d attempts", fam, readAttempts)
+	return nil, 0, fmt.Errorf("read %s table: %w during each of %d attempts", fam, ErrGenerationChanged, readAttempts)
 }
 
 // --- What nftproxy would write ----------------------------------------------------------------
@@ -147,9 +152,28 @@ func (d setDef) equal(o setDef) bool {
 	return d == o
 }
 
-func (d setDef) String() string {
-	return fmt.Sprintf("flags %#x key type %#x len %d data type %#x len %d user data %x%s",
-		d.flags, d.keyType, d.keyLen, d.dataType, d.dataLen, d.udata, map[bool]string{true: " with timeouts or expressions"}[d.extra])
+// diff describes how d differs from want, for error messages.
+func (d setDef) diff(want setDef) string {
+	var out []string
+	field := func(format string, got, want uint32) {
+		if got != want {
+			out = append(out, fmt.Sprintf(format+", want "+format, got, want))
+		}
+	}
+	field("flags %#x", d.flags, want.flags)
+	field("key type %#x", d.keyType, want.keyType)
+	field("key length %d", d.keyLen, want.keyLen)
+	field("data type %#x", d.dataType, want.dataType)
+	if d.dataType != unix.NFT_DATA_VERDICT {
+		field("data length %d", d.dataLen, want.dataLen)
+	}
+	if d.udata != want.udata {
+		out = append(out, fmt.Sprintf("user data %q, want %q", d.udata, want.udata))
+	}
+	if d.extra {
+		out = append(out, "has timeouts, expressions or objects")
+	}
+	return strings.Join(out, "; ")
 }
 
 // chainDef is the definition of a chain as a NEWCHAIN message carries it, or the kernel dumps
@@ -220,7 +244,7 @@ func newExpectation(fam model.Family, want *model.Ruleset) (*expectation, error)
 	for _, s := range want.Sets {
 		name, def, err := decodeSet(msgs[0].Data[4:])
 		if err != nil || name != s.Name {
-			return nil, fmt.Errorf("decode encoded set %s: %v", s.Name, err)
+			return nil, fmt.Errorf("decode encoded set %s: got %q, %v", s.Name, name, err)
 		}
 		exp.sets[name] = def
 		msgs = msgs[1:]
@@ -228,7 +252,7 @@ func newExpectation(fam model.Family, want *model.Ruleset) (*expectation, error)
 	for _, c := range want.Chains {
 		name, def, err := decodeChain(msgs[0].Data[4:])
 		if err != nil || name != c.Name {
-			return nil, fmt.Errorf("decode encoded chain %s: %v", c.Name, err)
+			return nil, fmt.Errorf("decode encoded chain %s: got %q, %v", c.Name, name, err)
 		}
 		exp.chains[name] = def
 		msgs = msgs[1:]
@@ -238,7 +262,7 @@ func newExpectation(fam model.Family, want *model.Ruleset) (*expectation, error)
 		for _, r := range c.Rules {
 			chain, fp, err := ruleFingerprint(exp.nfproto, msgs[0].Data[4:], false)
 			if err != nil || chain != c.Name {
-				return nil, fmt.Errorf("decode encoded rule of chain %s: %v", c.Name, err)
+				return nil, fmt.Errorf("decode encoded rule of chain %s: got chain %q, %v", c.Name, chain, err)
 			}
 			byPrint[fp] = r
 			msgs = msgs[1:]
@@ -467,17 +491,18 @@ type reader struct {
 	conn *netlink.Conn
 	raw  syscall.RawConn
 	buf  []byte
+	// dial opens another socket like conn.
+	dial func() (*netlink.Conn, error)
 	// interrupted is set when the kernel flagged a dump as inconsistent (NLM_F_DUMP_INTR).
-	interrupted bool
-	nrecv, nbytes int
+	interrupted atomic.Bool
 }
 
-func newReader(c *netlink.Conn) (*reader, error) {
+func newReader(c *netlink.Conn, dial func() (*netlink.Conn, error)) (*reader, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("netlink socket: %w", err)
 	}
-	return &reader{conn: c, raw: raw, buf: make([]byte, recvBufSize)}, nil
+	return &reader{conn: c, raw: raw, buf: make([]byte, recvBufSize), dial: dial}, nil
 }
 
 // generation returns the current ruleset generation.
@@ -531,70 +556,87 @@ func (r *reader) request(typ uint16, flags netlink.HeaderFlags, family byte, att
 		Data: append([]byte{family, unix.NFNETLINK_V0, 0, 0}, payload...),
 	})
 	if err != nil {
-		return err
+		return fmt.Errorf("send request: %w", err)
 	}
 	if err := r.conn.SetReadDeadline(time.Now().Add(readTimeout)); err != nil {
 		return fmt.Errorf("set netlink read deadline: %w", err)
 	}
-	var fnErr error
+	reply := replyParser{seq: req.Header.Sequence, dump: dump, fn: fn, interrupted: &r.interrupted}
 	for {
-		n, err := r.recv()
+		n, err := r.recv(r.buf)
 		if err != nil {
 			return err
 		}
-		b := r.buf[:n]
-		for len(b) >= unix.NLMSG_HDRLEN {
-			length := int(binary.NativeEndian.Uint32(b[0:4]))
-			if length < unix.NLMSG_HDRLEN || length > len(b) {
-				return fmt.Errorf("netlink reply of %d bytes claims %d", len(b), length)
-			}
-			mtype := binary.NativeEndian.Uint16(b[4:6])
-			mflags := binary.NativeEndian.Uint16(b[6:8])
-			seq := binary.NativeEndian.Uint32(b[8:12])
-			data := b[unix.NLMSG_HDRLEN:length]
-			b = b[min(len(b), (length+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1)):]
-			if seq != req.Header.Sequence {
-				continue // a late reply to an earlier request
-			}
-			switch mtype {
-			case unix.NLMSG_ERROR, unix.NLMSG_DONE:
-				var errno int32
-				if len(data) >= 4 {
-					errno = int32(binary.NativeEndian.Uint32(data))
-				}
-				if mtype == unix.NLMSG_DONE && !dump {
-					continue
-				}
-				if errno != 0 {
-					return syscall.Errno(-errno)
-				}
-				if mtype == unix.NLMSG_DONE || !dump {
-					return fnErr
-				}
-			default:
-				if mflags&unix.NLM_F_DUMP_INTR != 0 {
-					r.interrupted = true
-				}
-				if fnErr != nil {
-					continue
-				}
-				if len(data) < 4 {
-					fnErr = errors.New("netlink reply without nfgenmsg header")
-					continue
-				}
-				fnErr = fn(data[4:])
-			}
+		if done, err := reply.parse(r.buf[:n]); done || err != nil {
+			return err
 		}
 	}
 }
 
-// recv reads one datagram into r.buf.
-func (r *reader) recv() (int, error) {
+// replyParser walks the messages of the reply to one request.
+type replyParser struct {
+	seq         uint32
+	dump        bool
+	fn          func(data []byte) error
+	fnErr       error
+	interrupted *atomic.Bool
+}
+
+// parse handles the messages of one datagram, and reports whether the reply is complete: then
+// err is the kernel's error or fn's.
+func (p *replyParser) parse(b []byte) (done bool, err error) {
+	for len(b) >= unix.NLMSG_HDRLEN {
+		length := int(binary.NativeEndian.Uint32(b[0:4]))
+		if length < unix.NLMSG_HDRLEN || length > len(b) {
+			return true, fmt.Errorf("netlink reply of %d bytes claims %d", len(b), length)
+		}
+		mtype := binary.NativeEndian.Uint16(b[4:6])
+		mflags := binary.NativeEndian.Uint16(b[6:8])
+		seq := binary.NativeEndian.Uint32(b[8:12])
+		data := b[unix.NLMSG_HDRLEN:length]
+		b = b[min(len(b), nlmsgAlign(length)):]
+		if seq != p.seq {
+			continue // a late reply to an earlier request
+		}
+		switch mtype {
+		case unix.NLMSG_ERROR, unix.NLMSG_DONE:
+			if mtype == unix.NLMSG_DONE && !p.dump {
+				continue
+			}
+			if len(data) >= 4 {
+				if errno := int32(binary.NativeEndian.Uint32(data)); errno != 0 {
+					return true, syscall.Errno(-errno)
+				}
+			}
+			if mtype == unix.NLMSG_DONE || !p.dump {
+				return true, p.fnErr
+			}
+		default:
+			if mflags&unix.NLM_F_DUMP_INTR != 0 {
+				p.interrupted.Store(true)
+			}
+			if p.fnErr != nil {
+				continue
+			}
+			if len(data) < 4 {
+				p.fnErr = errors.New("netlink reply without nfgenmsg header")
+				continue
+			}
+			p.fnErr = p.fn(data[4:])
+		}
+	}
+	return false, nil
+}
+
+func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
+
+// recv reads one datagram into buf.
+func (r *reader) recv(buf []byte) (int, error) {
 	var n, flags int
 	var rerr error
 	err := r.raw.Read(func(fd uintptr) bool {
 		for {
-			n, _, flags, _, rerr = unix.Recvmsg(int(fd), r.buf, nil, unix.MSG_DONTWAIT)
+			n, _, flags, _, rerr = unix.Recvmsg(int(fd), buf, nil, unix.MSG_DONTWAIT)
 			if rerr != unix.EINTR {
 				break
 			}
@@ -607,8 +649,6 @@ func (r *reader) recv() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("receive netlink reply: %w", err)
 	}
-	r.nrecv++
-	r.nbytes += n
 	if flags&unix.MSG_TRUNC != 0 {
 		return 0, errors.New("receive netlink reply: truncated")
 	}
@@ -674,7 +714,7 @@ func (r *reader) readTable(exp *expectation) (*model.Ruleset, error) {
 			return nil, fmt.Errorf("set %s: not one of nftproxy's: %w", name, ErrIncompatible)
 		}
 		if !want.equal(def) {
-			return nil, fmt.Errorf("set %s is %v, want %v: %w", name, def, want, ErrIncompatible)
+			return nil, fmt.Errorf("set %s: %s: %w", name, def.diff(want), ErrIncompatible)
 		}
 	}
 	out := &model.Ruleset{Family: exp.fam}
@@ -682,19 +722,55 @@ func (r *reader) readTable(exp *expectation) (*model.Ruleset, error) {
 		if _, ok := kernelSets[s.Name]; !ok {
 			return nil, fmt.Errorf("set %s: missing: %w", s.Name, ErrIncompatible)
 		}
-		got := &model.Set{Name: s.Name, Key: slices.Clone(s.Key), Data: s.Data, Comment: s.Comment}
-		if err := r.readElements(exp, got, len(s.Elements)); err != nil {
-			return nil, fmt.Errorf("read set %s: %w", s.Name, err)
-		}
-		out.Sets = append(out.Sets, got)
+		out.Sets = append(out.Sets, &model.Set{Name: s.Name, Key: slices.Clone(s.Key), Data: s.Data, Comment: s.Comment})
 	}
+	// The elements, each set over a socket of its own while this one reads the chains and
+	// rules: the kernel's cost of a set dump grows with the square of the set's size, and
+	// concurrent dumps share it out over the CPUs.
+	setErrs := make([]error, len(out.Sets))
+	var wg sync.WaitGroup
+	for i, s := range out.Sets {
+		wg.Go(func() {
+			setErrs[i] = r.readElementsApart(exp, s, len(exp.want.Sets[i].Elements))
+		})
+	}
+	rs, err := r.readChains(exp, out)
+	wg.Wait()
+	for i, err := range setErrs {
+		if err != nil {
+			return nil, fmt.Errorf("read set %s: %w", out.Sets[i].Name, err)
+		}
+	}
+	return rs, err
+}
 
-	// The chains.
-	ae = newAttrs()
+// readElementsApart reads the elements of s over a new socket.
+func (r *reader) readElementsApart(exp *expectation, s *model.Set, sizeHint int) error {
+	c, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	sub, err := newReader(c, r.dial)
+	if err != nil {
+		return err
+	}
+	err = sub.readElements(exp, s, sizeHint)
+	if sub.interrupted.Load() {
+		r.interrupted.Store(true)
+	}
+	return err
+}
+
+// readChains reads the chains and rules of the table into out.
+func (r *reader) readChains(exp *expectation, out *model.Ruleset) (*model.Ruleset, error) {
+	fam := exp.nfproto
+
+	ae := newAttrs()
 	ae.String(unix.NFTA_CHAIN_TABLE, model.TableName)
 	chains := map[string]*model.Chain{}
 	var unknown []*model.Chain
-	err = r.request(unix.NFT_MSG_GETCHAIN, netlink.Dump, fam, ae, func(data []byte) error {
+	err := r.request(unix.NFT_MSG_GETCHAIN, netlink.Dump, fam, ae, func(data []byte) error {
 		table, err := attrString(data, unix.NFTA_CHAIN_TABLE)
 		if err != nil || table != model.TableName {
 			return err
@@ -816,13 +892,7 @@ func (r *reader) readElements(exp *expectation, s *model.Set, sizeHint int) erro
 	ae := newAttrs()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, s.Name)
-	t0 := time.Now()
-	r.nrecv, r.nbytes = 0, 0
-	err := r.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, exp.nfproto, ae, d.message)
-	if os.Getenv("RDDEBUG") != "" {
-		fmt.Fprintln(os.Stderr, s.Name, len(d.elems), time.Since(t0), r.nrecv, r.nbytes)
-	}
-	if err != nil {
+	if err := r.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, exp.nfproto, ae, d.message); err != nil {
 		return err
 	}
 	slices.SortFunc(d.elems, model.CompareElements)
@@ -853,27 +923,30 @@ func (d *elemDecoder) intern(b []byte) string {
 
 // message decodes one NEWSETELEM message of the dump.
 func (d *elemDecoder) message(data []byte) error {
-	ad, err := netlink.NewAttributeDecoder(data)
-	if err != nil {
-		return err
-	}
-	ad.ByteOrder = binary.BigEndian
-	for ad.Next() {
-		if ad.Type() != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+	msg := attrIter{b: data}
+	for msg.next() {
+		if msg.typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
 			continue
 		}
-		ad.Nested(func(list *netlink.AttributeDecoder) error {
-			for list.Next() {
-				if list.Type() != unix.NFTA_LIST_ELEM {
-					continue
-				}
-				list.Do(d.element)
+		// Each element is an NFTA_LIST_ELEM; like the kernel, ignore the attribute type.
+		list := attrIter{b: msg.data}
+		for list.next() {
+			if err := d.element(list.data); err != nil {
+				return err
 			}
-			return nil
-		})
+		}
+		if list.bad {
+			return errMalformed
+		}
 	}
-	return ad.Err()
+	if msg.bad {
+		return errMalformed
+	}
+	return nil
 }
+
+// errMalformed reports attributes whose lengths do not add up.
+var errMalformed = errors.New("malformed netlink attributes")
 
 // element decodes the attributes of one element.
 func (d *elemDecoder) element(b []byte) error {
@@ -882,18 +955,28 @@ func (d *elemDecoder) element(b []byte) error {
 	var verdictCode int32
 	var verdictChain []byte
 	hasVerdict := false
-	for a := range attrs(b) {
-		switch a.typ {
+	bad := false
+	it := attrIter{b: b}
+	for it.next() {
+		switch it.typ {
 		case unix.NFTA_SET_ELEM_KEY:
-			key = nestedValue(a.data, unix.NFTA_DATA_VALUE)
+			k := attrIter{b: it.data}
+			for k.next() {
+				if k.typ == unix.NFTA_DATA_VALUE {
+					key = k.data
+				}
+			}
+			bad = bad || k.bad
 		case unix.NFTA_SET_ELEM_DATA:
-			for da := range attrs(a.data) {
+			da := attrIter{b: it.data}
+			for da.next() {
 				switch da.typ {
 				case unix.NFTA_DATA_VALUE:
 					data = da.data
 				case unix.NFTA_DATA_VERDICT:
 					hasVerdict = true
-					for va := range attrs(da.data) {
+					va := attrIter{b: da.data}
+					for va.next() {
 						switch va.typ {
 						case unix.NFTA_VERDICT_CODE:
 							if len(va.data) == 4 {
@@ -903,20 +986,25 @@ func (d *elemDecoder) element(b []byte) error {
 							verdictChain = trimNUL(va.data)
 						}
 					}
+					bad = bad || va.bad
 				}
 			}
+			bad = bad || da.bad
 		case unix.NFTA_SET_ELEM_USERDATA:
-			if c, ok := udataString(a.data, udataElemComment); ok {
+			if c, ok := udataString(it.data, udataElemComment); ok {
 				e.Comment = d.intern(c)
 			}
 		case unix.NFTA_SET_ELEM_FLAGS:
-			if len(a.data) == 4 && binary.BigEndian.Uint32(a.data) != 0 {
+			if len(it.data) == 4 && binary.BigEndian.Uint32(it.data) != 0 {
 				// An interval end or a catch-all element: nftproxy writes neither.
-				return fmt.Errorf("element with flags %#x: %w", binary.BigEndian.Uint32(a.data), ErrIncompatible)
+				return fmt.Errorf("element with flags %#x: %w", binary.BigEndian.Uint32(it.data), ErrIncompatible)
 			}
 		case unix.NFTA_SET_ELEM_TIMEOUT, unix.NFTA_SET_ELEM_EXPR, unix.NFTA_SET_ELEM_OBJREF, nftaSetElemKeyEnd, nftaSetElemExpressions:
-			return fmt.Errorf("element with attribute %d: %w", a.typ, ErrIncompatible)
+			return fmt.Errorf("element with attribute %d: %w", it.typ, ErrIncompatible)
 		}
+	}
+	if bad || it.bad {
+		return errMalformed
 	}
 	if len(key) != d.keyLen || !decodeKey(d.fam, d.set.Key, key, &e) {
 		return fmt.Errorf("element key %x: %w", key, ErrIncompatible)
@@ -1016,38 +1104,31 @@ func udataString(udata []byte, typ byte) ([]byte, bool) {
 	return nil, false
 }
 
-// attr is one netlink attribute, its data aliasing the message.
-type attr struct {
+// attrIter walks the netlink attributes in b without copying or allocating: the levels of a
+// set element dump are walked for each of hundreds of thousands of elements per read, and a
+// netlink.AttributeDecoder allocates once per level and copies every attribute it steps on.
+type attrIter struct {
+	b []byte
+	// typ (flags masked off) and data are those of the current attribute; data aliases b.
 	typ  uint16
 	data []byte
+	// bad is set when the attributes' lengths do not add up; next then returns false.
+	bad bool
 }
 
-// attrs iterates over the netlink attributes in b without allocating: the innermost levels of
-// a set element dump are walked hundreds of thousands of times per read, and a
-// netlink.AttributeDecoder is one allocation per level and element. A malformed attribute ends
-// the iteration.
-func attrs(b []byte) func(yield func(attr) bool) {
-	return func(yield func(attr) bool) {
-		for len(b) >= unix.NLA_HDRLEN {
-			n := int(binary.NativeEndian.Uint16(b[0:2]))
-			if n < unix.NLA_HDRLEN || n > len(b) {
-				return
-			}
-			a := attr{typ: binary.NativeEndian.Uint16(b[2:4]) & nlaTypeMask, data: b[unix.NLA_HDRLEN:n]}
-			if !yield(a) {
-				return
-			}
-			b = b[min(len(b), (n+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1)):]
-		}
+// next steps to the next attribute and reports whether there is one.
+func (it *attrIter) next() bool {
+	if len(it.b) < unix.NLA_HDRLEN {
+		it.bad = it.bad || len(it.b) != 0
+		return false
 	}
-}
-
-// nestedValue returns the data of attribute typ nested in b.
-func nestedValue(b []byte, typ uint16) []byte {
-	for a := range attrs(b) {
-		if a.typ == typ {
-			return a.data
-		}
+	n := int(binary.NativeEndian.Uint16(it.b[0:2]))
+	if n < unix.NLA_HDRLEN || n > len(it.b) {
+		it.bad = true
+		return false
 	}
-	return nil
+	it.typ = binary.NativeEndian.Uint16(it.b[2:4]) & nlaTypeMask
+	it.data = it.b[unix.NLA_HDRLEN:n]
+	it.b = it.b[min(len(it.b), (n+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1)):]
+	return true
 }

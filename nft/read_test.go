@@ -171,3 +171,4 @@ func TestUdataString(t *testing.T) {
 		t.Error("udataString accepted a truncated TLV")
 	}
 }
+

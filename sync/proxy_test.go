@@ -10,6 +10,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -159,4 +160,70 @@ func TestRetryBackoff(t *testing.T) {
 			t.Errorf("the retry after the failures did not program the change:\n%s", got)
 		}
 	})
+}
+
+// TestMetrics checks that a sync shows in kube-proxy's metrics and nftproxy's own.
+func TestMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	fake := nft.NewFake(1)
+	p := newTestProxy(fake)
+	p.Metrics = NewMetrics(reg)
+	p.Update(proxyObjects("10.244.1.2"))
+	fake.FailRate = 1
+	if err := p.SyncOnce(); err == nil {
+		t.Fatal("injected failure not reported")
+	}
+	fake.FailRate = 0
+	if err := p.SyncOnce(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		value float64
+	}{
+		{"kubeproxy_sync_proxy_rules_nftables_sync_failures_total", 1},
+		{"kubeproxy_sync_full_proxy_rules_duration_seconds", 1}, // one observation
+		{"kubeproxy_network_programming_duration_seconds", 1},
+		{`nftproxy_set_elements{family="ip",set="service-endpoints"}`, 1},
+		{`nftproxy_set_elements{family="ip",set="service-ips"}`, 1},
+	} {
+		if got := metricValue(t, reg, tc.name); got != tc.value {
+			t.Errorf("%s = %v, want %v", tc.name, got, tc.value)
+		}
+	}
+}
+
+// metricValue returns a counter's or gauge's value, or a histogram's sample count. name may
+// carry labels as Prometheus prints them.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, labels, _ := strings.Cut(name, "{")
+	for _, f := range families {
+		if f.GetName() != base {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			var ls []string
+			for _, l := range m.GetLabel() {
+				ls = append(ls, l.GetName()+`="`+l.GetValue()+`"`)
+			}
+			if labels != "" && strings.Join(ls, ",")+"}" != labels {
+				continue
+			}
+			switch {
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				return float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
 }
