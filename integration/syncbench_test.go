@@ -30,10 +30,13 @@ func benchServices(n int) map[model.ServiceName]*model.Service {
 	return out
 }
 
+// benchNode is the node the benchmarks run as: node 0 of internal/scale's 100.
+var benchNode = model.NodeConfig{Family: model.IPv4, NodeName: scale.NodeName(0),
+	ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.128.0.0/9")}}
+
 func newBenchSyncer(be nft.Backend, services map[model.ServiceName]*model.Service) *sync.Syncer {
 	s := sync.NewSyncer(be, model.IPv4)
-	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4,
-		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.128.0.0/9")}}})
+	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: benchNode})
 	s.Update(services, time.Now())
 	return s
 }
@@ -153,8 +156,7 @@ func TestAdoptIncompatibleTable(t *testing.T) {
 	for _, svc := range services {
 		list = append(list, *svc)
 	}
-	want := model.Render(model.Build(list, model.NodeConfig{Family: model.IPv4,
-		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.128.0.0/9")}}))
+	want := model.Render(model.Build(list, benchNode))
 	if got := ns.Run(t, "nft", "list", "table", "ip", "nftproxy"); got != want {
 		t.Errorf("the incompatible table was not replaced:\n%s", scenario.LineDiff(want, got))
 	}

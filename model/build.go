@@ -189,7 +189,7 @@ func (b *builder) skeleton() *Ruleset {
 	addSet(&Set{Name: MapNoEndpointNodePorts, Key: keyProtoPort, Data: VerdictData, Comment: "vmap to drop or reject packets to service nodeports with no endpoints"})
 	addSet(&Set{Name: MapServiceEndpoints, Key: keyAddrProtoPortSlot, Data: EndpointData, Comment: "Endpoint of each slot of a ClusterIP, ExternalIP or LoadBalancer IP port"})
 	addSet(&Set{Name: MapNodePortEndpoints, Key: keyProtoPortSlot, Data: EndpointData, Comment: "Endpoint of each slot of a NodePort"})
-	addSet(&Set{Name: SetHairpin, Key: []KeyField{KeyAddr, KeyAddr}, Comment: "Endpoints paired with themselves, to masquerade a pod that reaches itself through a Service"})
+	addSet(&Set{Name: SetHairpin, Key: []KeyField{KeyAddr, KeyAddr}, Comment: "Local endpoints paired with themselves, to masquerade a pod that reaches itself through a Service"})
 
 	addChain(&Chain{Name: ChainFilterPrerouting, Hook: baseHook("filter", "prerouting", priorityDstNAT-10),
 		Rules: []Rule{rule(CtStateNew{}, jump(ChainEndpointsCheck))}})
@@ -332,7 +332,10 @@ func (b *builder) service(svc *Service) {
 		b.addElement(MapServiceIPs, Element{Addr: clusterIP, Proto: port.Protocol, Port: port.Port, Verdict: goTo(b.pickChain(Cluster, port.Protocol, slots)), Comment: comment})
 		b.slots(MapServiceEndpoints, Element{Addr: clusterIP, Proto: port.Protocol, Port: port.Port, Comment: comment}, eps)
 		for _, ep := range eps {
-			b.addElement(SetHairpin, Element{Addr: ep.Addr})
+			// Only a pod on this node can reach itself through this node's rules.
+			if ep.NodeName == "" || ep.NodeName == b.node.NodeName {
+				b.addElement(SetHairpin, Element{Addr: ep.Addr})
+			}
 		}
 		if len(external) > 0 {
 			to := goTo(b.pickChain(External, port.Protocol, slots))

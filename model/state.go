@@ -124,6 +124,8 @@ type Endpoint struct {
 // shape the rules.
 type NodeConfig struct {
 	Family Family
+	// NodeName is this node's name, which endpoints on this node carry.
+	NodeName string
 	// ClusterCIDRs are the pod network ranges (--cluster-cidr); traffic to a ClusterIP from any
 	// other source is masqueraded. Empty disables that masquerade rule. Prefixes of the other
 	// family are ignored.

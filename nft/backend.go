@@ -23,10 +23,12 @@ type Backend interface {
 	// only if the ruleset generation still equals genID; otherwise it fails with
 	// ErrGenerationChanged and changes nothing.
 	Apply(tx *Transaction, genID uint32) error
-	// Read returns the table of fam as it is, decoded against want (the layout nftproxy
-	// would write), and the generation it was read at; nil when there is no table. A table
-	// in another layout gives an error matching ErrIncompatible.
-	Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, uint32, error)
+	// ReadTable returns the table of fam as it is, decoded against the layout nftproxy would
+	// write (the sets given, and the chains that chains returns; it is called once, maybe
+	// after the sets' elements were read, and may block), and the generation it was read at;
+	// nil when there is no table. A table in another layout gives an error matching
+	// ErrIncompatible.
+	ReadTable(fam model.Family, sets []*model.Set, chains func() []*model.Chain) (*model.Ruleset, uint32, error)
 	// Generation returns the current ruleset generation, which every commit by anyone
 	// changes.
 	Generation() (uint32, error)

@@ -247,9 +247,10 @@ func (f *Fake) Replace(rulesets ...*model.Ruleset) error {
 	return f.Apply(&Transaction{Replace: rulesets}, 0)
 }
 
-// Read implements Backend. The Fake always holds tables in the layout it was given, so it
-// never reports ErrIncompatible.
-func (f *Fake) Read(fam model.Family, _ *model.Ruleset) (*model.Ruleset, uint32, error) {
+// ReadTable implements Backend. The Fake always holds tables in the layout it was given, so
+// it never reports ErrIncompatible.
+func (f *Fake) ReadTable(fam model.Family, _ []*model.Set, chains func() []*model.Chain) (*model.Ruleset, uint32, error) {
+	chains()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	t := f.tables[fam]

@@ -92,9 +92,23 @@ func (n *Netlink) Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, u
 	if want.Family != fam {
 		return nil, 0, fmt.Errorf("read %s table: desired ruleset is of family %s", fam, want.Family)
 	}
-	exp, err := newExpectation(fam, want)
+	return n.ReadTable(fam, want.Sets, func() []*model.Chain { return want.Chains })
+}
+
+// ReadTable implements Backend: it is Read with the desired chains supplied late. The set
+// element dumps (the bulk of the work, done by the kernel) start at once, and chains is
+// called, and may block, before the chains are read, so that the caller can build them
+// meanwhile.
+func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, chains func() []*model.Chain) (*model.Ruleset, uint32, error) {
+	exp, err := newSetExpectation(fam, sets)
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
+	}
+	var chainErr error
+	var once sync.Once
+	exp.pendingChains = func() error {
+		once.Do(func() { chainErr = exp.addChains(chains()) })
+		return chainErr
 	}
 	c, err := n.dial()
 	if err != nil {
@@ -209,65 +223,47 @@ type expectation struct {
 	rules map[string]map[string]model.Rule
 	// verdicts maps the netlink verdict codes nftproxy writes to the model's verdict kinds.
 	verdicts map[int32]model.VerdictKind
+	// pendingChains, when set, completes the chains and rules before they are needed.
+	pendingChains func() error
 }
 
 func newExpectation(fam model.Family, want *model.Ruleset) (*expectation, error) {
+	exp, err := newSetExpectation(fam, want.Sets)
+	if err != nil {
+		return nil, err
+	}
+	if err := exp.addChains(want.Chains); err != nil {
+		return nil, err
+	}
+	return exp, nil
+}
+
+// newSetExpectation returns the expectation of a table with the given sets and, until
+// addChains, no chains.
+func newSetExpectation(fam model.Family, sets []*model.Set) (*expectation, error) {
 	exp := &expectation{
 		fam:      fam,
 		nfproto:  nfproto(fam),
-		want:     want,
-		sets:     make(map[string]setDef, len(want.Sets)),
-		chains:   make(map[string]chainDef, len(want.Chains)),
-		rules:    make(map[string]map[string]model.Rule, len(want.Chains)),
+		want:     &model.Ruleset{Family: fam, Sets: sets},
+		sets:     make(map[string]setDef, len(sets)),
+		chains:   map[string]chainDef{},
+		rules:    map[string]map[string]model.Rule{},
 		verdicts: map[int32]model.VerdictKind{},
 	}
 	b := &batch{}
 	e := newEncoder(b, fam)
-	for _, s := range want.Sets {
+	for _, s := range sets {
 		e.addSet(s)
 	}
-	for _, c := range want.Chains {
-		e.addChain(c)
-	}
-	for _, c := range want.Chains {
-		for i, r := range c.Rules {
-			if err := e.addRule(c.Name, r); err != nil {
-				return nil, fmt.Errorf("encode rule %d of chain %s: %w", i, c.Name, err)
-			}
-		}
-	}
 	if b.err != nil {
-		return nil, fmt.Errorf("encode desired table: %w", b.err)
+		return nil, fmt.Errorf("encode desired sets: %w", b.err)
 	}
-	// The messages come in the order they were added: sets, chains, then rules chain by chain.
-	msgs := b.msgs
-	for _, s := range want.Sets {
-		name, def, err := decodeSet(msgs[0].Data[4:])
+	for i, s := range sets {
+		name, def, err := decodeSet(b.msgs[i].Data[4:])
 		if err != nil || name != s.Name {
 			return nil, fmt.Errorf("decode encoded set %s: got %q, %v", s.Name, name, err)
 		}
 		exp.sets[name] = def
-		msgs = msgs[1:]
-	}
-	for _, c := range want.Chains {
-		name, def, err := decodeChain(msgs[0].Data[4:])
-		if err != nil || name != c.Name {
-			return nil, fmt.Errorf("decode encoded chain %s: got %q, %v", c.Name, name, err)
-		}
-		exp.chains[name] = def
-		msgs = msgs[1:]
-	}
-	for _, c := range want.Chains {
-		byPrint := make(map[string]model.Rule, len(c.Rules))
-		for _, r := range c.Rules {
-			chain, fp, err := ruleFingerprint(exp.nfproto, msgs[0].Data[4:], false)
-			if err != nil || chain != c.Name {
-				return nil, fmt.Errorf("decode encoded rule of chain %s: got chain %q, %v", c.Name, chain, err)
-			}
-			byPrint[fp] = r
-			msgs = msgs[1:]
-		}
-		exp.rules[c.Name] = byPrint
 	}
 	for _, k := range []model.VerdictKind{model.Jump, model.Goto, model.Return, model.Drop, model.Accept} {
 		v, err := verdict(model.Verdict{Kind: k, Chain: "x"})
@@ -277,6 +273,49 @@ func newExpectation(fam model.Family, want *model.Ruleset) (*expectation, error)
 		exp.verdicts[int32(v.Kind)] = k
 	}
 	return exp, nil
+}
+
+// addChains adds the chains of the desired table to the expectation.
+func (exp *expectation) addChains(chains []*model.Chain) error {
+	exp.want.Chains = chains
+	b := &batch{}
+	e := newEncoder(b, exp.fam)
+	for _, c := range chains {
+		e.addChain(c)
+	}
+	for _, c := range chains {
+		for i, r := range c.Rules {
+			if err := e.addRule(c.Name, r); err != nil {
+				return fmt.Errorf("encode rule %d of chain %s: %w", i, c.Name, err)
+			}
+		}
+	}
+	if b.err != nil {
+		return fmt.Errorf("encode desired chains: %w", b.err)
+	}
+	// The messages come in the order they were added: chains, then rules chain by chain.
+	msgs := b.msgs
+	for _, c := range chains {
+		name, def, err := decodeChain(msgs[0].Data[4:])
+		if err != nil || name != c.Name {
+			return fmt.Errorf("decode encoded chain %s: got %q, %v", c.Name, name, err)
+		}
+		exp.chains[name] = def
+		msgs = msgs[1:]
+	}
+	for _, c := range chains {
+		byPrint := make(map[string]model.Rule, len(c.Rules))
+		for _, r := range c.Rules {
+			chain, fp, err := ruleFingerprint(exp.nfproto, msgs[0].Data[4:], false)
+			if err != nil || chain != c.Name {
+				return fmt.Errorf("decode encoded rule of chain %s: got chain %q, %v", c.Name, chain, err)
+			}
+			byPrint[fp] = r
+			msgs = msgs[1:]
+		}
+		exp.rules[c.Name] = byPrint
+	}
+	return nil
 }
 
 // decodeSet decodes the attributes of a NEWSET message.
@@ -734,7 +773,13 @@ func (r *reader) readTable(exp *expectation) (*model.Ruleset, error) {
 			setErrs[i] = r.readElementsApart(exp, s, len(exp.want.Sets[i].Elements))
 		})
 	}
-	rs, err := r.readChains(exp, out)
+	var rs *model.Ruleset
+	if exp.pendingChains != nil {
+		err = exp.pendingChains()
+	}
+	if err == nil {
+		rs, err = r.readChains(exp, out)
+	}
 	wg.Wait()
 	for i, err := range setErrs {
 		if err != nil {

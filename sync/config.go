@@ -94,12 +94,13 @@ func splitList(s string) []string {
 	return out
 }
 
-// NodeConfig returns the model configuration of one family. localAddrs are the addresses of
-// this node's interfaces (for --nodeport-addresses CIDRs); node is this node's Node object, if
-// known (for --nodeport-addresses=primary).
-func (c *Config) NodeConfig(fam model.Family, node NodeInfo, localAddrs []netip.Addr) model.NodeConfig {
+// NodeConfig returns the model configuration of one family for the node named nodeName.
+// localAddrs are the addresses of this node's interfaces (for --nodeport-addresses CIDRs);
+// node is this node's Node object, if known (for --nodeport-addresses=primary).
+func (c *Config) NodeConfig(fam model.Family, nodeName string, node NodeInfo, localAddrs []netip.Addr) model.NodeConfig {
 	nc := model.NodeConfig{
 		Family:            fam,
+		NodeName:          nodeName,
 		ClusterCIDRs:      c.ClusterCIDRs,
 		MasqueradeAll:     c.MasqueradeAll,
 		NodePortAddresses: c.NodePortAddresses,
@@ -129,7 +130,7 @@ func (c *Config) Desired(objs Objects, nodeName string, localAddrs []netip.Addr)
 	node, _ := FindNode(objs.Nodes, nodeName)
 	out := make([]*model.Ruleset, 0, 2)
 	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
-		out = append(out, model.Build(services, c.NodeConfig(fam, node, localAddrs)))
+		out = append(out, model.Build(services, c.NodeConfig(fam, nodeName, node, localAddrs)))
 	}
 	return out, bad
 }

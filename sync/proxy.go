@@ -157,8 +157,8 @@ func (p *Proxy) SyncOnce() error {
 	p.reportBad(bad)
 	node, _ := FindNode(objs.Nodes, p.NodeName)
 	p.syncer.SetNode(map[model.Family]model.NodeConfig{
-		model.IPv4: p.Config.NodeConfig(model.IPv4, node, addrs),
-		model.IPv6: p.Config.NodeConfig(model.IPv6, node, addrs),
+		model.IPv4: p.Config.NodeConfig(model.IPv4, p.NodeName, node, addrs),
+		model.IPv6: p.Config.NodeConfig(model.IPv6, p.NodeName, node, addrs),
 	})
 	p.syncer.Update(p.diffServices(services), at)
 

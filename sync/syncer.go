@@ -337,9 +337,20 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 	var gen uint32
 	for i, fam := range s.Families {
 		t := newFamilyState(fam, s.node[fam])
-		t.buildAll(s.services)
-		want := t.desired(false)
-		have, g, err := s.Backend.Read(fam, want)
+		// Build every Part while the kernel dumps the table's sets: the chains to expect
+		// are known only once the Parts are.
+		var want *model.Ruleset
+		built := make(chan struct{})
+		go func() {
+			defer close(built)
+			t.buildAll(s.services)
+			want = t.desired(false)
+		}()
+		have, g, err := s.Backend.ReadTable(fam, t.skeleton.Sets, func() []*model.Chain {
+			<-built
+			return want.Chains
+		})
+		<-built
 		switch {
 		case err != nil && !errors.Is(err, nft.ErrIncompatible):
 			s.restorePending(changes, old)

@@ -37,7 +37,7 @@ func scenarioInput(t *testing.T, sc scenario.Scenario) ([]model.Service, map[mod
 	services, _ := sync.Convert(objs, sync.ConvertOptions{ServiceProxyName: cfg.ServiceProxyName})
 	nodes := map[model.Family]model.NodeConfig{}
 	for _, fam := range families {
-		nodes[fam] = cfg.NodeConfig(fam, node, local)
+		nodes[fam] = cfg.NodeConfig(fam, cfg.HostnameOverride, node, local)
 	}
 	return services, nodes
 }
@@ -123,10 +123,14 @@ func TestConvergenceUnderFailures(t *testing.T) {
 	}
 }
 
+// scaleNode is the node the scale tests and benchmarks run as.
+var scaleNode = model.NodeConfig{Family: model.IPv4, NodeName: scale.NodeName(0),
+	ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
+
 func newScaleSyncer(t testing.TB, backend nft.Backend, n, m int) *sync.Syncer {
 	t.Helper()
 	s := sync.NewSyncer(backend, model.IPv4)
-	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4, ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}})
+	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: scaleNode})
 	changes := map[model.ServiceName]*model.Service{}
 	for i := range n {
 		svc := scale.Service(i, m, 0)
@@ -213,7 +217,7 @@ func TestAdoption(t *testing.T) {
 	newScaleSyncer(t, fake, 50, 4)
 	calls := fake.Calls
 	restarted := sync.NewSyncer(fake, model.IPv4)
-	restarted.SetNode(map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4, ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}})
+	restarted.SetNode(map[model.Family]model.NodeConfig{model.IPv4: scaleNode})
 	changes := map[model.ServiceName]*model.Service{}
 	for i := range 50 {
 		svc := scale.Service(i, 4, 0)

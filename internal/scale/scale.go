@@ -1,5 +1,6 @@
 // Package scale generates synthetic clusters of a given size for benchmarks: N Services with M
-// endpoints each, every tenth one a NodePort, with addresses that never collide.
+// endpoints each, every tenth one a NodePort, with addresses that never collide and endpoints
+// spread evenly over Nodes nodes.
 package scale
 
 import (
@@ -21,6 +22,12 @@ func EndpointIP(i, j, m int) netip.Addr {
 	n := 10<<24 | 128<<16 | uint32(i*m+j+1)
 	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 }
+
+// Nodes is the number of nodes the endpoints are spread over; the benchmarks run as node 0.
+const Nodes = 100
+
+// NodeName returns the name of node n.
+func NodeName(n int) string { return fmt.Sprintf("node-%d", n) }
 
 // Name returns the name of Service i.
 func Name(i int) model.ServiceName {
@@ -47,6 +54,7 @@ func Service(i, m, gen int) model.Service {
 	for j := range m {
 		port.Endpoints = append(port.Endpoints, model.Endpoint{
 			Addr: EndpointIP(i, j, m), Port: uint16(8080 + gen), Ready: true, Serving: true,
+			NodeName: NodeName((i*m + j) % Nodes),
 		})
 	}
 	svc.Ports = []model.ServicePort{port}
