@@ -171,4 +171,3 @@ func TestUdataString(t *testing.T) {
 		t.Error("udataString accepted a truncated TLV")
 	}
 }
-
