@@ -76,6 +76,15 @@ type Set struct {
 	Elements []Element
 }
 
+// ByKey returns the set's elements indexed by key.
+func (s *Set) ByKey() map[Key]Element {
+	m := make(map[Key]Element, len(s.Elements))
+	for _, e := range s.Elements {
+		m[e.Key()] = e
+	}
+	return m
+}
+
 // IsMap reports whether the set is a map.
 func (s *Set) IsMap() bool { return s.Data != NoData }
 

@@ -51,11 +51,7 @@ func newFakeTable(rs *model.Ruleset) *fakeTable {
 		def := *s
 		def.Elements = nil
 		t.sets = append(t.sets, &def)
-		m := make(map[model.Key]model.Element, len(s.Elements))
-		for _, e := range s.Elements {
-			m[e.Key()] = e
-		}
-		t.elems[s.Name] = m
+		t.elems[s.Name] = s.ByKey()
 	}
 	for _, c := range rs.Chains {
 		t.chains[c.Name] = c

@@ -766,11 +766,7 @@ func (t *familyState) diffAll(want *model.Ruleset, tx *nft.Transaction) {
 func indexRuleset(rs *model.Ruleset) *tableState {
 	ts := &tableState{elems: map[string]map[model.Key]model.Element{}, chains: map[string]*model.Chain{}}
 	for _, s := range rs.Sets {
-		m := make(map[model.Key]model.Element, len(s.Elements))
-		for _, e := range s.Elements {
-			m[e.Key()] = e
-		}
-		ts.elems[s.Name] = m
+		ts.elems[s.Name] = s.ByKey()
 	}
 	for _, c := range rs.Chains {
 		ts.chains[c.Name] = c
