@@ -62,16 +62,40 @@ type Proxy struct {
 	syncer   *Syncer
 	services map[model.ServiceName]*model.Service
 	warned   map[string]bool
-	// lastSuccess is the time of the last successful sync, for health checks.
-	lastSuccess time.Time
+	// health tracks, for health checks, the oldest change not yet programmed (zero when
+	// none) and the last successful sync.
+	health struct {
+		gosync.Mutex
+		pendingSince time.Time
+		lastSuccess  time.Time
+	}
+}
+
+// Health reports whether the proxy is healthy at now: nothing waits to be programmed, or
+// the oldest waiting change is younger than twice the sync period (as kube-proxy's
+// /healthz). It also returns the time of the last successful sync.
+func (p *Proxy) Health(now time.Time) (bool, time.Time) {
+	p.health.Lock()
+	defer p.health.Unlock()
+	period := p.SyncPeriod
+	if period <= 0 {
+		period = DefaultSyncPeriod
+	}
+	return p.health.pendingSince.IsZero() || now.Sub(p.health.pendingSince) < 2*period, p.health.lastSuccess
 }
 
 // Update hands the proxy a new full snapshot of objects. It never blocks.
 func (p *Proxy) Update(objs Objects) {
+	now := time.Now()
 	p.mu.Lock()
 	p.objs = &objs
-	p.objsAt = time.Now()
+	p.objsAt = now
 	p.mu.Unlock()
+	p.health.Lock()
+	if p.health.pendingSince.IsZero() {
+		p.health.pendingSince = now
+	}
+	p.health.Unlock()
 	select {
 	case p.signal() <- struct{}{}:
 	default:
@@ -177,7 +201,19 @@ func (p *Proxy) SyncOnce() error {
 		}
 		return err
 	}
-	p.lastSuccess = time.Now()
+	p.mu.Lock()
+	latest := p.objsAt
+	p.mu.Unlock()
+	p.health.Lock()
+	switch {
+	case latest.After(at):
+		// A newer snapshot arrived during the sync; it is what waits now.
+		p.health.pendingSince = latest
+	case !p.syncer.Pending():
+		p.health.pendingSince = time.Time{}
+	}
+	p.health.lastSuccess = time.Now()
+	p.health.Unlock()
 	if m := p.Metrics; m != nil {
 		m.SyncDuration.Observe(took.Seconds())
 		if res.Full {

@@ -227,3 +227,38 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("metric %s not found", name)
 	return 0
 }
+
+// TestHealth checks /healthz's notion of health: healthy while nothing waits, or while the
+// oldest waiting change is younger than twice the sync period; unhealthy when syncs keep
+// failing for longer.
+func TestHealth(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := nft.NewFake(1)
+		p := newTestProxy(fake)
+		p.SyncPeriod = 10 * time.Second
+		if ok, _ := p.Health(time.Now()); !ok {
+			t.Error("unhealthy before anything happened")
+		}
+		fake.SetFailRate(1)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go func() { _ = p.Run(ctx) }()
+		p.Update(proxyObjects("10.244.1.2"))
+		time.Sleep(19 * time.Second)
+		synctest.Wait()
+		if ok, _ := p.Health(time.Now()); !ok {
+			t.Error("unhealthy 19 s into failing syncs, with a sync period of 10 s")
+		}
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if ok, _ := p.Health(time.Now()); ok {
+			t.Error("healthy after 21 s of failing syncs, with a sync period of 10 s")
+		}
+		fake.SetFailRate(0)
+		time.Sleep(31 * time.Second) // the next retry, at most 30 s away
+		synctest.Wait()
+		if ok, last := p.Health(time.Now()); !ok || last.IsZero() {
+			t.Errorf("after a successful sync: healthy=%v, last success %v", ok, last)
+		}
+	})
+}

@@ -1,6 +1,7 @@
 // Command nftproxy is a Kubernetes service proxy that programs nftables over netlink.
 //
-//	nftproxy run --manifests DIR [flags]     keep the node's rules in line with the manifests
+//	nftproxy run [--kubeconfig FILE] [flags] keep the node's rules in line with the cluster
+//	nftproxy run --manifests DIR [flags]     ... or with manifests in a directory
 //	nftproxy render --manifests DIR [flags]  print the rules that run would program
 //	nftproxy cleanup                         remove nftproxy's tables
 //	nftproxy version                         print the version
@@ -8,6 +9,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,6 +25,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
@@ -35,7 +41,8 @@ var version = "dev"
 const usage = `nftproxy: a Kubernetes service proxy on nftables
 
 Usage:
-  nftproxy run --manifests DIR [flags]     program this node's Services and keep them in sync
+  nftproxy run [--kubeconfig FILE] [flags] program this node's Services and keep them in sync
+  nftproxy run --manifests DIR [flags]     ... taking them from manifests instead of a cluster
   nftproxy render --manifests DIR [flags]  print the ruleset run would program (no root needed)
   nftproxy cleanup                         remove nftproxy's tables (ip and ip6 nftproxy)
   nftproxy version                         print the version
@@ -85,7 +92,7 @@ type commonFlags struct {
 
 func (c *commonFlags) bind(fs *flag.FlagSet) {
 	c.cfg.BindFlags(fs)
-	fs.StringVar(&c.manifests, "manifests", "", "directory of Service, EndpointSlice and Node manifests (YAML or JSON) to proxy")
+	fs.StringVar(&c.manifests, "manifests", "", "directory of Service, EndpointSlice and Node manifests (YAML or JSON) to proxy instead of a cluster's")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	fs.IntVar(&c.verbosity, "v", 0, "log verbosity: 0 logs info and above, 1 or more adds debug")
 }
@@ -122,15 +129,19 @@ func (c *commonFlags) nodeName() (string, error) {
 
 // daemonFlags are the flags of run only.
 type daemonFlags struct {
+	kubeconfig     string
 	minSyncPeriod  time.Duration
 	syncPeriod     time.Duration
 	metricsAddress string
+	healthzAddress string
 }
 
 func (d *daemonFlags) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&d.minSyncPeriod, "min-sync-period", sync.DefaultMinSyncPeriod, "least time between two syncs; changes arriving meanwhile are programmed together (0 syncs on every change)")
 	fs.DurationVar(&d.syncPeriod, "sync-period", sync.DefaultSyncPeriod, "longest time between two syncs; each checks the kernel's tables against the last commit and repairs them")
 	fs.StringVar(&d.metricsAddress, "metrics-bind-address", "127.0.0.1:10249", "address of the Prometheus /metrics endpoint (empty disables it)")
+	fs.StringVar(&d.healthzAddress, "healthz-bind-address", "0.0.0.0:10256", "address of the /healthz and /livez endpoints (empty disables them)")
+	fs.StringVar(&d.kubeconfig, "kubeconfig", "", "kubeconfig file of the API server to watch (default: the in-cluster configuration); ignored with --manifests")
 }
 
 // setup parses the flags of run or render (with extra, the command's own flags) and returns
@@ -149,7 +160,7 @@ func setup(name string, args []string, stderr io.Writer, extra func(*flag.FlagSe
 	if fs.NArg() > 0 {
 		return nil, nil, "", fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
-	if c.manifests == "" {
+	if c.manifests == "" && extra == nil {
 		return nil, nil, "", errors.New("--manifests is required")
 	}
 	log, err := c.logger(stderr)
@@ -188,16 +199,40 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		Conntrack:     sync.NewNetlinkConntrack(""),
 	}
 	if d.metricsAddress != "" {
-		srv, err := serveMetrics(d.metricsAddress, reg)
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		srv, err := serve(d.metricsAddress, "--metrics-bind-address", mux)
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
 	}
-	source := &sync.ManifestSource{Dir: c.manifests, Log: log}
-	log.Info("starting nftproxy", "version", version, "node", node, "manifests", c.manifests)
+	if d.healthzAddress != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/healthz", healthHandler(proxy))
+		mux.Handle("/livez", healthHandler(proxy))
+		srv, err := serve(d.healthzAddress, "--healthz-bind-address", mux)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- source.Run(ctx, func(objs sync.Objects, _ []sync.BadObject) { proxy.Update(objs) }) }()
+	if c.manifests != "" {
+		source := &sync.ManifestSource{Dir: c.manifests, Log: log}
+		log.Info("starting nftproxy", "version", version, "node", node, "manifests", c.manifests)
+		go func() { errc <- source.Run(ctx, func(objs sync.Objects, _ []sync.BadObject) { proxy.Update(objs) }) }()
+	} else {
+		client, err := kubeClient(d.kubeconfig)
+		if err != nil {
+			return err
+		}
+		// client-go logs through klog: send it to the same handler.
+		klog.SetSlogLogger(log)
+		source := &sync.KubeSource{Client: client, NodeName: node, Log: log}
+		log.Info("starting nftproxy", "version", version, "node", node, "kubeconfig", d.kubeconfig)
+		go func() { errc <- source.Run(ctx, proxy.Update) }()
+	}
 	if err := proxy.Run(ctx); err != nil {
 		return err
 	}
@@ -208,17 +243,54 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	return nil
 }
 
-// serveMetrics serves /metrics on addr until the returned server is closed.
-func serveMetrics(addr string, reg *prometheus.Registry) (*http.Server, error) {
+// serve serves h on addr (the value of flag) until the returned server is closed.
+func serve(addr, flag string, h http.Handler) (*http.Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("--metrics-bind-address: %w", err)
+		return nil, fmt.Errorf("%s: %w", flag, err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	return srv, nil
+}
+
+// healthHandler answers 200 while the proxy is healthy and 503 otherwise, with kube-proxy's
+// JSON body.
+func healthHandler(p *sync.Proxy) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		now := time.Now()
+		ok, last := p.Health(now)
+		w.Header().Set("Content-Type", "application/json")
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_ = json.NewEncoder(w).Encode(struct {
+			LastUpdated  time.Time `json:"lastUpdated"`
+			CurrentTime  time.Time `json:"currentTime"`
+			NodeEligible bool      `json:"nodeEligible"`
+		}{last, now, true})
+	})
+}
+
+// kubeClient returns a client for the kubeconfig file, or for the in-cluster configuration
+// when path is empty.
+func kubeClient(path string) (kubernetes.Interface, error) {
+	var cfg *rest.Config
+	var err error
+	if path == "" {
+		cfg, err = rest.InClusterConfig()
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
+	}
+	cfg.UserAgent = "nftproxy/" + version
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return client, nil
 }
 
 func runRender(args []string, stdout, stderr io.Writer) error {

@@ -1,0 +1,109 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// KubeSource delivers snapshots of the cluster from the Kubernetes API: shared informers on
+// Services, EndpointSlices and this node's Node object. It delivers nothing before every
+// cache has synced, so that a starting proxy never programs a partial view of the cluster.
+// When the API server goes away the informers keep retrying and the rules stay as they are;
+// when it returns they relist and the next snapshot catches up.
+type KubeSource struct {
+	Client kubernetes.Interface
+	// NodeName is this node's name, whose Node object is watched.
+	NodeName string
+	// Log receives progress messages; nil means slog.Default().
+	Log *slog.Logger
+	// Resync is the informers' resync period; zero disables resyncs (the sync loop has its
+	// own --sync-period).
+	Resync time.Duration
+}
+
+// Run calls onChange with a full snapshot once the caches have synced and then after every
+// change (coalesced: a burst of events gives one snapshot), until ctx is done.
+func (k *KubeSource) Run(ctx context.Context, onChange func(Objects)) error {
+	if k.Client == nil {
+		return errors.New("kubernetes source: no client")
+	}
+	log := k.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	all := informers.NewSharedInformerFactory(k.Client, k.Resync)
+	node := informers.NewSharedInformerFactoryWithOptions(k.Client, k.Resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", k.NodeName).String()
+		}))
+	services := all.Core().V1().Services()
+	slices := all.Discovery().V1().EndpointSlices()
+	nodes := node.Core().V1().Nodes()
+
+	changed := make(chan struct{}, 1)
+	notify := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { signal(changed) },
+		UpdateFunc: func(any, any) { signal(changed) },
+		DeleteFunc: func(any) { signal(changed) },
+	}
+	for _, inf := range []cache.SharedIndexInformer{services.Informer(), slices.Informer(), nodes.Informer()} {
+		if _, err := inf.AddEventHandler(notify); err != nil {
+			return fmt.Errorf("kubernetes source: add event handler: %w", err)
+		}
+	}
+	all.Start(ctx.Done())
+	node.Start(ctx.Done())
+	defer all.Shutdown()
+	defer node.Shutdown()
+
+	log.Info("waiting for the Kubernetes caches to sync")
+	for typ, ok := range all.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("kubernetes source: %v cache did not sync: %w", typ, ctx.Err())
+		}
+	}
+	for typ, ok := range node.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("kubernetes source: %v cache did not sync: %w", typ, ctx.Err())
+		}
+	}
+	log.Info("Kubernetes caches synced")
+	signal(changed)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+		var objs Objects
+		var err error
+		if objs.Services, err = services.Lister().List(labels.Everything()); err != nil {
+			return fmt.Errorf("kubernetes source: list services: %w", err)
+		}
+		if objs.EndpointSlices, err = slices.Lister().List(labels.Everything()); err != nil {
+			return fmt.Errorf("kubernetes source: list endpointslices: %w", err)
+		}
+		if objs.Nodes, err = nodes.Lister().List(labels.Everything()); err != nil {
+			return fmt.Errorf("kubernetes source: list nodes: %w", err)
+		}
+		onChange(objs)
+	}
+}
+
+// signal wakes the reader of c without ever blocking.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
