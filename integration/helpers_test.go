@@ -260,6 +260,9 @@ type harness struct {
 	tp    *topology.Topology
 	dir   string
 	proxy *proxyProcess
+	// source are the flags that give the proxy its objects: --manifests dir unless a test
+	// sets another source.
+	source []string
 }
 
 // newHarness builds the topology and a manifest directory holding node1's Node object. The
@@ -337,12 +340,16 @@ func (p *proxyProcess) exited() bool {
 func (h *harness) start(flags ...string) {
 	h.t.Helper()
 	t := h.t
-	args := append([]string{"netns", "exec", h.tp.Node1.Name, proxyBin, "run",
-		"--manifests", h.dir,
+	source := h.source
+	if source == nil {
+		source = []string{"--manifests", h.dir}
+	}
+	args := append([]string{"netns", "exec", h.tp.Node1.Name, proxyBin, "run"}, source...)
+	args = append(args,
 		"--hostname-override", nodeName,
 		"--cluster-cidr", clusterCIDRs,
-		"-v", "2",
-	}, flags...)
+		"-v", "2")
+	args = append(args, flags...)
 	p := &proxyProcess{cmd: exec.Command("ip", args...), done: make(chan struct{})}
 	p.cmd.Stdout = &p.log
 	p.cmd.Stderr = &p.log
