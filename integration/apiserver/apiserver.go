@@ -19,6 +19,12 @@
 // creates EndpointSlices, garbage-collects, or mints ServiceAccount tokens
 // (the ServiceAccount admission plugin is disabled).
 //
+// Clients reach kube-apiserver through a TCP forwarder of the harness on
+// Server.URL's port, which forwards only while kube-apiserver is ready: across
+// Restart a client finds the server down (connections closed at once) and then
+// ready, never half started (a kube-apiserver serves requests a few seconds
+// before its RBAC caches sync, and refuses what RBAC allows meanwhile).
+//
 // The tests need no privileges. With Options.NetNS the servers run inside a
 // network namespace (that needs root); the rest.Configs returned then dial
 // into that namespace, and kubeconfig files name the loopback address as seen
@@ -111,7 +117,9 @@ type Options struct {
 
 // Server is a running etcd + kube-apiserver on loopback for tests.
 type Server struct {
-	// URL is the API server's address, https://127.0.0.1:<port>.
+	// URL is the API server's address, https://127.0.0.1:<port>. The port
+	// is the harness's own: it forwards connections to kube-apiserver (on
+	// another port) while that is ready, and survives Restart.
 	URL string
 	// CACert is the PEM certificate of the CA that signed the serving
 	// certificate (valid for 127.0.0.1, ::1 and localhost).
@@ -135,7 +143,8 @@ type Server struct {
 	mu        sync.Mutex
 	etcd      *process
 	apiserver *process
-	apiArgs   []string
+	apiPort   int // kube-apiserver's own port, behind front
+	front     *frontDoor
 	restarts  int
 }
 
@@ -197,7 +206,15 @@ func Start(t testing.TB, opts ...Options) *Server {
 	if err := s.startEtcd(); err != nil {
 		t.Fatalf("apiserver: %v", err)
 	}
-	if err := s.startAPIServer(true); err != nil {
+	front, err := s.openFrontDoor()
+	if err != nil {
+		t.Fatalf("apiserver: %v", err)
+	}
+	s.mu.Lock()
+	s.front = front
+	s.URL = "https://" + front.addr()
+	s.mu.Unlock()
+	if err := s.startAPIServer(); err != nil {
 		t.Fatalf("apiserver: %v", err)
 	}
 	t.Logf("apiserver: etcd and kube-apiserver ready at %s in %v (binaries in %s)", s.URL, time.Since(begin).Round(time.Millisecond), bins)
@@ -272,9 +289,13 @@ func (s *Server) WriteKubeconfig(t testing.TB, path, user string) {
 	}
 }
 
-// Restart stops kube-apiserver (SIGTERM, so watches end as in a real
-// restart) and starts it again with the same etcd, port, certificates and
-// tokens, then waits for /readyz. It calls t.Fatal on failure.
+// Restart stops kube-apiserver (SIGTERM: it ends open watches as a real
+// restart does) and starts it again with the same etcd, certificates and
+// tokens, then waits for /readyz. URL does not change. From the stop until
+// the new kube-apiserver is ready, connections to URL are closed at once
+// (as by a load balancer that checks /readyz), so clients never reach an
+// API server whose RBAC caches have not synced yet. It calls t.Fatal on
+// failure.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	begin := time.Now()
@@ -282,10 +303,12 @@ func (s *Server) Restart(t testing.TB) {
 	p := s.apiserver
 	s.apiserver = nil
 	s.mu.Unlock()
+	s.front.setBackend("")
 	if p != nil {
 		p.stop()
 	}
-	if err := s.startAPIServer(false); err != nil {
+	s.front.dropAll()
+	if err := s.startAPIServer(); err != nil {
 		t.Fatalf("apiserver: restart: %v", err)
 	}
 	t.Logf("apiserver: kube-apiserver restarted in %v", time.Since(begin).Round(time.Millisecond))
@@ -425,41 +448,40 @@ func (s *Server) startEtcd() error {
 	return lastErr
 }
 
-// startAPIServer starts kube-apiserver and waits for /readyz. The first
-// start picks a free port (retrying if another process takes it first);
-// later ones reuse the port and arguments.
-func (s *Server) startAPIServer(first bool) error {
+// startAPIServer starts kube-apiserver on a loopback port of its own, waits
+// for /readyz there, and then lets the front door forward to it. It reuses
+// the previous port if there is one (so the default/kubernetes Service's
+// endpoint stays put), and picks another free one if that is taken.
+func (s *Server) startAPIServer() error {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		if first {
+		if s.apiPort == 0 || attempt > 0 {
 			ports, err := s.freePorts(1)
 			if err != nil {
 				return err
 			}
-			s.apiArgs = s.apiServerArgs(ports[0])
-			s.URL = "https://127.0.0.1:" + strconv.Itoa(ports[0])
+			s.apiPort = ports[0]
 		}
-		p, err := s.spawn("kube-apiserver", filepath.Join(s.bins, "kube-apiserver"), s.apiArgs...)
+		backend := "127.0.0.1:" + strconv.Itoa(s.apiPort)
+		p, err := s.spawn("kube-apiserver", filepath.Join(s.bins, "kube-apiserver"), s.apiServerArgs(s.apiPort)...)
 		if err != nil {
 			return err
 		}
-		err = s.waitHTTP(p, s.URL+"/readyz", s.AdminToken, func(body []byte) bool {
+		err = s.waitHTTP(p, "https://"+backend+"/readyz", s.AdminToken, func(body []byte) bool {
 			return bytes.Equal(bytes.TrimSpace(body), []byte("ok"))
 		})
 		if err == nil {
 			s.mu.Lock()
 			s.apiserver = p
 			s.mu.Unlock()
+			s.front.setBackend(backend)
 			return nil
 		}
 		p.stop()
 		lastErr = fmt.Errorf("kube-apiserver: %w\n%s", err, p.tail())
-		// The port may still be held by the previous instance's closing
-		// sockets after a restart; retry then too.
 		if !p.portInUse() {
 			break
 		}
-		time.Sleep(time.Second)
 	}
 	return lastErr
 }
@@ -594,9 +616,12 @@ func (s *Server) freePorts(n int) ([]int, error) {
 
 func (s *Server) stop() {
 	s.mu.Lock()
-	a, e := s.apiserver, s.etcd
-	s.apiserver, s.etcd = nil, nil
+	a, e, f := s.apiserver, s.etcd, s.front
+	s.apiserver, s.etcd, s.front = nil, nil, nil
 	s.mu.Unlock()
+	if f != nil {
+		f.close()
+	}
 	if a != nil {
 		a.stop()
 	}
@@ -638,11 +663,12 @@ func removeStaleDirs() {
 
 // process is a started server.
 type process struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error
+	name   string
+	cmd    *exec.Cmd
+	log    string
+	offset int64 // where this process's output starts in log
+	done   chan struct{}
+	err    error
 }
 
 // spawn starts bin with args, with stdout and stderr appended to
@@ -659,6 +685,10 @@ func (s *Server) spawn(name, bin string, args ...string) (*process, error) {
 		return nil, err
 	}
 	defer logf.Close()
+	fi, err := logf.Stat()
+	if err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	if name == "kube-apiserver" {
 		s.restarts++
@@ -673,7 +703,7 @@ func (s *Server) spawn(name, bin string, args ...string) (*process, error) {
 	if err := startLocked(cmd); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	p := &process{name: name, cmd: cmd, log: logPath, offset: fi.Size(), done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
@@ -697,14 +727,21 @@ func (p *process) stop() {
 	}
 }
 
-func (p *process) tail() string {
+// output returns what the process wrote to its log.
+func (p *process) output() []byte {
 	data, _ := os.ReadFile(p.log)
-	return fmt.Sprintf("last lines of %s:\n%s", p.log, lastLines(data, 30))
+	if int64(len(data)) >= p.offset {
+		data = data[p.offset:]
+	}
+	return data
+}
+
+func (p *process) tail() string {
+	return fmt.Sprintf("last lines of %s:\n%s", p.log, lastLines(p.output(), 30))
 }
 
 func (p *process) portInUse() bool {
-	data, _ := os.ReadFile(p.log)
-	return bytes.Contains(data, []byte("address already in use"))
+	return bytes.Contains(p.output(), []byte("address already in use"))
 }
 
 func lastLines(data []byte, n int) string {

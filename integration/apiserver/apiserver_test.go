@@ -121,10 +121,32 @@ func TestServer(t *testing.T) {
 		t.Fatalf("watch services: %v", err)
 	}
 	defer w.Stop()
+	// A client that keeps asking during the restart may find the server
+	// down, but never half started (refusing what RBAC allows).
+	stop := make(chan struct{})
+	polled := make(chan []error)
+	go func() {
+		var forbidden []error
+		for {
+			select {
+			case <-stop:
+				polled <- forbidden
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if _, err := user.CoreV1().Services("").List(ctx, metav1.ListOptions{}); apierrors.IsForbidden(err) {
+				forbidden = append(forbidden, err)
+			}
+		}
+	}()
 	begin := time.Now()
 	srv.Restart(t)
 	if d := time.Since(begin); d > 10*time.Second {
 		t.Errorf("restart with an open watch took %v", d)
+	}
+	close(stop)
+	if forbidden := <-polled; len(forbidden) > 0 {
+		t.Errorf("during the restart nftproxy was refused %d times: %v", len(forbidden), forbidden[0])
 	}
 	select {
 	case <-drained(w.ResultChan()):

@@ -28,6 +28,10 @@ if ! command -v go >/dev/null 2>&1; then
 	done
 fi
 command -v go >/dev/null 2>&1 || { echo "build.sh: go not found in PATH" >&2; exit 1; }
+# This module alone decides what is built: no go.work, and no GOFLAGS from the
+# caller's environment (e.g. -race, which needs cgo, or -mod=vendor).
+export GOWORK=off
+unset GOFLAGS
 
 modver() { # version of a required module, from go.mod
 	awk -v m="$1" '$1 == m && $2 ~ /^v/ { print $2; exit }' go.mod
