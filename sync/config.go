@@ -121,6 +121,16 @@ func (c *Config) NodeConfig(fam model.Family, nodeName string, node NodeInfo, lo
 			nc.NodePortAddresses = []netip.Prefix{netip.PrefixFrom(netip.IPv6Unspecified(), 128)}
 		}
 	}
+	if len(nc.NodePortAddresses) == 0 {
+		// The rules use local addresses only to pick NodePort addresses; leaving them out
+		// keeps an interface coming or going from looking like a new configuration, which
+		// costs a full sync.
+		nc.LocalAddresses = nil
+	} else {
+		nc.LocalAddresses = slices.Clone(nc.LocalAddresses)
+		slices.SortFunc(nc.LocalAddresses, netip.Addr.Compare)
+		nc.LocalAddresses = slices.Compact(nc.LocalAddresses)
+	}
 	return nc
 }
 

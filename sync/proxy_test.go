@@ -262,3 +262,25 @@ func TestHealth(t *testing.T) {
 		}
 	})
 }
+
+// TestInterfaceChurn checks that an interface address coming or going does not force a full
+// sync when NodePorts are served on every address (the addresses do not shape the rules).
+func TestInterfaceChurn(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p := newTestProxy(nft.NewFake(1))
+	p.Metrics = NewMetrics(reg)
+	addrs := []netip.Addr{netip.MustParseAddr("192.168.0.2")}
+	p.LocalAddresses = func() ([]netip.Addr, error) { return addrs, nil }
+	p.Update(proxyObjects("10.244.1.2"))
+	if err := p.SyncOnce(); err != nil {
+		t.Fatal(err)
+	}
+	addrs = append(addrs, netip.MustParseAddr("10.244.1.1"))
+	p.Update(proxyObjects("10.244.1.3"))
+	if err := p.SyncOnce(); err != nil {
+		t.Fatal(err)
+	}
+	if full := metricValue(t, reg, "kubeproxy_sync_full_proxy_rules_duration_seconds"); full != 1 {
+		t.Errorf("%v full syncs, want only the first: a new interface address forced a full sync", full)
+	}
+}
