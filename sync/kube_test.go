@@ -4,12 +4,15 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/netip"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/nftproxy/nftproxy/model"
 )
 
 // TestKubeSource checks that the source delivers a full snapshot once its caches synced,
@@ -57,5 +60,40 @@ func TestKubeSource(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("the new Service never showed in a snapshot")
 		}
+	}
+}
+
+// TestConverterChanges checks the incremental conversion: only Services whose objects changed
+// are converted again and reported, a copy with the same content is no change, and a deleted
+// Service is reported as nil.
+func TestConverterChanges(t *testing.T) {
+	a, b := proxyObjects("10.244.1.2"), proxyObjects("10.244.1.3")
+	b.Services[0].Name = "api"
+	b.EndpointSlices[0].Name = "api-1"
+	b.EndpointSlices[0].Labels = map[string]string{"kubernetes.io/service-name": "api"}
+	snap := Objects{Services: append(a.Services, b.Services...), EndpointSlices: append(a.EndpointSlices, b.EndpointSlices...)}
+	var c Converter
+	if ch, _ := c.Changes(snap); len(ch) != 2 {
+		t.Fatalf("first snapshot: %d changes, want 2", len(ch))
+	}
+	if ch, _ := c.Changes(snap); len(ch) != 0 {
+		t.Errorf("same objects again: %d changes, want none", len(ch))
+	}
+	snap.EndpointSlices[0] = snap.EndpointSlices[0].DeepCopy()
+	if ch, _ := c.Changes(snap); len(ch) != 0 {
+		t.Errorf("a copy with the same content: %d changes, want none", len(ch))
+	}
+	moved := snap.EndpointSlices[1].DeepCopy()
+	moved.Endpoints[0].Addresses = []string{"10.244.1.9"}
+	snap.EndpointSlices[1] = moved
+	ch, _ := c.Changes(snap)
+	api := ch[model.ServiceName{Namespace: "default", Name: "api"}]
+	if len(ch) != 1 || api == nil || api.Ports[0].Endpoints[0].Addr != netip.MustParseAddr("10.244.1.9") {
+		t.Errorf("an endpoint of api moved: changes %v", ch)
+	}
+	snap.Services = snap.Services[:1]
+	ch, _ = c.Changes(snap)
+	if gone, ok := ch[model.ServiceName{Namespace: "default", Name: "api"}]; len(ch) != 1 || !ok || gone != nil {
+		t.Errorf("api deleted: changes %v, want only api as nil", ch)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
-	"reflect"
 	gosync "sync"
 	"time"
 
@@ -59,9 +58,9 @@ type Proxy struct {
 	objsAt  time.Time
 	changed chan struct{}
 
-	syncer   *Syncer
-	services map[model.ServiceName]*model.Service
-	warned   map[string]bool
+	syncer    *Syncer
+	converter Converter
+	warned    map[string]bool
 	// health tracks, for health checks, the oldest change not yet programmed (zero when
 	// none) and the last successful sync.
 	health struct {
@@ -167,7 +166,6 @@ func (p *Proxy) SyncOnce() error {
 	if p.syncer == nil {
 		p.syncer = NewSyncer(p.Backend, model.IPv4, model.IPv6)
 		p.syncer.Conntrack = p.Conntrack
-		p.services = map[model.ServiceName]*model.Service{}
 	}
 	list := p.LocalAddresses
 	if list == nil {
@@ -177,14 +175,15 @@ func (p *Proxy) SyncOnce() error {
 	if err != nil {
 		return err
 	}
-	services, bad := Convert(*objs, ConvertOptions{ServiceProxyName: p.Config.ServiceProxyName})
+	p.converter.Options = ConvertOptions{ServiceProxyName: p.Config.ServiceProxyName}
+	changes, bad := p.converter.Changes(*objs)
 	p.reportBad(bad)
 	node, _ := FindNode(objs.Nodes, p.NodeName)
 	p.syncer.SetNode(map[model.Family]model.NodeConfig{
 		model.IPv4: p.Config.NodeConfig(model.IPv4, p.NodeName, node, addrs),
 		model.IPv6: p.Config.NodeConfig(model.IPv6, p.NodeName, node, addrs),
 	})
-	p.syncer.Update(p.diffServices(services), at)
+	p.syncer.Update(changes, at)
 
 	start := time.Now()
 	res, err := p.syncer.Sync()
@@ -241,27 +240,6 @@ func (p *Proxy) SyncOnce() error {
 			logKeyDuration, took, logKeyNode, p.NodeName)
 	}
 	return nil
-}
-
-// diffServices returns the Services that differ from the previous snapshot (nil values for
-// the ones that are gone) and remembers the new snapshot.
-func (p *Proxy) diffServices(services []model.Service) map[model.ServiceName]*model.Service {
-	now := make(map[model.ServiceName]*model.Service, len(services))
-	changes := map[model.ServiceName]*model.Service{}
-	for i := range services {
-		svc := &services[i]
-		now[svc.Name] = svc
-		if old := p.services[svc.Name]; old == nil || !reflect.DeepEqual(old, svc) {
-			changes[svc.Name] = svc
-		}
-	}
-	for name := range p.services {
-		if now[name] == nil {
-			changes[name] = nil
-		}
-	}
-	p.services = now
-	return changes
 }
 
 // reportBad logs each bad object once, until it is fixed or gone.
