@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # NFTPROXY_PRIVILEGED_TESTS=required so that a skip fails the run instead.
 TESTFLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build test lint demo bench clean k8s-bins
+.PHONY: all build test lint demo bench bench-compare clean k8s-bins
 
 all: build
 
@@ -39,6 +39,15 @@ BENCHFLAGS ?= -run '^$$' -benchtime 5x -timeout 30m
 bench:
 	$(GO) test $(BENCHFLAGS) -bench . ./sync
 	$(GO) test $(BENCHFLAGS) -bench 'Kernel' ./integration
+
+# Side by side with kube-proxy v1.36 (nftables mode) against a real API server, N Services x M
+# endpoints for each N of NS (root, network namespaces); writes docs/benchmarks/results.md and
+# docs/benchmarks/sync-time.svg.
+N ?= 10000
+M ?= 10
+NS ?= 1000,5000,$(N)
+bench-compare: k8s-bins
+	NFTPROXY_SCALEBENCH=1 SCALEBENCH_N=$(NS) SCALEBENCH_M=$(M) $(GO) test ./integration/scalebench -run TestScaleCompare -v -timeout 60m
 
 demo: build
 	bash examples/demo.sh
