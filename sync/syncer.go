@@ -339,16 +339,16 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 		t := newFamilyState(fam, s.node[fam])
 		// Build every Part while the kernel dumps the table's sets: the chains to expect
 		// are known only once the Parts are.
-		var want *model.Ruleset
+		var chains []*model.Chain
 		built := make(chan struct{})
 		go func() {
 			defer close(built)
 			t.buildAll(s.services)
-			want = t.desired(false)
+			chains = t.desiredChains()
 		}()
 		have, g, err := s.Backend.ReadTable(fam, t.skeleton.Sets, func() []*model.Chain {
 			<-built
-			return want.Chains
+			return chains
 		})
 		<-built
 		switch {
@@ -356,7 +356,9 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			s.restorePending(changes, old)
 			return res, fmt.Errorf("read %s table: %w", fam, err)
 		case err != nil || have == nil:
-			// No table, or one in another layout: replace it whole.
+			// No table, or one in another layout: replace it whole. Only this case needs
+			// every element as a list; the diff looks elements up in the claims.
+			want := t.desired(false)
 			tx.Replace = append(tx.Replace, want)
 			t.want = want
 			replaced = append(replaced, t)
@@ -365,7 +367,7 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			if prev := s.tables[fam]; prev != nil && prev.committed != nil && !prev.committed.equal(t.committed) {
 				res.DriftRepaired = true
 			}
-			t.diffAll(want, tx)
+			t.diffAll(chains, tx)
 		}
 		if i > 0 && g != gen {
 			s.restorePending(changes, old)
@@ -388,10 +390,9 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 		return res, err
 	}
 	s.tables = tables
-	// Commit records what the diff changed; the Replace'd tables are already committed.
-	for _, op := range tx.Ops {
-		s.afterCommit(&nft.Transaction{Ops: []nft.Op{op}})
-	}
+	// Record what the diff changed (afterCommit ignores Replace: those tables were indexed
+	// above).
+	s.afterCommit(tx)
 	var udp []udpChange
 	for name, p := range changes {
 		if p.svc == nil {
@@ -595,11 +596,17 @@ func (t *familyState) desired(sorted bool) *model.Ruleset {
 		}
 		rs.Sets = append(rs.Sets, &s)
 	}
-	rs.Chains = slices.Clone(t.skeleton.Chains)
-	for _, name := range slices.Sorted(maps.Keys(t.chainDefs)) {
-		rs.Chains = append(rs.Chains, t.chainDefs[name])
-	}
+	rs.Chains = t.desiredChains()
 	return rs
+}
+
+// desiredChains returns the skeleton's chains followed by the claimed ones, by name.
+func (t *familyState) desiredChains() []*model.Chain {
+	chains := slices.Clone(t.skeleton.Chains)
+	for _, name := range slices.Sorted(maps.Keys(t.chainDefs)) {
+		chains = append(chains, t.chainDefs[name])
+	}
+	return chains
 }
 
 // opBuilder gathers element additions and deletions per set, in a stable order.
@@ -717,19 +724,13 @@ func (t *familyState) isSkeletonChain(name string) bool {
 	return t.skeleton.Chain(name) != nil
 }
 
-// diffAll adds to tx what makes the committed (read back) table equal want, the desired
-// ruleset (whose Service elements are also in the claims, which are cheaper to look up).
-func (t *familyState) diffAll(want *model.Ruleset, tx *nft.Transaction) {
+// diffAll adds to tx what makes the committed (read back) table equal the desired one: the
+// skeleton's and the claimed elements, and the chains want.
+func (t *familyState) diffAll(want []*model.Chain, tx *nft.Transaction) {
 	ops := t.newOps()
 	for _, sk := range t.skeleton.Sets {
 		claims := t.claims[sk.Name]
-		var fixed map[model.Key]model.Element
-		if len(sk.Elements) > 0 {
-			fixed = make(map[model.Key]model.Element, len(sk.Elements))
-			for _, e := range sk.Elements {
-				fixed[e.Key()] = e
-			}
-		}
+		fixed := sk.ByKey()
 		for k := range t.committed.elems[sk.Name] {
 			if _, ok := fixed[k]; !ok && claims[k] == nil {
 				ops.element(sk.Name, k, model.Element{}, false)
@@ -746,7 +747,7 @@ func (t *familyState) diffAll(want *model.Ruleset, tx *nft.Transaction) {
 	}
 	var chainOps []nft.Op
 	wanted := map[string]bool{}
-	for _, c := range want.Chains {
+	for _, c := range want {
 		wanted[c.Name] = true
 		if op, ok := t.chainOp(c.Name, c); ok {
 			chainOps = append(chainOps, op)
