@@ -208,8 +208,19 @@ func TestServerInNetNS(t *testing.T) {
 		c.Close()
 		t.Errorf("%s answers outside namespace %s", host, ns)
 	}
+	// What was written before the restart is read back after it. (Not the
+	// "kubernetes" Service: the API server creates that asynchronously, and
+	// a restart can be ready before it has.)
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "before-restart"}, Data: map[string]string{"k": "v"}}
+	if _, err := admin.CoreV1().ConfigMaps("default").Create(t.Context(), cm, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create configmap: %v", err)
+	}
 	srv.Restart(t)
-	if _, err := admin.CoreV1().Services("default").Get(t.Context(), "kubernetes", metav1.GetOptions{}); err != nil {
-		t.Fatalf("get service kubernetes after restart: %v", err)
+	got, err := admin.CoreV1().ConfigMaps("default").Get(t.Context(), "before-restart", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("get configmap after restart: %v", err)
+	}
+	if got.Data["k"] != "v" {
+		t.Fatalf("configmap after restart holds %v, want k=v", got.Data)
 	}
 }
