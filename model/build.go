@@ -189,12 +189,14 @@ func (b *builder) skeleton() *Ruleset {
 	addSet(&Set{Name: MapNoEndpointNodePorts, Key: keyProtoPort, Data: VerdictData, Comment: "vmap to drop or reject packets to service nodeports with no endpoints"})
 	addSet(&Set{Name: MapServiceEndpoints, Key: keyAddrProtoPortSlot, Data: EndpointData, Comment: "Endpoint of each slot of a ClusterIP, ExternalIP or LoadBalancer IP port"})
 	addSet(&Set{Name: MapNodePortEndpoints, Key: keyProtoPortSlot, Data: EndpointData, Comment: "Endpoint of each slot of a NodePort"})
+	addSet(&Set{Name: MapFirewallIPs, Key: keyAddrProtoPort, Data: VerdictData, Comment: "LoadBalancer IP ports with loadBalancerSourceRanges, to their firewall chains"})
 	addSet(&Set{Name: SetHairpin, Key: []KeyField{KeyAddr, KeyAddr}, Comment: "Local endpoints paired with themselves, to masquerade a pod that reaches itself through a Service"})
 
+	firewall := rule(CtStateNew{}, VmapLookup{Key: keyAddrProtoPort, Map: MapFirewallIPs})
 	addChain(&Chain{Name: ChainFilterPrerouting, Hook: baseHook("filter", "prerouting", priorityDstNAT-10),
-		Rules: []Rule{rule(CtStateNew{}, jump(ChainEndpointsCheck))}})
+		Rules: []Rule{firewall, rule(CtStateNew{}, jump(ChainEndpointsCheck))}})
 	addChain(&Chain{Name: ChainFilterOutput, Hook: baseHook("filter", "output", priorityDstNAT-10),
-		Rules: []Rule{rule(CtStateNew{}, jump(ChainEndpointsCheck))}})
+		Rules: []Rule{firewall, rule(CtStateNew{}, jump(ChainEndpointsCheck))}})
 	addChain(&Chain{Name: ChainFilterPreroutingPostNAT, Hook: baseHook("filter", "prerouting", priorityDstNAT+10),
 		Rules: []Rule{rule(CtStateNew{}, jump(ChainClusterIPsCheck))}})
 	addChain(&Chain{Name: ChainFilterOutputPostNAT, Hook: baseHook("filter", "output", priorityDstNAT+10),
@@ -269,14 +271,11 @@ func (b *builder) familyAddrs(addrs []netip.Addr) []netip.Addr {
 	return out
 }
 
-// usableEndpoints returns the endpoints new connections may go to: the ready ones of this
-// family or, when there are none, the serving ones that are terminating.
-func (b *builder) usableEndpoints(eps []Endpoint) []Endpoint {
+// usable returns the endpoints new connections may go to among eps: the ready ones or, when
+// there are none, the serving ones that are terminating.
+func usable(eps []Endpoint) []Endpoint {
 	var ready, terminating []Endpoint
 	for _, ep := range eps {
-		if !b.node.Family.Contains(ep.Addr) || ep.Port == 0 {
-			continue
-		}
 		switch {
 		case ep.Ready:
 			ready = append(ready, ep)
@@ -285,12 +284,70 @@ func (b *builder) usableEndpoints(eps []Endpoint) []Endpoint {
 		}
 	}
 	if len(ready) == 0 {
-		ready = terminating
+		return terminating
 	}
-	slices.SortFunc(ready, func(a, b Endpoint) int {
+	return ready
+}
+
+// endpointSets returns the endpoints of a Service port that new connections may go to: cluster
+// for traffic that may go to any node's endpoints, narrowed by topology hints, and local for
+// traffic that must stay on this node. Each is the ready endpoints of its kind or, when there
+// are none, the serving terminating ones, decided separately. Both are sorted.
+func (b *builder) endpointSets(eps []Endpoint) (cluster, local []Endpoint) {
+	valid := make([]Endpoint, 0, len(eps))
+	for _, ep := range eps {
+		if b.node.Family.Contains(ep.Addr) && ep.Port != 0 {
+			valid = append(valid, ep)
+		}
+	}
+	slices.SortFunc(valid, func(a, b Endpoint) int {
 		return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
 	})
-	return slices.CompactFunc(ready, func(a, b Endpoint) bool { return a.Addr == b.Addr && a.Port == b.Port })
+	valid = slices.CompactFunc(valid, func(a, b Endpoint) bool { return a.Addr == b.Addr && a.Port == b.Port })
+
+	var onNode []Endpoint
+	if b.node.NodeName != "" {
+		for _, ep := range valid {
+			if ep.NodeName == b.node.NodeName {
+				onNode = append(onNode, ep)
+			}
+		}
+	}
+	return b.topology(usable(valid)), usable(onNode)
+}
+
+// topology narrows the cluster endpoints by their hints: to those hinted for this node when
+// every endpoint carries node hints and one names this node (trafficDistribution
+// PreferSameNode), else to those hinted for this node's zone when every endpoint carries zone
+// hints and one names the zone (PreferSameZone, PreferClose, topology-aware routing).
+// Otherwise, or when nothing would be left, it keeps them all.
+func (b *builder) topology(eps []Endpoint) []Endpoint {
+	if len(eps) == 0 {
+		return eps
+	}
+	narrow := func(want string, hints func(Endpoint) []string) []Endpoint {
+		if want == "" {
+			return nil
+		}
+		var out []Endpoint
+		for _, ep := range eps {
+			h := hints(ep)
+			if len(h) == 0 {
+				return nil
+			}
+			if slices.Contains(h, want) {
+				out = append(out, ep)
+			}
+		}
+		return out
+	}
+	if out := narrow(b.node.NodeName, func(ep Endpoint) []string { return ep.NodeHints }); len(out) > 0 {
+		return out
+	}
+	if out := narrow(b.node.Zone, func(ep Endpoint) []string { return ep.ZoneHints }); len(out) > 0 {
+		return out
+	}
+	return eps
 }
 
 // service adds the elements and chains of one Service.
@@ -301,11 +358,13 @@ func (b *builder) service(svc *Service) {
 		return
 	}
 	clusterIP := clusterIPs[0]
-	external := slices.Concat(b.familyAddrs(svc.ExternalIPs), b.familyAddrs(svc.LoadBalancerIPs))
+	lbIPs := b.familyAddrs(svc.LoadBalancerIPs)
 	if svc.Type != LoadBalancer {
-		external = b.familyAddrs(svc.ExternalIPs)
+		lbIPs = nil
 	}
+	external := slices.Concat(b.familyAddrs(svc.ExternalIPs), lbIPs)
 	b.addElement(SetClusterIPs, Element{Addr: clusterIP})
+	firewall := b.firewall(svc, lbIPs)
 
 	for _, port := range svc.Ports {
 		if port.Port == 0 {
@@ -316,8 +375,13 @@ func (b *builder) service(svc *Service) {
 		if svc.Type == ClusterIP {
 			nodePort = 0
 		}
-		eps := b.usableEndpoints(port.Endpoints)
-		if len(eps) == 0 {
+		if firewall != "" {
+			for _, a := range lbIPs {
+				b.addElement(MapFirewallIPs, Element{Addr: a, Proto: port.Protocol, Port: port.Port, Verdict: jump(firewall), Comment: comment})
+			}
+		}
+		cluster, local := b.endpointSets(port.Endpoints)
+		if len(cluster) == 0 {
 			reject := goTo(ChainReject)
 			for _, a := range slices.Concat([]netip.Addr{clusterIP}, external) {
 				b.addElement(MapNoEndpointServices, Element{Addr: a, Proto: port.Protocol, Port: port.Port, Verdict: reject, Comment: comment})
@@ -327,29 +391,117 @@ func (b *builder) service(svc *Service) {
 			}
 			continue
 		}
+		b.hairpin(cluster)
+		b.hairpin(local)
 
-		slots := uint32(len(eps))
-		b.addElement(MapServiceIPs, Element{Addr: clusterIP, Proto: port.Protocol, Port: port.Port, Verdict: goTo(b.pickChain(Cluster, port.Protocol, slots)), Comment: comment})
-		b.slots(MapServiceEndpoints, Element{Addr: clusterIP, Proto: port.Protocol, Port: port.Port, Comment: comment}, eps)
-		for _, ep := range eps {
-			// Only a pod on this node can reach itself through this node's rules.
-			if ep.NodeName == "" || ep.NodeName == b.node.NodeName {
-				b.addElement(SetHairpin, Element{Addr: ep.Addr})
-			}
+		// Cluster traffic.
+		internal := cluster
+		if svc.InternalPolicyLocal {
+			internal = local
 		}
+		key := Element{Addr: clusterIP, Proto: port.Protocol, Port: port.Port, Comment: comment}
+		if len(internal) == 0 {
+			// Endpoints elsewhere, none here: internalTrafficPolicy Local drops.
+			key.Verdict = Verdict{Kind: Drop}
+			b.addElement(MapServiceIPs, key)
+		} else {
+			key.Verdict = goTo(b.pickChain(Cluster, port.Protocol, uint32(len(internal))))
+			b.addElement(MapServiceIPs, key)
+			b.slots(MapServiceEndpoints, key, 0, internal)
+		}
+
+		// External traffic: ExternalIPs and LoadBalancer IPs, then the NodePort.
+		var to Verdict
 		if len(external) > 0 {
-			to := goTo(b.pickChain(External, port.Protocol, slots))
-			for _, a := range external {
-				b.addElement(MapServiceIPs, Element{Addr: a, Proto: port.Protocol, Port: port.Port, Verdict: to, Comment: comment})
-				b.slots(MapServiceEndpoints, Element{Addr: a, Proto: port.Protocol, Port: port.Port, Comment: comment}, eps)
-			}
+			to = b.externalChain(svc, External, port.Protocol, cluster, local)
+		}
+		for _, a := range external {
+			key := Element{Addr: a, Proto: port.Protocol, Port: port.Port, Verdict: to, Comment: comment}
+			b.addElement(MapServiceIPs, key)
+			b.externalSlots(svc, MapServiceEndpoints, key, cluster, local)
 		}
 		if nodePort != 0 {
-			to := goTo(b.pickChain(NodePortPick, port.Protocol, slots))
-			b.addElement(MapServiceNodePorts, Element{Proto: port.Protocol, Port: nodePort, Verdict: to, Comment: comment})
-			b.slots(MapNodePortEndpoints, Element{Proto: port.Protocol, Port: nodePort, Comment: comment}, eps)
+			key := Element{Proto: port.Protocol, Port: nodePort, Comment: comment}
+			key.Verdict = b.externalChain(svc, NodePortPick, port.Protocol, cluster, local)
+			b.addElement(MapServiceNodePorts, key)
+			b.externalSlots(svc, MapNodePortEndpoints, key, cluster, local)
 		}
 	}
+}
+
+// hairpin adds the endpoints that may run on this node to the hairpin set: only a pod on
+// this node can reach itself through this node's rules.
+func (b *builder) hairpin(eps []Endpoint) {
+	for _, ep := range eps {
+		if ep.NodeName == "" || ep.NodeName == b.node.NodeName {
+			b.addElement(SetHairpin, Element{Addr: ep.Addr})
+		}
+	}
+}
+
+// externalChain adds the chain for kind traffic (External or NodePortPick) of a Service port
+// and returns the verdict that sends packets to it.
+func (b *builder) externalChain(svc *Service, kind PickKind, proto Protocol, cluster, local []Endpoint) Verdict {
+	if svc.ExternalPolicyLocal {
+		return goTo(b.localPickChain(kind, proto, uint32(len(cluster)), uint32(len(local))))
+	}
+	return goTo(b.pickChain(kind, proto, uint32(len(cluster))))
+}
+
+// externalSlots adds the endpoint slots of an external key: the cluster endpoints, followed
+// under externalTrafficPolicy Local by the local ones (slots len(cluster) onwards).
+func (b *builder) externalSlots(svc *Service, set string, key Element, cluster, local []Endpoint) {
+	b.slots(set, key, 0, cluster)
+	if svc.ExternalPolicyLocal {
+		b.slots(set, key, uint32(len(cluster)), local)
+	}
+}
+
+// firewall adds the firewall chain of a LoadBalancer Service whose loadBalancerSourceRanges
+// hold prefixes of this family, and returns its name ("" when it needs none). The chain
+// returns for allowed sources and drops the others.
+func (b *builder) firewall(svc *Service, lbIPs []netip.Addr) string {
+	if len(lbIPs) == 0 {
+		return ""
+	}
+	var ranges []netip.Prefix
+	for _, p := range svc.LoadBalancerSourceRanges {
+		if b.node.Family.Contains(p.Addr()) {
+			ranges = append(ranges, p.Masked())
+		}
+	}
+	if len(ranges) == 0 {
+		return ""
+	}
+	slices.SortFunc(ranges, func(x, y netip.Prefix) int {
+		return cmp.Or(x.Addr().Compare(y.Addr()), cmp.Compare(x.Bits(), y.Bits()))
+	})
+	ranges = slices.Compact(ranges)
+	c := &Chain{Name: FirewallChainName(svc.Name)}
+	for _, p := range ranges {
+		c.Rules = append(c.Rules, Rule{Exprs: []Expr{MatchSaddr{Prefix: p}, Verdict{Kind: Return}}})
+	}
+	if b.nodeInRanges(ranges) {
+		for _, a := range lbIPs {
+			c.Rules = append(c.Rules, Rule{Exprs: []Expr{MatchSaddr{Prefix: netip.PrefixFrom(a, a.BitLen())}, Verdict{Kind: Return}},
+				Comment: "a node address is in the source ranges: allow the LoadBalancer IPs"})
+		}
+	}
+	c.Rules = append(c.Rules, Rule{Exprs: []Expr{Verdict{Kind: Drop}}, Comment: "source not in loadBalancerSourceRanges"})
+	b.addChain(c)
+	return c.Name
+}
+
+// nodeInRanges reports whether one of this node's addresses lies in one of the prefixes.
+func (b *builder) nodeInRanges(ranges []netip.Prefix) bool {
+	for _, a := range b.node.NodeIPs {
+		for _, p := range ranges {
+			if p.Contains(a.Unmap()) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // PickKind is the kind of traffic an endpoint-picking chain handles.
@@ -397,12 +549,46 @@ func (b *builder) pickChain(kind PickKind, proto Protocol, slots uint32) string 
 	return name
 }
 
-// slots adds one element per endpoint to an endpoint map: key's fields with slots 0 to
-// len(eps)-1, in the endpoints' order.
-func (b *builder) slots(set string, key Element, eps []Endpoint) {
+// localPickChain adds (once per name) the chain for kind traffic (External or NodePortPick)
+// of proto Service ports with externalTrafficPolicy Local, cluster endpoints in all (slots 0 to
+// cluster-1) and local of them on this node (slots cluster to cluster+local-1), and returns
+// its name.
+//
+// Pods short-circuit to the cluster endpoints, as they would through the ClusterIP; the node
+// itself does too, masqueraded, since a reply to one of its own addresses could not find its
+// way back otherwise. Traffic from elsewhere keeps its source address and goes to a local
+// endpoint, or is dropped when this node has none, so that a load balancer's health check
+// (and its next packet) moves to a node that has one.
+func (b *builder) localPickChain(kind PickKind, proto Protocol, cluster, local uint32) string {
+	name := LocalPickChainName(kind, proto, cluster, local)
+	key, m := keyAddrProtoPort, MapServiceEndpoints
+	if kind == NodePortPick {
+		key, m = keyProtoPort, MapNodePortEndpoints
+	}
+	all := DNATSlot{Proto: proto, Key: key, Slots: cluster, Map: m}
+	c := &Chain{Name: name}
+	if cidr, ok := b.clusterCIDR(); ok {
+		c.Rules = append(c.Rules, Rule{Exprs: []Expr{MatchSaddr{Prefix: cidr}, all}, Comment: "pod traffic short-circuits to all endpoints"})
+	}
+	c.Rules = append(c.Rules,
+		Rule{Exprs: []Expr{FibSaddrLocal{}, jump(ChainMarkForMasquerade)}, Comment: "masquerade node traffic"},
+		Rule{Exprs: []Expr{FibSaddrLocal{}, all}, Comment: "node traffic goes to all endpoints"})
+	if local > 0 {
+		c.Rules = append(c.Rules, rule(DNATSlot{Proto: proto, Key: key, Slots: local, Offset: cluster, Map: m}))
+	} else {
+		c.Rules = append(c.Rules, Rule{Exprs: []Expr{Verdict{Kind: Drop}}, Comment: "no local endpoints"})
+	}
+	b.addChain(c)
+	return name
+}
+
+// slots adds one element per endpoint to an endpoint map: key's fields with slots first to
+// first+len(eps)-1, in the endpoints' order.
+func (b *builder) slots(set string, key Element, first uint32, eps []Endpoint) {
+	key.Verdict = Verdict{}
 	for i, ep := range eps {
 		e := key
-		e.Slot = uint32(i)
+		e.Slot = first + uint32(i)
 		e.Endpoint = netip.AddrPortFrom(ep.Addr, ep.Port)
 		b.addElement(set, e)
 	}

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -78,6 +79,23 @@ func TestNamesAreDistinctAndCommentsBounded(t *testing.T) {
 	p := ServicePort{Name: strings.Repeat("p", 15), Protocol: TCP, Port: 80}
 	if c := PortComment(ServiceName{Namespace: strings.Repeat("x", 200), Name: "y"}, p); len(c) > maxCommentLen {
 		t.Errorf("comment is %d bytes, want at most %d", len(c), maxCommentLen)
+	}
+}
+
+func TestIsServiceChain(t *testing.T) {
+	for _, name := range []string{"cluster-tcp-1", "external-udp-10", "nodeport-sctp-3",
+		"external-local-tcp-3-0", "nodeport-local-udp-2-1", "firewall-default/web"} {
+		if !IsServiceChain(name) {
+			t.Errorf("IsServiceChain(%q) = false", name)
+		}
+	}
+	for _, name := range []string{"cluster-tcp-0", "cluster-tcp-01", "cluster-icmp-1", "services", "foo",
+		"cluster-tcp-1-x", fmt.Sprintf("nodeport-tcp-%d", uint64(1)<<33), "cluster-local-tcp-1-1",
+		"external-local-tcp-0-0", "external-local-tcp-1", "firewall-", "firewall-default", "firewall-a/b/c",
+		"firewall-/web", "reject-chain"} {
+		if IsServiceChain(name) {
+			t.Errorf("IsServiceChain(%q) = true", name)
+		}
 	}
 }
 

@@ -2,10 +2,12 @@ package model
 
 import (
 	"strconv"
+	"strings"
 )
 
 // Names of the fixed objects of the table. Besides these, the table holds only the shared
-// endpoint-picking chains named by PickChainName.
+// endpoint-picking chains named by PickChainName and LocalPickChainName, and the firewall
+// chains of Services with loadBalancerSourceRanges, named by FirewallChainName.
 const (
 	ChainFilterPrerouting        = "filter-prerouting"
 	ChainFilterOutput            = "filter-output"
@@ -30,6 +32,7 @@ const (
 	SetHairpin             = "hairpin"
 	SetClusterIPs          = "cluster-ips"
 	SetNodePortIPs         = "nodeport-ips"
+	MapFirewallIPs         = "firewall-ips"
 )
 
 // MasqueradeMark is the packet mark bit that asks the postrouting chain to masquerade.
@@ -52,14 +55,85 @@ func PortComment(svc ServiceName, p ServicePort) string {
 // PickChainName names the shared chain that DNATs kind traffic of proto Service ports with
 // slots endpoints: "cluster-tcp-3", "external-udp-1", "nodeport-tcp-2".
 func PickChainName(kind PickKind, proto Protocol, slots uint32) string {
-	prefix := "cluster"
+	return pickPrefix(kind) + "-" + proto.String() + "-" + strconv.FormatUint(uint64(slots), 10)
+}
+
+// LocalPickChainName names the shared chain that handles kind traffic (External or
+// NodePortPick) of proto Service ports with externalTrafficPolicy Local, cluster endpoints in
+// all and local of them on this node: "external-local-tcp-3-1", "nodeport-local-udp-2-0".
+func LocalPickChainName(kind PickKind, proto Protocol, cluster, local uint32) string {
+	return pickPrefix(kind) + "-local-" + proto.String() + "-" + strconv.FormatUint(uint64(cluster), 10) +
+		"-" + strconv.FormatUint(uint64(local), 10)
+}
+
+func pickPrefix(kind PickKind) string {
 	switch kind {
 	case External:
-		prefix = "external"
+		return "external"
 	case NodePortPick:
-		prefix = "nodeport"
+		return "nodeport"
 	}
-	return prefix + "-" + proto.String() + "-" + strconv.FormatUint(uint64(slots), 10)
+	return "cluster"
+}
+
+// firewallPrefix starts the name of every firewall chain.
+const firewallPrefix = "firewall-"
+
+// FirewallChainName names the chain that checks the sources of traffic to a Service's
+// LoadBalancer IPs against its loadBalancerSourceRanges: "firewall-default/web". Namespace and
+// Service names are DNS labels, so the name is unique and a valid nft identifier.
+func FirewallChainName(svc ServiceName) string {
+	return firewallPrefix + svc.Namespace + "/" + svc.Name
+}
+
+// IsServiceChain reports whether name is one of the chains Build derives from Services (the
+// endpoint-picking chains and the firewall chains): the chains nftproxy creates and deletes as
+// Services come and go, as opposed to the fixed ones of the skeleton.
+func IsServiceChain(name string) bool {
+	if rest, ok := strings.CutPrefix(name, firewallPrefix); ok {
+		ns, svc, ok := strings.Cut(rest, "/")
+		return ok && ns != "" && svc != "" && !strings.Contains(svc, "/")
+	}
+	parts := strings.Split(name, "-")
+	local := len(parts) == 5 && parts[1] == "local"
+	if len(parts) != 3 && !local {
+		return false
+	}
+	var kind PickKind
+	switch parts[0] {
+	case "cluster":
+		kind = Cluster
+	case "external":
+		kind = External
+	case "nodeport":
+		kind = NodePortPick
+	default:
+		return false
+	}
+	var proto Protocol
+	pname := parts[1]
+	if local {
+		pname = parts[2]
+	}
+	for _, p := range []Protocol{TCP, UDP, SCTP} {
+		if p.String() == pname {
+			proto = p
+		}
+	}
+	if proto == 0 {
+		return false
+	}
+	num := func(s string) (uint32, bool) {
+		n, err := strconv.ParseUint(s, 10, 32)
+		return uint32(n), err == nil
+	}
+	if !local {
+		slots, ok := num(parts[2])
+		return ok && slots > 0 && PickChainName(kind, proto, slots) == name
+	}
+	cluster, ok1 := num(parts[3])
+	nlocal, ok2 := num(parts[4])
+	return ok1 && ok2 && kind != Cluster && cluster > 0 && LocalPickChainName(kind, proto, cluster, nlocal) == name
 }
 
 func truncate(s string, n int) string {

@@ -281,6 +281,8 @@ func renderExpr(fam Family, e Expr) string {
 		return "ct state new"
 	case FibDaddrLocal:
 		return "fib daddr type local"
+	case FibSaddrLocal:
+		return "fib saddr type local"
 	case DaddrNotLoopback:
 		if fam == IPv6 {
 			return "ip6 daddr != ::1"
@@ -336,7 +338,11 @@ func renderExpr(fam Family, e Expr) string {
 				fields = append(fields, e.Proto.String()+" dport")
 			}
 		}
-		fields = append(fields, fmt.Sprintf("numgen random mod %d", e.Slots))
+		ng := fmt.Sprintf("numgen random mod %d", e.Slots)
+		if e.Offset != 0 {
+			ng += fmt.Sprintf(" offset %d", e.Offset)
+		}
+		fields = append(fields, ng)
 		return fmt.Sprintf("dnat %s to %s map @%s", ip, strings.Join(fields, " . "), e.Map)
 	case CtStatusDNAT:
 		return "ct status dnat"

@@ -133,6 +133,10 @@ type CtStateNew struct{}
 // FibDaddrLocal matches packets whose destination is a local address: "fib daddr type local".
 type FibDaddrLocal struct{}
 
+// FibSaddrLocal matches packets whose source is a local address (sent by this node itself):
+// "fib saddr type local".
+type FibSaddrLocal struct{}
+
 // DaddrNotLoopback matches destinations outside the loopback range: "ip daddr != 127.0.0.0/8"
 // or "ip6 daddr != ::1".
 type DaddrNotLoopback struct{}
@@ -175,13 +179,15 @@ type Reject struct{ TCPReset bool }
 
 // DNATSlot rewrites the destination of a Proto packet to the endpoint that an endpoint map
 // holds for the packet's Key (fields of the packet) and a slot drawn uniformly at random
-// from 0 to Slots-1: "dnat ip to ip daddr . meta l4proto . tcp dport . numgen random mod 3
-// map @service-endpoints". Key must not contain KeySlot; the slot is appended to it.
+// from Offset to Offset+Slots-1: "dnat ip to ip daddr . meta l4proto . tcp dport . numgen
+// random mod 3 map @service-endpoints". Key must not contain KeySlot; the slot is appended to
+// it.
 type DNATSlot struct {
-	Proto Protocol
-	Key   []KeyField
-	Slots uint32
-	Map   string
+	Proto  Protocol
+	Key    []KeyField
+	Slots  uint32
+	Offset uint32
+	Map    string
 }
 
 // CtStatusDNAT matches packets of connections whose destination was NATed: "ct status dnat".
@@ -213,6 +219,7 @@ type Verdict struct {
 func (CtStateNew) isExpr()       {}
 func (FibDaddrLocal) isExpr()    {}
 func (DaddrNotLoopback) isExpr() {}
+func (FibSaddrLocal) isExpr()    {}
 func (MatchSaddr) isExpr()       {}
 func (DaddrInSet) isExpr()       {}
 func (VmapLookup) isExpr()       {}

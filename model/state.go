@@ -92,7 +92,18 @@ type Service struct {
 	ExternalIPs []netip.Addr
 	// LoadBalancerIPs holds status.loadBalancer.ingress[].ip, without ingresses in Proxy mode.
 	LoadBalancerIPs []netip.Addr
-	Ports           []ServicePort
+	// ExternalPolicyLocal is spec.externalTrafficPolicy Local (of a NodePort or LoadBalancer
+	// Service): external traffic goes only to endpoints on this node, unmasqueraded.
+	ExternalPolicyLocal bool
+	// InternalPolicyLocal is spec.internalTrafficPolicy Local: cluster traffic goes only to
+	// endpoints on this node.
+	InternalPolicyLocal bool
+	// LoadBalancerSourceRanges is spec.loadBalancerSourceRanges: when it holds prefixes of a
+	// family, only those sources reach the LoadBalancer IPs of that family.
+	LoadBalancerSourceRanges []netip.Prefix
+	// HealthCheckNodePort is spec.healthCheckNodePort, 0 when none.
+	HealthCheckNodePort uint16
+	Ports               []ServicePort
 }
 
 // ServicePort is one entry of spec.ports with the endpoints that serve it, matched by port
@@ -118,6 +129,10 @@ type Endpoint struct {
 	Terminating bool
 	// NodeName is the node the endpoint runs on, "" when unknown.
 	NodeName string
+	// ZoneHints and NodeHints are the EndpointSlice's hints.forZones and hints.forNodes: the
+	// zones and nodes whose proxies should prefer this endpoint. Nil when it has none.
+	ZoneHints []string
+	NodeHints []string
 }
 
 // NodeConfig is this node's configuration for one family: flags and facts about the node that
@@ -126,6 +141,12 @@ type NodeConfig struct {
 	Family Family
 	// NodeName is this node's name, which endpoints on this node carry.
 	NodeName string
+	// Zone is this node's topology.kubernetes.io/zone label, "" when it has none.
+	Zone string
+	// NodeIPs are this node's addresses from its Node object. A LoadBalancer Service whose
+	// loadBalancerSourceRanges contain one of them also admits its own LoadBalancer IPs as
+	// sources (traffic that a load balancer hairpins back through the node).
+	NodeIPs []netip.Addr
 	// ClusterCIDRs are the pod network ranges (--cluster-cidr); traffic to a ClusterIP from any
 	// other source is masqueraded. Empty disables that masquerade rule. Prefixes of the other
 	// family are ignored.

@@ -275,6 +275,12 @@ func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
 		}, nil
 
+	case model.FibSaddrLocal:
+		return []expr.Any{
+			&expr.Fib{Register: reg1, FlagSADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+		}, nil
+
 	case model.DaddrNotLoopback:
 		off, _ := e.addrField(false)
 		if e.family == model.IPv6 {
@@ -317,7 +323,7 @@ func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 		_, addrLen := e.addrField(false)
 		addrReg, portReg := uint32(reg1), register(addrLen/4)
 		return append(out,
-			&expr.Numgen{Register: register(word), Type: unix.NFT_NG_RANDOM, Modulus: x.Slots},
+			&expr.Numgen{Register: register(word), Type: unix.NFT_NG_RANDOM, Modulus: x.Slots, Offset: x.Offset},
 			&expr.Lookup{SourceRegister: reg1, SetName: x.Map, DestRegister: reg1, IsDestRegSet: true},
 			&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(e.fam), RegAddrMin: addrReg, RegAddrMax: addrReg,
 				RegProtoMin: portReg, RegProtoMax: portReg, Specified: true},

@@ -60,7 +60,10 @@ func newFakeTable(rs *model.Ruleset) *fakeTable {
 	return t
 }
 
-// ruleset returns the table as a Ruleset in canonical order.
+// ruleset returns the table as a Ruleset in canonical order: sets and fixed chains in the
+// order they were created, then the chains derived from Services sorted by name, as model.Build
+// orders them. (The kernel lists chains in creation order, so a chain deleted and created
+// again moves to the end there; the order means nothing to packets.)
 func (t *fakeTable) ruleset(fam model.Family) *model.Ruleset {
 	rs := &model.Ruleset{Family: fam}
 	for _, def := range t.sets {
@@ -68,7 +71,17 @@ func (t *fakeTable) ruleset(fam model.Family) *model.Ruleset {
 		s.Elements = slices.SortedFunc(maps.Values(t.elems[def.Name]), model.CompareElements)
 		rs.Sets = append(rs.Sets, &s)
 	}
+	var derived []string
 	for _, name := range t.order {
+		if model.IsServiceChain(name) {
+			derived = append(derived, name)
+			continue
+		}
+		c := t.chains[name]
+		rs.Chains = append(rs.Chains, &model.Chain{Name: c.Name, Hook: c.Hook, Rules: slices.Clone(c.Rules)})
+	}
+	slices.Sort(derived)
+	for _, name := range derived {
 		c := t.chains[name]
 		rs.Chains = append(rs.Chains, &model.Chain{Name: c.Name, Hook: c.Hook, Rules: slices.Clone(c.Rules)})
 	}

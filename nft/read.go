@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -837,7 +836,7 @@ func (r *reader) readChains(exp *expectation, out *model.Ruleset) (*model.Rulese
 			chains[name] = c
 			return nil
 		}
-		if def.hooked || def.extra || !isPickChain(name) {
+		if def.hooked || def.extra || !model.IsServiceChain(name) {
 			return fmt.Errorf("chain %s (%v) is not one nftproxy would create: %w", name, def, ErrIncompatible)
 		}
 		c := &model.Chain{Name: name}
@@ -883,27 +882,6 @@ func (r *reader) readChains(exp *expectation, out *model.Ruleset) (*model.Rulese
 	slices.SortFunc(unknown, func(a, b *model.Chain) int { return cmp.Compare(a.Name, b.Name) })
 	out.Chains = append(out.Chains, unknown...)
 	return out, nil
-}
-
-// isPickChain reports whether name is that of an endpoint-picking chain (model.PickChainName),
-// the only chains nftproxy creates besides the fixed ones.
-func isPickChain(name string) bool {
-	parts := strings.Split(name, "-")
-	if len(parts) != 3 {
-		return false
-	}
-	slots, err := strconv.ParseUint(parts[2], 10, 32)
-	if err != nil || slots == 0 {
-		return false
-	}
-	for _, kind := range []model.PickKind{model.Cluster, model.External, model.NodePortPick} {
-		for _, proto := range []model.Protocol{model.TCP, model.UDP, model.SCTP} {
-			if model.PickChainName(kind, proto, uint32(slots)) == name {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // attrString returns the string attribute typ of a message's attributes, or "".

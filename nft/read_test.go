@@ -1,7 +1,6 @@
 package nft
 
 import (
-	"fmt"
 	"net/netip"
 	"testing"
 
@@ -145,19 +144,6 @@ func hasField(key []model.KeyField, f model.KeyField) bool {
 		}
 	}
 	return false
-}
-
-func TestIsPickChain(t *testing.T) {
-	for _, name := range []string{"cluster-tcp-1", "external-udp-10", "nodeport-sctp-3"} {
-		if !isPickChain(name) {
-			t.Errorf("isPickChain(%q) = false", name)
-		}
-	}
-	for _, name := range []string{"cluster-tcp-0", "cluster-tcp-01", "cluster-icmp-1", "services", "foo", "cluster-tcp-1-x", fmt.Sprintf("nodeport-tcp-%d", uint64(1)<<33)} {
-		if isPickChain(name) {
-			t.Errorf("isPickChain(%q) = true", name)
-		}
-	}
 }
 
 func TestUdataString(t *testing.T) {

@@ -101,6 +101,8 @@ func (c *Config) NodeConfig(fam model.Family, nodeName string, node NodeInfo, lo
 	nc := model.NodeConfig{
 		Family:            fam,
 		NodeName:          nodeName,
+		Zone:              node.Zone,
+		NodeIPs:           node.addresses(fam),
 		ClusterCIDRs:      c.ClusterCIDRs,
 		MasqueradeAll:     c.MasqueradeAll,
 		NodePortAddresses: c.NodePortAddresses,
@@ -132,6 +134,18 @@ func (c *Config) NodeConfig(fam model.Family, nodeName string, node NodeInfo, lo
 		nc.LocalAddresses = slices.Compact(nc.LocalAddresses)
 	}
 	return nc
+}
+
+// addresses returns the node's InternalIPs and ExternalIPs of family fam, sorted.
+func (n NodeInfo) addresses(fam model.Family) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range slices.Concat(n.InternalIPs, n.ExternalIPs) {
+		if fam.Contains(a) {
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 // Desired builds the rulesets (IPv4, then IPv6) for a snapshot of objects.

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -255,6 +256,29 @@ func convertService(s *corev1.Service) (model.Service, error) {
 		ms.LoadBalancerIPs = append(ms.LoadBalancerIPs, addr)
 	}
 
+	if ms.Type == model.NodePort || ms.Type == model.LoadBalancer {
+		ms.ExternalPolicyLocal = s.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
+		if ms.ExternalPolicyLocal && ms.Type == model.LoadBalancer {
+			if p := s.Spec.HealthCheckNodePort; p < 0 || p > 65535 {
+				return ms, fmt.Errorf("spec.healthCheckNodePort %d out of range 0-65535", p)
+			}
+			ms.HealthCheckNodePort = uint16(s.Spec.HealthCheckNodePort)
+		}
+	}
+	if p := s.Spec.InternalTrafficPolicy; p != nil && *p == corev1.ServiceInternalTrafficPolicyLocal {
+		ms.InternalPolicyLocal = true
+	}
+	if ms.Type == model.LoadBalancer {
+		for i, r := range s.Spec.LoadBalancerSourceRanges {
+			// The API server accepts surrounding spaces, as kube-proxy does.
+			p, err := netip.ParsePrefix(strings.TrimSpace(r))
+			if err != nil {
+				return ms, fmt.Errorf("spec.loadBalancerSourceRanges[%d]: %w", i, err)
+			}
+			ms.LoadBalancerSourceRanges = append(ms.LoadBalancerSourceRanges, p.Masked())
+		}
+	}
+
 	type protoPort struct {
 		proto model.Protocol
 		port  int32
@@ -334,6 +358,7 @@ type sliceEndpoint struct {
 	addr                        netip.Addr
 	ready, serving, terminating bool
 	nodeName                    string
+	zoneHints, nodeHints        []string
 }
 
 // parsedSlice is the usable content of one EndpointSlice.
@@ -426,6 +451,14 @@ func parseSlice(es *discoveryv1.EndpointSlice) (parsedSlice, error) {
 		if ep.NodeName != nil {
 			se.nodeName = *ep.NodeName
 		}
+		if h := ep.Hints; h != nil {
+			for _, z := range h.ForZones {
+				se.zoneHints = append(se.zoneHints, z.Name)
+			}
+			for _, n := range h.ForNodes {
+				se.nodeHints = append(se.nodeHints, n.Name)
+			}
+		}
 		ps.endpoints = append(ps.endpoints, se)
 	}
 	return ps, errors.Join(errs...)
@@ -454,6 +487,8 @@ func portEndpoints(sp model.ServicePort, eps []parsedSlice) []model.Endpoint {
 				Serving:     se.serving,
 				Terminating: se.terminating,
 				NodeName:    se.nodeName,
+				ZoneHints:   se.zoneHints,
+				NodeHints:   se.nodeHints,
 			}
 			k := key{se.addr, port}
 			if j, ok := index[k]; ok {
