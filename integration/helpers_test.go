@@ -22,6 +22,8 @@ const (
 	nodeName = "node1"
 	// node2Name is the nodeName of endpoints on node2.
 	node2Name = "node2"
+	// nodeZone is node1's topology.kubernetes.io/zone label.
+	nodeZone = "zone-a"
 	// clusterCIDRs is --cluster-cidr: the pod networks of both nodes.
 	clusterCIDRs = topology.PodCIDRv4 + "," + topology.PodCIDRv6
 
@@ -86,7 +88,14 @@ type service struct {
 	ExternalIPs []string
 	// LoadBalancerIPs go to status.loadBalancer.ingress.
 	LoadBalancerIPs []string
-	Ports           []servicePort
+	// ExternalTrafficPolicy and InternalTrafficPolicy are "Local" or "" (Cluster).
+	ExternalTrafficPolicy string
+	InternalTrafficPolicy string
+	// LoadBalancerSourceRanges is spec.loadBalancerSourceRanges.
+	LoadBalancerSourceRanges []string
+	// HealthCheckNodePort is spec.healthCheckNodePort (0: none).
+	HealthCheckNodePort uint16
+	Ports               []servicePort
 	// Slices are the Service's EndpointSlices; none means no slice at all.
 	Slices []endpointSlice
 }
@@ -118,6 +127,10 @@ type endpoint struct {
 	Addr     netip.Addr
 	NodeName string
 	NotReady bool
+	// Terminating marks a not-ready endpoint that is terminating but still serving.
+	Terminating bool
+	// ZoneHints and NodeHints are hints.forZones and hints.forNodes.
+	ZoneHints, NodeHints []string
 }
 
 // podSlice returns a slice named name of the given family whose endpoints are the pods,
@@ -165,6 +178,18 @@ func (s service) yaml() string {
 	if len(s.ExternalIPs) > 0 {
 		w("  externalIPs: %s", flowList(s.ExternalIPs))
 	}
+	if s.ExternalTrafficPolicy != "" {
+		w("  externalTrafficPolicy: %s", s.ExternalTrafficPolicy)
+	}
+	if s.InternalTrafficPolicy != "" {
+		w("  internalTrafficPolicy: %s", s.InternalTrafficPolicy)
+	}
+	if len(s.LoadBalancerSourceRanges) > 0 {
+		w("  loadBalancerSourceRanges: %s", flowList(s.LoadBalancerSourceRanges))
+	}
+	if s.HealthCheckNodePort != 0 {
+		w("  healthCheckNodePort: %d", s.HealthCheckNodePort)
+	}
 	w("  ports:")
 	for _, p := range s.Ports {
 		w("  - name: %s", p.Name)
@@ -207,8 +232,23 @@ func (s service) yaml() string {
 		w("endpoints:")
 		for _, ep := range es.Endpoints {
 			w("- addresses: [%q]", ep.Addr.String())
-			w("  conditions: {ready: %t, serving: %t, terminating: false}", !ep.NotReady, !ep.NotReady)
+			w("  conditions: {ready: %t, serving: %t, terminating: %t}", !ep.NotReady, !ep.NotReady || ep.Terminating, ep.Terminating)
 			w("  nodeName: %s", ep.NodeName)
+			if len(ep.ZoneHints)+len(ep.NodeHints) > 0 {
+				w("  hints:")
+			}
+			if len(ep.ZoneHints) > 0 {
+				w("    forZones:")
+				for _, z := range ep.ZoneHints {
+					w("    - name: %s", z)
+				}
+			}
+			if len(ep.NodeHints) > 0 {
+				w("    forNodes:")
+				for _, n := range ep.NodeHints {
+					w("    - name: %s", n)
+				}
+			}
 		}
 	}
 	return b.String()
@@ -222,6 +262,7 @@ metadata:
   name: ` + nodeName + `
   labels:
     kubernetes.io/hostname: ` + nodeName + `
+    topology.kubernetes.io/zone: ` + nodeZone + `
 spec:
   podCIDR: "` + topology.Node1PodCIDRv4 + `"
   podCIDRs: ["` + topology.Node1PodCIDRv4 + `", "` + topology.Node1PodCIDRv6 + `"]
@@ -499,6 +540,20 @@ func checkRefused(t *testing.T, row string, from *topology.NetNS, network string
 		// retransmitted SYN (initial RTO 1s) was refused.
 		t.Errorf("%s: %s %s from %s refused after %v, want at once (within %v)",
 			row, network, target, from.Name, elapsed.Round(time.Millisecond), refusedWithin)
+	}
+}
+
+// checkDropped dials target over TCP once and fails the row unless the connection times out
+// (its packets are dropped), as opposed to being answered or refused.
+func checkDropped(t *testing.T, row string, from *topology.NetNS, target netip.AddrPort) {
+	t.Helper()
+	const timeout = 1500 * time.Millisecond
+	r, err := topology.Dial(from, "tcp", target, timeout)
+	switch {
+	case err == nil:
+		t.Errorf("%s: tcp %s from %s answered by %s (source %s), want dropped", row, target, from.Name, r.Server, r.Source)
+	case !topology.IsTimeout(err):
+		t.Errorf("%s: tcp %s from %s: %v, want dropped (a timeout)", row, target, from.Name, err)
 	}
 }
 

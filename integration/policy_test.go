@@ -1,0 +1,212 @@
+package integration
+
+// Real-traffic tests of traffic policies, terminating endpoints, topology hints and
+// loadBalancerSourceRanges (conventions in traffic_test.go). node1 runs the proxy; "local"
+// pods run on node1, "remote" ones on node2; "caller" is a node1 pod without servers.
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/nftproxy/nftproxy/integration/topology"
+)
+
+// clientSource expects every reply to carry the external client's own address.
+func (h *harness) clientSource(r topology.Reply) netip.Addr {
+	if r.Server.Addr().Is6() {
+		return h.tp.ClientIPv6
+	}
+	return h.tp.ClientIPv4
+}
+
+// TestTrafficExternalPolicyLocal: with externalTrafficPolicy Local, external clients reach only
+// node1's endpoint and it sees their own address; with no endpoint on node1 their packets are
+// dropped, while pods still short-circuit to every endpoint and node1 itself reaches them all,
+// masqueraded; a terminating but serving endpoint on node1 is used when it is node1's only one.
+func TestTrafficExternalPolicyLocal(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	local := h.pod(1, "local", httpPort)
+	remote := h.pod(2, "remote", httpPort)
+	caller := h.pod(1, "caller")
+
+	ports := []servicePort{withNodePort(portHTTP, 30280)}
+	h.apply(service{Name: "etp", Type: "LoadBalancer", ClusterIPs: []string{"10.96.20.10", "fd00:96::2010"},
+		ExternalIPs: []string{"198.51.100.10"}, LoadBalancerIPs: []string{"198.51.100.20"},
+		ExternalTrafficPolicy: "Local", HealthCheckNodePort: 32280,
+		Ports: ports, Slices: dualStackSlices("etp", ports, local, remote)})
+	nonePorts := []servicePort{withNodePort(portHTTP, 30281)}
+	h.apply(service{Name: "etp-none", Type: "NodePort", ClusterIPs: []string{"10.96.20.20"},
+		ExternalTrafficPolicy: "Local", Ports: nonePorts,
+		Slices: []endpointSlice{podSlice("etp-none-v4", false, nonePorts, remote)}})
+	termPorts := []servicePort{withNodePort(portHTTP, 30282)}
+	draining := podEndpoint(local, false)
+	draining.NotReady, draining.Terminating = true, true
+	h.apply(service{Name: "etp-terminating", Type: "NodePort", ClusterIPs: []string{"10.96.20.30"},
+		ExternalTrafficPolicy: "Local", Ports: termPorts,
+		Slices: []endpointSlice{{Name: "etp-terminating-v4", Ports: termPorts,
+			Endpoints: []endpoint{draining, podEndpoint(remote, false)}}}})
+	h.start()
+	h.waitReply(t, h.tp.Client, "tcp", at(h.tp.Node1ExternalIPv4, 30280))
+
+	for _, row := range []struct {
+		name   string
+		target netip.AddrPort
+	}{
+		{"NodePort", at(h.tp.Node1ExternalIPv4, 30280)},
+		{"NodePort/ipv6", at(h.tp.Node1ExternalIPv6, 30280)},
+		{"externalIP", addrPort("198.51.100.10:80")},
+		{"loadBalancerIP", addrPort("198.51.100.20:80")},
+	} {
+		t.Run("client/"+row.name, func(t *testing.T) {
+			name := fmt.Sprintf("client -> %s %s", row.name, row.target)
+			h.waitReply(t, h.tp.Client, "tcp", row.target)
+			replies := dialN(t, name, h.tp.Client, "tcp", row.target, 16)
+			checkServers(t, name, replies, []netip.AddrPort{at(local.Addr(row.target.Addr().Is6()), httpPort)}, 16)
+			checkSources(t, name, replies, h.clientSource)
+		})
+	}
+
+	t.Run("pod-short-circuits", func(t *testing.T) {
+		for _, target := range []netip.AddrPort{addrPort("198.51.100.20:80"), at(h.tp.Node1IPv4, 30280)} {
+			name := fmt.Sprintf("caller pod -> %s", target)
+			replies := dialN(t, name, caller.NS, "tcp", target, 30)
+			checkServers(t, name, replies, endpointsOf(false, httpPort, local, remote), 1)
+			checkSources(t, name, replies, sourceIs(caller.IPv4))
+		}
+	})
+	t.Run("node-masqueraded", func(t *testing.T) {
+		target := at(h.tp.Node1IPv4, 30280)
+		name := fmt.Sprintf("node1 -> %s", target)
+		replies := dialN(t, name, h.tp.Node1, "tcp", target, 30)
+		checkServers(t, name, replies, endpointsOf(false, httpPort, local, remote), 1)
+		checkSources(t, name, replies, masqueraded)
+	})
+
+	t.Run("no-local-endpoint", func(t *testing.T) {
+		checkDropped(t, "client -> NodePort of etp-none", h.tp.Client, at(h.tp.Node1ExternalIPv4, 30281))
+		name := "caller pod -> NodePort of etp-none"
+		replies := dialN(t, name, caller.NS, "tcp", at(h.tp.Node1IPv4, 30281), 4)
+		checkServers(t, name, replies, endpointsOf(false, httpPort, remote), 4)
+		checkSources(t, name, replies, sourceIs(caller.IPv4))
+	})
+
+	t.Run("terminating-local-endpoint", func(t *testing.T) {
+		target := at(h.tp.Node1ExternalIPv4, 30282)
+		name := fmt.Sprintf("client -> NodePort of etp-terminating %s", target)
+		replies := dialN(t, name, h.tp.Client, "tcp", target, 8)
+		checkServers(t, name, replies, endpointsOf(false, httpPort, local), 8)
+		checkSources(t, name, replies, h.clientSource)
+	})
+}
+
+// TestTrafficInternalPolicyLocal: with internalTrafficPolicy Local, a pod reaches only the
+// endpoint on its own node through the ClusterIP; with none there, its packets are dropped.
+func TestTrafficInternalPolicyLocal(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	local := h.pod(1, "local", httpPort)
+	remote := h.pod(2, "remote", httpPort)
+	caller := h.pod(1, "caller")
+	ports := []servicePort{portHTTP}
+	h.apply(service{Name: "itp", ClusterIPs: []string{"10.96.21.10", "fd00:96::2110"}, InternalTrafficPolicy: "Local",
+		Ports: ports, Slices: dualStackSlices("itp", ports, local, remote)})
+	h.apply(service{Name: "itp-none", ClusterIPs: []string{"10.96.21.20"}, InternalTrafficPolicy: "Local",
+		Ports: ports, Slices: []endpointSlice{podSlice("itp-none-v4", false, ports, remote)}})
+	h.start()
+
+	for _, v6 := range []bool{false, true} {
+		target := addrPort("10.96.21.10:80")
+		if v6 {
+			target = addrPort("[fd00:96::2110]:80")
+		}
+		t.Run(family(v6), func(t *testing.T) {
+			name := fmt.Sprintf("caller pod -> %s", target)
+			h.waitReply(t, caller.NS, "tcp", target)
+			replies := dialN(t, name, caller.NS, "tcp", target, 16)
+			checkServers(t, name, replies, endpointsOf(v6, httpPort, local), 16)
+			checkSources(t, name, replies, sourceIs(caller.Addr(v6)))
+		})
+	}
+	t.Run("no-local-endpoint", func(t *testing.T) {
+		checkDropped(t, "caller pod -> itp-none", caller.NS, addrPort("10.96.21.20:80"))
+	})
+}
+
+// TestTrafficTopologyHints: node1 is in zone-a. Endpoints hinted for zone-a are the only ones
+// used; node hints naming node1 win over zone hints; an endpoint without hints turns
+// filtering off.
+func TestTrafficTopologyHints(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	local := h.pod(1, "local", httpPort)
+	remote := h.pod(2, "remote", httpPort)
+	caller := h.pod(1, "caller")
+	ports := []servicePort{portHTTP}
+	hinted := func(p *topology.Pod, zone string, nodes ...string) endpoint {
+		ep := podEndpoint(p, false)
+		ep.ZoneHints, ep.NodeHints = []string{zone}, nodes
+		return ep
+	}
+	h.apply(service{Name: "zonal", ClusterIPs: []string{"10.96.23.10"}, Ports: ports,
+		Slices: []endpointSlice{{Name: "zonal-v4", Ports: ports,
+			Endpoints: []endpoint{hinted(local, "zone-b"), hinted(remote, nodeZone)}}}})
+	h.apply(service{Name: "same-node", ClusterIPs: []string{"10.96.23.20"}, Ports: ports,
+		Slices: []endpointSlice{{Name: "same-node-v4", Ports: ports,
+			Endpoints: []endpoint{hinted(local, nodeZone, nodeName), hinted(remote, nodeZone, node2Name)}}}})
+	h.apply(service{Name: "partial", ClusterIPs: []string{"10.96.23.30"}, Ports: ports,
+		Slices: []endpointSlice{{Name: "partial-v4", Ports: ports,
+			Endpoints: []endpoint{hinted(local, "zone-b"), podEndpoint(remote, false)}}}})
+	h.start()
+
+	for _, row := range []struct {
+		name   string
+		target netip.AddrPort
+		want   []*topology.Pod
+	}{
+		{"zone-hints", addrPort("10.96.23.10:80"), []*topology.Pod{remote}},
+		{"node-hints", addrPort("10.96.23.20:80"), []*topology.Pod{local}},
+		{"partial-hints", addrPort("10.96.23.30:80"), []*topology.Pod{local, remote}},
+	} {
+		t.Run(row.name, func(t *testing.T) {
+			name := fmt.Sprintf("caller pod -> %s (%s)", row.target, row.name)
+			h.waitReply(t, caller.NS, "tcp", row.target)
+			replies := dialN(t, name, caller.NS, "tcp", row.target, 30)
+			checkServers(t, name, replies, endpointsOf(false, httpPort, row.want...), 1)
+		})
+	}
+}
+
+// TestTrafficLoadBalancerSourceRanges: only sources inside loadBalancerSourceRanges reach a
+// LoadBalancer IP; others are dropped, and the Service's NodePort is not filtered.
+func TestTrafficLoadBalancerSourceRanges(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	local := h.pod(1, "local", httpPort)
+	remote := h.pod(2, "remote", httpPort)
+	allowedPorts := []servicePort{withNodePort(portHTTP, 30290)}
+	h.apply(service{Name: "allowed", Type: "LoadBalancer", ClusterIPs: []string{"10.96.22.10"},
+		LoadBalancerIPs: []string{"198.51.100.20"}, LoadBalancerSourceRanges: []string{topology.ClientNetIPv4},
+		Ports: allowedPorts, Slices: []endpointSlice{podSlice("allowed-v4", false, allowedPorts, local, remote)}})
+	deniedPorts := []servicePort{withNodePort(portHTTP, 30291)}
+	h.apply(service{Name: "denied", Type: "LoadBalancer", ClusterIPs: []string{"10.96.22.20"},
+		LoadBalancerIPs: []string{"198.51.100.21"}, LoadBalancerSourceRanges: []string{"192.0.2.0/24"},
+		Ports: deniedPorts, Slices: []endpointSlice{podSlice("denied-v4", false, deniedPorts, local, remote)}})
+	h.start()
+	h.waitReply(t, h.tp.Client, "tcp", addrPort("198.51.100.20:80"))
+
+	t.Run("in-range", func(t *testing.T) {
+		name := "client -> LB IP of allowed"
+		replies := dialN(t, name, h.tp.Client, "tcp", addrPort("198.51.100.20:80"), 16)
+		checkServers(t, name, replies, endpointsOf(false, httpPort, local, remote), 1)
+	})
+	t.Run("out-of-range", func(t *testing.T) {
+		checkDropped(t, "client -> LB IP of denied", h.tp.Client, addrPort("198.51.100.21:80"))
+	})
+	t.Run("nodeport-unfiltered", func(t *testing.T) {
+		name := "client -> NodePort of denied"
+		replies := dialN(t, name, h.tp.Client, "tcp", at(h.tp.Node1ExternalIPv4, 30291), 8)
+		checkServers(t, name, replies, endpointsOf(false, httpPort, local, remote), 1)
+	})
+}
