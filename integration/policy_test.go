@@ -5,9 +5,14 @@ package integration
 // pods run on node1, "remote" ones on node2; "caller" is a node1 pod without servers.
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/nftproxy/nftproxy/integration/topology"
 )
@@ -20,10 +25,40 @@ func (h *harness) clientSource(r topology.Reply) netip.Addr {
 	return h.tp.ClientIPv4
 }
 
+// healthCheck sends GET / to target from ns and returns the status and the decoded JSON body.
+func healthCheck(ns *topology.NetNS, target netip.AddrPort) (int, map[string]any, error) {
+	var conn net.Conn
+	err := ns.Do(func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", target.String(), 2*time.Second)
+		return err
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", target); err != nil {
+		return 0, nil, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		return resp.StatusCode, nil, fmt.Errorf("decode body: %w", err)
+	}
+	return resp.StatusCode, body, nil
+}
+
 // TestTrafficExternalPolicyLocal: with externalTrafficPolicy Local, external clients reach only
 // node1's endpoint and it sees their own address; with no endpoint on node1 their packets are
 // dropped, while pods still short-circuit to every endpoint and node1 itself reaches them all,
 // masqueraded; a terminating but serving endpoint on node1 is used when it is node1's only one.
+// The healthCheckNodePort of each LoadBalancer Service answers 200 where node1 has an
+// endpoint and 503 where it has none.
 func TestTrafficExternalPolicyLocal(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
@@ -40,6 +75,10 @@ func TestTrafficExternalPolicyLocal(t *testing.T) {
 	h.apply(service{Name: "etp-none", Type: "NodePort", ClusterIPs: []string{"10.96.20.20"},
 		ExternalTrafficPolicy: "Local", Ports: nonePorts,
 		Slices: []endpointSlice{podSlice("etp-none-v4", false, nonePorts, remote)}})
+	lbNonePorts := []servicePort{withNodePort(portHTTP, 30283)}
+	h.apply(service{Name: "etp-lb-none", Type: "LoadBalancer", ClusterIPs: []string{"10.96.20.40"},
+		LoadBalancerIPs: []string{"198.51.100.21"}, ExternalTrafficPolicy: "Local", HealthCheckNodePort: 32283,
+		Ports: lbNonePorts, Slices: []endpointSlice{podSlice("etp-lb-none-v4", false, lbNonePorts, remote)}})
 	termPorts := []servicePort{withNodePort(portHTTP, 30282)}
 	draining := podEndpoint(local, false)
 	draining.NotReady, draining.Terminating = true, true
@@ -90,6 +129,30 @@ func TestTrafficExternalPolicyLocal(t *testing.T) {
 		replies := dialN(t, name, caller.NS, "tcp", at(h.tp.Node1IPv4, 30281), 4)
 		checkServers(t, name, replies, endpointsOf(false, httpPort, remote), 4)
 		checkSources(t, name, replies, sourceIs(caller.IPv4))
+	})
+
+	t.Run("health-check-node-port", func(t *testing.T) {
+		for _, row := range []struct {
+			port  uint16
+			name  string
+			code  int
+			local float64
+		}{
+			{32280, "etp", http.StatusOK, 1},
+			{32283, "etp-lb-none", http.StatusServiceUnavailable, 0},
+		} {
+			target := at(h.tp.Node1ExternalIPv4, row.port)
+			code, body, err := healthCheck(h.tp.Client, target)
+			if err != nil {
+				t.Fatalf("client -> health check %s of %s: %v", target, row.name, err)
+			}
+			svc, _ := body["service"].(map[string]any)
+			if code != row.code || body["localEndpoints"] != row.local || body["serviceProxyHealthy"] != true ||
+				svc["namespace"] != "default" || svc["name"] != row.name {
+				t.Errorf("client -> health check %s of %s: %d %v, want %d with localEndpoints %v",
+					target, row.name, code, body, row.code, row.local)
+			}
+		}
 	})
 
 	t.Run("terminating-local-endpoint", func(t *testing.T) {

@@ -19,6 +19,7 @@ const (
 	logKeyNode     = "node"
 	logKeyObjects  = "objects"
 	logKeyFull     = "full"
+	logKeyService  = "service"
 )
 
 // Backoff bounds for retrying a failed sync.
@@ -52,6 +53,9 @@ type Proxy struct {
 	Metrics *Metrics
 	// Conntrack, when set, clears stale UDP flows.
 	Conntrack Conntrack
+	// ServiceHealth, when set, runs the health check servers of Services with
+	// externalTrafficPolicy Local.
+	ServiceHealth *ServiceHealthServers
 
 	mu      gosync.Mutex
 	objs    *Objects
@@ -178,6 +182,9 @@ func (p *Proxy) SyncOnce() error {
 	p.converter.Options = ConvertOptions{ServiceProxyName: p.Config.ServiceProxyName}
 	changes, bad := p.converter.Changes(*objs)
 	p.reportBad(bad)
+	if p.ServiceHealth != nil {
+		p.ServiceHealth.Update(changes)
+	}
 	node, _ := FindNode(objs.Nodes, p.NodeName)
 	p.syncer.SetNode(map[model.Family]model.NodeConfig{
 		model.IPv4: p.Config.NodeConfig(model.IPv4, p.NodeName, node, addrs),

@@ -198,6 +198,15 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		Metrics:       sync.NewMetrics(reg),
 		Conntrack:     sync.NewNetlinkConntrack(""),
 	}
+	proxy.ServiceHealth = &sync.ServiceHealthServers{
+		NodeName: node,
+		Log:      log,
+		ProxyHealthy: func() bool {
+			ok, _ := proxy.Health(time.Now())
+			return ok
+		},
+	}
+	defer proxy.ServiceHealth.Close()
 	if d.metricsAddress != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))

@@ -1,0 +1,226 @@
+package sync
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	gosync "sync"
+	"time"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// ServiceHealthServers runs the health check servers of LoadBalancer Services with
+// externalTrafficPolicy Local: one HTTP server per spec.healthCheckNodePort, answering every
+// GET with 200 while this node has a ready endpoint of the Service and the proxy is healthy,
+// and 503 otherwise, so that load balancers send external traffic only to nodes that can take
+// it. Servers start and stop as such Services come and go.
+type ServiceHealthServers struct {
+	// NodeName is this node's name: endpoints with it are local.
+	NodeName string
+	// ProxyHealthy reports the proxy's own health (nil: always healthy).
+	ProxyHealthy func() bool
+	// Listen opens a server's listener; nil means net.Listen("tcp", ":<port>") (every
+	// address, both families).
+	Listen func(port uint16) (net.Listener, error)
+	Log    *slog.Logger
+
+	mu gosync.Mutex
+	// services are the Services that want a server, by name.
+	services map[model.ServiceName]hcService
+	// servers are the running servers, by port.
+	servers map[uint16]*hcServer
+}
+
+// hcService is what a health check server needs to know of its Service.
+type hcService struct {
+	port  uint16
+	local int
+}
+
+// hcServer is one running health check server.
+type hcServer struct {
+	name model.ServiceName
+	srv  *http.Server
+	// local is the number of ready endpoints on this node, read by the handler.
+	mu    gosync.Mutex
+	local int
+}
+
+// want returns the port and local endpoint count of svc if it needs a health check server.
+func (h *ServiceHealthServers) want(svc *model.Service) (hcService, bool) {
+	if svc == nil || svc.Type != model.LoadBalancer || !svc.ExternalPolicyLocal || svc.HealthCheckNodePort == 0 {
+		return hcService{}, false
+	}
+	return hcService{port: svc.HealthCheckNodePort, local: LocalReadyEndpoints(svc, h.NodeName)}, true
+}
+
+// LocalReadyEndpoints counts the ready endpoints of svc on node: distinct addresses, per
+// family, the larger count of the two (a dual-stack pod has one address of each). Endpoints
+// that are only serving while terminating do not count: a load balancer should move new
+// traffic away from a node whose endpoints are going.
+func LocalReadyEndpoints(svc *model.Service, node string) int {
+	if node == "" {
+		return 0
+	}
+	seen := map[netip.Addr]bool{}
+	var v4, v6 int
+	for _, p := range svc.Ports {
+		for _, ep := range p.Endpoints {
+			if !ep.Ready || ep.NodeName != node || seen[ep.Addr] {
+				continue
+			}
+			seen[ep.Addr] = true
+			if ep.Addr.Is4() {
+				v4++
+			} else {
+				v6++
+			}
+		}
+	}
+	return max(v4, v6)
+}
+
+// Update applies changed Services (nil for those gone): servers start, stop or move to a
+// new port, and local endpoint counts change. A server that cannot listen is logged and tried
+// again on the next Update.
+func (h *ServiceHealthServers) Update(changes map[model.ServiceName]*model.Service) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.services == nil {
+		h.services = map[model.ServiceName]hcService{}
+		h.servers = map[uint16]*hcServer{}
+	}
+	for name, svc := range changes {
+		if want, ok := h.want(svc); ok {
+			h.services[name] = want
+		} else {
+			delete(h.services, name)
+		}
+	}
+	h.reconcile()
+}
+
+// reconcile starts, stops and updates servers to match h.services.
+func (h *ServiceHealthServers) reconcile() {
+	byPort := make(map[uint16]model.ServiceName, len(h.services))
+	for name, s := range h.services {
+		if other, taken := byPort[s.port]; taken {
+			// Two Services cannot share a healthCheckNodePort (the API server allocates
+			// them); if they claim one anyway, the first by name keeps it.
+			if model.CompareNames(other, name) < 0 {
+				continue
+			}
+		}
+		byPort[s.port] = name
+	}
+	for port, srv := range h.servers {
+		if name, ok := byPort[port]; !ok || name != srv.name {
+			h.stop(port, srv)
+		}
+	}
+	for port, name := range byPort {
+		srv := h.servers[port]
+		if srv == nil {
+			var err error
+			if srv, err = h.start(port, name); err != nil {
+				h.Log.Error("cannot serve health checks for Service", logKeyService, name.String(), "port", port, logKeyError, err)
+				continue
+			}
+			h.servers[port] = srv
+		}
+		srv.mu.Lock()
+		srv.local = h.services[name].local
+		srv.mu.Unlock()
+	}
+}
+
+func (h *ServiceHealthServers) start(port uint16, name model.ServiceName) (*hcServer, error) {
+	listen := h.Listen
+	if listen == nil {
+		listen = func(port uint16) (net.Listener, error) {
+			return net.Listen("tcp", ":"+strconv.Itoa(int(port)))
+		}
+	}
+	ln, err := listen(port)
+	if err != nil {
+		return nil, fmt.Errorf("listen on health check node port %d: %w", port, err)
+	}
+	s := &hcServer{name: name}
+	s.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		s.mu.Lock()
+		local := s.local
+		s.mu.Unlock()
+		h.respond(w, name, local)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			h.Log.Error("health check server stopped", logKeyService, name.String(), "port", port, logKeyError, err)
+		}
+	}()
+	h.Log.Info("serving health checks for Service", logKeyService, name.String(), "port", port)
+	return s, nil
+}
+
+func (h *ServiceHealthServers) stop(port uint16, s *hcServer) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := s.srv.Shutdown(ctx); err != nil {
+		s.srv.Close()
+	}
+	delete(h.servers, port)
+	h.Log.Info("stopped health checks for Service", logKeyService, s.name.String(), "port", port)
+}
+
+// Close stops every server.
+func (h *ServiceHealthServers) Close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for port, s := range h.servers {
+		h.stop(port, s)
+	}
+}
+
+// Ports returns the ports of the running servers.
+func (h *ServiceHealthServers) Ports() map[uint16]model.ServiceName {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[uint16]model.ServiceName, len(h.servers))
+	for port, s := range h.servers {
+		out[port] = s.name
+	}
+	return out
+}
+
+// serviceHealth is the JSON body of a health check answer, as kube-proxy's.
+type serviceHealth struct {
+	Service struct {
+		Namespace string `json:"namespace"`
+		Name      string `json:"name"`
+	} `json:"service"`
+	LocalEndpoints      int  `json:"localEndpoints"`
+	ServiceProxyHealthy bool `json:"serviceProxyHealthy"`
+}
+
+func (h *ServiceHealthServers) respond(w http.ResponseWriter, name model.ServiceName, local int) {
+	var body serviceHealth
+	body.Service.Namespace, body.Service.Name = name.Namespace, name.Name
+	body.LocalEndpoints = local
+	body.ServiceProxyHealthy = h.ProxyHealthy == nil || h.ProxyHealthy()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	// Load balancers that weigh nodes by it (as with kube-proxy) see the local count.
+	w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(local))
+	if local > 0 && body.ServiceProxyHealthy {
+		w.WriteHeader(http.StatusOK)
+	} else {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(body)
+}
