@@ -95,7 +95,9 @@ type service struct {
 	LoadBalancerSourceRanges []string
 	// HealthCheckNodePort is spec.healthCheckNodePort (0: none).
 	HealthCheckNodePort uint16
-	Ports               []servicePort
+	// AffinitySeconds, when not 0, sets sessionAffinity ClientIP with this timeout.
+	AffinitySeconds int
+	Ports           []servicePort
 	// Slices are the Service's EndpointSlices; none means no slice at all.
 	Slices []endpointSlice
 }
@@ -189,6 +191,10 @@ func (s service) yaml() string {
 	}
 	if s.HealthCheckNodePort != 0 {
 		w("  healthCheckNodePort: %d", s.HealthCheckNodePort)
+	}
+	if s.AffinitySeconds != 0 {
+		w("  sessionAffinity: ClientIP")
+		w("  sessionAffinityConfig: {clientIP: {timeoutSeconds: %d}}", s.AffinitySeconds)
 	}
 	w("  ports:")
 	for _, p := range s.Ports {

@@ -190,6 +190,11 @@ func (b *builder) skeleton() *Ruleset {
 	addSet(&Set{Name: MapServiceEndpoints, Key: keyAddrProtoPortSlot, Data: EndpointData, Comment: "Endpoint of each slot of a ClusterIP, ExternalIP or LoadBalancer IP port"})
 	addSet(&Set{Name: MapNodePortEndpoints, Key: keyProtoPortSlot, Data: EndpointData, Comment: "Endpoint of each slot of a NodePort"})
 	addSet(&Set{Name: MapFirewallIPs, Key: keyAddrProtoPort, Data: VerdictData, Comment: "LoadBalancer IP ports with loadBalancerSourceRanges, to their firewall chains"})
+	addSet(&Set{Name: MapAffinity, Key: []KeyField{KeySaddr, KeyAddr, KeyProto, KeyPort}, Data: EndpointData,
+		Dynamic: true, Size: AffinityMapSize,
+		Comment: "sessionAffinity ClientIP: the endpoint of each client"})
+	addSet(&Set{Name: MapAffinityServices, Key: keyAddrProtoPort, Data: VerdictData, Comment: "Service IP ports with sessionAffinity ClientIP, to the chains that record their clients"})
+	addSet(&Set{Name: MapAffinityNodePorts, Key: keyProtoPort, Data: VerdictData, Comment: "NodePorts with sessionAffinity ClientIP, to the chains that record their clients"})
 	addSet(&Set{Name: SetHairpin, Key: []KeyField{KeyAddr, KeyAddr}, Comment: "Local endpoints paired with themselves, to masquerade a pod that reaches itself through a Service"})
 
 	firewall := rule(CtStateNew{}, VmapLookup{Key: keyAddrProtoPort, Map: MapFirewallIPs})
@@ -206,7 +211,7 @@ func (b *builder) skeleton() *Ruleset {
 	addChain(&Chain{Name: ChainNATOutput, Hook: baseHook("nat", "output", priorityDstNAT),
 		Rules: []Rule{rule(jump(ChainServices))}})
 	addChain(&Chain{Name: ChainNATPostrouting, Hook: baseHook("nat", "postrouting", prioritySrcNAT),
-		Rules: []Rule{rule(jump(ChainMasquerading))}})
+		Rules: []Rule{rule(CtStatusDNAT{}, jump(ChainAffinityCheck)), rule(jump(ChainMasquerading))}})
 
 	addChain(&Chain{Name: ChainEndpointsCheck, Rules: []Rule{
 		rule(VmapLookup{Key: keyAddrProtoPort, Map: MapNoEndpointServices}),
@@ -226,6 +231,17 @@ func (b *builder) skeleton() *Ruleset {
 		rule(MarkSetXor{Bits: MasqueradeMark}),
 		rule(Masquerade{FullyRandom: true}),
 	}})
+	affinity := &Chain{Name: ChainAffinityCheck}
+	for _, nodePort := range []bool{false, true} {
+		m := MapAffinityServices
+		if nodePort {
+			m = MapAffinityNodePorts
+		}
+		for _, p := range []Protocol{TCP, UDP, SCTP} {
+			affinity.Rules = append(affinity.Rules, rule(CtOriginalVmap{Proto: p, NodePort: nodePort, Map: m}))
+		}
+	}
+	addChain(affinity)
 	addChain(&Chain{Name: ChainMarkForMasquerade, Rules: []Rule{rule(MarkSetOr{Bits: MasqueradeMark})}})
 	addChain(&Chain{Name: ChainReject, Rules: []Rule{rule(Reject{TCPReset: true}), rule(Reject{})}})
 	return rs
@@ -405,9 +421,10 @@ func (b *builder) service(svc *Service) {
 			key.Verdict = Verdict{Kind: Drop}
 			b.addElement(MapServiceIPs, key)
 		} else {
-			key.Verdict = goTo(b.pickChain(Cluster, port.Protocol, uint32(len(internal))))
+			key.Verdict = goTo(b.pickChain(Cluster, port.Protocol, uint32(len(internal)), svc.AffinityTimeout))
 			b.addElement(MapServiceIPs, key)
 			b.slots(MapServiceEndpoints, key, 0, internal)
+			b.affinity(svc, MapAffinityServices, key)
 		}
 
 		// External traffic: ExternalIPs and LoadBalancer IPs, then the NodePort.
@@ -419,14 +436,28 @@ func (b *builder) service(svc *Service) {
 			key := Element{Addr: a, Proto: port.Protocol, Port: port.Port, Verdict: to, Comment: comment}
 			b.addElement(MapServiceIPs, key)
 			b.externalSlots(svc, MapServiceEndpoints, key, cluster, local)
+			b.affinity(svc, MapAffinityServices, key)
 		}
 		if nodePort != 0 {
 			key := Element{Proto: port.Protocol, Port: nodePort, Comment: comment}
 			key.Verdict = b.externalChain(svc, NodePortPick, port.Protocol, cluster, local)
 			b.addElement(MapServiceNodePorts, key)
 			b.externalSlots(svc, MapNodePortEndpoints, key, cluster, local)
+			b.affinity(svc, MapAffinityNodePorts, key)
 		}
 	}
+}
+
+// affinity adds, for a Service with session affinity, the element of set that sends new
+// connections to key's address and port to the chain that records their clients' endpoints.
+func (b *builder) affinity(svc *Service, set string, key Element) {
+	if svc.AffinityTimeout == 0 {
+		return
+	}
+	record := AffinityRecordChainName(key.Proto, svc.AffinityTimeout)
+	b.addChain(&Chain{Name: record, Rules: []Rule{rule(RecordAffinity{Proto: key.Proto, Map: MapAffinity, Timeout: svc.AffinityTimeout})}})
+	e := Element{Addr: key.Addr, Proto: key.Proto, Port: key.Port, Verdict: goTo(record), Comment: key.Comment}
+	b.addElement(set, e)
 }
 
 // hairpin adds the endpoints that may run on this node to the hairpin set: only a pod on
@@ -443,9 +474,9 @@ func (b *builder) hairpin(eps []Endpoint) {
 // and returns the verdict that sends packets to it.
 func (b *builder) externalChain(svc *Service, kind PickKind, proto Protocol, cluster, local []Endpoint) Verdict {
 	if svc.ExternalPolicyLocal {
-		return goTo(b.localPickChain(kind, proto, uint32(len(cluster)), uint32(len(local))))
+		return goTo(b.localPickChain(kind, proto, uint32(len(cluster)), uint32(len(local)), svc.AffinityTimeout))
 	}
-	return goTo(b.pickChain(kind, proto, uint32(len(cluster))))
+	return goTo(b.pickChain(kind, proto, uint32(len(cluster)), svc.AffinityTimeout))
 }
 
 // externalSlots adds the endpoint slots of an external key: the cluster endpoints, followed
@@ -518,16 +549,21 @@ const (
 )
 
 // pickChain adds (once per name) the chain that DNATs kind traffic of proto Service ports with
-// the given number of endpoint slots, and returns its name.
+// the given number of endpoint slots and, unless affinity is 0, session affinity of affinity
+// seconds, and returns its name.
 //
 // These chains are shared by every Service port of the same protocol and endpoint count:
 // which endpoints are meant comes from the endpoint maps, keyed on the packet's destination
 // and the slot drawn. Sharing them keeps the number of chains (and of rules bound to the
 // endpoint maps, each of which costs the kernel a walk over the whole map) independent of
 // the number of Services.
-func (b *builder) pickChain(kind PickKind, proto Protocol, slots uint32) string {
+func (b *builder) pickChain(kind PickKind, proto Protocol, slots, affinity uint32) string {
 	name := PickChainName(kind, proto, slots)
+	if affinity > 0 {
+		name = AffinityPickChainName(name, affinity)
+	}
 	c := &Chain{Name: name}
+	key, m := keyAddrProtoPort, MapServiceEndpoints
 	switch kind {
 	case Cluster:
 		if b.node.MasqueradeAll {
@@ -535,18 +571,24 @@ func (b *builder) pickChain(kind PickKind, proto Protocol, slots uint32) string 
 		} else if cidr, ok := b.clusterCIDR(); ok {
 			c.Rules = append(c.Rules, rule(MatchSaddr{Prefix: cidr, Negate: true}, jump(ChainMarkForMasquerade)))
 		}
-		c.Rules = append(c.Rules, rule(DNATSlot{Proto: proto, Key: keyAddrProtoPort, Slots: slots, Map: MapServiceEndpoints}))
-	case External:
-		c.Rules = append(c.Rules,
-			Rule{Exprs: []Expr{jump(ChainMarkForMasquerade)}, Comment: "masquerade traffic from outside the cluster"},
-			rule(DNATSlot{Proto: proto, Key: keyAddrProtoPort, Slots: slots, Map: MapServiceEndpoints}))
-	case NodePortPick:
-		c.Rules = append(c.Rules,
-			Rule{Exprs: []Expr{jump(ChainMarkForMasquerade)}, Comment: "masquerade traffic from outside the cluster"},
-			rule(DNATSlot{Proto: proto, Key: keyProtoPort, Slots: slots, Map: MapNodePortEndpoints}))
+	case External, NodePortPick:
+		c.Rules = append(c.Rules, Rule{Exprs: []Expr{jump(ChainMarkForMasquerade)}, Comment: "masquerade traffic from outside the cluster"})
+		if kind == NodePortPick {
+			key, m = keyProtoPort, MapNodePortEndpoints
+		}
 	}
+	if affinity > 0 {
+		c.Rules = append(c.Rules, affinityRule(proto))
+	}
+	c.Rules = append(c.Rules, rule(DNATSlot{Proto: proto, Key: key, Slots: slots, Map: m}))
 	b.addChain(c)
 	return name
+}
+
+// affinityRule sends a client back to the endpoint it was last sent to, if it is remembered.
+func affinityRule(proto Protocol) Rule {
+	return Rule{Exprs: []Expr{DNATMap{Proto: proto, Key: []KeyField{KeySaddr, KeyAddr, KeyProto, KeyPort}, Map: MapAffinity}},
+		Comment: "session affinity"}
 }
 
 // localPickChain adds (once per name) the chain for kind traffic (External or NodePortPick)
@@ -559,20 +601,25 @@ func (b *builder) pickChain(kind PickKind, proto Protocol, slots uint32) string 
 // way back otherwise. Traffic from elsewhere keeps its source address and goes to a local
 // endpoint, or is dropped when this node has none, so that a load balancer's health check
 // (and its next packet) moves to a node that has one.
-func (b *builder) localPickChain(kind PickKind, proto Protocol, cluster, local uint32) string {
+func (b *builder) localPickChain(kind PickKind, proto Protocol, cluster, local, affinity uint32) string {
 	name := LocalPickChainName(kind, proto, cluster, local)
+	if affinity > 0 {
+		name = AffinityPickChainName(name, affinity)
+	}
 	key, m := keyAddrProtoPort, MapServiceEndpoints
 	if kind == NodePortPick {
 		key, m = keyProtoPort, MapNodePortEndpoints
 	}
 	all := DNATSlot{Proto: proto, Key: key, Slots: cluster, Map: m}
 	c := &Chain{Name: name}
+	c.Rules = append(c.Rules, Rule{Exprs: []Expr{FibSaddrLocal{}, jump(ChainMarkForMasquerade)}, Comment: "masquerade node traffic"})
+	if affinity > 0 {
+		c.Rules = append(c.Rules, affinityRule(proto))
+	}
 	if cidr, ok := b.clusterCIDR(); ok {
 		c.Rules = append(c.Rules, Rule{Exprs: []Expr{MatchSaddr{Prefix: cidr}, all}, Comment: "pod traffic short-circuits to all endpoints"})
 	}
-	c.Rules = append(c.Rules,
-		Rule{Exprs: []Expr{FibSaddrLocal{}, jump(ChainMarkForMasquerade)}, Comment: "masquerade node traffic"},
-		Rule{Exprs: []Expr{FibSaddrLocal{}, all}, Comment: "node traffic goes to all endpoints"})
+	c.Rules = append(c.Rules, Rule{Exprs: []Expr{FibSaddrLocal{}, all}, Comment: "node traffic goes to all endpoints"})
 	if local > 0 {
 		c.Rules = append(c.Rules, rule(DNATSlot{Proto: proto, Key: key, Slots: local, Offset: cluster, Map: m}))
 	} else {

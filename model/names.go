@@ -33,7 +33,16 @@ const (
 	SetClusterIPs          = "cluster-ips"
 	SetNodePortIPs         = "nodeport-ips"
 	MapFirewallIPs         = "firewall-ips"
+	MapAffinity            = "affinity"
+	MapAffinityServices    = "affinity-services"
+	MapAffinityNodePorts   = "affinity-nodeports"
+	ChainAffinityCheck     = "affinity-check"
 )
+
+// AffinityMapSize is the room of the affinity map: clients times Service addresses and ports
+// with session affinity that can be remembered at once. When it is full, new clients get no
+// affinity until entries expire.
+const AffinityMapSize = 1 << 20
 
 // MasqueradeMark is the packet mark bit that asks the postrouting chain to masquerade.
 // kube-proxy uses the same bit, so the two never disagree about what it means.
@@ -76,6 +85,25 @@ func pickPrefix(kind PickKind) string {
 	return "cluster"
 }
 
+// affinitySuffix ends the name of a picking chain of Service ports with session affinity.
+const affinitySuffix = "-affinity-"
+
+// AffinityPickChainName names the variant of picking chain base for Service ports with
+// session affinity of timeout seconds: "cluster-tcp-3-affinity-10800".
+func AffinityPickChainName(base string, timeout uint32) string {
+	return base + affinitySuffix + strconv.FormatUint(uint64(timeout), 10)
+}
+
+// recordPrefix starts the name of every affinity recording chain.
+const recordPrefix = "affinity-record-"
+
+// AffinityRecordChainName names the chain that records the endpoints of new proto
+// connections to Service ports with session affinity of timeout seconds:
+// "affinity-record-tcp-10800".
+func AffinityRecordChainName(proto Protocol, timeout uint32) string {
+	return recordPrefix + proto.String() + "-" + strconv.FormatUint(uint64(timeout), 10)
+}
+
 // firewallPrefix starts the name of every firewall chain.
 const firewallPrefix = "firewall-"
 
@@ -94,6 +122,29 @@ func IsServiceChain(name string) bool {
 		ns, svc, ok := strings.Cut(rest, "/")
 		return ok && ns != "" && svc != "" && !strings.Contains(svc, "/")
 	}
+	if rest, ok := strings.CutPrefix(name, recordPrefix); ok {
+		proto, secs, ok := strings.Cut(rest, "-")
+		timeout, err := strconv.ParseUint(secs, 10, 32)
+		if !ok || err != nil || timeout == 0 {
+			return false
+		}
+		for _, p := range []Protocol{TCP, UDP, SCTP} {
+			if p.String() == proto {
+				return AffinityRecordChainName(p, uint32(timeout)) == name
+			}
+		}
+		return false
+	}
+	if i := strings.LastIndex(name, affinitySuffix); i > 0 {
+		timeout, err := strconv.ParseUint(name[i+len(affinitySuffix):], 10, 32)
+		base := name[:i]
+		return err == nil && timeout > 0 && AffinityPickChainName(base, uint32(timeout)) == name && isPickChain(base)
+	}
+	return isPickChain(name)
+}
+
+// isPickChain reports whether name is that of a picking chain without session affinity.
+func isPickChain(name string) bool {
 	parts := strings.Split(name, "-")
 	local := len(parts) == 5 && parts[1] == "local"
 	if len(parts) != 3 && !local {

@@ -42,6 +42,9 @@ func renderSet(b *strings.Builder, fam Family, s *Set) {
 	}
 	fmt.Fprintf(b, "\t%s %s {\n", kind, s.Name)
 	fmt.Fprintf(b, "\t\t%s\n", setTypeLine(fam, s))
+	if s.Dynamic {
+		fmt.Fprintf(b, "\t\tsize %d\n\t\tflags dynamic,timeout\n", s.Size)
+	}
 	if s.Comment != "" {
 		fmt.Fprintf(b, "\t\tcomment %s\n", strconv.Quote(s.Comment))
 	}
@@ -80,6 +83,8 @@ func setTypeLine(fam Family, s *Set) string {
 			switch k {
 			case KeyAddr:
 				fields[i] = fam.String() + " daddr"
+			case KeySaddr:
+				fields[i] = fam.String() + " saddr"
 			case KeyProto:
 				fields[i] = "meta l4proto"
 			case KeyPort:
@@ -103,7 +108,7 @@ func setTypeLine(fam Family, s *Set) string {
 
 func keyTypeName(fam Family, k KeyField) string {
 	switch k {
-	case KeyAddr:
+	case KeyAddr, KeySaddr:
 		if fam == IPv6 {
 			return "ipv6_addr"
 		}
@@ -150,7 +155,7 @@ func KeyFieldLen(fam Family, k KeyField, concat bool) int {
 	switch k {
 	case KeySlot:
 		return 4
-	case KeyAddr:
+	case KeyAddr, KeySaddr:
 		if fam == IPv6 {
 			return 16
 		}
@@ -346,12 +351,53 @@ func renderExpr(fam Family, e Expr) string {
 		return fmt.Sprintf("dnat %s to %s map @%s", ip, strings.Join(fields, " . "), e.Map)
 	case CtStatusDNAT:
 		return "ct status dnat"
+	case DNATMap:
+		fields := make([]string, len(e.Key))
+		for i, k := range e.Key {
+			switch k {
+			case KeySaddr:
+				fields[i] = ip + " saddr"
+			case KeyAddr:
+				fields[i] = ip + " daddr"
+			case KeyProto:
+				fields[i] = "meta l4proto"
+			case KeyPort:
+				fields[i] = e.Proto.String() + " dport"
+			}
+		}
+		return fmt.Sprintf("dnat %s to %s map @%s", ip, strings.Join(fields, " . "), e.Map)
+	case RecordAffinity:
+		return fmt.Sprintf("meta l4proto %s update @%s { %s saddr . ct original %s daddr . meta l4proto . ct original proto-dst timeout %s : ct reply %s saddr . ct reply proto-src }",
+			e.Proto, e.Map, ip, ip, nftDuration(e.Timeout), ip)
+	case CtOriginalVmap:
+		if e.NodePort {
+			return fmt.Sprintf("meta l4proto %s meta l4proto . ct original proto-dst vmap @%s", e.Proto, e.Map)
+		}
+		return fmt.Sprintf("meta l4proto %s ct original %s daddr . meta l4proto . ct original proto-dst vmap @%s", e.Proto, ip, e.Map)
 	case SaddrDaddrInSet:
 		return fmt.Sprintf("%s saddr . %s daddr @%s", ip, ip, e.Set)
 	case Verdict:
 		return renderVerdict(e)
 	}
 	return fmt.Sprintf("unknown<%T>", e)
+}
+
+// nftDuration prints seconds as nft prints times: "3h", "1m30s", "1d".
+func nftDuration(secs uint32) string {
+	if secs == 0 {
+		return "0s"
+	}
+	var b strings.Builder
+	for _, u := range []struct {
+		n    uint32
+		unit string
+	}{{86400, "d"}, {3600, "h"}, {60, "m"}, {1, "s"}} {
+		if secs >= u.n {
+			fmt.Fprintf(&b, "%d%s", secs/u.n, u.unit)
+			secs %= u.n
+		}
+	}
+	return b.String()
 }
 
 func prefixString(p netip.Prefix) string {

@@ -50,6 +50,8 @@ const (
 	KeyPort
 	// KeySlot is an endpoint slot: the number "numgen random mod N" draws for a Service port.
 	KeySlot
+	// KeySaddr is a source address of the table's family: a client, in the affinity map.
+	KeySaddr
 )
 
 // DataKind is what the elements of a map map their keys to.
@@ -71,8 +73,12 @@ type Set struct {
 	// Key lists the key's fields; more than one makes a concatenation.
 	Key []KeyField
 	// Data is what elements map to; NoData makes a plain set.
-	Data     DataKind
-	Comment  string
+	Data    DataKind
+	Comment string
+	// Dynamic marks a set that the packet path fills ("flags dynamic,timeout"), with room
+	// for Size elements. nftproxy creates it but never lists, diffs or writes its elements.
+	Dynamic  bool
+	Size     uint32
 	Elements []Element
 }
 
@@ -190,6 +196,36 @@ type DNATSlot struct {
 	Map    string
 }
 
+// DNATMap rewrites the destination of a Proto packet to the endpoint that Map holds for the
+// packet's Key, when it holds one: "dnat ip to ip saddr . ip daddr . meta l4proto . tcp dport
+// map @affinity". When it holds none the rule does nothing and the chain goes on.
+type DNATMap struct {
+	Proto Protocol
+	Key   []KeyField
+	Map   string
+}
+
+// RecordAffinity remembers, in the dynamic map Map, which endpoint a new connection of
+// protocol Proto was sent to: key client . Service address . protocol . Service port (the
+// destination before DNAT, from conntrack), value the endpoint (where conntrack expects the
+// reply from); the entry expires Timeout seconds after the client's last new connection. It
+// runs after DNAT: "meta l4proto tcp update @affinity { ip saddr . ct original ip daddr .
+// meta l4proto . ct original proto-dst timeout 3h : ct reply ip saddr . ct reply proto-src }".
+type RecordAffinity struct {
+	Proto   Protocol
+	Map     string
+	Timeout uint32
+}
+
+// CtOriginalVmap looks up the destination a Proto connection had before DNAT in a verdict
+// map: "meta l4proto tcp ct original ip daddr . meta l4proto . ct original proto-dst vmap
+// @affinity-services", or without the address when NodePort is set.
+type CtOriginalVmap struct {
+	Proto    Protocol
+	NodePort bool
+	Map      string
+}
+
 // CtStatusDNAT matches packets of connections whose destination was NATed: "ct status dnat".
 type CtStatusDNAT struct{}
 
@@ -230,5 +266,8 @@ func (Masquerade) isExpr()       {}
 func (Reject) isExpr()           {}
 func (DNATSlot) isExpr()         {}
 func (CtStatusDNAT) isExpr()     {}
+func (DNATMap) isExpr()          {}
+func (RecordAffinity) isExpr()   {}
+func (CtOriginalVmap) isExpr()   {}
 func (SaddrDaddrInSet) isExpr()  {}
 func (Verdict) isExpr()          {}

@@ -103,7 +103,10 @@ type Service struct {
 	LoadBalancerSourceRanges []netip.Prefix
 	// HealthCheckNodePort is spec.healthCheckNodePort, 0 when none.
 	HealthCheckNodePort uint16
-	Ports               []ServicePort
+	// AffinityTimeout is the session affinity timeout in seconds (sessionAffinity ClientIP,
+	// sessionAffinityConfig.clientIP.timeoutSeconds); 0 means no affinity.
+	AffinityTimeout uint32
+	Ports           []ServicePort
 }
 
 // ServicePort is one entry of spec.ports with the endpoints that serve it, matched by port

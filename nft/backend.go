@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -34,6 +33,9 @@ type Backend interface {
 	Generation() (uint32, error)
 	// Delete removes nftproxy's tables of the given families, if they exist.
 	Delete(families ...model.Family) error
+	// PruneAffinity deletes the entries of fam's session affinity map for which keep
+	// returns false, and returns how many it deleted.
+	PruneAffinity(fam model.Family, keep func(AffinityEntry) bool) (int, error)
 }
 
 // Netlink is the Backend that talks to the kernel over netlink.
@@ -65,10 +67,8 @@ func (n *Netlink) dial() (*netlink.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netfilter netlink socket: %w", err)
 	}
-	if err := c.SetOption(netlink.ExtendedAcknowledge, true); err != nil {
-		_ = c.Close()
-		return nil, fmt.Errorf("enable extended acknowledgements: %w", err)
-	}
+	// No extended acknowledgements: netlink cannot decode capped errors that carry them
+	// and would lose the error number.
 	if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
 		_ = c.Close()
 		return nil, fmt.Errorf("cap acknowledgements: %w", err)
@@ -97,12 +97,7 @@ func (n *Netlink) Replace(rulesets ...*model.Ruleset) error {
 			return fmt.Errorf("encode %s table: %w", rs.Family, err)
 		}
 	}
-	t0 := time.Now()
-	err := n.commit(b)
-	if os.Getenv("PROBE") != "" {
-		fmt.Println("commit", time.Since(t0), len(b.msgs))
-	}
-	if err != nil {
+	if err := n.commit(b); err != nil {
 		return fmt.Errorf("replace nftproxy tables: %w", err)
 	}
 	return nil

@@ -140,12 +140,18 @@ type setSpec struct {
 	// has no named type; nil for sets declared with "type".
 	typeof  []byte
 	comment string
+	// dynamic makes a set the packet path fills ("flags dynamic,timeout", "size").
+	dynamic bool
+	size    uint32
 }
 
 func (b *batch) addSet(family byte, table string, s setSpec) {
 	var flags uint32
 	if s.dataType != 0 {
 		flags |= unix.NFT_SET_MAP
+	}
+	if s.dynamic {
+		flags |= unix.NFT_SET_EVAL | unix.NFT_SET_TIMEOUT
 	}
 	ae := newAttrs()
 	ae.String(unix.NFTA_SET_TABLE, table)
@@ -156,6 +162,12 @@ func (b *batch) addSet(family byte, table string, s setSpec) {
 	if s.dataType != 0 {
 		ae.Uint32(unix.NFTA_SET_DATA_TYPE, s.dataType)
 		ae.Uint32(unix.NFTA_SET_DATA_LEN, s.dataLen)
+	}
+	if s.size != 0 {
+		ae.Nested(unix.NFTA_SET_DESC, func(d *netlink.AttributeEncoder) error {
+			d.Uint32(unix.NFTA_SET_DESC_SIZE, s.size)
+			return nil
+		})
 	}
 	ae.Uint32(unix.NFTA_SET_ID, s.id)
 	var udata []byte
@@ -273,7 +285,7 @@ func (b *batch) addRule(family byte, table, chain string, exprs []expr.Any, comm
 	ae.String(unix.NFTA_RULE_CHAIN, chain)
 	ae.Nested(unix.NFTA_RULE_EXPRESSIONS, func(list *netlink.AttributeEncoder) error {
 		for _, x := range exprs {
-			data, err := expr.Marshal(family, x)
+			data, err := marshalExpr(family, x)
 			if err != nil {
 				return fmt.Errorf("marshal %T: %w", x, err)
 			}
@@ -285,6 +297,35 @@ func (b *batch) addRule(family byte, table, chain string, exprs []expr.Any, comm
 		ae.Bytes(unix.NFTA_RULE_USERDATA, appendUdataString(nil, udataRuleComment, comment))
 	}
 	b.add(family, unix.NFT_MSG_NEWRULE, netlink.Create|netlink.Append, ae)
+}
+
+// marshalExpr encodes one expression. google/nftables writes the direction of a ct
+// expression ("ct original", "ct reply") as four bytes, of which the kernel reads the first
+// (zero, whatever the direction), and leaves it out for the keys that name an address of one
+// family ("ct original ip daddr"), which the kernel then refuses; those are encoded here, as
+// nft does.
+func marshalExpr(family byte, x expr.Any) ([]byte, error) {
+	ct, ok := x.(*expr.Ct)
+	if !ok || ct.SourceRegister || !ctKeyHasDirection(ct.Key) {
+		return expr.Marshal(family, x)
+	}
+	var data []byte
+	data = appendNLA(data, unix.NFTA_CT_DREG, binary.BigEndian.AppendUint32(nil, ct.Register))
+	data = appendNLA(data, unix.NFTA_CT_KEY, binary.BigEndian.AppendUint32(nil, uint32(ct.Key)))
+	data = appendNLA(data, unix.NFTA_CT_DIRECTION, []byte{byte(ct.Direction)})
+	var out []byte
+	out = appendNLAString(out, unix.NFTA_EXPR_NAME, "ct")
+	return appendNLA(out, unix.NLA_F_NESTED|unix.NFTA_EXPR_DATA, data), nil
+}
+
+// ctKeyHasDirection reports whether a ct key reads one direction of the connection.
+func ctKeyHasDirection(k expr.CtKey) bool {
+	switch k {
+	case unix.NFT_CT_SRC, unix.NFT_CT_DST, unix.NFT_CT_PROTO_SRC, unix.NFT_CT_PROTO_DST,
+		unix.NFT_CT_SRC_IP, unix.NFT_CT_DST_IP, unix.NFT_CT_SRC_IP6, unix.NFT_CT_DST_IP6:
+		return true
+	}
+	return false
 }
 
 // appendUdataString appends a user-data TLV holding a NUL-terminated string, as libnftnl does.
@@ -364,22 +405,31 @@ func receiveAcks(conn *netlink.Conn, lastSeq, beginSeq uint32) error {
 		}
 		replies, err := conn.Receive()
 		if err != nil {
+			// netlink wraps every error, timeouts included, in an OpError: tell them apart
+			// first, or a rejected batch would spin here.
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if first != nil {
+					return first
+				}
+				return fmt.Errorf("receive nftables acknowledgements: %w", err)
+			}
 			var opErr *netlink.OpError
-			if errors.As(err, &opErr) {
-				// Receive turns error replies into errors; the sequence of the failed
-				// message is not available, so keep reading briefly for the rest.
-				if errors.Is(opErr.Err, unix.ERESTART) && first == nil {
+			if !errors.As(err, &opErr) {
+				return fmt.Errorf("receive nftables acknowledgements: %w", err)
+			}
+			// Receive turns error replies into errors; the sequence of the failed message
+			// is not available, so keep reading briefly for the rest.
+			if first == nil {
+				if errors.Is(opErr.Err, unix.ERESTART) {
 					first = ErrGenerationChanged
-				} else if first == nil {
+				} else {
 					first = fmt.Errorf("nftables rejected the batch: %w", err)
 				}
-				deadline = time.Now().Add(200 * time.Millisecond)
-				continue
 			}
-			if first != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-				return first
+			if d := time.Now().Add(200 * time.Millisecond); d.Before(deadline) {
+				deadline = d
 			}
-			return fmt.Errorf("receive nftables acknowledgements: %w", err)
+			continue
 		}
 		for _, r := range replies {
 			if r.Header.Sequence == lastSeq && r.Header.Type == netlink.Error {

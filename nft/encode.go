@@ -3,6 +3,7 @@ package nft
 import (
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -101,7 +102,7 @@ func (e *encoder) keyType(key []model.KeyField) (typ, length uint32) {
 	for _, k := range key {
 		t := uint32(typeInetService)
 		switch k {
-		case model.KeyAddr:
+		case model.KeyAddr, model.KeySaddr:
 			t = typeIPv4Addr
 			if e.family == model.IPv6 {
 				t = typeIPv6Addr
@@ -125,6 +126,8 @@ func (e *encoder) addSet(s *model.Set) {
 		keyType: typ,
 		keyLen:  length,
 		comment: s.Comment,
+		dynamic: s.Dynamic,
+		size:    s.Size,
 	}
 	switch s.Data {
 	case model.VerdictData:
@@ -233,6 +236,47 @@ func (e *encoder) ruleExprs(r model.Rule) ([]expr.Any, error) {
 	return out, nil
 }
 
+// ctDirOriginal selects conntrack's original direction (IP_CT_DIR_ORIGINAL): the addresses
+// and ports the connection had before NAT.
+const ctDirOriginal = 0
+
+// ctDirReply selects conntrack's reply direction (IP_CT_DIR_REPLY): the endpoint answers from
+// the address and port the connection was NATed to.
+const ctDirReply = 1
+
+// ctOriginalDaddr loads the destination address a connection had before NAT:
+// "ct original ip daddr".
+func (e *encoder) ctOriginalDaddr(reg uint32) *expr.Ct {
+	key := expr.CtKey(unix.NFT_CT_DST_IP)
+	if e.family == model.IPv6 {
+		key = unix.NFT_CT_DST_IP6
+	}
+	return &expr.Ct{Register: reg, Key: key, Direction: ctDirOriginal}
+}
+
+// dnatLookup returns the expressions of a DNAT to the endpoint that map m holds for the
+// packet's key fields (followed by ng's number when ng is not nil), for proto packets.
+func (e *encoder) dnatLookup(proto model.Protocol, key []model.KeyField, m string, ng *expr.Numgen) []expr.Any {
+	out := []expr.Any{
+		metaL4Proto(reg1),
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(proto)}},
+	}
+	load, word := e.loadKey(key, 0)
+	out = append(out, load...)
+	if ng != nil {
+		ng.Register = register(word)
+		out = append(out, ng)
+	}
+	// The endpoint comes back as the address, then the port in the next 32-bit word.
+	_, addrLen := e.addrField(false)
+	addrReg, portReg := uint32(reg1), register(addrLen/4)
+	return append(out,
+		&expr.Lookup{SourceRegister: reg1, SetName: m, DestRegister: reg1, IsDestRegSet: true},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(e.fam), RegAddrMin: addrReg, RegAddrMax: addrReg,
+			RegProtoMin: portReg, RegProtoMax: portReg, Specified: true},
+	)
+}
+
 // Header offsets of the fields nftproxy matches on.
 func (e *encoder) addrField(src bool) (offset, length uint32) {
 	if e.family == model.IPv6 {
@@ -313,20 +357,48 @@ func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 		if x.Slots == 0 {
 			return nil, fmt.Errorf("dnat to map %s with no slots", x.Map)
 		}
+		return e.dnatLookup(x.Proto, x.Key, x.Map, &expr.Numgen{Type: unix.NFT_NG_RANDOM, Modulus: x.Slots, Offset: x.Offset}), nil
+
+	case model.DNATMap:
+		return e.dnatLookup(x.Proto, x.Key, x.Map, nil), nil
+
+	case model.RecordAffinity:
+		// Key: client . Service address . protocol . Service port (the last three from
+		// conntrack's original direction); data: the endpoint, from its reply direction.
+		soff, n := e.addrField(true)
+		srcIP := expr.CtKey(unix.NFT_CT_SRC_IP)
+		if e.family == model.IPv6 {
+			srcIP = unix.NFT_CT_SRC_IP6
+		}
+		data := 2*n/4 + 2
+		return []expr.Any{
+			metaL4Proto(reg1),
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(x.Proto)}},
+			payloadNet(reg1, soff, n),
+			e.ctOriginalDaddr(register(n / 4)),
+			metaL4Proto(register(2 * n / 4)),
+			&expr.Ct{Register: register(2*n/4 + 1), Key: expr.CtKeyPROTODST, Direction: ctDirOriginal},
+			&expr.Ct{Register: register(data), Key: srcIP, Direction: ctDirReply},
+			&expr.Ct{Register: register(data + n/4), Key: expr.CtKeyPROTOSRC, Direction: ctDirReply},
+			&expr.Dynset{SrcRegKey: reg1, SrcRegData: register(data), SetName: x.Map,
+				Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: time.Duration(x.Timeout) * time.Second},
+		}, nil
+
+	case model.CtOriginalVmap:
 		out := []expr.Any{
 			metaL4Proto(reg1),
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(x.Proto)}},
 		}
-		load, word := e.loadKey(x.Key, 0)
-		out = append(out, load...)
-		// The endpoint comes back as the address, then the port in the next 32-bit word.
-		_, addrLen := e.addrField(false)
-		addrReg, portReg := uint32(reg1), register(addrLen/4)
+		word := uint32(0)
+		if !x.NodePort {
+			_, n := e.addrField(false)
+			out = append(out, e.ctOriginalDaddr(reg1))
+			word = n / 4
+		}
 		return append(out,
-			&expr.Numgen{Register: register(word), Type: unix.NFT_NG_RANDOM, Modulus: x.Slots, Offset: x.Offset},
-			&expr.Lookup{SourceRegister: reg1, SetName: x.Map, DestRegister: reg1, IsDestRegSet: true},
-			&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(e.fam), RegAddrMin: addrReg, RegAddrMax: addrReg,
-				RegProtoMin: portReg, RegProtoMax: portReg, Specified: true},
+			metaL4Proto(register(word)),
+			&expr.Ct{Register: register(word + 1), Key: expr.CtKeyPROTODST, Direction: ctDirOriginal},
+			&expr.Lookup{SourceRegister: reg1, SetName: x.Map, DestRegister: regVerdict, IsDestRegSet: true},
 		), nil
 
 	case model.CtStatusDNAT:
@@ -450,8 +522,8 @@ func (e *encoder) loadKey(key []model.KeyField, first uint32) ([]expr.Any, uint3
 	word := first
 	for _, k := range key {
 		switch k {
-		case model.KeyAddr:
-			off, n := e.addrField(false)
+		case model.KeyAddr, model.KeySaddr:
+			off, n := e.addrField(k == model.KeySaddr)
 			out = append(out, payloadNet(register(word), off, n))
 			word += n / 4
 		case model.KeyProto:

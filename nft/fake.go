@@ -28,6 +28,8 @@ type Fake struct {
 	Calls int
 	// Last holds the last successful transaction.
 	Last *Transaction
+	// affinity holds the affinity entries AddAffinity stood in for the packet path with.
+	affinity map[model.Family][]AffinityEntry
 }
 
 var _ Backend = (*Fake)(nil)
@@ -303,6 +305,36 @@ func (f *Fake) Tamper(fam model.Family, change func(rs *model.Ruleset)) {
 	change(rs)
 	f.tables[fam] = newFakeTable(rs)
 	f.gen++
+}
+
+// AddAffinity adds an entry to fam's affinity map, as the packet path would when a client
+// connects to a Service with session affinity.
+func (f *Fake) AddAffinity(fam model.Family, e AffinityEntry) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.affinity == nil {
+		f.affinity = map[model.Family][]AffinityEntry{}
+	}
+	f.affinity[fam] = append(f.affinity[fam], e)
+}
+
+// Affinity returns fam's affinity entries.
+func (f *Fake) Affinity(fam model.Family) []AffinityEntry {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.affinity[fam])
+}
+
+// PruneAffinity implements Backend.
+func (f *Fake) PruneAffinity(fam model.Family, keep func(AffinityEntry) bool) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	before := len(f.affinity[fam])
+	if before == 0 {
+		return 0, nil
+	}
+	f.affinity[fam] = slices.DeleteFunc(f.affinity[fam], func(e AffinityEntry) bool { return !keep(e) })
+	return before - len(f.affinity[fam]), nil
 }
 
 // Render returns the table of fam as nft would list it, or "" when there is none.

@@ -476,7 +476,12 @@ func normalizeExpr(fam byte, raw []byte) []byte {
 	var e expr.Any
 	switch name {
 	case "ct":
-		e = &expr.Ct{}
+		// The kernel reports the direction as one byte; google/nftables reads four.
+		ct, err := decodeCt(data)
+		if err != nil {
+			return nil
+		}
+		e = ct
 	case "bitwise":
 		e = &expr.Bitwise{}
 	case "cmp":
@@ -497,6 +502,8 @@ func normalizeExpr(fam byte, raw []byte) []byte {
 		e = &expr.Numgen{}
 	case "nat":
 		e = &expr.NAT{}
+	case "dynset":
+		e = &expr.Dynset{}
 	case "immediate":
 		imm := &expr.Immediate{}
 		if err := expr.Unmarshal(fam, data, imm); err != nil {
@@ -512,14 +519,41 @@ func normalizeExpr(fam byte, raw []byte) []byte {
 	default:
 		return nil
 	}
-	if err := expr.Unmarshal(fam, data, e); err != nil {
-		return nil
+	if _, decoded := e.(*expr.Ct); !decoded {
+		if err := expr.Unmarshal(fam, data, e); err != nil {
+			return nil
+		}
 	}
-	b, err := expr.Marshal(fam, e)
+	b, err := marshalExpr(fam, e)
 	if err != nil {
 		return nil
 	}
 	return b
+}
+
+// decodeCt decodes the attributes of a ct expression.
+func decodeCt(data []byte) (*expr.Ct, error) {
+	ad, err := netlink.NewAttributeDecoder(data)
+	if err != nil {
+		return nil, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	ct := &expr.Ct{}
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_CT_KEY:
+			ct.Key = expr.CtKey(ad.Uint32())
+		case unix.NFTA_CT_DREG:
+			ct.Register = ad.Uint32()
+		case unix.NFTA_CT_SREG:
+			ct.Register, ct.SourceRegister = ad.Uint32(), true
+		case unix.NFTA_CT_DIRECTION:
+			if b := ad.Bytes(); len(b) > 0 {
+				ct.Direction = uint32(b[0])
+			}
+		}
+	}
+	return ct, ad.Err()
 }
 
 // --- Reading ------------------------------------------------------------------------------
@@ -760,7 +794,8 @@ func (r *reader) readTable(exp *expectation) (*model.Ruleset, error) {
 		if _, ok := kernelSets[s.Name]; !ok {
 			return nil, fmt.Errorf("set %s: missing: %w", s.Name, ErrIncompatible)
 		}
-		out.Sets = append(out.Sets, &model.Set{Name: s.Name, Key: slices.Clone(s.Key), Data: s.Data, Comment: s.Comment})
+		out.Sets = append(out.Sets, &model.Set{Name: s.Name, Key: slices.Clone(s.Key), Data: s.Data, Comment: s.Comment,
+			Dynamic: s.Dynamic, Size: s.Size})
 	}
 	// The elements, each set over a socket of its own while this one reads the chains and
 	// rules: the kernel's cost of a set dump grows with the square of the set's size, and
@@ -768,6 +803,10 @@ func (r *reader) readTable(exp *expectation) (*model.Ruleset, error) {
 	setErrs := make([]error, len(out.Sets))
 	var wg sync.WaitGroup
 	for i, s := range out.Sets {
+		if s.Dynamic {
+			// The packet path owns its elements.
+			continue
+		}
 		wg.Go(func() {
 			setErrs[i] = r.readElementsApart(exp, s, len(exp.want.Sets[i].Elements))
 		})

@@ -22,7 +22,9 @@ const (
 	nftProtoDescIP   = 12 // PROTO_DESC_IP
 	nftProtoDescIP6  = 13 // PROTO_DESC_IP6
 	nftProtoDescTH   = 11 // PROTO_DESC_TH
+	nftIPHdrSaddr    = 11 // IPHDR_SADDR
 	nftIPHdrDaddr    = 12 // IPHDR_DADDR
+	nftIP6HdrSaddr   = 8  // IP6HDR_SADDR
 	nftIP6HdrDaddr   = 9  // IP6HDR_DADDR
 	nftTHHdrDport    = 2  // THDR_DPORT
 	nftMetaL4Proto   = 16 // NFT_META_L4PROTO
@@ -59,6 +61,13 @@ func typeofDaddr(fam model.Family) []byte {
 	return typeofPayload(nftProtoDescIP, nftIPHdrDaddr)
 }
 
+func typeofSaddr(fam model.Family) []byte {
+	if fam == model.IPv6 {
+		return typeofPayload(nftProtoDescIP6, nftIP6HdrSaddr)
+	}
+	return typeofPayload(nftProtoDescIP, nftIPHdrSaddr)
+}
+
 // typeofConcat describes a concatenation of the given expressions.
 func typeofConcat(fields ...[]byte) []byte {
 	var data []byte
@@ -76,6 +85,8 @@ func typeofUdata(fam model.Family, key []model.KeyField) []byte {
 		switch k {
 		case model.KeyAddr:
 			fields = append(fields, typeofDaddr(fam))
+		case model.KeySaddr:
+			fields = append(fields, typeofSaddr(fam))
 		case model.KeyProto:
 			fields = append(fields, typeofExpr(nftExprMeta, udataU32(0, nftMetaL4Proto)))
 		case model.KeyPort:

@@ -220,6 +220,9 @@ func ignoreService(s *corev1.Service, opts ConvertOptions) bool {
 	return false
 }
 
+// maxAffinitySeconds is the longest session affinity timeout the API accepts (one day).
+const maxAffinitySeconds = 86400
+
 // convertService converts everything of s but its endpoints.
 func convertService(s *corev1.Service) (model.Service, error) {
 	ms := model.Service{Name: model.ServiceName{Namespace: s.Namespace, Name: s.Name}}
@@ -267,6 +270,16 @@ func convertService(s *corev1.Service) (model.Service, error) {
 	}
 	if p := s.Spec.InternalTrafficPolicy; p != nil && *p == corev1.ServiceInternalTrafficPolicyLocal {
 		ms.InternalPolicyLocal = true
+	}
+	if s.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+		ms.AffinityTimeout = uint32(corev1.DefaultClientIPServiceAffinitySeconds)
+		if c := s.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			t := *c.ClientIP.TimeoutSeconds
+			if t < 1 || t > maxAffinitySeconds {
+				return ms, fmt.Errorf("spec.sessionAffinityConfig.clientIP.timeoutSeconds %d out of range 1-%d", t, maxAffinitySeconds)
+			}
+			ms.AffinityTimeout = uint32(t)
+		}
 	}
 	if ms.Type == model.LoadBalancer {
 		for i, r := range s.Spec.LoadBalancerSourceRanges {

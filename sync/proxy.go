@@ -195,6 +195,9 @@ func (p *Proxy) SyncOnce() error {
 	start := time.Now()
 	res, err := p.syncer.Sync()
 	took := time.Since(start)
+	for _, aerr := range p.syncer.AffinityErrors() {
+		p.Log.Warn("releasing session affinity failed", logKeyError, aerr)
+	}
 	for _, cerr := range p.syncer.ConntrackErrors() {
 		p.Log.Warn("clearing stale conntrack entries failed", logKeyError, cerr)
 		if p.Metrics != nil {
@@ -241,6 +244,9 @@ func (p *Proxy) SyncOnce() error {
 	}
 	if res.DriftRepaired {
 		p.Log.Warn("nftproxy's tables were changed behind its back; repaired them", logKeyObjects, res.Objects)
+	}
+	if res.AffinityReleased > 0 {
+		p.Log.Info("released session affinity of clients whose endpoint went away", "entries", res.AffinityReleased)
 	}
 	if res.Objects > 0 || res.Full {
 		p.Log.Info("synced rules", logKeyFull, res.Full, logKeyServices, res.Services, logKeyObjects, res.Objects,

@@ -34,6 +34,7 @@ type Syncer struct {
 	Conntrack Conntrack
 
 	conntrackErrs []error
+	affinityErrs  []error
 
 	node     map[model.Family]model.NodeConfig
 	services map[model.ServiceName]*model.Service
@@ -102,6 +103,9 @@ type SyncResult struct {
 	DriftRepaired bool
 	// Elements counts the elements of each set and map after the sync, per family.
 	Elements map[model.Family]map[string]int
+	// AffinityReleased counts the session affinity entries deleted because their endpoint
+	// went away.
+	AffinityReleased int
 }
 
 // NewSyncer returns a Syncer for the given families whose first sync is a full one.
@@ -247,6 +251,7 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 	res := SyncResult{Services: len(changes), Oldest: oldest(changes)}
 	tx := &nft.Transaction{}
 	var udp []udpChange
+	releases := map[model.Family][]model.Key{}
 	type undo struct {
 		t     *familyState
 		parts map[model.ServiceName]*model.Part
@@ -265,6 +270,7 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 			}
 			t.setPart(name, newPart, &touched)
 			udp = appendUDPChanges(udp, oldPart, newPart)
+			releases[fam] = appendAffinityReleases(releases[fam], oldPart, newPart)
 		}
 		undos = append(undos, undo{t, prev})
 		t.diffTouched(touched, tx)
@@ -282,6 +288,7 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 	}
 	s.afterCommit(tx)
 	s.clearConntrack(udp)
+	res.AffinityReleased = s.releaseAffinity(releases, false)
 	return res, nil
 }
 
@@ -405,6 +412,8 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 		}
 	}
 	s.clearConntrack(udp)
+	// Nor which endpoints clients are remembered with: check them all.
+	res.AffinityReleased = s.releaseAffinity(nil, true)
 	return res, nil
 }
 

@@ -1,0 +1,131 @@
+package nft
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// nftMsgDestroySetElem is NFT_MSG_DESTROYSETELEM (Linux 6.3): delete set elements, ignoring
+// the ones that do not exist. Affinity entries expire in the kernel on their own, so one may
+// be gone by the time it is deleted.
+const nftMsgDestroySetElem = 30
+
+// AffinityEntry is one client the affinity map remembers: new connections from Client to
+// Dst (a Service address and port, or a node address and NodePort) of protocol Proto go to
+// Endpoint while the entry lives.
+type AffinityEntry struct {
+	Client   netip.Addr
+	Dst      netip.AddrPort
+	Proto    model.Protocol
+	Endpoint netip.AddrPort
+}
+
+// PruneAffinity deletes the entries of fam's affinity map for which keep returns false and
+// returns how many it deleted. It lists the map (the packet path fills it) and deletes in one
+// batch; entries that expire meanwhile are no error.
+func (n *Netlink) PruneAffinity(fam model.Family, keep func(AffinityEntry) bool) (int, error) {
+	c, err := n.dial()
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	r, err := newReader(c, n.dial)
+	if err != nil {
+		return 0, err
+	}
+	addrLen := 4
+	if fam == model.IPv6 {
+		addrLen = 16
+	}
+	var drop [][]byte
+	ae := newAttrs()
+	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
+	ae.String(unix.NFTA_SET_ELEM_LIST_SET, model.MapAffinity)
+	err = r.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, nfproto(fam), ae, func(data []byte) error {
+		msg := attrIter{b: data}
+		for msg.next() {
+			if msg.typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				continue
+			}
+			list := attrIter{b: msg.data}
+			for list.next() {
+				key, value := elementKeyData(list.data)
+				e, ok := decodeAffinity(key, value, addrLen)
+				if !ok {
+					return fmt.Errorf("affinity element %x : %x: %w", key, value, ErrIncompatible)
+				}
+				if !keep(e) {
+					// The key aliases the reader's buffer, which the next message reuses.
+					drop = append(drop, slices.Clone(key))
+				}
+			}
+			if list.bad {
+				return errMalformed
+			}
+		}
+		if msg.bad {
+			return errMalformed
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("list %s affinity map: %w", fam, err)
+	}
+	if len(drop) == 0 {
+		return 0, nil
+	}
+	b := &batch{}
+	elems := make([]element, len(drop))
+	for i, k := range drop {
+		elems[i] = element{key: k}
+	}
+	b.setElems(nfproto(fam), nftMsgDestroySetElem, model.TableName, model.MapAffinity, elems)
+	if err := n.commit(b); err != nil {
+		return 0, fmt.Errorf("delete %d %s affinity entries: %w", len(drop), fam, err)
+	}
+	return len(drop), nil
+}
+
+// elementKeyData returns the key and data values of one dumped set element. They alias b.
+func elementKeyData(b []byte) (key, data []byte) {
+	it := attrIter{b: b}
+	for it.next() {
+		if it.typ != unix.NFTA_SET_ELEM_KEY && it.typ != unix.NFTA_SET_ELEM_DATA {
+			continue
+		}
+		v := attrIter{b: it.data}
+		for v.next() {
+			if v.typ == unix.NFTA_DATA_VALUE {
+				if it.typ == unix.NFTA_SET_ELEM_KEY {
+					key = v.data
+				} else {
+					data = v.data
+				}
+			}
+		}
+	}
+	return key, data
+}
+
+// decodeAffinity decodes an affinity map element: key client . address . protocol . port
+// (the last two padded to four bytes), data endpoint address . port (padded).
+func decodeAffinity(key, data []byte, addrLen int) (AffinityEntry, bool) {
+	if len(key) != 2*addrLen+8 || len(data) != addrLen+4 {
+		return AffinityEntry{}, false
+	}
+	client, _ := netip.AddrFromSlice(key[:addrLen])
+	dst, _ := netip.AddrFromSlice(key[addrLen : 2*addrLen])
+	proto := model.Protocol(key[2*addrLen])
+	port := binary.BigEndian.Uint16(key[2*addrLen+4:])
+	ep, _ := netip.AddrFromSlice(data[:addrLen])
+	epPort := binary.BigEndian.Uint16(data[addrLen:])
+	return AffinityEntry{Client: client, Dst: netip.AddrPortFrom(dst, port), Proto: proto,
+		Endpoint: netip.AddrPortFrom(ep, epPort)}, true
+}
