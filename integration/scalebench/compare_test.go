@@ -28,14 +28,48 @@ type result struct {
 	RSSCold, RSSRestart  int64   // peak RSS (VmHWM) of the first process and of the restarted one
 	CPUCold, CPURestart  float64 // CPU seconds of the first process and of the restarted one
 	Samples              int
-	Err                  string
+	// Connect times from a pod to the probe Service's ClusterIP (median and p90), through the
+	// rules of a proxy that saw only the probe Service and through those with all N+1 Services;
+	// Connects timed of each.
+	ConnOne, ConnOneP90 time.Duration
+	ConnN, ConnNP90     time.Duration
+	Connects            int
+	Err                 string
 }
 
+// proxyKind is one proxy configuration under test.
 type proxyKind struct {
-	name, table string
-	args        func(kubeconfig string) []string
-	bin         string
+	name  string // as shown in the report
+	short string // for namespaces and log files
+	table string
+	args  func(kubeconfig string) []string
+	bin   string
+	// changeOnly limits the run to the cold sync and the single changes (no data plane, no
+	// restart, no resource figures).
+	changeOnly bool
 }
+
+// Names of the proxy configurations (keys of a run's results).
+const (
+	nftName         = "nftproxy"
+	kubeName        = "kube-proxy"
+	nftDefaultsName = "nftproxy (default --min-sync-period)"
+)
+
+// config holds the run's parameters.
+type config struct {
+	m        int // endpoints per Service
+	samples  int // single changes per proxy
+	connects int // timed connects per data-plane measurement
+}
+
+// changeGap is the pause after each single change's sync is seen, before the next change: more
+// than twice the default --min-sync-period (1 s) of both proxies, so each change finds the proxy
+// idle (nftproxy at its default syncs again up to 1 s after a change to delete stale chains).
+const changeGap = 2500 * time.Millisecond
+
+// connectWarmup untimed connects from each client pod precede a data-plane measurement.
+const connectWarmup = 200
 
 func TestScaleCompare(t *testing.T) {
 	if os.Getenv(enableEnv) != "1" {
@@ -54,64 +88,105 @@ func TestScaleCompare(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := ms[0]
+	connects, err := envInts(connectsEnv, []int{2000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config{m: ms[0], samples: samples[0], connects: connects[0]}
+	if cfg.samples > 1000 {
+		t.Fatalf("%s=%d: at most 1000 (the single changes' addresses)", samplesEnv, cfg.samples)
+	}
 	out := os.Getenv(outEnv)
 	if out == "" {
 		out = filepath.Join(repoRoot(), "docs", "benchmarks")
 	}
 
 	bins := t.TempDir()
+	nftBin := buildNFTProxy(t, bins)
+	nftArgs := func(minSync ...string) func(string) []string {
+		return func(kc string) []string {
+			return append([]string{"run", "--kubeconfig", kc, "--hostname-override", scale.NodeName(0),
+				"--cluster-cidr", "10.128.0.0/9",
+				"--metrics-bind-address", "127.0.0.1:10249", "--healthz-bind-address", "127.0.0.1:10256"}, minSync...)
+		}
+	}
 	proxies := []proxyKind{
-		{name: "nftproxy", table: "nftproxy", bin: buildNFTProxy(t, bins), args: func(kc string) []string {
-			return []string{"run", "--kubeconfig", kc, "--hostname-override", scale.NodeName(0),
-				"--cluster-cidr", "10.128.0.0/9", "--min-sync-period=0",
-				"--metrics-bind-address", "127.0.0.1:10249", "--healthz-bind-address", "127.0.0.1:10256"}
-		}},
-		{name: "kube-proxy", table: "kube-proxy", bin: kubeProxyBin(t), args: func(kc string) []string {
+		{name: nftName, short: "nftproxy", table: "nftproxy", bin: nftBin, args: nftArgs("--min-sync-period=0")},
+		{name: kubeName, short: "kube-proxy", table: "kube-proxy", bin: kubeProxyBin(t), args: func(kc string) []string {
 			return []string{"--proxy-mode=nftables", "--conntrack-max-per-core=0",
 				"--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
 				"--kubeconfig", kc, "--hostname-override", scale.NodeName(0),
 				"--cluster-cidr", "10.128.0.0/9",
 				"--metrics-bind-address", "127.0.0.1:10249", "--healthz-bind-address", "127.0.0.1:10256"}
 		}},
+		{name: nftDefaultsName, short: "nftproxy-defaults", table: "nftproxy", bin: nftBin, args: nftArgs(), changeOnly: true},
 	}
 
 	all := map[int]map[string]*result{}
 	var done []int
 	for _, n := range ns {
 		ok := t.Run(fmt.Sprintf("N=%d", n), func(t *testing.T) {
-			all[n] = runN(t, n, m, samples[0], proxies)
+			all[n] = runN(t, n, cfg, proxies)
 		})
 		if all[n] != nil {
 			done = append(done, n)
 		}
-		writeFile(t, filepath.Join(out, "results.md"), []byte(report(done, m, all)))
-		writeFile(t, filepath.Join(out, "sync-time.svg"), []byte(chart(done, all)))
+		writeFile(t, filepath.Join(out, "results.md"), []byte(report(done, cfg, all)))
+		writeFile(t, filepath.Join(out, "sync-time.svg"), []byte(svgChart(done, all)))
+		img, err := pngChart(done, all)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(out, "sync-time.png"), img)
 		if !ok {
 			break
 		}
 	}
 }
 
-func runN(t *testing.T, n, m, samples int, proxies []proxyKind) map[string]*result {
+func runN(t *testing.T, n int, cfg config, proxies []proxyKind) map[string]*result {
 	if n > 65000 {
 		t.Fatalf("N=%d: the service CIDR %s holds ~65k ClusterIPs", n, apiserver.ServiceCIDR)
 	}
 	apiNS := topology.NewNetNS(t, "api")
 	srv := apiserver.Start(t, apiserver.Options{NetNS: apiNS})
-	cfg := srv.AdminConfig()
-	cfg.QPS, cfg.Burst = 1000, 2000
-	cs := kubernetes.NewForConfigOrDie(cfg)
-	begin := time.Now()
-	populate(t, cs, n, m)
-	t.Logf("created %d Services and EndpointSlices (x%d endpoints) in %v", n, m, time.Since(begin).Round(time.Millisecond))
+	rc := srv.AdminConfig()
+	rc.QPS, rc.Burst = 1000, 2000
+	cs := kubernetes.NewForConfigOrDie(rc)
+	setup(t, cs)
 
 	res := map[string]*result{}
 	for _, pk := range proxies {
-		r := &result{}
-		res[pk.name] = r
-		if err := measure(t, srv, cs, pk, n, m, samples, r); err != nil {
-			r.Err = err.Error()
+		res[pk.name] = &result{}
+	}
+	// Data plane with 1 Service: a fresh proxy in a fresh namespace programs the probe Service
+	// while the API server holds only it (and default/kubernetes); the proxy is then killed and
+	// its rules stay, to be measured against the N Services' namespace later, interleaved.
+	one := map[string]*topology.NetNS{}
+	for _, pk := range proxies {
+		if pk.changeOnly {
+			continue
+		}
+		client, err := programOne(t, srv, pk)
+		if err != nil {
+			res[pk.name].Err = err.Error()
+			t.Errorf("%s, 1 Service: %v", pk.name, err)
+			continue
+		}
+		one[pk.name] = client
+	}
+
+	begin := time.Now()
+	populate(t, cs, n, cfg.m)
+	t.Logf("created %d Services and EndpointSlices (x%d endpoints) in %v", n, cfg.m, time.Since(begin).Round(time.Millisecond))
+
+	for i, pk := range proxies {
+		r := res[pk.name]
+		if err := measure(t, srv, cs, pk, n, i, cfg, one[pk.name], r); err != nil {
+			if r.Err != "" {
+				r.Err += "; "
+			}
+			r.Err += err.Error()
 			t.Errorf("%s: %v", pk.name, err)
 		}
 		t.Logf("%s N=%d: %+v", pk.name, n, *r)
@@ -119,16 +194,10 @@ func runN(t *testing.T, n, m, samples int, proxies []proxyKind) map[string]*resu
 	return res
 }
 
-// populate creates the Namespaces, the benchmark Node, and N Services with one EndpointSlice
-// of m ready endpoints each (internal/scale's addresses), with many requests in flight.
-func populate(t *testing.T, cs kubernetes.Interface, n, m int) {
+// setup creates the benchmark Node and the probe Service with its EndpointSlice (one ready
+// endpoint on this node: the server pod's listener).
+func setup(t *testing.T, cs kubernetes.Interface) {
 	ctx := t.Context()
-	for i := range min(n, 100) {
-		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("ns%d", i)}}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatalf("create namespace: %v", err)
-		}
-	}
 	node, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: scale.NodeName(0),
 		Labels: map[string]string{"kubernetes.io/hostname": scale.NodeName(0)}}}, metav1.CreateOptions{})
 	if err != nil {
@@ -137,6 +206,45 @@ func populate(t *testing.T, cs kubernetes.Interface, n, m int) {
 	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: nodeIP}}
 	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("node status: %v", err)
+	}
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: probeNamespace}}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create namespace: %v", err)
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: probeName, Namespace: probeNamespace},
+		Spec: corev1.ServiceSpec{
+			Type:      corev1.ServiceTypeClusterIP,
+			ClusterIP: probeVIP.Addr().String(),
+			Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: int32(probeVIP.Port()),
+				TargetPort: intstr.FromInt32(int32(probeBackend.Port()))}},
+		},
+	}
+	if _, err := cs.CoreV1().Services(probeNamespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create probe service: %v", err)
+	}
+	port, pname, proto, ready, nodeName := int32(probeBackend.Port()), "http", corev1.ProtocolTCP, true, scale.NodeName(0)
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: probeName + "-1", Namespace: probeNamespace,
+			Labels: map[string]string{discoveryv1.LabelServiceName: probeName}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &pname, Protocol: &proto, Port: &port}},
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{probeBackend.Addr().String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &nodeName}},
+	}
+	if _, err := cs.DiscoveryV1().EndpointSlices(probeNamespace).Create(ctx, es, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create probe slice: %v", err)
+	}
+}
+
+// populate creates the Namespaces and N Services with one EndpointSlice
+// of m ready endpoints each (internal/scale's addresses), with many requests in flight.
+func populate(t *testing.T, cs kubernetes.Interface, n, m int) {
+	ctx := t.Context()
+	for i := range min(n, 100) {
+		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("ns%d", i)}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("create namespace: %v", err)
+		}
 	}
 	work := make(chan int)
 	errs := make(chan error, 1)
@@ -213,22 +321,57 @@ func slice(i, m, j int, addr string) *discoveryv1.EndpointSlice {
 	return es
 }
 
-// measure runs one proxy in a fresh namespace: cold sync, restart, single changes.
-func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk proxyKind, n, m, samples int, r *result) error {
-	ns := proxyNS(t, pk.name[:2], srv)
+// syncTimeout bounds each wait for a proxy's sync at N Services ($SCALEBENCH_SYNC_TIMEOUT).
+func syncTimeout(n int) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("SCALEBENCH_SYNC_TIMEOUT")); err == nil {
+		return d
+	}
+	return 10*time.Minute + time.Duration(n)*10*time.Millisecond
+}
+
+// programOne runs a fresh proxy in a fresh namespace (with the pods) while the API server holds
+// only the probe Service, waits until the probe answers through it, and kills it: its rules stay
+// in the namespace. It returns the namespace's client pod.
+func programOne(t *testing.T, srv *apiserver.Server, pk proxyKind) (*topology.NetNS, error) {
+	ns := proxyNS(t, pk.short[:2]+"1", srv)
+	client := attachPods(t, ns)
 	dir := t.TempDir()
 	kc := filepath.Join(dir, "kubeconfig")
 	srv.WriteKubeconfig(t, kc, apiserver.AdminUser)
-	logPath := filepath.Join(dir, pk.name+".log")
-	timeout := 10*time.Minute + time.Duration(n)*10*time.Millisecond
-	if d, err := time.ParseDuration(os.Getenv("SCALEBENCH_SYNC_TIMEOUT")); err == nil {
-		timeout = d
+	start := time.Now()
+	p := startProc(t, ns, filepath.Join(dir, pk.short+"-1svc.log"), pk.bin, pk.args(kc)...)
+	defer p.kill()
+	if err := waitProbe(client, p, syncTimeout(1)); err != nil {
+		return nil, err
 	}
+	t.Logf("%s, 1 Service: probe reachable after %v", pk.name, time.Since(start).Round(time.Millisecond))
+	time.Sleep(2 * time.Second) // as after the cold sync at N: deferred work (stale chains) done
+	return client, nil
+}
+
+func dur(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// measure runs one proxy in a fresh namespace with all N+1 Services: cold sync, data plane
+// (against one, the client pod of programOne's namespace), restart, single changes; with
+// pk.changeOnly only the cold sync and the single changes. idx (the proxy's place in the list)
+// keeps the changes' addresses apart from the other proxies' (which changed the same
+// EndpointSlices before), so that each change is a real one.
+func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk proxyKind, n, idx int, cfg config, one *topology.NetNS, r *result) error {
+	ns := proxyNS(t, pk.short[:2], srv)
+	var client *topology.NetNS
+	if !pk.changeOnly {
+		client = attachPods(t, ns)
+	}
+	dir := t.TempDir()
+	kc := filepath.Join(dir, "kubeconfig")
+	srv.WriteKubeconfig(t, kc, apiserver.AdminUser)
+	logPath := filepath.Join(dir, pk.short+".log")
+	timeout := syncTimeout(n)
 
 	// 1. Cold sync.
 	start := time.Now()
 	p := startProc(t, ns, logPath, pk.bin, pk.args(kc)...)
-	at, err := waitSynced(ns, p, pk.table, n, start, timeout)
+	at, err := waitSynced(ns, p, pk.table, n+1, start, timeout)
 	if err != nil {
 		return fmt.Errorf("cold sync: %w", err)
 	}
@@ -239,12 +382,35 @@ func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk pr
 	t.Logf("%s: cold sync %v (own metric %.3fs)", pk.name, r.ColdSync, r.OwnCold)
 	time.Sleep(2 * time.Second) // let the proxy settle (deferred work, GC)
 
-	// 2. Restart with the rules in place.
+	if pk.changeOnly {
+		r.Samples, r.ChangeMed, r.ChangeP90, r.OwnChange, err = changes(t, cs, ns, p, n, idx, cfg)
+		p.kill()
+		return err
+	}
 	hwm1, cpu1, _ := p.stats()
+
+	// 2. Data plane: with the proxy killed (its rules stay), connects through this namespace
+	// (N+1 Services) and through programOne's (1 Service), interleaved. Skipped when
+	// programOne failed (one is nil).
 	p.kill()
+	if one != nil {
+		if err := waitProbe(client, nil, time.Minute); err != nil {
+			return fmt.Errorf("N Services: %w", err)
+		}
+		d1, dn, err := connectPair(one, client, cfg.connects)
+		if err != nil {
+			return err
+		}
+		r.ConnOne, r.ConnOneP90 = dur(median(d1)), dur(quantile(d1, 0.9))
+		r.ConnN, r.ConnNP90 = dur(median(dn)), dur(quantile(dn, 0.9))
+		r.Connects = len(dn)
+		t.Logf("%s: connect median %v p90 %v (1 Service: %v %v)", pk.name, r.ConnN, r.ConnNP90, r.ConnOne, r.ConnOneP90)
+	}
+
+	// 3. Restart with the rules in place.
 	start = time.Now()
 	p = startProc(t, ns, logPath, pk.bin, pk.args(kc)...)
-	at, err = waitSynced(ns, p, pk.table, n, start, timeout)
+	at, err = waitSynced(ns, p, pk.table, n+1, start, timeout)
 	if err != nil {
 		return fmt.Errorf("restart: %w", err)
 	}
@@ -252,26 +418,45 @@ func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk pr
 	t.Logf("%s: restart %v", pk.name, r.Restart)
 	time.Sleep(2 * time.Second)
 
-	// 3. Single endpoint replaced, samples times, each on another Service.
+	// 4. Single changes.
+	r.Samples, r.ChangeMed, r.ChangeP90, r.OwnChange, err = changes(t, cs, ns, p, n, idx, cfg)
+	if err != nil {
+		return err
+	}
+	hwm2, cpu2, err := p.stats()
+	if err != nil {
+		return err
+	}
+	r.RSSCold, r.RSSRestart = hwm1, hwm2
+	r.CPUCold, r.CPURestart = cpu1, cpu2
+	p.kill()
+	return nil
+}
+
+// changes replaces one endpoint of one EndpointSlice, cfg.samples times, each on another
+// Service, and measures from just before the API request until the namespace's ruleset
+// generation changes with the proxy's sync counter rising. It returns the number of samples,
+// their median and p90, and the median of the proxy's own sync duration per change.
+func changes(t *testing.T, cs kubernetes.Interface, ns *topology.NetNS, p *proc, n, idx int, cfg config) (int, time.Duration, time.Duration, float64, error) {
 	var lat, own []float64
 	ctx := t.Context()
-	for s := range samples {
+	for s := range cfg.samples {
 		i := (s*7919 + 13) % n
 		name := scale.Name(i)
-		addr := fmt.Sprintf("10.127.%d.%d", s/250, s%250+1) // outside every other endpoint
+		addr := fmt.Sprintf("10.127.%d.%d", idx*4+s/250, s%250+1) // outside every other endpoint
 		before, err := metrics(ns)
 		if err != nil {
-			return err
+			return 0, 0, 0, 0, err
 		}
 		gen0, err := generation(ns)
 		if err != nil {
-			return err
+			return 0, 0, 0, 0, err
 		}
-		es := slice(i, m, s%m, addr)
+		es := slice(i, cfg.m, s%cfg.m, addr)
 		es.Annotations = map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": time.Now().Format(time.RFC3339Nano)}
 		t0 := time.Now()
 		if _, err := cs.DiscoveryV1().EndpointSlices(name.Namespace).Update(ctx, es, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("update slice: %w", err)
+			return 0, 0, 0, 0, fmt.Errorf("update slice: %w", err)
 		}
 		var seen time.Time
 		deadline := t0.Add(2 * time.Minute)
@@ -279,7 +464,7 @@ func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk pr
 		for time.Now().Before(deadline) {
 			g, err := generation(ns)
 			if err != nil {
-				return err
+				return 0, 0, 0, 0, err
 			}
 			if g != gen {
 				seen = time.Now()
@@ -294,7 +479,7 @@ func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk pr
 			time.Sleep(2 * time.Millisecond)
 		}
 		if seen.IsZero() {
-			return fmt.Errorf("change %d: no sync seen within 2m:\n%s", s, p.tail())
+			return 0, 0, 0, 0, fmt.Errorf("change %d: no sync seen within 2m:\n%s", s, p.tail())
 		}
 		lat = append(lat, seen.Sub(t0).Seconds())
 		if after, err := metrics(ns); err == nil {
@@ -304,20 +489,9 @@ func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk pr
 				own = append(own, ds/dc)
 			}
 		}
-		time.Sleep(1200 * time.Millisecond) // beyond kube-proxy's default --min-sync-period (1s)
+		time.Sleep(changeGap)
 	}
-	r.Samples = len(lat)
-	r.ChangeMed = time.Duration(median(lat) * float64(time.Second))
-	r.ChangeP90 = time.Duration(quantile(lat, 0.9) * float64(time.Second))
-	r.OwnChange = median(own)
-	hwm2, cpu2, err := p.stats()
-	if err != nil {
-		return err
-	}
-	r.RSSCold, r.RSSRestart = hwm1, hwm2
-	r.CPUCold, r.CPURestart = cpu1, cpu2
-	p.kill()
-	return nil
+	return len(lat), dur(median(lat)), dur(quantile(lat, 0.9)), median(own), nil
 }
 
 // synced reports whether the proxy's sync-duration count rises above before's within d.

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 
 	"github.com/nftproxy/nftproxy/integration/apiserver"
 	"github.com/nftproxy/nftproxy/integration/topology"
@@ -28,6 +30,24 @@ import (
 
 // nodeIP is the benchmark node's InternalIP, on a veth interface in each proxy namespace.
 const nodeIP = "192.168.255.1"
+
+// The data-plane probe: a Service (probeVIP:80) whose one endpoint (probeBackend) is a TCP
+// listener in a "server pod" namespace behind the proxy's namespace, reached from a "client
+// pod" namespace (probeClient) through the proxy's namespace acting as the node's router.
+// Both pods are inside the proxies' --cluster-cidr 10.128.0.0/9, far above internal/scale's
+// endpoints (10.128.0.1 counting up, N*M of them) and outside the single-change addresses
+// (10.127.x.x); the ClusterIP sits below internal/scale's first one (10.96.0.10) and above the
+// default/kubernetes Service's (10.96.0.1).
+var (
+	probeVIP     = netip.MustParseAddrPort("10.96.0.2:80")
+	probeBackend = netip.MustParseAddrPort("10.255.0.2:8080")
+	probeClient  = netip.MustParseAddr("10.255.1.2")
+)
+
+const (
+	probeNamespace = "scalebench"
+	probeName      = "probe"
+)
 
 // forwardAPIServer listens inside ns on the loopback port of srv.URL and forwards each
 // connection to the API server (which runs in another namespace), so that a kubeconfig naming
@@ -79,6 +99,129 @@ func proxyNS(t *testing.T, name string, srv *apiserver.Server) *topology.NetNS {
 	ns.IP(t, "link add eth0 type veth peer name eth1", "link set eth0 up", "link set eth1 up", "addr add "+nodeIP+"/24 dev eth0")
 	forwardAPIServer(t, ns, srv)
 	return ns
+}
+
+// attachPods turns the proxy namespace ns into a node with two pods, each a namespace on a veth
+// pair: a server pod holding probeBackend with a TCP listener (topology.StartEcho), and a
+// client pod holding probeClient, each with a default route via the node, which forwards. It
+// returns the client pod.
+func attachPods(t *testing.T, ns *topology.NetNS) *topology.NetNS {
+	t.Helper()
+	server := topology.NewNetNS(t, "srv")
+	client := topology.NewNetNS(t, "cli")
+	ns.IP(t,
+		"link add vsrv type veth peer name eth0 netns "+server.Name,
+		"link add vcli type veth peer name eth0 netns "+client.Name,
+		"addr add 10.255.0.1/24 dev vsrv", "link set vsrv up",
+		"addr add 10.255.1.1/24 dev vcli", "link set vcli up")
+	server.IP(t, "addr add "+probeBackend.Addr().String()+"/24 dev eth0", "link set eth0 up", "route add default via 10.255.0.1")
+	client.IP(t, "addr add "+probeClient.String()+"/24 dev eth0", "link set eth0 up", "route add default via 10.255.1.1")
+	if err := ns.SetSysctls(map[string]string{"net/ipv4/ip_forward": "1"}); err != nil {
+		t.Fatal(err)
+	}
+	topology.StartEcho(t, server, "tcp", probeBackend)
+	return client
+}
+
+// waitProbe dials the probe Service from the client pod until the echo server behind it
+// answers (the proxy has programmed it), for at most timeout. It gives up early when p (if not
+// nil) exits before the first answer; a killed proxy's rules stay, so pass nil then.
+func waitProbe(client *topology.NetNS, p *proc, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		if p != nil && p.exited() {
+			return fmt.Errorf("proxy exited:\n%s", p.tail())
+		}
+		r, err := topology.Dial(client, "tcp", probeVIP, time.Second)
+		if err == nil {
+			if r.Server != probeBackend || r.Source.Addr() != probeClient {
+				return fmt.Errorf("probe %s answered %s, want server %s and source %s", probeVIP, r, probeBackend, probeClient)
+			}
+			return nil
+		}
+		last = err
+		time.Sleep(20 * time.Millisecond)
+	}
+	tail := ""
+	if p != nil {
+		tail = "\n" + p.tail()
+	}
+	return fmt.Errorf("probe %s unreachable from the client pod after %v: %w%s", probeVIP, timeout, last, tail)
+}
+
+// connectBlock is the number of connects in one block of connectPair.
+const connectBlock = 100
+
+// connectPair measures the connect times to the probe Service from two client pods, in
+// alternating blocks of connectBlock in ABBA order (a b, b a, a b, ...), so that both see the
+// same machine (load, frequency) over the same minutes; each pod first makes connectWarmup
+// untimed connects. It returns count times for a and count for b, in seconds.
+func connectPair(a, b *topology.NetNS, count int) (da, db []float64, err error) {
+	for _, c := range []*topology.NetNS{a, b} {
+		if _, err := connectTimes(c, connectWarmup, 0); err != nil {
+			return nil, nil, err
+		}
+	}
+	for i := 0; len(da) < count || len(db) < count; i++ {
+		order := []*topology.NetNS{a, b}
+		if i%2 == 1 {
+			order = []*topology.NetNS{b, a}
+		}
+		for _, c := range order {
+			out := &da
+			if c == b {
+				out = &db
+			}
+			k := min(connectBlock, count-len(*out))
+			if k == 0 {
+				continue
+			}
+			d, err := connectTimes(c, 0, k)
+			if err != nil {
+				return nil, nil, err
+			}
+			*out = append(*out, d...)
+		}
+	}
+	return da, db, nil
+}
+
+// connectTimes opens warm + count TCP connections one after the other from the client pod to
+// the probe Service and returns the duration of each of the last count connect(2) calls in
+// seconds. Each is a blocking connect on a fresh socket (it returns when the SYN-ACK is in),
+// timed with the monotonic clock around the system call, then closed at once with a reset
+// (SO_LINGER 0), so no TIME_WAIT piles up. The loop runs on one OS thread.
+func connectTimes(client *topology.NetNS, warm, count int) ([]float64, error) {
+	out := make([]float64, 0, count)
+	sa := &unix.SockaddrInet4{Port: int(probeVIP.Port()), Addr: probeVIP.Addr().As4()}
+	err := client.Do(func() error {
+		for i := range warm + count {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("socket: %w", err)
+			}
+			tv := unix.Timeval{Sec: 2}
+			if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+				unix.Close(fd)
+				return fmt.Errorf("SO_SNDTIMEO: %w", err)
+			}
+			t0 := time.Now()
+			err = unix.Connect(fd, sa)
+			d := time.Since(t0)
+			if err != nil {
+				unix.Close(fd)
+				return fmt.Errorf("connect %d to %s: %w", i, probeVIP, err)
+			}
+			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			unix.Close(fd)
+			if i >= warm {
+				out = append(out, d.Seconds())
+			}
+		}
+		return nil
+	})
+	return out, err
 }
 
 // proc is a proxy process running in a namespace.

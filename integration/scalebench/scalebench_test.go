@@ -1,6 +1,8 @@
 // Package scalebench runs nftproxy and kube-proxy (nftables mode) side by side against one
 // real API server holding N Services x M endpoints, and measures cold sync, restart with the
-// rules in place, single-endpoint changes, peak RSS and CPU time of each proxy (issue 6).
+// rules in place, single-endpoint changes (nftproxy also at its default --min-sync-period),
+// peak RSS and CPU time of each proxy, and the data plane: TCP connect time from a pod to a
+// ClusterIP with 1 Service and with N Services programmed (issue 6).
 //
 // It needs root and network namespaces, and runs only when NFTPROXY_SCALEBENCH=1 (see the
 // Makefile's bench-compare target):
@@ -8,7 +10,8 @@
 //	NFTPROXY_SCALEBENCH=1 SCALEBENCH_N=1000,5000,10000 SCALEBENCH_M=10 \
 //	  go test ./integration/scalebench -run TestScaleCompare -v -timeout 60m
 //
-// The results go to docs/benchmarks/results.md and docs/benchmarks/sync-time.svg.
+// The results go to docs/benchmarks/results.md, with charts in docs/benchmarks/sync-time.png
+// and docs/benchmarks/sync-time.svg.
 package scalebench
 
 import (
@@ -23,11 +26,12 @@ import (
 )
 
 const (
-	enableEnv  = "NFTPROXY_SCALEBENCH"
-	nEnv       = "SCALEBENCH_N"       // comma-separated list of N (default 1000,5000,10000)
-	mEnv       = "SCALEBENCH_M"       // endpoints per Service (default 10)
-	samplesEnv = "SCALEBENCH_SAMPLES" // single-change samples per proxy (default 20)
-	outEnv     = "SCALEBENCH_OUT"     // output directory (default docs/benchmarks)
+	enableEnv   = "NFTPROXY_SCALEBENCH"
+	nEnv        = "SCALEBENCH_N"        // comma-separated list of N (default 1000,5000,10000)
+	mEnv        = "SCALEBENCH_M"        // endpoints per Service (default 10)
+	samplesEnv  = "SCALEBENCH_SAMPLES"  // single-change samples per proxy (default 20, at most 1000)
+	connectsEnv = "SCALEBENCH_CONNECTS" // timed TCP connects per data-plane measurement (default 2000)
+	outEnv      = "SCALEBENCH_OUT"      // output directory (default docs/benchmarks)
 )
 
 func envInts(name string, def []int) ([]int, error) {
