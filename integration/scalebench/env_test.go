@@ -207,7 +207,7 @@ func connectTimes(client *topology.NetNS, warm, count int) ([]float64, error) {
 				return fmt.Errorf("SO_SNDTIMEO: %w", err)
 			}
 			t0 := time.Now()
-			err = unix.Connect(fd, sa)
+			err = connectBlocking(fd, sa)
 			d := time.Since(t0)
 			if err != nil {
 				unix.Close(fd)
@@ -222,6 +222,35 @@ func connectTimes(client *topology.NetNS, warm, count int) ([]float64, error) {
 		return nil
 	})
 	return out, err
+}
+
+// connectBlocking connects the blocking socket fd to sa. A signal (the Go runtime preempts
+// goroutines with SIGURG) can interrupt connect(2) while the handshake goes on in the kernel;
+// it then waits for the handshake to finish and reports its outcome.
+func connectBlocking(fd int, sa unix.Sockaddr) error {
+	err := unix.Connect(fd, sa)
+	if err != unix.EINTR {
+		return err
+	}
+	for {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		if _, err := unix.Poll(fds, 5000); err == unix.EINTR {
+			continue
+		} else if err != nil {
+			return fmt.Errorf("poll after interrupted connect: %w", err)
+		}
+		if fds[0].Revents == 0 {
+			return fmt.Errorf("connect: no answer within 5s")
+		}
+		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if err != nil {
+			return err
+		}
+		if soErr != 0 {
+			return unix.Errno(soErr)
+		}
+		return nil
+	}
 }
 
 // proc is a proxy process running in a namespace.
