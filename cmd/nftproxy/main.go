@@ -295,6 +295,10 @@ func kubeClient(path string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
 	}
 	cfg.UserAgent = "nftproxy/" + version
+	// Protocol buffers, as kube-proxy: lists of thousands of Services and EndpointSlices
+	// decode several times faster, into less memory, than JSON.
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)

@@ -32,6 +32,7 @@ const (
 	samplesEnv  = "SCALEBENCH_SAMPLES"  // single-change samples per proxy (default 20, at most 1000)
 	connectsEnv = "SCALEBENCH_CONNECTS" // timed TCP connects per data-plane measurement (default 2000)
 	outEnv      = "SCALEBENCH_OUT"      // output directory (default docs/benchmarks)
+	proxiesEnv  = "SCALEBENCH_PROXIES"  // comma-separated short names to run (default all: nftproxy,kube-proxy,nftproxy-defaults)
 )
 
 func envInts(name string, def []int) ([]int, error) {
