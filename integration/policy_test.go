@@ -241,8 +241,30 @@ func TestTrafficTopologyHints(t *testing.T) {
 	}
 }
 
+// dialTCPFrom connects from ns, from source address src, to target and returns the echo reply.
+func dialTCPFrom(ns *topology.NetNS, src netip.Addr, target netip.AddrPort, timeout time.Duration) (topology.Reply, error) {
+	var conn net.Conn
+	err := ns.Do(func() error {
+		d := net.Dialer{Timeout: timeout, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+		var err error
+		conn, err = d.Dial("tcp4", target.String())
+		return err
+	})
+	if err != nil {
+		return topology.Reply{}, err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return topology.Reply{}, err
+	}
+	return topology.ParseReply(line)
+}
+
 // TestTrafficLoadBalancerSourceRanges: only sources inside loadBalancerSourceRanges reach a
-// LoadBalancer IP; others are dropped, and the Service's NodePort is not filtered.
+// LoadBalancer IP; others are dropped, and the Service's NodePort is not filtered. When a
+// range holds the node's address, the Service's LoadBalancer IPs are allowed as sources too.
 func TestTrafficLoadBalancerSourceRanges(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
@@ -256,6 +278,12 @@ func TestTrafficLoadBalancerSourceRanges(t *testing.T) {
 	h.apply(service{Name: "denied", Type: "LoadBalancer", ClusterIPs: []string{"10.96.22.20"},
 		LoadBalancerIPs: []string{"198.51.100.21"}, LoadBalancerSourceRanges: []string{"192.0.2.0/24"},
 		Ports: deniedPorts, Slices: []endpointSlice{podSlice("denied-v4", false, deniedPorts, local, remote)}})
+	// Two LoadBalancer IPs; the client also owns the first, to send from it.
+	nodePorts := []servicePort{withNodePort(portHTTP, 30292)}
+	h.apply(service{Name: "node-in-range", Type: "LoadBalancer", ClusterIPs: []string{"10.96.22.30"},
+		LoadBalancerIPs: []string{"198.51.100.22", "198.51.100.23"}, LoadBalancerSourceRanges: []string{topology.NodeNetIPv4},
+		Ports: nodePorts, Slices: []endpointSlice{podSlice("node-in-range-v4", false, nodePorts, local, remote)}})
+	h.tp.Client.IP(t, "addr add 198.51.100.22/32 dev "+topology.ClientIf)
 	h.start()
 	h.waitReply(t, h.tp.Client, "tcp", addrPort("198.51.100.20:80"))
 
@@ -266,6 +294,17 @@ func TestTrafficLoadBalancerSourceRanges(t *testing.T) {
 	})
 	t.Run("out-of-range", func(t *testing.T) {
 		checkDropped(t, "client -> LB IP of denied", h.tp.Client, addrPort("198.51.100.21:80"))
+	})
+	t.Run("load-balancer-ip-as-source", func(t *testing.T) {
+		target := addrPort("198.51.100.23:80")
+		r, err := dialTCPFrom(h.tp.Client, netip.MustParseAddr("198.51.100.22"), target, dialTimeout)
+		if err != nil {
+			t.Fatalf("client from LB IP 198.51.100.22 -> %s (a node address is in the range): %v", target, err)
+		}
+		checkServers(t, "client from LB IP -> node-in-range", []topology.Reply{r}, endpointsOf(false, httpPort, local, remote), 0)
+		if _, err := dialTCPFrom(h.tp.Client, h.tp.ClientIPv4, target, 1500*time.Millisecond); err == nil || !topology.IsTimeout(err) {
+			t.Errorf("client from its own address -> %s (outside the range): %v, want dropped", target, err)
+		}
 	})
 	t.Run("nodeport-unfiltered", func(t *testing.T) {
 		name := "client -> NodePort of denied"
