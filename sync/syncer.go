@@ -84,7 +84,10 @@ type claim struct {
 
 // tableState is the content of one table, indexed.
 type tableState struct {
-	elems  map[string]map[model.Key]model.Element
+	// elems points at the committed elements: in the Parts, in the transactions that
+	// wrote them or in the tables read back, which never change once built. Pointers
+	// rather than copies keep a third of a large table's elements out of the heap.
+	elems  map[string]map[model.Key]*model.Element
 	chains map[string]*model.Chain
 }
 
@@ -313,7 +316,8 @@ func (s *Syncer) afterCommit(tx *nft.Transaction) {
 		switch op.Kind {
 		case nft.AddElements:
 			m := t.committed.elems[op.Set.Name]
-			for _, e := range op.Set.Elements {
+			for i := range op.Set.Elements {
+				e := &op.Set.Elements[i]
 				m[e.Key()] = e
 			}
 		case nft.DeleteElements:
@@ -385,10 +389,11 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 	}
 	res.Objects = tx.Objects()
 	s.gen = gen
-	// Index the replaced tables while the kernel commits them.
+	// Index the replaced tables while the kernel commits them: what they hold is what the
+	// claims say.
 	var wg gosync.WaitGroup
 	for _, t := range replaced {
-		wg.Go(func() { t.committed = indexRuleset(t.want); t.want = nil })
+		wg.Go(func() { t.committed = t.indexClaims(); t.want = nil })
 	}
 	err := s.commit(tx)
 	wg.Wait()
@@ -397,9 +402,13 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 		return res, err
 	}
 	s.tables = tables
-	// Record what the diff changed (afterCommit ignores Replace: those tables were indexed
-	// above).
+	// The tables now hold exactly the desired elements: point the committed state at the
+	// claims rather than at the tables read back, which can then go. (Chains come from the
+	// diff: afterCommit records the flushed ones, which the next commit deletes.)
 	s.afterCommit(tx)
+	for _, t := range tables {
+		t.committed.elems = t.indexClaims().elems
+	}
 	var udp []udpChange
 	for name, p := range changes {
 		if p.svc == nil {
@@ -633,12 +642,12 @@ func (t *familyState) newOps() *opBuilder {
 func (o *opBuilder) element(set string, k model.Key, want model.Element, ok bool) {
 	have, had := o.t.committed.elems[set][k]
 	switch {
-	case had && ok && have == want:
+	case had && ok && *have == want:
 	case had && ok:
-		o.dels[set] = append(o.dels[set], have)
+		o.dels[set] = append(o.dels[set], *have)
 		o.adds[set] = append(o.adds[set], want)
 	case had:
-		o.dels[set] = append(o.dels[set], have)
+		o.dels[set] = append(o.dels[set], *have)
 	case ok:
 		o.adds[set] = append(o.adds[set], want)
 	}
@@ -774,11 +783,38 @@ func (t *familyState) diffAll(want []*model.Chain, tx *nft.Transaction) {
 }
 
 func indexRuleset(rs *model.Ruleset) *tableState {
-	ts := &tableState{elems: map[string]map[model.Key]model.Element{}, chains: map[string]*model.Chain{}}
+	ts := &tableState{elems: map[string]map[model.Key]*model.Element{}, chains: map[string]*model.Chain{}}
 	for _, s := range rs.Sets {
-		ts.elems[s.Name] = s.ByKey()
+		m := make(map[model.Key]*model.Element, len(s.Elements))
+		for i := range s.Elements {
+			e := &s.Elements[i]
+			m[e.Key()] = e
+		}
+		ts.elems[s.Name] = m
 	}
 	for _, c := range rs.Chains {
+		ts.chains[c.Name] = c
+	}
+	return ts
+}
+
+// indexClaims returns the desired table as committed state: the skeleton's elements and the
+// claimed ones, pointing into the skeleton and the Parts.
+func (t *familyState) indexClaims() *tableState {
+	ts := &tableState{elems: map[string]map[model.Key]*model.Element{}, chains: map[string]*model.Chain{}}
+	for _, set := range t.skeleton.Sets {
+		claims := t.claims[set.Name]
+		m := make(map[model.Key]*model.Element, len(set.Elements)+len(claims))
+		for i := range set.Elements {
+			e := &set.Elements[i]
+			m[e.Key()] = e
+		}
+		for k, c := range claims {
+			m[k] = c.elem
+		}
+		ts.elems[set.Name] = m
+	}
+	for _, c := range t.desiredChains() {
 		ts.chains[c.Name] = c
 	}
 	return ts
@@ -795,8 +831,14 @@ func (ts *tableState) equal(o *tableState) bool {
 		}
 	}
 	for name, m := range ts.elems {
-		if !maps.Equal(m, o.elems[name]) {
+		om := o.elems[name]
+		if len(m) != len(om) {
 			return false
+		}
+		for k, e := range m {
+			if oe, ok := om[k]; !ok || *oe != *e {
+				return false
+			}
 		}
 	}
 	return true
@@ -810,7 +852,11 @@ func (s *Syncer) Committed(fam model.Family) *model.Ruleset {
 	}
 	rs := t.desired(true)
 	for _, set := range rs.Sets {
-		set.Elements = slices.SortedFunc(maps.Values(t.committed.elems[set.Name]), model.CompareElements)
+		set.Elements = set.Elements[:0]
+		for _, e := range t.committed.elems[set.Name] {
+			set.Elements = append(set.Elements, *e)
+		}
+		slices.SortFunc(set.Elements, model.CompareElements)
 	}
 	return rs
 }
