@@ -25,6 +25,12 @@ func (h *harness) clientSource(r topology.Reply) netip.Addr {
 	return h.tp.ClientIPv4
 }
 
+// policyPods adds the pods these tests share: "local" on node1 and "remote" on node2, both
+// serving httpPort, and "caller", a node1 pod without servers.
+func policyPods(h *harness) (local, remote, caller *topology.Pod) {
+	return h.pod(1, "local", httpPort), h.pod(2, "remote", httpPort), h.pod(1, "caller")
+}
+
 // healthCheck sends GET / to target from ns and returns the status and the decoded JSON body.
 func healthCheck(ns *topology.NetNS, target netip.AddrPort) (int, map[string]any, error) {
 	var conn net.Conn
@@ -62,9 +68,7 @@ func healthCheck(ns *topology.NetNS, target netip.AddrPort) (int, map[string]any
 func TestTrafficExternalPolicyLocal(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	local := h.pod(1, "local", httpPort)
-	remote := h.pod(2, "remote", httpPort)
-	caller := h.pod(1, "caller")
+	local, remote, caller := policyPods(h)
 
 	ports := []servicePort{withNodePort(portHTTP, 30280)}
 	h.apply(service{Name: "etp", Type: "LoadBalancer", ClusterIPs: []string{"10.96.20.10", "fd00:96::2010"},
@@ -169,9 +173,7 @@ func TestTrafficExternalPolicyLocal(t *testing.T) {
 func TestTrafficInternalPolicyLocal(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	local := h.pod(1, "local", httpPort)
-	remote := h.pod(2, "remote", httpPort)
-	caller := h.pod(1, "caller")
+	local, remote, caller := policyPods(h)
 	ports := []servicePort{portHTTP}
 	h.apply(service{Name: "itp", ClusterIPs: []string{"10.96.21.10", "fd00:96::2110"}, InternalTrafficPolicy: "Local",
 		Ports: ports, Slices: dualStackSlices("itp", ports, local, remote)})
@@ -203,9 +205,7 @@ func TestTrafficInternalPolicyLocal(t *testing.T) {
 func TestTrafficTopologyHints(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	local := h.pod(1, "local", httpPort)
-	remote := h.pod(2, "remote", httpPort)
-	caller := h.pod(1, "caller")
+	local, remote, caller := policyPods(h)
 	ports := []servicePort{portHTTP}
 	hinted := func(p *topology.Pod, zone string, nodes ...string) endpoint {
 		ep := podEndpoint(p, false)

@@ -563,7 +563,7 @@ func (b *builder) pickChain(kind PickKind, proto Protocol, slots, affinity uint3
 		name = AffinityPickChainName(name, affinity)
 	}
 	c := &Chain{Name: name}
-	key, m := keyAddrProtoPort, MapServiceEndpoints
+	key, m := slotMap(kind)
 	switch kind {
 	case Cluster:
 		if b.node.MasqueradeAll {
@@ -573,9 +573,6 @@ func (b *builder) pickChain(kind PickKind, proto Protocol, slots, affinity uint3
 		}
 	case External, NodePortPick:
 		c.Rules = append(c.Rules, Rule{Exprs: []Expr{jump(ChainMarkForMasquerade)}, Comment: "masquerade traffic from outside the cluster"})
-		if kind == NodePortPick {
-			key, m = keyProtoPort, MapNodePortEndpoints
-		}
 	}
 	if affinity > 0 {
 		c.Rules = append(c.Rules, affinityRule(proto))
@@ -583,6 +580,15 @@ func (b *builder) pickChain(kind PickKind, proto Protocol, slots, affinity uint3
 	c.Rules = append(c.Rules, rule(DNATSlot{Proto: proto, Key: key, Slots: slots, Map: m}))
 	b.addChain(c)
 	return name
+}
+
+// slotMap returns the packet fields that select kind traffic's endpoint slots, and the
+// endpoint map that holds them.
+func slotMap(kind PickKind) ([]KeyField, string) {
+	if kind == NodePortPick {
+		return keyProtoPort, MapNodePortEndpoints
+	}
+	return keyAddrProtoPort, MapServiceEndpoints
 }
 
 // affinityRule sends a client back to the endpoint it was last sent to, if it is remembered.
@@ -606,10 +612,7 @@ func (b *builder) localPickChain(kind PickKind, proto Protocol, cluster, local, 
 	if affinity > 0 {
 		name = AffinityPickChainName(name, affinity)
 	}
-	key, m := keyAddrProtoPort, MapServiceEndpoints
-	if kind == NodePortPick {
-		key, m = keyProtoPort, MapNodePortEndpoints
-	}
+	key, m := slotMap(kind)
 	all := DNATSlot{Proto: proto, Key: key, Slots: cluster, Map: m}
 	c := &Chain{Name: name}
 	c.Rules = append(c.Rules, Rule{Exprs: []Expr{FibSaddrLocal{}, jump(ChainMarkForMasquerade)}, Comment: "masquerade node traffic"})

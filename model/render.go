@@ -331,41 +331,15 @@ func renderExpr(fam Family, e Expr) string {
 		}
 		return "reject"
 	case DNATSlot:
-		// nft folds the protocol match into the port field's name.
-		fields := make([]string, 0, len(e.Key)+1)
-		for _, k := range e.Key {
-			switch k {
-			case KeyAddr:
-				fields = append(fields, ip+" daddr")
-			case KeyProto:
-				fields = append(fields, "meta l4proto")
-			case KeyPort:
-				fields = append(fields, e.Proto.String()+" dport")
-			}
-		}
 		ng := fmt.Sprintf("numgen random mod %d", e.Slots)
 		if e.Offset != 0 {
 			ng += fmt.Sprintf(" offset %d", e.Offset)
 		}
-		fields = append(fields, ng)
-		return fmt.Sprintf("dnat %s to %s map @%s", ip, strings.Join(fields, " . "), e.Map)
+		return renderDNAT(fam, e.Proto, e.Key, e.Map, ng)
 	case CtStatusDNAT:
 		return "ct status dnat"
 	case DNATMap:
-		fields := make([]string, len(e.Key))
-		for i, k := range e.Key {
-			switch k {
-			case KeySaddr:
-				fields[i] = ip + " saddr"
-			case KeyAddr:
-				fields[i] = ip + " daddr"
-			case KeyProto:
-				fields[i] = "meta l4proto"
-			case KeyPort:
-				fields[i] = e.Proto.String() + " dport"
-			}
-		}
-		return fmt.Sprintf("dnat %s to %s map @%s", ip, strings.Join(fields, " . "), e.Map)
+		return renderDNAT(fam, e.Proto, e.Key, e.Map)
 	case RecordAffinity:
 		return fmt.Sprintf("meta l4proto %s update @%s { %s saddr . ct original %s daddr . meta l4proto . ct original proto-dst timeout %s : ct reply %s saddr . ct reply proto-src }",
 			e.Proto, e.Map, ip, ip, nftDuration(e.Timeout), ip)
@@ -380,6 +354,27 @@ func renderExpr(fam Family, e Expr) string {
 		return renderVerdict(e)
 	}
 	return fmt.Sprintf("unknown<%T>", e)
+}
+
+// renderDNAT prints a DNAT to the endpoint a map holds for the packet's key fields, followed
+// by the extra fields given. nft folds the protocol match into the port field's name.
+func renderDNAT(fam Family, proto Protocol, key []KeyField, m string, extra ...string) string {
+	ip := fam.String()
+	fields := make([]string, 0, len(key)+len(extra))
+	for _, k := range key {
+		switch k {
+		case KeySaddr:
+			fields = append(fields, ip+" saddr")
+		case KeyAddr:
+			fields = append(fields, ip+" daddr")
+		case KeyProto:
+			fields = append(fields, "meta l4proto")
+		case KeyPort:
+			fields = append(fields, proto.String()+" dport")
+		}
+	}
+	fields = append(fields, extra...)
+	return fmt.Sprintf("dnat %s to %s map @%s", ip, strings.Join(fields, " . "), m)
 }
 
 // nftDuration prints seconds as nft prints times: "3h", "1m30s", "1d".

@@ -31,49 +31,29 @@ type AffinityEntry struct {
 // returns how many it deleted. It lists the map (the packet path fills it) and deletes in one
 // batch; entries that expire meanwhile are no error.
 func (n *Netlink) PruneAffinity(fam model.Family, keep func(AffinityEntry) bool) (int, error) {
-	c, err := n.dial()
+	r, err := n.newReader()
 	if err != nil {
 		return 0, err
 	}
-	defer c.Close()
-	r, err := newReader(c, n.dial)
-	if err != nil {
-		return 0, err
-	}
-	addrLen := 4
-	if fam == model.IPv6 {
-		addrLen = 16
-	}
+	defer r.conn.Close()
+	addrLen := model.KeyFieldLen(fam, model.KeyAddr, false)
 	var drop [][]byte
 	ae := newAttrs()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, model.MapAffinity)
 	err = r.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, nfproto(fam), ae, func(data []byte) error {
-		msg := attrIter{b: data}
-		for msg.next() {
-			if msg.typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
-				continue
+		return eachElement(data, func(elem []byte) error {
+			key, value := elementKeyData(elem)
+			e, ok := decodeAffinity(key, value, addrLen)
+			if !ok {
+				return fmt.Errorf("affinity element %x : %x: %w", key, value, ErrIncompatible)
 			}
-			list := attrIter{b: msg.data}
-			for list.next() {
-				key, value := elementKeyData(list.data)
-				e, ok := decodeAffinity(key, value, addrLen)
-				if !ok {
-					return fmt.Errorf("affinity element %x : %x: %w", key, value, ErrIncompatible)
-				}
-				if !keep(e) {
-					// The key aliases the reader's buffer, which the next message reuses.
-					drop = append(drop, slices.Clone(key))
-				}
+			if !keep(e) {
+				// The key aliases the reader's buffer, which the next message reuses.
+				drop = append(drop, slices.Clone(key))
 			}
-			if list.bad {
-				return errMalformed
-			}
-		}
-		if msg.bad {
-			return errMalformed
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return 0, fmt.Errorf("list %s affinity map: %w", fam, err)

@@ -58,16 +58,27 @@ const unrecognizedRule = "nftproxy: unrecognized rule"
 // Generation returns the current nftables ruleset generation (NFT_MSG_GETGEN) of the
 // backend's network namespace.
 func (n *Netlink) Generation() (uint32, error) {
+	r, err := n.newReader()
+	if err != nil {
+		return 0, err
+	}
+	defer r.conn.Close()
+	return r.generation()
+}
+
+// newReader opens a socket in the backend's namespace and a reader on it; closing r.conn
+// closes both.
+func (n *Netlink) newReader() (*reader, error) {
 	c, err := n.dial()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	defer c.Close()
 	r, err := newReader(c, n.dial)
 	if err != nil {
-		return 0, err
+		c.Close()
+		return nil, err
 	}
-	return r.generation()
+	return r, nil
 }
 
 // Read returns nftproxy's table of family fam as the kernel holds it, decoded against want
@@ -109,15 +120,11 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, chains func() [
 		once.Do(func() { chainErr = exp.addChains(chains()) })
 		return chainErr
 	}
-	c, err := n.dial()
+	r, err := n.newReader()
 	if err != nil {
 		return nil, 0, err
 	}
-	defer c.Close()
-	r, err := newReader(c, n.dial)
-	if err != nil {
-		return nil, 0, err
-	}
+	defer r.conn.Close()
 	for range readAttempts {
 		gen, err := r.generation()
 		if err != nil {
@@ -985,6 +992,11 @@ func (d *elemDecoder) intern(b []byte) string {
 
 // message decodes one NEWSETELEM message of the dump.
 func (d *elemDecoder) message(data []byte) error {
+	return eachElement(data, d.element)
+}
+
+// eachElement calls fn with the attributes of each element of one NEWSETELEM message.
+func eachElement(data []byte, fn func(elem []byte) error) error {
 	msg := attrIter{b: data}
 	for msg.next() {
 		if msg.typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
@@ -993,7 +1005,7 @@ func (d *elemDecoder) message(data []byte) error {
 		// Each element is an NFTA_LIST_ELEM; like the kernel, ignore the attribute type.
 		list := attrIter{b: msg.data}
 		for list.next() {
-			if err := d.element(list.data); err != nil {
+			if err := fn(list.data); err != nil {
 				return err
 			}
 		}

@@ -67,8 +67,6 @@ type familyState struct {
 	chainDefs   map[string]*model.Chain
 	// committed is what the table holds after the last commit.
 	committed *tableState
-	// want is the desired ruleset while a full sync replaces the table.
-	want *model.Ruleset
 	// staleChains were flushed by an earlier commit and are deleted by the next one.
 	staleChains map[string]bool
 }
@@ -344,7 +342,7 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 	res := SyncResult{Full: true, Services: len(s.services), Oldest: oldest(changes)}
 	tx := &nft.Transaction{}
 	tables := map[model.Family]*familyState{}
-	var replaced []*familyState
+	replaced := map[*familyState]bool{}
 	var gen uint32
 	for i, fam := range s.Families {
 		t := newFamilyState(fam, s.node[fam])
@@ -369,10 +367,8 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 		case err != nil || have == nil:
 			// No table, or one in another layout: replace it whole. Only this case needs
 			// every element as a list; the diff looks elements up in the claims.
-			want := t.desired(false)
-			tx.Replace = append(tx.Replace, want)
-			t.want = want
-			replaced = append(replaced, t)
+			tx.Replace = append(tx.Replace, t.desired(false))
+			replaced[t] = true
 		default:
 			t.committed = indexRuleset(have)
 			if prev := s.tables[fam]; prev != nil && prev.committed != nil && !prev.committed.equal(t.committed) {
@@ -389,11 +385,19 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 	}
 	res.Objects = tx.Objects()
 	s.gen = gen
-	// Index the replaced tables while the kernel commits them: what they hold is what the
-	// claims say.
+	// Once committed, every table holds exactly the desired elements: index them from the
+	// claims (pointers into the Parts) while the kernel commits, so that neither a copy of
+	// the elements nor the tables read back outlive the sync.
+	next := make(map[*familyState]*tableState, len(tables))
+	var mu gosync.Mutex
 	var wg gosync.WaitGroup
-	for _, t := range replaced {
-		wg.Go(func() { t.committed = t.indexClaims(); t.want = nil })
+	for _, t := range tables {
+		wg.Go(func() {
+			ts := t.indexClaims()
+			mu.Lock()
+			next[t] = ts
+			mu.Unlock()
+		})
 	}
 	err := s.commit(tx)
 	wg.Wait()
@@ -402,12 +406,15 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 		return res, err
 	}
 	s.tables = tables
-	// The tables now hold exactly the desired elements: point the committed state at the
-	// claims rather than at the tables read back, which can then go. (Chains come from the
-	// diff: afterCommit records the flushed ones, which the next commit deletes.)
+	// The diff's chain operations are recorded as they went (the flushed chains are deleted
+	// by the next commit); afterCommit ignores Replace, whose tables take the index whole.
 	s.afterCommit(tx)
-	for _, t := range tables {
-		t.committed.elems = t.indexClaims().elems
+	for t, ts := range next {
+		if replaced[t] {
+			t.committed = ts
+		} else {
+			t.committed.elems = ts.elems
+		}
 	}
 	var udp []udpChange
 	for name, p := range changes {
