@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nftproxy/nftproxy/integration/topology"
+	"github.com/nftproxy/nftproxy/nft"
 )
 
 const (
@@ -579,4 +580,12 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// kernelBackend returns a netlink backend programming ns; its socket is closed when tb ends, so
+// that the namespace can go away with the test.
+func kernelBackend(tb testing.TB, ns *topology.NetNS) *nft.Netlink {
+	be := nft.NewNetlink(ns.Path())
+	tb.Cleanup(func() { _ = be.Close() })
+	return be
 }

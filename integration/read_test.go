@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nftproxy/nftproxy/integration/topology"
 	"github.com/nftproxy/nftproxy/internal/scale"
 	"github.com/nftproxy/nftproxy/internal/scenario"
@@ -37,7 +39,7 @@ func TestReadGoldenScenarios(t *testing.T) {
 				t.Fatal(err)
 			}
 			ns := topology.NewNetNS(t, "rd")
-			be := nft.NewNetlink(ns.Path())
+			be := kernelBackend(t, ns)
 			if err := be.Replace(rulesets...); err != nil {
 				t.Fatalf("replace: %v", err)
 			}
@@ -90,7 +92,7 @@ func TestReadNoTable(t *testing.T) {
 	topology.RequirePrivileged(t)
 	ns := topology.NewNetNS(t, "rd-none")
 	ns.Run(t, "nft", "add table ip other")
-	be := nft.NewNetlink(ns.Path())
+	be := kernelBackend(t, ns)
 	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
 		got, _, err := be.Read(fam, model.Build(nil, model.NodeConfig{Family: fam}))
 		if err != nil || got != nil {
@@ -142,7 +144,7 @@ func TestReadIncompatible(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ns := topology.NewNetNS(t, "rd-incompat")
-			be := nft.NewNetlink(ns.Path())
+			be := kernelBackend(t, ns)
 			if !tc.fresh {
 				if err := be.Replace(want); err != nil {
 					t.Fatal(err)
@@ -165,7 +167,7 @@ func TestReadIncompatible(t *testing.T) {
 func TestReadShowsDrift(t *testing.T) {
 	topology.RequirePrivileged(t)
 	ns := topology.NewNetNS(t, "rd-drift")
-	be := nft.NewNetlink(ns.Path())
+	be := kernelBackend(t, ns)
 	want := model.Build(scale.Services(20, 3), model.NodeConfig{Family: model.IPv4})
 	if err := be.Replace(want); err != nil {
 		t.Fatal(err)
@@ -228,7 +230,7 @@ func TestReadShowsDrift(t *testing.T) {
 func TestReadRecognizesRulesWrittenByNft(t *testing.T) {
 	topology.RequirePrivileged(t)
 	ns := topology.NewNetNS(t, "rd-nft")
-	be := nft.NewNetlink(ns.Path())
+	be := kernelBackend(t, ns)
 	want := model.Build(scale.Services(3, 2), model.NodeConfig{Family: model.IPv4})
 	if err := be.Replace(want); err != nil {
 		t.Fatal(err)
@@ -262,7 +264,7 @@ func TestReadRecognizesRulesWrittenByNft(t *testing.T) {
 func TestGenerationChanges(t *testing.T) {
 	topology.RequirePrivileged(t)
 	ns := topology.NewNetNS(t, "rd-gen")
-	be := nft.NewNetlink(ns.Path())
+	be := kernelBackend(t, ns)
 	g0, err := be.Generation()
 	if err != nil {
 		t.Fatal(err)
@@ -295,7 +297,7 @@ func TestGenerationChanges(t *testing.T) {
 func TestReadDuringCommits(t *testing.T) {
 	topology.RequirePrivileged(t)
 	ns := topology.NewNetNS(t, "rd-race")
-	be := nft.NewNetlink(ns.Path())
+	be := kernelBackend(t, ns)
 	cfg := model.NodeConfig{Family: model.IPv4}
 	var svcA, svcB []model.Service
 	for i := range 300 {
@@ -310,7 +312,7 @@ func TestReadDuringCommits(t *testing.T) {
 	stop := make(chan struct{})
 	done := make(chan error)
 	go func() {
-		writer := nft.NewNetlink(ns.Path())
+		writer := kernelBackend(t, ns)
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
@@ -359,7 +361,7 @@ func TestReadDuringCommits(t *testing.T) {
 func BenchmarkRead10k(b *testing.B) {
 	topology.RequirePrivileged(b)
 	ns := topology.NewNetNS(b, "rd-bench")
-	be := nft.NewNetlink(ns.Path())
+	be := kernelBackend(b, ns)
 	want := model.Build(scale.Services(10000, 10), model.NodeConfig{Family: model.IPv4})
 	if err := be.Replace(want); err != nil {
 		b.Fatal(err)
@@ -399,4 +401,56 @@ func cloneRuleset(rs *model.Ruleset) *model.Ruleset {
 		out.Chains = append(out.Chains, &cc)
 	}
 	return out
+}
+
+// TestCommitsAfterRejectedBatches checks that the backend's long-lived socket survives
+// rejected batches: a commit conditional on a stale generation and one the kernel refuses
+// fail with their own errors and change nothing, and the next commit on the same backend
+// applies.
+func TestCommitsAfterRejectedBatches(t *testing.T) {
+	topology.RequirePrivileged(t)
+	ns := topology.NewNetNS(t, "rd-reject")
+	be := kernelBackend(t, ns)
+	want := model.Build(scale.Services(2, 1), benchNode)
+	if err := be.Replace(want); err != nil {
+		t.Fatal(err)
+	}
+	var ips *model.Set
+	for _, s := range want.Sets {
+		if s.Name == model.MapServiceIPs {
+			ips = s
+		}
+	}
+	if ips == nil || len(ips.Elements) < 2 {
+		t.Fatalf("the ruleset of 2 Services has no two service-ips elements")
+	}
+	gone := *ips
+	gone.Elements = ips.Elements[:1]
+	del := &nft.Transaction{Ops: []nft.Op{{Kind: nft.DeleteElements, Family: model.IPv4, Set: &gone}}}
+
+	gen, err := be.Generation()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Apply(del, gen+1); !errors.Is(err, nft.ErrGenerationChanged) {
+		t.Errorf("commit on a stale generation: %v, want %v", err, nft.ErrGenerationChanged)
+	}
+	missing := &nft.Transaction{Ops: []nft.Op{{Kind: nft.DeleteChain, Family: model.IPv4, Chain: &model.Chain{Name: "no-such-chain"}}}}
+	if err := be.Apply(missing, 0); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("deleting a missing chain: %v, want ENOENT", err)
+	}
+	if got := ns.Run(t, "nft", "list", "table", "ip", "nftproxy"); got != model.Render(want) {
+		t.Errorf("rejected batches changed the table:\n%s", scenario.LineDiff(model.Render(want), got))
+	}
+
+	if gen, err = be.Generation(); err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Apply(del, gen); err != nil {
+		t.Fatalf("commit after rejected batches: %v", err)
+	}
+	ips.Elements = ips.Elements[1:]
+	if got := ns.Run(t, "nft", "list", "table", "ip", "nftproxy"); got != model.Render(want) {
+		t.Errorf("after the commit:\n%s", scenario.LineDiff(model.Render(want), got))
+	}
 }

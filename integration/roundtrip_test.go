@@ -8,7 +8,6 @@ import (
 	"github.com/nftproxy/nftproxy/integration/topology"
 	"github.com/nftproxy/nftproxy/internal/scenario"
 	"github.com/nftproxy/nftproxy/model"
-	"github.com/nftproxy/nftproxy/nft"
 )
 
 // TestKernelRoundTrip programs every golden scenario over netlink into a fresh network
@@ -33,7 +32,7 @@ func TestKernelRoundTrip(t *testing.T) {
 			}
 
 			viaNetlink := topology.NewNetNS(t, "rt-nl")
-			if err := nft.NewNetlink(viaNetlink.Path()).Replace(rulesets...); err != nil {
+			if err := kernelBackend(t, viaNetlink).Replace(rulesets...); err != nil {
 				t.Fatalf("program over netlink: %v", err)
 			}
 			viaNft := topology.NewNetNS(t, "rt-nft")
@@ -63,7 +62,7 @@ func TestReplaceAndCleanup(t *testing.T) {
 	topology.RequirePrivileged(t)
 	ns := topology.NewNetNS(t, "rt-clean")
 	ns.Run(t, "nft", "add table inet someone-else")
-	be := nft.NewNetlink(ns.Path())
+	be := kernelBackend(t, ns)
 	cfg := model.NodeConfig{Family: model.IPv4}
 	empty := model.Build(nil, cfg)
 	for range 2 {

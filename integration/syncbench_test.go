@@ -62,7 +62,7 @@ func BenchmarkKernelColdSync(b *testing.B) {
 				ns := topology.NewNetNS(b, "bench")
 				runtime.GC()
 				b.StartTimer()
-				s = newBenchSyncer(nft.NewNetlink(ns.Path()), services)
+				s = newBenchSyncer(kernelBackend(b, ns), services)
 				res, err := s.Sync()
 				if err != nil {
 					b.Fatal(err)
@@ -84,7 +84,7 @@ func BenchmarkKernelRestart(b *testing.B) {
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
 			services := benchServices(n)
 			ns := topology.NewNetNS(b, "bench")
-			be := nft.NewNetlink(ns.Path())
+			be := kernelBackend(b, ns)
 			if _, err := newBenchSyncer(be, services).Sync(); err != nil {
 				b.Fatal(err)
 			}
@@ -108,7 +108,7 @@ func BenchmarkKernelOneEndpointChange(b *testing.B) {
 	for _, n := range kernelBenchSizes {
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
 			ns := topology.NewNetNS(b, "bench")
-			s := newBenchSyncer(nft.NewNetlink(ns.Path()), benchServices(n))
+			s := newBenchSyncer(kernelBackend(b, ns), benchServices(n))
 			if _, err := s.Sync(); err != nil {
 				b.Fatal(err)
 			}
@@ -144,7 +144,7 @@ func TestAdoptIncompatibleTable(t *testing.T) {
 	ns.Run(t, "nft", "add set ip nftproxy service-ips { type ipv4_addr; }")
 	ns.Run(t, "nft", "add chain ip nftproxy leftover")
 	services := benchServices(3)
-	s := newBenchSyncer(nft.NewNetlink(ns.Path()), services)
+	s := newBenchSyncer(kernelBackend(t, ns), services)
 	res, err := s.Sync()
 	if err != nil {
 		t.Fatalf("sync over an incompatible table: %v", err)

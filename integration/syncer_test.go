@@ -30,7 +30,6 @@ import (
 
 	"github.com/nftproxy/nftproxy/integration/topology"
 	"github.com/nftproxy/nftproxy/internal/scenario"
-	"github.com/nftproxy/nftproxy/nft"
 )
 
 const (
@@ -195,7 +194,7 @@ func syncedObjects(t *testing.T, line string) (full bool, objects int) {
 // generation reads node1's nftables ruleset generation, which every commit changes.
 func (h *harness) generation(t *testing.T) uint32 {
 	t.Helper()
-	g, err := nft.NewNetlink(h.tp.Node1.Path()).Generation()
+	g, err := kernelBackend(t, h.tp.Node1).Generation()
 	if err != nil {
 		t.Fatalf("ruleset generation of node1: %v", err)
 	}

@@ -31,17 +31,23 @@ type AffinityEntry struct {
 // returns how many it deleted. It lists the map (the packet path fills it) and deletes in one
 // batch; entries that expire meanwhile are no error.
 func (n *Netlink) PruneAffinity(fam model.Family, keep func(AffinityEntry) bool) (int, error) {
-	r, err := n.newReader()
-	if err != nil {
-		return 0, err
-	}
-	defer r.conn.Close()
+	deleted := 0
+	err := n.control(func(r *reader) error {
+		var err error
+		deleted, err = pruneAffinity(r, fam, keep)
+		return err
+	})
+	return deleted, err
+}
+
+// pruneAffinity is PruneAffinity over r's socket.
+func pruneAffinity(r *reader, fam model.Family, keep func(AffinityEntry) bool) (int, error) {
 	addrLen := model.KeyFieldLen(fam, model.KeyAddr, false)
 	var drop [][]byte
 	ae := newAttrs()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, model.MapAffinity)
-	err = r.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, nfproto(fam), ae, func(data []byte) error {
+	err := r.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, nfproto(fam), ae, func(data []byte) error {
 		return eachElement(data, func(elem []byte) error {
 			key, value := elementKeyData(elem)
 			e, ok := decodeAffinity(key, value, addrLen)
@@ -67,7 +73,7 @@ func (n *Netlink) PruneAffinity(fam model.Family, keep func(AffinityEntry) bool)
 		elems[i] = element{key: k}
 	}
 	b.setElems(nfproto(fam), nftMsgDestroySetElem, model.TableName, model.MapAffinity, elems)
-	if err := n.commit(b); err != nil {
+	if err := b.commit(r.conn, 0); err != nil {
 		return 0, fmt.Errorf("delete %d %s affinity entries: %w", len(drop), fam, err)
 	}
 	return len(drop), nil

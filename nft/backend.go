@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -42,6 +43,16 @@ type Backend interface {
 type Netlink struct {
 	// netnsPath is the network namespace to program ("" for the caller's own).
 	netnsPath string
+
+	// mu serializes the operations on ctl.
+	mu sync.Mutex
+	// ctl is the socket that commits and short requests (the generation, the affinity map)
+	// go over. It stays open between them: closing a netfilter socket after a commit waits
+	// until the kernel has released the committed transaction, an RCU grace period of 5-15 ms
+	// on some machines, which would otherwise be most of a small sync's time. It is nil
+	// until first needed, and again after an operation on it failed, so that no reply of a
+	// failed exchange is ever read as part of the next one.
+	ctl *reader
 }
 
 var _ Backend = (*Netlink)(nil)
@@ -76,13 +87,42 @@ func (n *Netlink) dial() (*netlink.Conn, error) {
 	return c, nil
 }
 
-func (n *Netlink) commit(b *batch) error {
-	c, err := n.dial()
-	if err != nil {
-		return err
+// control runs fn with the backend's long-lived socket, opening it when there is none, and
+// closes the socket when fn fails.
+func (n *Netlink) control(fn func(r *reader) error) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ctl == nil {
+		r, err := n.newReader()
+		if err != nil {
+			return err
+		}
+		n.ctl = r
 	}
-	defer c.Close()
-	return b.commit(c, 0)
+	err := fn(n.ctl)
+	if err != nil {
+		_ = n.ctl.conn.Close()
+		n.ctl = nil
+	}
+	return err
+}
+
+// Close closes the backend's long-lived socket. The backend remains usable: its next
+// operation opens a new one.
+func (n *Netlink) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ctl == nil {
+		return nil
+	}
+	err := n.ctl.conn.Close()
+	n.ctl = nil
+	return err
+}
+
+// commit sends b over the long-lived socket; genID as in batch.commit.
+func (n *Netlink) commit(b *batch, genID uint32) error {
+	return n.control(func(r *reader) error { return b.commit(r.conn, genID) })
 }
 
 // Replace implements Backend. The batch first makes sure each table exists (so deleting it
@@ -97,7 +137,7 @@ func (n *Netlink) Replace(rulesets ...*model.Ruleset) error {
 			return fmt.Errorf("encode %s table: %w", rs.Family, err)
 		}
 	}
-	if err := n.commit(b); err != nil {
+	if err := n.commit(b, 0); err != nil {
 		return fmt.Errorf("replace nftproxy tables: %w", err)
 	}
 	return nil
@@ -110,7 +150,7 @@ func (n *Netlink) Delete(families ...model.Family) error {
 		b.addTable(nfproto(fam), model.TableName)
 		b.delTable(nfproto(fam), model.TableName)
 	}
-	if err := n.commit(b); err != nil {
+	if err := n.commit(b, 0); err != nil {
 		return fmt.Errorf("delete nftproxy tables: %w", err)
 	}
 	return nil

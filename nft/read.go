@@ -58,12 +58,12 @@ const unrecognizedRule = "nftproxy: unrecognized rule"
 // Generation returns the current nftables ruleset generation (NFT_MSG_GETGEN) of the
 // backend's network namespace.
 func (n *Netlink) Generation() (uint32, error) {
-	r, err := n.newReader()
-	if err != nil {
-		return 0, err
-	}
-	defer r.conn.Close()
-	return r.generation()
+	var gen uint32
+	err := n.control(func(r *reader) (err error) {
+		gen, err = r.generation()
+		return err
+	})
+	return gen, err
 }
 
 // newReader opens a socket in the backend's namespace and a reader on it; closing r.conn

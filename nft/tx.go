@@ -127,12 +127,7 @@ func (n *Netlink) Apply(tx *Transaction, genID uint32) error {
 	if err := tx.encode(b); err != nil {
 		return fmt.Errorf("encode transaction: %w", err)
 	}
-	c, err := n.dial()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := b.commit(c, genID); err != nil {
+	if err := n.commit(b, genID); err != nil {
 		return fmt.Errorf("commit transaction of %d messages: %w", len(b.msgs), err)
 	}
 	return nil
