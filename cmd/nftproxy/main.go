@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -134,12 +135,14 @@ type daemonFlags struct {
 	syncPeriod     time.Duration
 	metricsAddress string
 	healthzAddress string
+	profiling      bool
 }
 
 func (d *daemonFlags) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&d.minSyncPeriod, "min-sync-period", sync.DefaultMinSyncPeriod, "least time between two syncs; changes arriving meanwhile are programmed together (0 syncs on every change)")
 	fs.DurationVar(&d.syncPeriod, "sync-period", sync.DefaultSyncPeriod, "longest time between two syncs; each checks the kernel's tables against the last commit and repairs them")
 	fs.StringVar(&d.metricsAddress, "metrics-bind-address", "127.0.0.1:10249", "address of the Prometheus /metrics endpoint (empty disables it)")
+	fs.BoolVar(&d.profiling, "profiling", false, "also serve Go's profiles (net/http/pprof) under /debug/pprof/ on --metrics-bind-address")
 	fs.StringVar(&d.healthzAddress, "healthz-bind-address", "0.0.0.0:10256", "address of the /healthz and /livez endpoints (empty disables them)")
 	fs.StringVar(&d.kubeconfig, "kubeconfig", "", "kubeconfig file of the API server to watch (default: the in-cluster configuration); ignored with --manifests")
 }
@@ -208,9 +211,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer proxy.ServiceHealth.Close()
 	if d.metricsAddress != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		srv, err := serve(d.metricsAddress, "--metrics-bind-address", mux)
+		srv, err := serve(d.metricsAddress, "--metrics-bind-address", metricsHandler(reg, d.profiling))
 		if err != nil {
 			return err
 		}
@@ -253,6 +254,21 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // serve serves h on addr (the value of flag) until the returned server is closed.
+// metricsHandler serves /metrics from reg and, with profiling, the runtime profiles under
+// /debug/pprof/ as kube-proxy's enableProfiling does.
+func metricsHandler(reg *prometheus.Registry, profiling bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}
+
 func serve(addr, flag string, h http.Handler) (*http.Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
