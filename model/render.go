@@ -51,7 +51,7 @@ func renderSet(b *strings.Builder, fam Family, s *Set) {
 	if len(s.Elements) > 0 {
 		elems := slices.Clone(s.Elements)
 		slices.SortStableFunc(elems, func(x, y Element) int {
-			return compareKeyBytes(s.Key, elementKeyBytes(fam, s.Key, x), elementKeyBytes(fam, s.Key, y))
+			return compareKeyBytes(s.Key, ElementKey(fam, s.Key, x), ElementKey(fam, s.Key, y))
 		})
 		// nft prints IPv4 addresses two to a line, and other keys one to a line.
 		perLine := 1
@@ -171,14 +171,16 @@ func KeyFieldLen(fam Family, k KeyField, concat bool) int {
 
 // ElementKey returns the element's key as the kernel stores it.
 func ElementKey(fam Family, key []KeyField, e Element) []byte {
-	return elementKeyBytes(fam, key, e)
+	return AppendElementKey(nil, fam, key, e)
 }
 
-func elementKeyBytes(fam Family, key []KeyField, e Element) []byte {
+// AppendElementKey appends ElementKey(fam, key, e) to dst.
+func AppendElementKey(dst []byte, fam Family, key []KeyField, e Element) []byte {
 	concat := len(key) > 1
-	var out []byte
 	for _, k := range key {
-		field := make([]byte, KeyFieldLen(fam, k, concat))
+		start := len(dst)
+		dst = append(dst, make([]byte, KeyFieldLen(fam, k, concat))...)
+		field := dst[start:]
 		switch k {
 		case KeyAddr:
 			copy(field, e.Addr.AsSlice())
@@ -190,9 +192,8 @@ func elementKeyBytes(fam Family, key []KeyField, e Element) []byte {
 			// numgen writes its result in host byte order.
 			binary.NativeEndian.PutUint32(field, e.Slot)
 		}
-		out = append(out, field...)
 	}
-	return out
+	return dst
 }
 
 // compareKeyBytes orders keys as nft sorts elements for listing: single values as big-endian

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables/expr"
@@ -30,13 +32,31 @@ const (
 // batch accumulates nftables netlink messages for one transaction. Unlike google/nftables'
 // Conn it gives full control over each message (set user data, batching of many elements per
 // message, the generation ID of the batch) while reusing google/nftables' expression
-// encoders. The first error is kept and reported by commit.
+// encoders. The messages are written straight into the buffers that are sent: a full sync
+// writes tens of megabytes, which should be neither copied nor held twice. The first error is
+// kept and reported by commit.
 type batch struct {
-	msgs []netlink.Message
-	err  error
+	// chunks are the filled buffers and buf the one being written. Each holds whole messages
+	// (header, nfgenmsg, attributes), so that a message's length can be set once it is
+	// written; commit sends them all with one sendmsg.
+	chunks [][]byte
+	buf    []byte
+	// n counts the messages; last is the offset in buf of the last one.
+	n, last int
+	err     error
 	// nextSetID numbers the sets created in this batch.
 	nextSetID uint32
 }
+
+const (
+	// chunkSize is the size of the buffers of a large batch; a small one's single buffer
+	// grows up to it.
+	chunkSize = 1 << 20
+	// maxMsgSize bounds one message: a set element message (maxElemsPerMsg elements) or a
+	// rule. A message starts in a fresh buffer when less than this is left in the current
+	// one.
+	maxMsgSize = 64 << 10
+)
 
 // newSetID returns a set ID unique within the batch, by which later messages of the same
 // batch may refer to the set.
@@ -51,19 +71,63 @@ func (b *batch) setErr(err error) {
 	}
 }
 
+// begin starts a message of type typ (an NFT_MSG_*) for family: its header, whose length
+// and sequence number are filled in later, and its nfgenmsg. It returns the message's offset
+// in b.buf, for end.
+func (b *batch) begin(family byte, typ uint16, flags netlink.HeaderFlags) int {
+	if len(b.buf) > chunkSize-maxMsgSize {
+		b.chunks = append(b.chunks, b.buf)
+		b.buf = make([]byte, 0, chunkSize)
+	}
+	start := len(b.buf)
+	b.buf = appendNlmsghdr(b.buf, unix.NFNL_SUBSYS_NFTABLES<<8|typ, netlink.Request|flags)
+	b.buf = append(b.buf, family, unix.NFNETLINK_V0, 0, 0)
+	return start
+}
+
+// end completes the message begun at start.
+func (b *batch) end(start int) {
+	binary.NativeEndian.PutUint32(b.buf[start:], uint32(len(b.buf)-start))
+	b.n++
+	b.last = start
+}
+
+// appendNlmsghdr appends a netlink message header whose length and sequence number are
+// filled in later.
+func appendNlmsghdr(b []byte, typ uint16, flags netlink.HeaderFlags) []byte {
+	b = binary.NativeEndian.AppendUint32(b, 0)
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = binary.NativeEndian.AppendUint16(b, uint16(flags))
+	return append(b, 0, 0, 0, 0, 0, 0, 0, 0) // sequence, port ID (the kernel's: 0)
+}
+
+// eachMessage calls fn with the type and the payload (after the nfgenmsg) of each message.
+func (b *batch) eachMessage(fn func(typ uint16, data []byte)) {
+	for _, c := range append(slices.Clip(b.chunks), b.buf) {
+		for len(c) >= unix.NLMSG_HDRLEN+4 {
+			l := binary.NativeEndian.Uint32(c)
+			fn(binary.NativeEndian.Uint16(c[4:])&0xff, c[unix.NLMSG_HDRLEN+4:l])
+			c = c[l:]
+		}
+	}
+}
+
+// payloads returns the payload of each message, in order.
+func (b *batch) payloads() [][]byte {
+	out := make([][]byte, 0, b.n)
+	b.eachMessage(func(_ uint16, data []byte) { out = append(out, data) })
+	return out
+}
+
 func (b *batch) add(family byte, typ uint16, flags netlink.HeaderFlags, attrs *netlink.AttributeEncoder) {
 	data, err := attrs.Encode()
 	if err != nil {
 		b.setErr(fmt.Errorf("encode netlink message: %w", err))
 		return
 	}
-	b.msgs = append(b.msgs, netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ),
-			Flags: netlink.Request | flags,
-		},
-		Data: append([]byte{family, unix.NFNETLINK_V0, 0, 0}, data...),
-	})
+	start := b.begin(family, typ, flags)
+	b.buf = append(b.buf, data...)
+	b.end(start)
 }
 
 func newAttrs() *netlink.AttributeEncoder {
@@ -200,57 +264,84 @@ type element struct {
 // the 64 KiB that a netlink attribute length can describe.
 const maxElemsPerMsg = 256
 
-// setElems adds (typ NFT_MSG_NEWSETELEM) or deletes (NFT_MSG_DELSETELEM) elements. The
-// element lists are written by hand rather than with netlink.AttributeEncoder: a full sync
-// writes hundreds of thousands of elements, and nested encoders cost an allocation each.
+// setElems adds (typ NFT_MSG_NEWSETELEM) or deletes (NFT_MSG_DELSETELEM,
+// nftMsgDestroySetElem) elements.
 func (b *batch) setElems(family byte, typ uint16, table, set string, elems []element) {
-	adding := typ == unix.NFT_MSG_NEWSETELEM
-	for len(elems) > 0 {
-		n := min(len(elems), maxElemsPerMsg)
-		chunk := elems[:n]
-		elems = elems[n:]
-		data := []byte{family, unix.NFNETLINK_V0, 0, 0}
-		data = appendNLAString(data, unix.NFTA_SET_ELEM_LIST_TABLE, table)
-		data = appendNLAString(data, unix.NFTA_SET_ELEM_LIST_SET, set)
-		list := len(data)
-		data = appendNLAHeader(data, unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_LIST_ELEMENTS)
-		for i, el := range chunk {
-			elem := len(data)
-			data = appendNLAHeader(data, unix.NLA_F_NESTED|uint16(i+1))
-			key := len(data)
-			data = appendNLAHeader(data, unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_KEY)
-			data = appendNLA(data, unix.NFTA_DATA_VALUE, el.key)
-			data = endNested(data, key)
-			if adding && (el.verdict != nil || el.data != nil) {
-				d := len(data)
-				data = appendNLAHeader(data, unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_DATA)
-				if el.verdict != nil {
-					v := len(data)
-					data = appendNLAHeader(data, unix.NLA_F_NESTED|unix.NFTA_DATA_VERDICT)
-					data = appendNLA(data, unix.NFTA_VERDICT_CODE, binary.BigEndian.AppendUint32(nil, uint32(int32(el.verdict.Kind))))
-					if el.verdict.Chain != "" {
-						data = appendNLAString(data, unix.NFTA_VERDICT_CHAIN, el.verdict.Chain)
-					}
-					data = endNested(data, v)
-				} else {
-					data = appendNLA(data, unix.NFTA_DATA_VALUE, el.data)
-				}
-				data = endNested(data, d)
-			}
-			if adding && el.comment != "" {
-				data = appendNLA(data, unix.NFTA_SET_ELEM_USERDATA, appendUdataString(nil, udataElemComment, el.comment))
-			}
-			data = endNested(data, elem)
-		}
-		data = endNested(data, list)
-		b.msgs = append(b.msgs, netlink.Message{
-			Header: netlink.Header{
-				Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ),
-				Flags: netlink.Request | netlink.Create,
-			},
-			Data: data,
-		})
+	w := b.elemWriter(family, typ, table, set)
+	for i := range elems {
+		w.add(&elems[i])
 	}
+	w.close()
+}
+
+// elemWriter writes the elements of one set, maxElemsPerMsg to a message. The element
+// lists are written by hand rather than with netlink.AttributeEncoder: a full sync writes
+// hundreds of thousands of elements, and nested encoders cost an allocation each.
+type elemWriter struct {
+	b          *batch
+	family     byte
+	typ        uint16
+	table, set string
+	msg, list  int // offsets in b.buf of the open message and of its element list
+	n          int // elements in the open message; 0 when none is open
+}
+
+func (b *batch) elemWriter(family byte, typ uint16, table, set string) *elemWriter {
+	return &elemWriter{b: b, family: family, typ: typ, table: table, set: set}
+}
+
+// add writes el; its slices may be reused once add returns.
+func (w *elemWriter) add(el *element) {
+	b := w.b
+	if w.n == 0 {
+		w.msg = b.begin(w.family, w.typ, netlink.Create)
+		b.buf = appendNLAString(b.buf, unix.NFTA_SET_ELEM_LIST_TABLE, w.table)
+		b.buf = appendNLAString(b.buf, unix.NFTA_SET_ELEM_LIST_SET, w.set)
+		w.list = len(b.buf)
+		b.buf = appendNLAHeader(b.buf, unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_LIST_ELEMENTS)
+	}
+	w.n++
+	adding := w.typ == unix.NFT_MSG_NEWSETELEM
+	data := b.buf
+	elem := len(data)
+	data = appendNLAHeader(data, unix.NLA_F_NESTED|uint16(w.n))
+	key := len(data)
+	data = appendNLAHeader(data, unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_KEY)
+	data = appendNLA(data, unix.NFTA_DATA_VALUE, el.key)
+	data = endNested(data, key)
+	if adding && (el.verdict != nil || el.data != nil) {
+		d := len(data)
+		data = appendNLAHeader(data, unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_DATA)
+		if el.verdict != nil {
+			v := len(data)
+			data = appendNLAHeader(data, unix.NLA_F_NESTED|unix.NFTA_DATA_VERDICT)
+			data = appendNLA(data, unix.NFTA_VERDICT_CODE, binary.BigEndian.AppendUint32(nil, uint32(int32(el.verdict.Kind))))
+			if el.verdict.Chain != "" {
+				data = appendNLAString(data, unix.NFTA_VERDICT_CHAIN, el.verdict.Chain)
+			}
+			data = endNested(data, v)
+		} else {
+			data = appendNLA(data, unix.NFTA_DATA_VALUE, el.data)
+		}
+		data = endNested(data, d)
+	}
+	if adding && el.comment != "" {
+		data = appendNLAUdataString(data, unix.NFTA_SET_ELEM_USERDATA, udataElemComment, el.comment)
+	}
+	b.buf = endNested(data, elem)
+	if w.n == maxElemsPerMsg {
+		w.close()
+	}
+}
+
+// close completes the open message, if any.
+func (w *elemWriter) close() {
+	if w.n == 0 {
+		return
+	}
+	w.b.buf = endNested(w.b.buf, w.list)
+	w.b.end(w.msg)
+	w.n = 0
 }
 
 // appendNLAHeader appends the header of an attribute whose length endNested fills in.
@@ -275,8 +366,27 @@ func appendNLA(b []byte, typ uint16, payload []byte) []byte {
 	return b
 }
 
+// appendNLAString appends an attribute holding s, NUL-terminated.
 func appendNLAString(b []byte, typ uint16, s string) []byte {
-	return appendNLA(b, typ, append([]byte(s), 0))
+	b = binary.NativeEndian.AppendUint16(b, uint16(4+len(s)+1))
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = append(append(b, s...), 0)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+// appendNLAUdataString appends an attribute holding user data of one string TLV, as
+// appendUdataString writes it.
+func appendNLAUdataString(b []byte, typ uint16, utyp byte, s string) []byte {
+	b = binary.NativeEndian.AppendUint16(b, uint16(4+2+len(s)+1))
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = append(append(append(b, utyp, byte(len(s)+1)), s...), 0)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
 }
 
 func (b *batch) addRule(family byte, table, chain string, exprs []expr.Any, comment string) {
@@ -353,50 +463,84 @@ func (b *batch) commit(conn *netlink.Conn, genID uint32) error {
 	if b.err != nil {
 		return b.err
 	}
-	if len(b.msgs) == 0 {
+	if b.n == 0 {
 		return nil
 	}
-	begin := newAttrs()
-	if genID != 0 {
-		begin.Uint32(nfnlBatchGenID, genID)
+	// Sequence numbers: the batch's begin message, its messages, its end message.
+	base := batchSeq.Add(uint32(b.n+2)) - uint32(b.n+2)
+	seq := base + 1
+	bufs := make([][]byte, 0, len(b.chunks)+3)
+	bufs = append(bufs, batchMessage(unix.NFNL_MSG_BATCH_BEGIN, seq, genID))
+	size := len(bufs[0])
+	for _, c := range append(slices.Clip(b.chunks), b.buf) {
+		for off := 0; off < len(c); off += int(binary.NativeEndian.Uint32(c[off:])) {
+			seq++
+			binary.NativeEndian.PutUint32(c[off+8:], seq)
+		}
+		bufs = append(bufs, c)
+		size += len(c)
 	}
-	beginData, err := begin.Encode()
-	if err != nil {
-		return fmt.Errorf("encode batch begin: %w", err)
-	}
-	// The batch messages' nfgenmsg carries the subsystem as res_id, big endian.
-	nfgen := []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES}
-	msgs := make([]netlink.Message, 0, len(b.msgs)+2)
-	msgs = append(msgs, netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_BEGIN), Flags: netlink.Request},
-		Data:   append(nfgen, beginData...),
-	})
-	msgs = append(msgs, b.msgs...)
-	msgs[len(msgs)-1].Header.Flags |= netlink.Acknowledge
-	msgs = append(msgs, netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_END), Flags: netlink.Request},
-		Data:   nfgen,
-	})
+	last := seq
+	// Only the last message asks for an acknowledgement.
+	flags := binary.NativeEndian.Uint16(b.buf[b.last+6:])
+	binary.NativeEndian.PutUint16(b.buf[b.last+6:], flags|unix.NLM_F_ACK)
+	bufs = append(bufs, batchMessage(unix.NFNL_MSG_BATCH_END, seq+1, 0))
+	size += len(bufs[len(bufs)-1])
 
 	// The kernel takes the whole batch from one sendmsg, so the socket must be able to
 	// hold it; root may raise the limit past net.core.wmem_max.
-	size := 0
-	for i := range msgs {
-		size += 16 + len(msgs[i].Data) + 4
-	}
 	if err := setBuffers(conn, size); err != nil {
 		return err
 	}
-	sent, err := conn.SendMessages(msgs)
-	if err != nil {
-		return fmt.Errorf("send nftables batch of %d messages: %w", len(msgs), err)
+	if err := sendBuffers(conn, bufs); err != nil {
+		return fmt.Errorf("send nftables batch of %d messages (%d bytes): %w", b.n+2, size, err)
 	}
-	return receiveAcks(conn, sent[len(sent)-2].Header.Sequence, sent[0].Header.Sequence)
+	return receiveAcks(conn, last)
+}
+
+// batchSeq numbers the messages of the batches this process sends, so that no two batches
+// on one socket share a sequence number.
+var batchSeq atomic.Uint32
+
+// batchMessage returns the batch begin or end message (typ) with sequence number seq; a
+// begin message carries the generation ID the batch is conditional on, unless it is 0.
+func batchMessage(typ uint16, seq, genID uint32) []byte {
+	m := appendNlmsghdr(nil, typ, netlink.Request)
+	// The nfgenmsg of batch messages carries the subsystem as res_id, big endian.
+	m = append(m, unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES)
+	if genID != 0 {
+		m = appendNLA(m, nfnlBatchGenID, binary.BigEndian.AppendUint32(nil, genID))
+	}
+	binary.NativeEndian.PutUint32(m, uint32(len(m)))
+	binary.NativeEndian.PutUint32(m[8:], seq)
+	return m
+}
+
+// sendBuffers sends bufs as one netlink datagram to the kernel.
+func sendBuffers(conn *netlink.Conn, bufs [][]byte) error {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("netlink socket: %w", err)
+	}
+	var sendErr error
+	err = raw.Write(func(fd uintptr) bool {
+		for {
+			_, sendErr = unix.SendmsgBuffers(int(fd), bufs, nil, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}, 0)
+			if sendErr != unix.EINTR {
+				break
+			}
+		}
+		return sendErr != unix.EAGAIN
+	})
+	if err != nil {
+		return err
+	}
+	return sendErr
 }
 
 // receiveAcks reads replies until the acknowledgement of the message numbered lastSeq,
 // returning the first error the kernel reported.
-func receiveAcks(conn *netlink.Conn, lastSeq, beginSeq uint32) error {
+func receiveAcks(conn *netlink.Conn, lastSeq uint32) error {
 	var first error
 	deadline := time.Now().Add(60 * time.Second)
 	for {

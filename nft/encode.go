@@ -151,8 +151,19 @@ func (e *encoder) endpointType() (typ, length uint32) {
 
 // endpointData returns an endpoint as an endpoint map stores it.
 func endpointData(ep netip.AddrPort) []byte {
-	out := ep.Addr().AsSlice()
-	return append(out, byte(ep.Port()>>8), byte(ep.Port()), 0, 0)
+	return appendEndpointData(nil, ep)
+}
+
+// appendEndpointData appends endpointData(ep) to dst.
+func appendEndpointData(dst []byte, ep netip.AddrPort) []byte {
+	if ep.Addr().Is4() {
+		a := ep.Addr().As4()
+		dst = append(dst, a[:]...)
+	} else {
+		a := ep.Addr().As16()
+		dst = append(dst, a[:]...)
+	}
+	return append(dst, byte(ep.Port()>>8), byte(ep.Port()), 0, 0)
 }
 
 // addElements adds elements to the set s.
@@ -164,12 +175,17 @@ func (e *encoder) elements(op uint16, s *model.Set, in []model.Element) error {
 	if len(in) == 0 {
 		return nil
 	}
-	out := make([]element, 0, len(in))
+	// Each element is written at once, from one reused element: a full sync has hundreds of
+	// thousands.
+	ew := e.b.elemWriter(e.fam, op, model.TableName, s.Name)
+	var w element
+	var key, data []byte
 	for _, el := range in {
 		if len(s.Key) > 0 && s.Key[0] == model.KeyAddr && !e.family.Contains(el.Addr) {
 			return fmt.Errorf("set %s: address %s is not %s", s.Name, el.Addr, e.family)
 		}
-		w := element{key: model.ElementKey(e.family, s.Key, el), comment: el.Comment}
+		key = model.AppendElementKey(key[:0], e.family, s.Key, el)
+		w = element{key: key, comment: el.Comment}
 		switch s.Data {
 		case model.VerdictData:
 			v, err := verdict(el.Verdict)
@@ -181,11 +197,12 @@ func (e *encoder) elements(op uint16, s *model.Set, in []model.Element) error {
 			if !e.family.Contains(el.Endpoint.Addr()) {
 				return fmt.Errorf("set %s: endpoint %s is not %s", s.Name, el.Endpoint, e.family)
 			}
-			w.data = endpointData(el.Endpoint)
+			data = appendEndpointData(data[:0], el.Endpoint)
+			w.data = data
 		}
-		out = append(out, w)
+		ew.add(&w)
 	}
-	e.b.setElems(e.fam, op, model.TableName, s.Name, out)
+	ew.close()
 	return nil
 }
 

@@ -264,8 +264,9 @@ func newSetExpectation(fam model.Family, sets []*model.Set) (*expectation, error
 	if b.err != nil {
 		return nil, fmt.Errorf("encode desired sets: %w", b.err)
 	}
+	msgs := b.payloads()
 	for i, s := range sets {
-		name, def, err := decodeSet(b.msgs[i].Data[4:])
+		name, def, err := decodeSet(msgs[i])
 		if err != nil || name != s.Name {
 			return nil, fmt.Errorf("decode encoded set %s: got %q, %v", s.Name, name, err)
 		}
@@ -300,9 +301,9 @@ func (exp *expectation) addChains(chains []*model.Chain) error {
 		return fmt.Errorf("encode desired chains: %w", b.err)
 	}
 	// The messages come in the order they were added: chains, then rules chain by chain.
-	msgs := b.msgs
+	msgs := b.payloads()
 	for _, c := range chains {
-		name, def, err := decodeChain(msgs[0].Data[4:])
+		name, def, err := decodeChain(msgs[0])
 		if err != nil || name != c.Name {
 			return fmt.Errorf("decode encoded chain %s: got %q, %v", c.Name, name, err)
 		}
@@ -312,7 +313,7 @@ func (exp *expectation) addChains(chains []*model.Chain) error {
 	for _, c := range chains {
 		byPrint := make(map[string]model.Rule, len(c.Rules))
 		for _, r := range c.Rules {
-			chain, fp, err := ruleFingerprint(exp.nfproto, msgs[0].Data[4:], false)
+			chain, fp, err := ruleFingerprint(exp.nfproto, msgs[0], false)
 			if err != nil || chain != c.Name {
 				return fmt.Errorf("decode encoded rule of chain %s: got chain %q, %v", c.Name, chain, err)
 			}

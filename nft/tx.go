@@ -128,7 +128,7 @@ func (n *Netlink) Apply(tx *Transaction, genID uint32) error {
 		return fmt.Errorf("encode transaction: %w", err)
 	}
 	if err := n.commit(b, genID); err != nil {
-		return fmt.Errorf("commit transaction of %d messages: %w", len(b.msgs), err)
+		return fmt.Errorf("commit transaction of %d messages: %w", b.n, err)
 	}
 	return nil
 }
