@@ -130,6 +130,9 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, chains func() [
 		if err != nil {
 			return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
 		}
+		if err := r.barrier(); err != nil {
+			return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
+		}
 		r.interrupted.Store(false)
 		rs, readErr := r.readTable(exp)
 		after, err := r.generation()
@@ -609,6 +612,24 @@ func (r *reader) generation() (uint32, error) {
 		return 0, errors.New("get ruleset generation: no generation in the reply")
 	}
 	return gen, nil
+}
+
+// barrier returns once no commit is in progress. The kernel bumps the generation early in a
+// commit, before the new ruleset becomes visible: a generation read inside that window is
+// the new one while the dump that follows may still see the old ruleset, and no later
+// generation read would tell. An empty batch takes and releases the commit lock, so the
+// commit that generation belongs to, if any, has finished when it returns; sending to the
+// kernel is synchronous and an empty batch is acknowledged by nothing.
+func (r *reader) barrier() error {
+	seq := batchSeq.Add(2) - 1
+	err := sendBuffers(r.conn, [][]byte{
+		batchMessage(unix.NFNL_MSG_BATCH_BEGIN, seq, 0),
+		batchMessage(unix.NFNL_MSG_BATCH_END, seq+1, 0),
+	})
+	if err != nil {
+		return fmt.Errorf("wait for commits in progress: %w", err)
+	}
+	return nil
 }
 
 // request sends an nftables request of type typ (NFT_MSG_GET*) and calls fn with the
