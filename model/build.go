@@ -266,14 +266,18 @@ func (b *builder) nodePortIPs() []netip.Addr {
 	return slices.Compact(out)
 }
 
-// clusterCIDR returns the pod network of this family, if one was configured.
-func (b *builder) clusterCIDR() (netip.Prefix, bool) {
+// podTraffic returns the match of traffic from pods (from other sources when negate is set),
+// by input interface or by source range, and false when there is no way to tell.
+func (b *builder) podTraffic(negate bool) (Expr, bool) {
+	if b.node.PodInterface != "" {
+		return MatchIifname{Name: b.node.PodInterface, Prefix: b.node.PodInterfacePrefix, Negate: negate}, true
+	}
 	for _, p := range b.node.ClusterCIDRs {
 		if b.node.Family.Contains(p.Addr()) {
-			return p.Masked(), true
+			return MatchSaddr{Prefix: p.Masked(), Negate: negate}, true
 		}
 	}
-	return netip.Prefix{}, false
+	return nil, false
 }
 
 // familyAddrs returns the addresses of this family, in the order given.
@@ -568,8 +572,8 @@ func (b *builder) pickChain(kind PickKind, proto Protocol, slots, affinity uint3
 	case Cluster:
 		if b.node.MasqueradeAll {
 			c.Rules = append(c.Rules, rule(jump(ChainMarkForMasquerade)))
-		} else if cidr, ok := b.clusterCIDR(); ok {
-			c.Rules = append(c.Rules, rule(MatchSaddr{Prefix: cidr, Negate: true}, jump(ChainMarkForMasquerade)))
+		} else if notPod, ok := b.podTraffic(true); ok {
+			c.Rules = append(c.Rules, rule(notPod, jump(ChainMarkForMasquerade)))
 		}
 	case External, NodePortPick:
 		c.Rules = append(c.Rules, Rule{Exprs: []Expr{jump(ChainMarkForMasquerade)}, Comment: "masquerade traffic from outside the cluster"})
@@ -619,8 +623,8 @@ func (b *builder) localPickChain(kind PickKind, proto Protocol, cluster, local, 
 	if affinity > 0 {
 		c.Rules = append(c.Rules, affinityRule(proto))
 	}
-	if cidr, ok := b.clusterCIDR(); ok {
-		c.Rules = append(c.Rules, Rule{Exprs: []Expr{MatchSaddr{Prefix: cidr}, all}, Comment: "pod traffic short-circuits to all endpoints"})
+	if pod, ok := b.podTraffic(false); ok {
+		c.Rules = append(c.Rules, Rule{Exprs: []Expr{pod, all}, Comment: "pod traffic short-circuits to all endpoints"})
 	}
 	c.Rules = append(c.Rules, Rule{Exprs: []Expr{FibSaddrLocal{}, all}, Comment: "node traffic goes to all endpoints"})
 	if local > 0 {

@@ -300,6 +300,15 @@ func renderExpr(fam Family, e Expr) string {
 			op = "!= "
 		}
 		return fmt.Sprintf("%s saddr %s%s", ip, op, prefixString(e.Prefix))
+	case MatchIifname:
+		op, wildcard := "", ""
+		if e.Negate {
+			op = "!= "
+		}
+		if e.Prefix {
+			wildcard = "*"
+		}
+		return fmt.Sprintf("iifname %s%q", op, e.Name+wildcard)
 	case DaddrInSet:
 		return fmt.Sprintf("%s daddr @%s", ip, e.Set)
 	case VmapLookup:

@@ -154,6 +154,15 @@ type MatchSaddr struct {
 	Negate bool
 }
 
+// MatchIifname compares the name of the interface the packet came in on with Name, or only
+// its start with Prefix set ("iifname \"veth*\""). Packets the node sends have no input
+// interface: their name is empty.
+type MatchIifname struct {
+	Name   string
+	Prefix bool
+	Negate bool
+}
+
 // DaddrInSet matches destinations in the named set: "ip daddr @nodeport-ips".
 type DaddrInSet struct{ Set string }
 
@@ -257,6 +266,7 @@ func (FibDaddrLocal) isExpr()    {}
 func (DaddrNotLoopback) isExpr() {}
 func (FibSaddrLocal) isExpr()    {}
 func (MatchSaddr) isExpr()       {}
+func (MatchIifname) isExpr()     {}
 func (DaddrInSet) isExpr()       {}
 func (VmapLookup) isExpr()       {}
 func (MarkUnset) isExpr()        {}

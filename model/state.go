@@ -150,10 +150,17 @@ type NodeConfig struct {
 	// loadBalancerSourceRanges contain one of them also admits its own LoadBalancer IPs as
 	// sources (traffic that a load balancer hairpins back through the node).
 	NodeIPs []netip.Addr
-	// ClusterCIDRs are the pod network ranges (--cluster-cidr); traffic to a ClusterIP from any
-	// other source is masqueraded. Empty disables that masquerade rule. Prefixes of the other
-	// family are ignored.
+	// ClusterCIDRs are the source ranges of pod traffic: the pod network (--cluster-cidr), or
+	// this node's pod ranges (--detect-local-mode=NodeCIDR). Traffic to a ClusterIP from any
+	// other source is masqueraded, and traffic from them to an externalTrafficPolicy Local
+	// address short-circuits to all endpoints. Empty disables both rules. Prefixes of the
+	// other family are ignored. PodInterface, when set, takes their place.
 	ClusterCIDRs []netip.Prefix
+	// PodInterface tells pod traffic by the interface it comes in on instead of its source:
+	// the pods' bridge (--detect-local-mode=BridgeInterface), or with PodInterfacePrefix the
+	// start of the pods' interface names (InterfaceNamePrefix).
+	PodInterface       string
+	PodInterfacePrefix bool
 	// MasqueradeAll masquerades all traffic to Services (--masquerade-all).
 	MasqueradeAll bool
 	// NodePortAddresses restricts NodePorts to local addresses inside these prefixes

@@ -358,6 +358,24 @@ func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 	case model.MatchSaddr:
 		return e.matchPrefix(x.Prefix, x.Negate)
 
+	case model.MatchIifname:
+		// As nft: the whole name padded to IFNAMSIZ, or only a prefix's bytes.
+		if x.Name == "" || len(x.Name) >= unix.IFNAMSIZ {
+			return nil, fmt.Errorf("interface name %q: want 1 to %d bytes", x.Name, unix.IFNAMSIZ-1)
+		}
+		name := []byte(x.Name)
+		if !x.Prefix {
+			name = append(name, make([]byte, unix.IFNAMSIZ-len(name))...)
+		}
+		op := expr.CmpOpEq
+		if x.Negate {
+			op = expr.CmpOpNeq
+		}
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+			&expr.Cmp{Op: op, Register: reg1, Data: name},
+		}, nil
+
 	case model.DaddrInSet:
 		off, n := e.addrField(false)
 		return []expr.Any{

@@ -1,12 +1,14 @@
 package sync
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
+	"unicode"
 
 	"github.com/nftproxy/nftproxy/model"
 )
@@ -18,6 +20,14 @@ type Config struct {
 	HostnameOverride string
 	// ClusterCIDRs are the pod network ranges, at most one per family.
 	ClusterCIDRs []netip.Prefix
+	// DetectLocalMode is how traffic from pods is told from other traffic: one of the
+	// DetectLocal* values ("" means DetectLocalClusterCIDR).
+	DetectLocalMode string
+	// PodBridgeInterface is the pods' bridge, for DetectLocalBridgeInterface.
+	PodBridgeInterface string
+	// PodInterfaceNamePrefix starts the names of the pods' interfaces, for
+	// DetectLocalInterfaceNamePrefix.
+	PodInterfaceNamePrefix string
 	// NodePortAddresses restricts NodePorts to local addresses inside these prefixes.
 	NodePortAddresses []netip.Prefix
 	// NodePortPrimary serves NodePorts only on the Node object's primary IPs
@@ -29,6 +39,21 @@ type Config struct {
 	// service.kubernetes.io/service-proxy-name with this value (and only those labelled).
 	ServiceProxyName string
 }
+
+// The values of --detect-local-mode, kube-proxy's: how traffic from pods is told from other
+// traffic. ClusterIP traffic from elsewhere is masqueraded, and pods reach an
+// externalTrafficPolicy Local address as they would its ClusterIP.
+const (
+	// DetectLocalClusterCIDR: the source is in --cluster-cidr (the default).
+	DetectLocalClusterCIDR = "ClusterCIDR"
+	// DetectLocalNodeCIDR: the source is in this Node's spec.podCIDRs.
+	DetectLocalNodeCIDR = "NodeCIDR"
+	// DetectLocalBridgeInterface: the packet came in on --pod-bridge-interface.
+	DetectLocalBridgeInterface = "BridgeInterface"
+	// DetectLocalInterfaceNamePrefix: the packet came in on an interface whose name starts
+	// with --pod-interface-name-prefix.
+	DetectLocalInterfaceNamePrefix = "InterfaceNamePrefix"
+)
 
 // BindFlags registers the rule-shaping flags on fs.
 func (c *Config) BindFlags(fs *flag.FlagSet) {
@@ -44,7 +69,48 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 		return err
 	})
 	fs.BoolVar(&c.MasqueradeAll, "masquerade-all", false, "masquerade all traffic sent to Services")
+	fs.Func("detect-local-mode", "how traffic from pods is told from other traffic: ClusterCIDR (source in --cluster-cidr, the default), NodeCIDR (source in this Node's spec.podCIDRs), BridgeInterface (comes in on --pod-bridge-interface) or InterfaceNamePrefix (comes in on an interface named --pod-interface-name-prefix*)", func(s string) error {
+		switch s {
+		case DetectLocalClusterCIDR, DetectLocalNodeCIDR, DetectLocalBridgeInterface, DetectLocalInterfaceNamePrefix:
+			c.DetectLocalMode = s
+			return nil
+		}
+		return fmt.Errorf("want ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix")
+	})
+	fs.Func("pod-bridge-interface", "the pods' bridge, with --detect-local-mode=BridgeInterface", func(s string) error {
+		c.PodBridgeInterface = s
+		return validInterfaceName(s)
+	})
+	fs.Func("pod-interface-name-prefix", "the start of the pods' interface names, with --detect-local-mode=InterfaceNamePrefix", func(s string) error {
+		c.PodInterfaceNamePrefix = s
+		return validInterfaceName(s)
+	})
 	fs.StringVar(&c.ServiceProxyName, "service-proxy-name", "", "handle only Services whose service.kubernetes.io/service-proxy-name label has this value")
+}
+
+// Validate checks the flags that only make sense together.
+func (c *Config) Validate() error {
+	switch c.DetectLocalMode {
+	case DetectLocalBridgeInterface:
+		if c.PodBridgeInterface == "" {
+			return errors.New("--detect-local-mode=BridgeInterface needs --pod-bridge-interface")
+		}
+	case DetectLocalInterfaceNamePrefix:
+		if c.PodInterfaceNamePrefix == "" {
+			return errors.New("--detect-local-mode=InterfaceNamePrefix needs --pod-interface-name-prefix")
+		}
+	}
+	return nil
+}
+
+// validInterfaceName accepts what a Linux interface name can be: 1 to 15 bytes, no '/',
+// whitespace, quotes or NUL, and not "." or "..". '*' is refused too: nft would take it for
+// a wildcard.
+func validInterfaceName(s string) error {
+	if s == "" || len(s) >= 16 || s == "." || s == ".." || strings.ContainsAny(s, "/*\"\x00") || strings.ContainsFunc(s, unicode.IsSpace) {
+		return fmt.Errorf("interface name %q: want 1 to 15 bytes without '/', '*', '\"' or whitespace", s)
+	}
+	return nil
 }
 
 // ParseClusterCIDRs parses --cluster-cidr: one CIDR, or a comma-separated pair of one IPv4 and
@@ -107,6 +173,16 @@ func (c *Config) NodeConfig(fam model.Family, nodeName string, node NodeInfo, lo
 		MasqueradeAll:     c.MasqueradeAll,
 		NodePortAddresses: c.NodePortAddresses,
 		LocalAddresses:    localAddrs,
+	}
+	switch c.DetectLocalMode {
+	case DetectLocalNodeCIDR:
+		// Until the Node object is seen (or while it has no pod ranges), pod traffic cannot
+		// be told apart: nothing is masqueraded for being from elsewhere.
+		nc.ClusterCIDRs = node.PodCIDRs
+	case DetectLocalBridgeInterface:
+		nc.ClusterCIDRs, nc.PodInterface = nil, c.PodBridgeInterface
+	case DetectLocalInterfaceNamePrefix:
+		nc.ClusterCIDRs, nc.PodInterface, nc.PodInterfacePrefix = nil, c.PodInterfaceNamePrefix, true
 	}
 	if c.NodePortPrimary {
 		// Primary IPs serve NodePorts whether or not they are configured on an interface

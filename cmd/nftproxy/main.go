@@ -166,6 +166,9 @@ func setup(name string, args []string, stderr io.Writer, extra func(*flag.FlagSe
 	if c.manifests == "" && extra == nil {
 		return nil, nil, "", errors.New("--manifests is required")
 	}
+	if err := c.cfg.Validate(); err != nil {
+		return nil, nil, "", err
+	}
 	log, err := c.logger(stderr)
 	if err != nil {
 		return nil, nil, "", err

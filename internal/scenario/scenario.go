@@ -55,6 +55,9 @@ func (s Scenario) Render() ([]*model.Ruleset, error) {
 	if err := fs.Parse(s.Args); err != nil {
 		return nil, fmt.Errorf("scenario %s flags: %w", s.Name, err)
 	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("scenario %s flags: %w", s.Name, err)
+	}
 	rulesets, _, err := cfg.RenderDir(s.Dir, cfg.HostnameOverride)
 	return rulesets, err
 }

@@ -1,0 +1,66 @@
+package sync
+
+import (
+	"flag"
+	"io"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// TestDetectLocalModeFlags checks how --detect-local-mode and its interface flags are
+// accepted, refused and turned into the rules' view of pod traffic.
+func TestDetectLocalModeFlags(t *testing.T) {
+	node := NodeInfo{Name: "node1", PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:1::/64")}}
+	cluster := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+	for _, tc := range []struct {
+		args []string
+		// err is a part of the error, "" for none.
+		err string
+		// cidrs, iface and prefix are the IPv4 NodeConfig's view of pod traffic.
+		cidrs  []netip.Prefix
+		iface  string
+		prefix bool
+	}{
+		{args: nil, cidrs: cluster},
+		{args: []string{"--detect-local-mode", "ClusterCIDR"}, cidrs: cluster},
+		{args: []string{"--detect-local-mode", "NodeCIDR"}, cidrs: node.PodCIDRs},
+		{args: []string{"--detect-local-mode", "BridgeInterface", "--pod-bridge-interface", "cbr0"}, iface: "cbr0"},
+		{args: []string{"--detect-local-mode", "InterfaceNamePrefix", "--pod-interface-name-prefix", "veth"}, iface: "veth", prefix: true},
+		{args: []string{"--detect-local-mode", "nodecidr"}, err: "want ClusterCIDR, NodeCIDR"},
+		{args: []string{"--detect-local-mode", "BridgeInterface"}, err: "needs --pod-bridge-interface"},
+		{args: []string{"--detect-local-mode", "InterfaceNamePrefix"}, err: "needs --pod-interface-name-prefix"},
+		{args: []string{"--pod-bridge-interface", "a-name-of-16-byt"}, err: "want 1 to 15 bytes"},
+		{args: []string{"--pod-interface-name-prefix", "veth*"}, err: "want 1 to 15 bytes"},
+		{args: []string{"--pod-bridge-interface", `br"0`}, err: "want 1 to 15 bytes"},
+		{args: []string{"--pod-bridge-interface", "br 0"}, err: "want 1 to 15 bytes"},
+	} {
+		name := strings.Join(tc.args, " ")
+		var c Config
+		fs := flag.NewFlagSet("test", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		c.BindFlags(fs)
+		err := fs.Parse(append([]string{"--cluster-cidr", "10.244.0.0/16"}, tc.args...))
+		if err == nil {
+			err = c.Validate()
+		}
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: error %v, want one containing %q", name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", name, err)
+			continue
+		}
+		nc := c.NodeConfig(model.IPv4, "node1", node, nil)
+		if !slices.Equal(nc.ClusterCIDRs, tc.cidrs) || nc.PodInterface != tc.iface || nc.PodInterfacePrefix != tc.prefix {
+			t.Errorf("%q: pod traffic is %v / %q (prefix %v), want %v / %q (prefix %v)",
+				name, nc.ClusterCIDRs, nc.PodInterface, nc.PodInterfacePrefix, tc.cidrs, tc.iface, tc.prefix)
+		}
+	}
+}
