@@ -194,10 +194,12 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	backend := nft.NewNetlink("")
+	defer backend.Close()
 	proxy := &sync.Proxy{
 		Config:        &c.cfg,
 		NodeName:      node,
-		Backend:       nft.NewNetlink(""),
+		Backend:       backend,
 		Log:           log,
 		MinSyncPeriod: d.minSyncPeriod,
 		SyncPeriod:    d.syncPeriod,
@@ -349,7 +351,9 @@ func runCleanup(args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := nft.NewNetlink("").Delete(model.IPv4, model.IPv6); err != nil {
+	backend := nft.NewNetlink("")
+	defer backend.Close()
+	if err := backend.Delete(model.IPv4, model.IPv6); err != nil {
 		return err
 	}
 	fmt.Fprintln(stderr, "removed tables ip nftproxy and ip6 nftproxy")
