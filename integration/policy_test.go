@@ -168,6 +168,31 @@ func TestTrafficExternalPolicyLocal(t *testing.T) {
 	})
 }
 
+// TestHealthCheckNodePortAddresses: with --nodeport-addresses, a healthCheckNodePort is served
+// only on the addresses that serve NodePorts, as kube-proxy does: the client's health check to
+// node1's client-link address answers, to node1's other address it is refused.
+func TestHealthCheckNodePortAddresses(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	local, remote, _ := policyPods(h)
+	ports := []servicePort{withNodePort(portHTTP, 30290)}
+	h.apply(service{Name: "etp-hc", Type: "LoadBalancer", ClusterIPs: []string{"10.96.20.90"},
+		LoadBalancerIPs: []string{"198.51.100.90"}, ExternalTrafficPolicy: "Local", HealthCheckNodePort: 32290,
+		Ports: ports, Slices: []endpointSlice{podSlice("etp-hc-v4", false, ports, local, remote)}})
+	h.start("--nodeport-addresses", h.tp.Node1ExternalIPv4.String()+"/32")
+	h.waitReply(t, h.tp.Client, "tcp", at(h.tp.Node1ExternalIPv4, 30290))
+
+	served := at(h.tp.Node1ExternalIPv4, 32290)
+	code, body, err := healthCheck(h.tp.Client, served)
+	if err != nil || code != http.StatusOK || body["localEndpoints"] != float64(1) {
+		t.Errorf("client -> health check %s: %d %v (%v), want 200 with localEndpoints 1", served, code, body, err)
+	}
+	other := at(netip.MustParseAddr(topology.Node1IPv4), 32290)
+	if code, body, err := healthCheck(h.tp.Client, other); err == nil {
+		t.Errorf("client -> health check %s outside --nodeport-addresses answered %d %v", other, code, body)
+	}
+}
+
 // TestTrafficInternalPolicyLocal: with internalTrafficPolicy Local, a pod reaches only the
 // endpoint on its own node through the ClusterIP; with none there, its packets are dropped.
 func TestTrafficInternalPolicyLocal(t *testing.T) {

@@ -178,7 +178,7 @@ func (b *builder) skeleton() *Ruleset {
 	addSet(&Set{Name: SetClusterIPs, Key: []KeyField{KeyAddr}, Comment: "Active ClusterIPs"})
 	if b.nodePortsLimited() {
 		s := &Set{Name: SetNodePortIPs, Key: []KeyField{KeyAddr}, Comment: "IPs that accept NodePort traffic"}
-		for _, a := range b.nodePortIPs() {
+		for _, a := range b.node.NodePortIPs() {
 			s.Elements = append(s.Elements, Element{Addr: a})
 		}
 		addSet(s)
@@ -247,15 +247,17 @@ func (b *builder) skeleton() *Ruleset {
 	return rs
 }
 
-// nodePortIPs returns this family's local addresses inside --nodeport-addresses, sorted.
-func (b *builder) nodePortIPs() []netip.Addr {
+// NodePortIPs returns the local addresses of c's family inside c.NodePortAddresses, sorted:
+// those that accept NodePort traffic when NodePortAddresses is set (when it is not, every
+// local address does, and the rules need not list them).
+func (c NodeConfig) NodePortIPs() []netip.Addr {
 	var out []netip.Addr
-	for _, a := range b.node.LocalAddresses {
+	for _, a := range c.LocalAddresses {
 		a = a.Unmap()
-		if !b.node.Family.Contains(a) || a.IsLoopback() {
+		if !c.Family.Contains(a) || a.IsLoopback() {
 			continue
 		}
-		for _, p := range b.node.NodePortAddresses {
+		for _, p := range c.NodePortAddresses {
 			if p.Contains(a) {
 				out = append(out, a)
 				break

@@ -26,9 +26,12 @@ type ServiceHealthServers struct {
 	NodeName string
 	// ProxyHealthy reports the proxy's own health (nil: always healthy).
 	ProxyHealthy func() bool
-	// Listen opens a server's listener; nil means net.Listen("tcp", ":<port>") (every
-	// address, both families).
-	Listen func(port uint16) (net.Listener, error)
+	// Addresses, when set, gives the addresses a server listens on when it starts, as
+	// kube-proxy's listen on --nodeport-addresses; nil means every address of both families.
+	Addresses func() []netip.Addr
+	// Listen opens a server's listener on addr ("host:port", or ":port" for every address);
+	// nil means net.Listen("tcp", addr).
+	Listen func(addr string) (net.Listener, error)
 	Log    *slog.Logger
 
 	mu gosync.Mutex
@@ -144,13 +147,28 @@ func (h *ServiceHealthServers) reconcile() {
 func (h *ServiceHealthServers) start(port uint16, name model.ServiceName) (*hcServer, error) {
 	listen := h.Listen
 	if listen == nil {
-		listen = func(port uint16) (net.Listener, error) {
-			return net.Listen("tcp", ":"+strconv.Itoa(int(port)))
+		listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+	}
+	addrs := []string{":" + strconv.Itoa(int(port))}
+	if h.Addresses != nil {
+		addrs = nil
+		for _, a := range h.Addresses() {
+			addrs = append(addrs, netip.AddrPortFrom(a, port).String())
+		}
+		if len(addrs) == 0 {
+			return nil, fmt.Errorf("listen on health check node port %d: no local address matches --nodeport-addresses", port)
 		}
 	}
-	ln, err := listen(port)
-	if err != nil {
-		return nil, fmt.Errorf("listen on health check node port %d: %w", port, err)
+	var lns []net.Listener
+	for _, addr := range addrs {
+		ln, err := listen(addr)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, fmt.Errorf("listen on health check node port %s: %w", addr, err)
+		}
+		lns = append(lns, ln)
 	}
 	s := &hcServer{name: name}
 	s.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -159,12 +177,14 @@ func (h *ServiceHealthServers) start(port uint16, name model.ServiceName) (*hcSe
 		s.mu.Unlock()
 		h.respond(w, name, local)
 	}), ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			h.Log.Error("health check server stopped", logKeyService, name.String(), "port", port, logKeyError, err)
-		}
-	}()
-	h.Log.Info("serving health checks for Service", logKeyService, name.String(), "port", port)
+	for _, ln := range lns {
+		go func() {
+			if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				h.Log.Error("health check server stopped", logKeyService, name.String(), "address", ln.Addr().String(), logKeyError, err)
+			}
+		}()
+	}
+	h.Log.Info("serving health checks for Service", logKeyService, name.String(), "addresses", addrs)
 	return s, nil
 }
 

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
+	"strconv"
 	gosync "sync"
 	"sync/atomic"
 	"testing"
@@ -16,19 +18,29 @@ import (
 )
 
 // hcListener hands out loopback listeners on random ports and remembers which test port each
-// stands for.
+// stands for, and which addresses were asked for.
 type hcListener struct {
 	mu    gosync.Mutex
 	addrs map[uint16]string
+	asked []string
 }
 
-func (l *hcListener) listen(port uint16) (net.Listener, error) {
+func (l *hcListener) listen(addr string) (net.Listener, error) {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	port, err := strconv.ParseUint(p, 10, 16)
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	l.mu.Lock()
-	l.addrs[port] = ln.Addr().String()
+	l.addrs[uint16(port)] = ln.Addr().String()
+	l.asked = append(l.asked, addr)
 	l.mu.Unlock()
 	return ln, nil
 }
@@ -142,11 +154,11 @@ func TestServiceHealthServersBusyPort(t *testing.T) {
 	l := &hcListener{addrs: map[uint16]string{}}
 	fail := true
 	h := &sync.ServiceHealthServers{NodeName: "node1", Log: slog.New(slog.DiscardHandler),
-		Listen: func(port uint16) (net.Listener, error) {
+		Listen: func(addr string) (net.Listener, error) {
 			if fail {
 				return nil, &net.OpError{Op: "listen", Err: io.ErrClosedPipe}
 			}
-			return l.listen(port)
+			return l.listen(addr)
 		}}
 	defer h.Close()
 	web := model.ServiceName{Namespace: "default", Name: "web"}
@@ -162,5 +174,38 @@ func TestServiceHealthServersBusyPort(t *testing.T) {
 	code, _, err := l.get(t, 32001)
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("GET: %d, %v; want 200", code, err)
+	}
+}
+
+// TestServiceHealthServersAddresses: with Addresses set (--nodeport-addresses), a server
+// listens on each of those addresses, and on none when there is none; without it, on every
+// address.
+func TestServiceHealthServersAddresses(t *testing.T) {
+	web := model.ServiceName{Namespace: "default", Name: "web"}
+	svc := lbLocal("web", 32002, ep("10.244.1.1", "node1", true, false))
+	for _, tc := range []struct {
+		name  string
+		addrs func() []netip.Addr
+		want  []string
+	}{
+		{"every address", nil, []string{":32002"}},
+		{"node port addresses", func() []netip.Addr {
+			return []netip.Addr{netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("2001:db8::10")}
+		}, []string{"192.0.2.10:32002", "[2001:db8::10]:32002"}},
+		{"no matching address", func() []netip.Addr { return nil }, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := &hcListener{addrs: map[uint16]string{}}
+			h := &sync.ServiceHealthServers{NodeName: "node1", Log: slog.New(slog.DiscardHandler),
+				Addresses: tc.addrs, Listen: l.listen}
+			defer h.Close()
+			h.Update(map[model.ServiceName]*model.Service{web: svc})
+			if !slices.Equal(l.asked, tc.want) {
+				t.Errorf("listened on %q, want %q", l.asked, tc.want)
+			}
+			if running := h.Ports()[32002] == web; running != (tc.want != nil) {
+				t.Errorf("server running: %v, want %v", running, tc.want != nil)
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"slices"
 	gosync "sync"
 	"time"
 
@@ -61,6 +62,8 @@ type Proxy struct {
 	objs    *Objects
 	objsAt  time.Time
 	changed chan struct{}
+	// nodePortIPs are the NodePort addresses of the last sync, both families.
+	nodePortIPs []netip.Addr
 
 	syncer    *Syncer
 	converter Converter
@@ -158,6 +161,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 }
 
+// NodePortIPs returns the local addresses inside --nodeport-addresses as of the last sync,
+// IPv4 first (none when that flag is not set: then every address accepts NodePorts).
+func (p *Proxy) NodePortIPs() []netip.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.nodePortIPs)
+}
+
 // SyncOnce converts the latest snapshot, tells the syncer what changed and syncs. Before the
 // first snapshot it does nothing.
 func (p *Proxy) SyncOnce() error {
@@ -182,14 +193,18 @@ func (p *Proxy) SyncOnce() error {
 	p.converter.Options = ConvertOptions{ServiceProxyName: p.Config.ServiceProxyName}
 	changes, bad := p.converter.Changes(*objs)
 	p.reportBad(bad)
+	node, _ := FindNode(objs.Nodes, p.NodeName)
+	cfgs := map[model.Family]model.NodeConfig{
+		model.IPv4: p.Config.NodeConfig(model.IPv4, p.NodeName, node, addrs),
+		model.IPv6: p.Config.NodeConfig(model.IPv6, p.NodeName, node, addrs),
+	}
+	p.mu.Lock()
+	p.nodePortIPs = append(cfgs[model.IPv4].NodePortIPs(), cfgs[model.IPv6].NodePortIPs()...)
+	p.mu.Unlock()
 	if p.ServiceHealth != nil {
 		p.ServiceHealth.Update(changes)
 	}
-	node, _ := FindNode(objs.Nodes, p.NodeName)
-	p.syncer.SetNode(map[model.Family]model.NodeConfig{
-		model.IPv4: p.Config.NodeConfig(model.IPv4, p.NodeName, node, addrs),
-		model.IPv6: p.Config.NodeConfig(model.IPv6, p.NodeName, node, addrs),
-	})
+	p.syncer.SetNode(cfgs)
 	p.syncer.Update(changes, at)
 
 	start := time.Now()

@@ -214,6 +214,10 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 			return ok
 		},
 	}
+	if c.cfg.NodePortPrimary || len(c.cfg.NodePortAddresses) > 0 {
+		// As kube-proxy: health check node ports listen where NodePorts are served.
+		proxy.ServiceHealth.Addresses = proxy.NodePortIPs
+	}
 	defer proxy.ServiceHealth.Close()
 	if d.metricsAddress != "" {
 		srv, err := serve(d.metricsAddress, "--metrics-bind-address", metricsHandler(reg, d.profiling))
