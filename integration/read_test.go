@@ -454,3 +454,49 @@ func TestCommitsAfterRejectedBatches(t *testing.T) {
 		t.Errorf("after the commit:\n%s", scenario.LineDiff(model.Render(want), got))
 	}
 }
+
+// TestReadWithPrefetch checks that a read that follows Prefetch returns the table as it is: the
+// prefetched endpoint maps when nothing was committed in between, and freshly read ones when
+// another socket replaced the table after the prefetch.
+func TestReadWithPrefetch(t *testing.T) {
+	topology.RequirePrivileged(t)
+	ns := topology.NewNetNS(t, "rd-prefetch")
+	be := kernelBackend(t, ns)
+	cfg := model.NodeConfig{Family: model.IPv4}
+	a := model.Build(scale.Services(300, 4), cfg)
+	var svcB []model.Service
+	for i := range 300 {
+		svcB = append(svcB, scale.Service(i, 4, 1)) // other endpoint ports, same chains
+	}
+	b := model.Build(svcB, cfg)
+	var endpointMaps []*model.Set
+	for _, s := range model.Skeleton(cfg).Sets {
+		if s.Data == model.EndpointData && !s.Dynamic {
+			endpointMaps = append(endpointMaps, s)
+		}
+	}
+	if err := be.Replace(a); err != nil {
+		t.Fatal(err)
+	}
+
+	be.Prefetch(model.IPv4, endpointMaps)
+	got, _, err := be.Read(model.IPv4, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, want := model.Render(got), model.Render(a); g != want {
+		t.Errorf("read after a prefetch:\n%s", scenario.LineDiff(want, g))
+	}
+
+	be.Prefetch(model.IPv4, endpointMaps)
+	if err := kernelBackend(t, ns).Replace(b); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err = be.Read(model.IPv4, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, want := model.Render(got), model.Render(b); g != want {
+		t.Errorf("read after a prefetch and another commit:\n%s", scenario.LineDiff(want, g))
+	}
+}

@@ -53,7 +53,19 @@ type Netlink struct {
 	// until first needed, and again after an operation on it failed, so that no reply of a
 	// failed exchange is ever read as part of the next one.
 	ctl *reader
+
+	// pmu guards prefetched, the element dumps Prefetch started, by family.
+	pmu        sync.Mutex
+	prefetched map[model.Family]*prefetch
 }
+
+// Prefetcher is implemented by backends that can read a table's largest sets ahead of the
+// ReadTable that needs them.
+type Prefetcher interface {
+	Prefetch(fam model.Family, sets []*model.Set)
+}
+
+var _ Prefetcher = (*Netlink)(nil)
 
 var _ Backend = (*Netlink)(nil)
 

@@ -134,7 +134,7 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, chains func() [
 			return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
 		}
 		r.interrupted.Store(false)
-		rs, readErr := r.readTable(exp)
+		rs, readErr := r.readTable(exp, n.takePrefetch(fam, gen))
 		after, err := r.generation()
 		if err != nil {
 			return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
@@ -149,6 +149,107 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, chains func() [
 		return rs, gen, nil
 	}
 	return nil, 0, fmt.Errorf("read %s table: %w during each of %d attempts", fam, ErrGenerationChanged, readAttempts)
+}
+
+// prefetch holds the elements of some sets of one table, dumped ahead of the ReadTable that
+// needs them, and the generation they were dumped at.
+type prefetch struct {
+	done chan struct{}
+	// gen is the generation of the dump; ok is set when it is consistent.
+	gen uint32
+	ok  bool
+	// sets are the sets read, with their elements, and defs their definitions.
+	sets map[string]*model.Set
+	defs map[string]setDef
+}
+
+// Prefetch starts dumping the elements of sets of fam's table in the background, for the
+// next ReadTable of fam to use instead of dumping them itself if nothing was committed in
+// between. A restarted proxy reads its largest maps this way while it is still listing the
+// cluster's objects. The sets' elements must not refer to chains (endpoint maps do not).
+func (n *Netlink) Prefetch(fam model.Family, sets []*model.Set) {
+	pf := &prefetch{done: make(chan struct{}), sets: map[string]*model.Set{}, defs: map[string]setDef{}}
+	n.pmu.Lock()
+	if n.prefetched == nil {
+		n.prefetched = map[model.Family]*prefetch{}
+	}
+	n.prefetched[fam] = pf
+	n.pmu.Unlock()
+	go func() {
+		defer close(pf.done)
+		pf.ok = pf.read(n, fam, sets) == nil
+	}()
+}
+
+// read dumps the sets' elements at one generation.
+func (pf *prefetch) read(n *Netlink, fam model.Family, sets []*model.Set) error {
+	exp, err := newSetExpectation(fam, sets)
+	if err != nil {
+		return err
+	}
+	r, err := n.newReader()
+	if err != nil {
+		return err
+	}
+	defer r.conn.Close()
+	gen, err := r.generation()
+	if err != nil {
+		return err
+	}
+	if err := r.barrier(); err != nil {
+		return err
+	}
+	errs := make([]error, len(sets))
+	var wg sync.WaitGroup
+	for i, def := range sets {
+		s := &model.Set{Name: def.Name, Key: slices.Clone(def.Key), Data: def.Data}
+		pf.sets[s.Name], pf.defs[s.Name] = s, exp.sets[s.Name]
+		wg.Go(func() { errs[i] = r.readElementsApart(exp, s, 0) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err // no table yet, typically
+	}
+	after, err := r.generation()
+	if err != nil {
+		return err
+	}
+	if after != gen || r.interrupted.Load() {
+		return ErrGenerationChanged
+	}
+	pf.gen = gen
+	return nil
+}
+
+// takePrefetch returns fam's prefetched sets if they were dumped at generation gen (nothing
+// was committed since), waiting for a dump in progress, or nil. Either way the prefetch is
+// used up.
+func (n *Netlink) takePrefetch(fam model.Family, gen uint32) *prefetch {
+	n.pmu.Lock()
+	pf := n.prefetched[fam]
+	delete(n.prefetched, fam)
+	n.pmu.Unlock()
+	if pf == nil {
+		return nil
+	}
+	<-pf.done
+	if !pf.ok || pf.gen != gen {
+		return nil
+	}
+	return pf
+}
+
+// elements returns the prefetched elements of the set name if it was read with the
+// definition def.
+func (pf *prefetch) elements(name string, def setDef) ([]model.Element, bool) {
+	if pf == nil {
+		return nil, false
+	}
+	s, ok := pf.sets[name]
+	if !ok || !pf.defs[name].equal(def) {
+		return nil, false
+	}
+	return s.Elements, true
 }
 
 // --- What nftproxy would write ----------------------------------------------------------------
@@ -757,7 +858,7 @@ func (r *reader) recv(buf []byte) (int, error) {
 }
 
 // readTable reads the table of exp's family, or returns nil when it does not exist.
-func (r *reader) readTable(exp *expectation) (*model.Ruleset, error) {
+func (r *reader) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error) {
 	fam := exp.nfproto
 	// The table.
 	ae := newAttrs()
@@ -834,6 +935,10 @@ func (r *reader) readTable(exp *expectation) (*model.Ruleset, error) {
 	for i, s := range out.Sets {
 		if s.Dynamic {
 			// The packet path owns its elements.
+			continue
+		}
+		if elems, ok := pf.elements(s.Name, exp.sets[s.Name]); ok {
+			s.Elements = elems
 			continue
 		}
 		wg.Go(func() {

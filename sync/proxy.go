@@ -119,6 +119,7 @@ func (p *Proxy) signal() chan struct{} {
 
 // Run syncs until ctx is done. Rules stay in the kernel when it returns.
 func (p *Proxy) Run(ctx context.Context) error {
+	prefetch(p.Backend)
 	changed := p.signal()
 	period := p.SyncPeriod
 	if period <= 0 {
@@ -158,6 +159,26 @@ func (p *Proxy) Run(ctx context.Context) error {
 			// Stale chains are deleted by the next commit.
 			retry = time.After(max(p.MinSyncPeriod, minRetryDelay))
 		}
+	}
+}
+
+// prefetch has backend start reading the endpoint maps of both tables, the bulk of what the
+// first (full) sync reads back, while the sources are still listing the cluster. A restarted
+// proxy finds its tables in place; the first sync uses what was read if nothing committed
+// since.
+func prefetch(backend nft.Backend) {
+	pf, ok := backend.(nft.Prefetcher)
+	if !ok {
+		return
+	}
+	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
+		var sets []*model.Set
+		for _, s := range model.Skeleton(model.NodeConfig{Family: fam}).Sets {
+			if s.Data == model.EndpointData && !s.Dynamic {
+				sets = append(sets, s)
+			}
+		}
+		pf.Prefetch(fam, sets)
 	}
 }
 

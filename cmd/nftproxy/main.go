@@ -262,7 +262,6 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	return nil
 }
 
-// serve serves h on addr (the value of flag) until the returned server is closed.
 // metricsHandler serves /metrics from reg and, with profiling, the runtime profiles under
 // /debug/pprof/ as kube-proxy's enableProfiling does.
 func metricsHandler(reg *prometheus.Registry, profiling bool) http.Handler {
@@ -278,6 +277,7 @@ func metricsHandler(reg *prometheus.Registry, profiling bool) http.Handler {
 	return mux
 }
 
+// serve serves h on addr (the value of flag) until the returned server is closed.
 func serve(addr, flag string, h http.Handler) (*http.Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
