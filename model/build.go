@@ -127,6 +127,11 @@ func BuildPart(svc *Service, node NodeConfig) *Part {
 	}
 	b := &builder{node: node, part: &Part{Elements: make([]PartElement, 0, n)}}
 	b.service(svc)
+	// The guess is generous (most endpoints are on other nodes and need no hairpin element,
+	// most ports no NodePort); a Part lives as long as its Service, so keep only what it uses.
+	if p := b.part; cap(p.Elements) > len(p.Elements)+len(p.Elements)/4 {
+		p.Elements = slices.Clone(p.Elements)
+	}
 	return b.part
 }
 
