@@ -106,6 +106,9 @@ func (b *batch) eachMessage(fn func(typ uint16, data []byte)) {
 	for _, c := range append(slices.Clip(b.chunks), b.buf) {
 		for len(c) >= unix.NLMSG_HDRLEN+4 {
 			l := binary.NativeEndian.Uint32(c)
+			if l < unix.NLMSG_HDRLEN+4 || int(l) > len(c) {
+				return // a message left unfinished by an encoding error
+			}
 			fn(binary.NativeEndian.Uint16(c[4:])&0xff, c[unix.NLMSG_HDRLEN+4:l])
 			c = c[l:]
 		}
@@ -473,9 +476,14 @@ func (b *batch) commit(conn *netlink.Conn, genID uint32) error {
 	bufs = append(bufs, batchMessage(unix.NFNL_MSG_BATCH_BEGIN, seq, genID))
 	size := len(bufs[0])
 	for _, c := range append(slices.Clip(b.chunks), b.buf) {
-		for off := 0; off < len(c); off += int(binary.NativeEndian.Uint32(c[off:])) {
+		for off := 0; off < len(c); {
+			l := int(binary.NativeEndian.Uint32(c[off:]))
+			if l < unix.NLMSG_HDRLEN+4 || off+l > len(c) {
+				return errors.New("nftables batch holds an unfinished message")
+			}
 			seq++
 			binary.NativeEndian.PutUint32(c[off+8:], seq)
+			off += l
 		}
 		bufs = append(bufs, c)
 		size += len(c)
