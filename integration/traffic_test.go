@@ -399,6 +399,52 @@ func TestTrafficUndefinedPortRejected(t *testing.T) {
 	}
 }
 
+// TestTrafficUnallocatedClusterIPDropped: with --service-cluster-ip-range, a new connection
+// to an address of the range that no Service holds is dropped instead of leaving by the
+// node's default route, while the Service's own ClusterIP answers and an undefined port of it
+// is still refused. The external client holds that address and answers on it, so without the
+// flag the connection reaches it.
+func TestTrafficUnallocatedClusterIPDropped(t *testing.T) {
+	t.Parallel()
+	for _, withRange := range []bool{true, false} {
+		t.Run(fmt.Sprintf("service-cluster-ip-range=%v", withRange), func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t)
+			client := h.tp.AddPod(t, 1, "client")
+			backend := h.pod(1, "backend", httpPort)
+			ports := []servicePort{portHTTP}
+			h.apply(service{Name: "allocated", ClusterIPs: []string{"10.96.18.10", "fd00:96::1810"},
+				Ports: ports, Slices: dualStackSlices("allocated", ports, backend)})
+			for _, a := range []string{"10.96.18.11/32", "fd00:96::1811/128"} {
+				h.tp.Client.Run(t, "ip", "addr", "add", a, "dev", "lo")
+			}
+			topology.StartEcho(t, h.tp.Client, "tcp", addrPort("10.96.18.11:80"))
+			topology.StartEcho(t, h.tp.Client, "tcp", addrPort("[fd00:96::1811]:80"))
+			if withRange {
+				h.start("--service-cluster-ip-range", "10.96.0.0/16,fd00:96::/112")
+			} else {
+				h.start()
+			}
+			for _, v6 := range []bool{false, true} {
+				allocated, unallocated := addrPort("10.96.18.10:80"), addrPort("10.96.18.11:80")
+				if v6 {
+					allocated, unallocated = addrPort("[fd00:96::1810]:80"), addrPort("[fd00:96::1811]:80")
+				}
+				h.waitReply(t, client.NS, "tcp", allocated)
+				row := fmt.Sprintf("pod -> unallocated %s", unallocated)
+				if !withRange {
+					if r, err := topology.Dial(client.NS, "tcp", unallocated, probeTimeout); err != nil || r.Server != unallocated {
+						t.Errorf("%s without --service-cluster-ip-range: %v %v, want the external client's answer", row, r, err)
+					}
+					continue
+				}
+				checkDropped(t, row, client.NS, unallocated)
+				checkRefused(t, "pod -> undefined port", client.NS, "tcp", netip.AddrPortFrom(allocated.Addr(), 81))
+			}
+		})
+	}
+}
+
 // TestTrafficIPv6ClusterIP: an IPv6 ClusterIP reaches IPv6 endpoints, TCP and UDP, and the
 // endpoints see the pod's IPv6 address.
 func TestTrafficIPv6ClusterIP(t *testing.T) {

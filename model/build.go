@@ -222,10 +222,18 @@ func (b *builder) skeleton() *Ruleset {
 		rule(VmapLookup{Key: keyAddrProtoPort, Map: MapNoEndpointServices}),
 		rule(append(b.nodePortMatch(), VmapLookup{Key: keyProtoPort, Map: MapNoEndpointNodePorts})...),
 	}})
-	addChain(&Chain{Name: ChainClusterIPsCheck, Rules: []Rule{
+	clusterIPsCheck := &Chain{Name: ChainClusterIPsCheck, Rules: []Rule{
 		{Exprs: []Expr{DaddrInSet{Set: SetClusterIPs}, Reject{TCPReset: true}}, Comment: "Reject traffic to invalid ports of ClusterIPs"},
 		{Exprs: []Expr{DaddrInSet{Set: SetClusterIPs}, Reject{}}, Comment: "Reject traffic to invalid ports of ClusterIPs"},
-	}})
+	}}
+	// This chain runs after DNAT: a destination still inside a service range is no Service's.
+	for _, p := range b.node.ServiceCIDRs {
+		if b.node.Family.Contains(p.Addr()) {
+			clusterIPsCheck.Rules = append(clusterIPsCheck.Rules, Rule{Exprs: []Expr{MatchDaddr{Prefix: p.Masked()}, Verdict{Kind: Drop}},
+				Comment: "Drop traffic to unallocated ClusterIPs"})
+		}
+	}
+	addChain(clusterIPsCheck)
 	addChain(&Chain{Name: ChainServices, Rules: []Rule{
 		rule(VmapLookup{Key: keyAddrProtoPort, Map: MapServiceIPs}),
 		rule(append(b.nodePortMatch(), VmapLookup{Key: keyProtoPort, Map: MapServiceNodePorts})...),

@@ -300,6 +300,8 @@ func renderExpr(fam Family, e Expr) string {
 			op = "!= "
 		}
 		return fmt.Sprintf("%s saddr %s%s", ip, op, prefixString(e.Prefix))
+	case MatchDaddr:
+		return fmt.Sprintf("%s daddr %s", ip, prefixString(e.Prefix))
 	case MatchIifname:
 		op, wildcard := "", ""
 		if e.Negate {

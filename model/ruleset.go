@@ -154,6 +154,9 @@ type MatchSaddr struct {
 	Negate bool
 }
 
+// MatchDaddr matches destinations inside Prefix ("ip daddr 10.96.0.0/16").
+type MatchDaddr struct{ Prefix netip.Prefix }
+
 // MatchIifname compares the name of the interface the packet came in on with Name, or only
 // its start with Prefix set ("iifname \"veth*\""). Packets the node sends have no input
 // interface: their name is empty.
@@ -267,6 +270,7 @@ func (DaddrNotLoopback) isExpr() {}
 func (FibSaddrLocal) isExpr()    {}
 func (MatchSaddr) isExpr()       {}
 func (MatchIifname) isExpr()     {}
+func (MatchDaddr) isExpr()       {}
 func (DaddrInSet) isExpr()       {}
 func (VmapLookup) isExpr()       {}
 func (MarkUnset) isExpr()        {}

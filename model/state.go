@@ -161,6 +161,10 @@ type NodeConfig struct {
 	// start of the pods' interface names (InterfaceNamePrefix).
 	PodInterface       string
 	PodInterfacePrefix bool
+	// ServiceCIDRs are the ranges ClusterIPs are allocated from (--service-cluster-ip-range):
+	// new connections to an address inside them that no Service holds are dropped rather
+	// than routed on. Prefixes of the other family are ignored.
+	ServiceCIDRs []netip.Prefix
 	// MasqueradeAll masquerades all traffic to Services (--masquerade-all).
 	MasqueradeAll bool
 	// NodePortAddresses restricts NodePorts to local addresses inside these prefixes

@@ -356,7 +356,10 @@ func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 		}, nil
 
 	case model.MatchSaddr:
-		return e.matchPrefix(x.Prefix, x.Negate)
+		return e.matchPrefix(x.Prefix, x.Negate, true)
+
+	case model.MatchDaddr:
+		return e.matchPrefix(x.Prefix, false, false)
 
 	case model.MatchIifname:
 		// As nft: the whole name padded to IFNAMSIZ, or only a prefix's bytes.
@@ -496,11 +499,11 @@ func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 
 // matchPrefix compares the source address with p, loading only the bytes the prefix covers
 // and masking the last one when the prefix does not end on a byte boundary, as nft does.
-func (e *encoder) matchPrefix(p netip.Prefix, negate bool) ([]expr.Any, error) {
+func (e *encoder) matchPrefix(p netip.Prefix, negate, src bool) ([]expr.Any, error) {
 	if !e.family.Contains(p.Addr()) {
 		return nil, fmt.Errorf("prefix %s in an %s table", p, e.family)
 	}
-	off, n := e.addrField(true)
+	off, n := e.addrField(src)
 	bits := p.Bits()
 	op := expr.CmpOpEq
 	if negate {

@@ -20,6 +20,8 @@ type Config struct {
 	HostnameOverride string
 	// ClusterCIDRs are the pod network ranges, at most one per family.
 	ClusterCIDRs []netip.Prefix
+	// ServiceCIDRs are the ranges ClusterIPs come from, at most one per family.
+	ServiceCIDRs []netip.Prefix
 	// DetectLocalMode is how traffic from pods is told from other traffic: one of the
 	// DetectLocal* values ("" means DetectLocalClusterCIDR).
 	DetectLocalMode string
@@ -61,6 +63,11 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.Func("cluster-cidr", "pod network range, or an IPv4,IPv6 pair; traffic to ClusterIPs from outside it is masqueraded", func(s string) error {
 		cidrs, err := ParseClusterCIDRs(s)
 		c.ClusterCIDRs = cidrs
+		return err
+	})
+	fs.Func("service-cluster-ip-range", "the range ClusterIPs are allocated from, or an IPv4,IPv6 pair (as kube-apiserver's flag); new connections to an address in it that no Service holds are dropped", func(s string) error {
+		cidrs, err := parseFamilyCIDRs("service CIDR", s)
+		c.ServiceCIDRs = cidrs
 		return err
 	})
 	fs.Func("nodeport-addresses", "comma-separated CIDRs of the local addresses that accept NodePort traffic, or \"primary\" for the Node's primary IPs (default: all local addresses except loopback)", func(s string) error {
@@ -116,16 +123,22 @@ func validInterfaceName(s string) error {
 // ParseClusterCIDRs parses --cluster-cidr: one CIDR, or a comma-separated pair of one IPv4 and
 // one IPv6 CIDR.
 func ParseClusterCIDRs(s string) ([]netip.Prefix, error) {
+	return parseFamilyCIDRs("cluster CIDR", s)
+}
+
+// parseFamilyCIDRs parses one CIDR, or a comma-separated pair of one IPv4 and one IPv6 CIDR;
+// what names them in errors.
+func parseFamilyCIDRs(what, s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	seen := map[bool]bool{}
 	for _, f := range splitList(s) {
 		p, err := netip.ParsePrefix(f)
 		if err != nil {
-			return nil, fmt.Errorf("cluster CIDR %q: %w", f, err)
+			return nil, fmt.Errorf("%s %q: %w", what, f, err)
 		}
 		is4 := p.Addr().Is4()
 		if seen[is4] {
-			return nil, fmt.Errorf("cluster CIDR %q: at most one CIDR per IP family", s)
+			return nil, fmt.Errorf("%s %q: at most one CIDR per IP family", what, s)
 		}
 		seen[is4] = true
 		out = append(out, p.Masked())
@@ -170,6 +183,7 @@ func (c *Config) NodeConfig(fam model.Family, nodeName string, node NodeInfo, lo
 		Zone:              node.Zone,
 		NodeIPs:           node.addresses(fam),
 		ClusterCIDRs:      c.ClusterCIDRs,
+		ServiceCIDRs:      c.ServiceCIDRs,
 		MasqueradeAll:     c.MasqueradeAll,
 		NodePortAddresses: c.NodePortAddresses,
 		LocalAddresses:    localAddrs,
