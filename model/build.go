@@ -119,20 +119,45 @@ func (p *Part) Element(set string, k Key) *Element {
 // BuildPart returns the elements and chains of one Service in node.Family's table. A Service
 // without a ClusterIP of that family has an empty Part.
 func BuildPart(svc *Service, node NodeConfig) *Part {
-	// Most Services need about this many elements: per port, the ClusterIP's service-ips
-	// and cluster-ips elements, and a slot and a hairpin element per endpoint.
-	n := 1
-	for _, p := range svc.Ports {
-		n += 2 + 3*len(p.Endpoints)
+	b := &builder{node: node, part: &Part{}}
+	if n := partSize(svc, node); n > 0 {
+		b.part.Elements = make([]PartElement, 0, n)
 	}
-	b := &builder{node: node, part: &Part{Elements: make([]PartElement, 0, n)}}
 	b.service(svc)
-	// The guess is generous (most endpoints are on other nodes and need no hairpin element,
-	// most ports no NodePort); a Part lives as long as its Service, so keep only what it uses.
+	// The guess is close for most Services but not all (externalTrafficPolicy Local adds
+	// slots); a Part lives as long as its Service, so keep only what it uses.
 	if p := b.part; cap(p.Elements) > len(p.Elements)+len(p.Elements)/4 {
 		p.Elements = slices.Clone(p.Elements)
 	}
 	return b.part
+}
+
+// partSize guesses how many elements svc's Part of node's family holds: per port, each of its
+// keys (ClusterIP, ExternalIPs, LoadBalancer IPs, NodePort) and a slot per endpoint under
+// each, and a hairpin element per endpoint that may be on this node; 0 for a Service of the
+// other family.
+func partSize(svc *Service, node NodeConfig) int {
+	if !slices.ContainsFunc(svc.ClusterIPs, node.Family.Contains) {
+		return 0
+	}
+	n := 1
+	keys := 1 + len(svc.ExternalIPs) + len(svc.LoadBalancerIPs)
+	for _, p := range svc.Ports {
+		k, eps := keys, 0
+		if p.NodePort != 0 {
+			k++
+		}
+		for _, ep := range p.Endpoints {
+			if node.Family.Contains(ep.Addr) {
+				eps++
+				if ep.NodeName == "" || ep.NodeName == node.NodeName {
+					n++
+				}
+			}
+		}
+		n += k * (1 + eps)
+	}
+	return n
 }
 
 // Skeleton returns the table without any Service: the sets and maps (with the node's NodePort
