@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
+	gosync "sync"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -142,21 +144,42 @@ func (c *Converter) convert(objs Objects, sorted bool) ([]model.Service, map[mod
 		})
 	}
 
+	// Convert the new and changed Services first, on every CPU: a start has thousands.
+	fresh := make([]*converted, len(services))
+	var todo []int
+	for i, s := range services {
+		name := model.ServiceName{Namespace: s.Namespace, Name: s.Name}
+		prev := c.prev[name]
+		if prev == nil || prev.svc != s || !slices.Equal(prev.slices, slicesByService[name]) {
+			todo = append(todo, i)
+		}
+	}
+	workers := min(runtime.GOMAXPROCS(0), 8, len(todo)/64+1)
+	var wg gosync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for j := w; j < len(todo); j += workers {
+				s := services[todo[j]]
+				fresh[todo[j]] = convertOne(s, slicesByService[model.ServiceName{Namespace: s.Namespace, Name: s.Name}], opts)
+			}
+		})
+	}
+	wg.Wait()
+
 	var out []model.Service
 	now := make(map[model.ServiceName]*converted, len(services))
 	changes := map[model.ServiceName]*model.Service{}
-	for _, s := range services {
+	for i, s := range services {
 		name := model.ServiceName{Namespace: s.Namespace, Name: s.Name}
 		if now[name] != nil {
 			bad = append(bad, BadObject{Kind: KindService, Namespace: s.Namespace, Name: s.Name,
 				Err: errors.New("duplicate Service in snapshot, keeping the first")})
 			continue
 		}
-		esl := slicesByService[name]
 		prev := c.prev[name]
 		cv := prev
-		if prev == nil || prev.svc != s || !slices.Equal(prev.slices, esl) {
-			cv = convertOne(s, esl, opts)
+		if fresh[i] != nil {
+			cv = fresh[i]
 			if prev == nil || !equalConverted(prev.out, cv.out) {
 				changes[name] = cv.out
 			}

@@ -2,6 +2,7 @@ package sync
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
@@ -95,5 +97,42 @@ func TestConverterChanges(t *testing.T) {
 	ch, _ = c.Changes(snap)
 	if gone, ok := ch[model.ServiceName{Namespace: "default", Name: "api"}]; len(ch) != 1 || !ok || gone != nil {
 		t.Errorf("api deleted: changes %v, want only api as nil", ch)
+	}
+}
+
+// TestConverterManyServices checks that the Services of a large snapshot, converted on every
+// CPU, each come out with their own endpoints, and that a second snapshot converts only what
+// changed.
+func TestConverterManyServices(t *testing.T) {
+	const n = 500
+	var snap Objects
+	for i := range n {
+		o := proxyObjects(fmt.Sprintf("10.244.%d.%d", i/250, i%250+1))
+		name := fmt.Sprintf("web-%d", i)
+		o.Services[0].Name = name
+		o.EndpointSlices[0].Name = name + "-1"
+		o.EndpointSlices[0].Labels = map[string]string{discoveryv1.LabelServiceName: name}
+		snap.Services = append(snap.Services, o.Services...)
+		snap.EndpointSlices = append(snap.EndpointSlices, o.EndpointSlices...)
+	}
+	var c Converter
+	ch, bad := c.Changes(snap)
+	if len(ch) != n || len(bad) != 0 {
+		t.Fatalf("%d changes and %v, want %d changes", len(ch), bad, n)
+	}
+	for i := range n {
+		svc := ch[model.ServiceName{Namespace: "default", Name: fmt.Sprintf("web-%d", i)}]
+		want := netip.MustParseAddr(fmt.Sprintf("10.244.%d.%d", i/250, i%250+1))
+		if svc == nil || len(svc.Ports) != 1 || len(svc.Ports[0].Endpoints) != 1 || svc.Ports[0].Endpoints[0].Addr != want {
+			t.Fatalf("web-%d converted to %+v, want its endpoint %s", i, svc, want)
+		}
+	}
+	moved := snap.EndpointSlices[321].DeepCopy()
+	moved.Endpoints[0].Addresses = []string{"10.244.9.9"}
+	snap.EndpointSlices[321] = moved
+	ch, _ = c.Changes(snap)
+	if svc := ch[model.ServiceName{Namespace: "default", Name: "web-321"}]; len(ch) != 1 || svc == nil ||
+		svc.Ports[0].Endpoints[0].Addr != netip.MustParseAddr("10.244.9.9") {
+		t.Errorf("one endpoint moved: changes %v, want only web-321's", ch)
 	}
 }
