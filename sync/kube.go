@@ -103,9 +103,11 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Objects)) error {
 }
 
 // trimObject drops, before an object enters the informer caches, what the proxy never reads
-// and what makes up much of an object's size: managed fields, kubectl's copy of the last
-// applied configuration and, in EndpointSlices, each endpoint's reference to its Pod. With
-// 10,000 Services and their slices this is tens of megabytes of cache.
+// and what makes up much of an object's size: managed fields, annotations (kubectl's copy of
+// the last applied configuration among them), owner references and finalizers; a Service's
+// selector; in EndpointSlices, each endpoint's reference to its Pod, hostname and deprecated
+// topology; in the Node, its image list and conditions. With 10,000 Services and their slices
+// this is tens of megabytes of cache. Labels stay: the proxy reads some of them.
 func trimObject(obj any) (any, error) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		inner, err := trimObject(d.Obj)
@@ -114,17 +116,20 @@ func trimObject(obj any) (any, error) {
 	}
 	if m, ok := obj.(metav1.Object); ok {
 		m.SetManagedFields(nil)
-		if a := m.GetAnnotations(); a != nil {
-			if _, ok := a[corev1.LastAppliedConfigAnnotation]; ok {
-				delete(a, corev1.LastAppliedConfigAnnotation)
-				m.SetAnnotations(a)
-			}
-		}
+		m.SetAnnotations(nil)
+		m.SetOwnerReferences(nil)
+		m.SetFinalizers(nil)
 	}
-	if es, ok := obj.(*discoveryv1.EndpointSlice); ok {
-		for i := range es.Endpoints {
-			es.Endpoints[i].TargetRef = nil
+	switch o := obj.(type) {
+	case *corev1.Service:
+		o.Spec.Selector = nil
+	case *discoveryv1.EndpointSlice:
+		for i := range o.Endpoints {
+			ep := &o.Endpoints[i]
+			ep.TargetRef, ep.Hostname, ep.DeprecatedTopology = nil, nil, nil
 		}
+	case *corev1.Node:
+		o.Status.Images, o.Status.Conditions, o.Status.VolumesAttached, o.Status.VolumesInUse = nil, nil, nil, nil
 	}
 	return obj, nil
 }

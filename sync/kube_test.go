@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"testing"
 	"time"
 
@@ -134,5 +135,71 @@ func TestConverterManyServices(t *testing.T) {
 	if svc := ch[model.ServiceName{Namespace: "default", Name: "web-321"}]; len(ch) != 1 || svc == nil ||
 		svc.Ports[0].Endpoints[0].Addr != netip.MustParseAddr("10.244.9.9") {
 		t.Errorf("one endpoint moved: changes %v, want only web-321's", ch)
+	}
+}
+
+// TestTrimObject checks that what the informers drop from objects changes nothing the proxy
+// programs, and that it is dropped.
+func TestTrimObject(t *testing.T) {
+	objs := proxyObjects("10.244.1.2")
+	svc, es := objs.Services[0], objs.EndpointSlices[0]
+	owner := []metav1.OwnerReference{{APIVersion: "v1", Kind: "Service", Name: "web", UID: "u1"}}
+	svc.Labels = map[string]string{"app.kubernetes.io/name": "web"}
+	svc.Annotations = map[string]string{corev1.LastAppliedConfigAnnotation: `{"big":"json"}`, "note": "x"}
+	svc.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
+	svc.Finalizers = []string{"service.kubernetes.io/load-balancer-cleanup"}
+	svc.Spec.Selector = map[string]string{"app": "web"}
+	svc.Spec.Type = corev1.ServiceTypeNodePort
+	svc.Spec.Ports[0].NodePort = 30080
+	es.OwnerReferences = owner
+	es.Annotations = map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": "2026-11-24T00:00:00Z"}
+	host, node, zone := "pod-a", "node1", "zone-a"
+	es.Endpoints[0].Hostname, es.Endpoints[0].NodeName, es.Endpoints[0].Zone = &host, &node, &zone
+	es.Endpoints[0].TargetRef = &corev1.ObjectReference{Kind: "Pod", Name: "pod-a"}
+	es.Endpoints[0].DeprecatedTopology = map[string]string{"kubernetes.io/hostname": "node1"}
+	n := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "node1", Labels: map[string]string{corev1.LabelTopologyZone: "zone-a"},
+			Annotations: map[string]string{"node.alpha.kubernetes.io/ttl": "0"}},
+		Spec: corev1.NodeSpec{PodCIDRs: []string{"10.244.1.0/24"}},
+		Status: corev1.NodeStatus{
+			Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.2"}},
+			Images:     []corev1.ContainerImage{{Names: []string{"registry.k8s.io/pause:3.10"}, SizeBytes: 1}},
+			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}},
+		},
+	}
+	objs.Nodes = []*corev1.Node{n}
+
+	wantSvcs, wantBad := Convert(objs, ConvertOptions{})
+	wantNode, _ := FindNode(objs.Nodes, "node1")
+	if len(wantSvcs) != 1 || wantSvcs[0].Ports[0].NodePort != 30080 || len(wantSvcs[0].Ports[0].Endpoints) != 1 ||
+		wantSvcs[0].Ports[0].Endpoints[0].NodeName != "node1" || wantNode.Zone != "zone-a" || len(wantNode.PodCIDRs) != 1 {
+		t.Fatalf("the untrimmed objects convert to %+v and %+v", wantSvcs, wantNode)
+	}
+	trimmed := Objects{}
+	for _, s := range objs.Services {
+		o, _ := trimObject(s.DeepCopy())
+		trimmed.Services = append(trimmed.Services, o.(*corev1.Service))
+	}
+	for _, s := range objs.EndpointSlices {
+		o, _ := trimObject(s.DeepCopy())
+		trimmed.EndpointSlices = append(trimmed.EndpointSlices, o.(*discoveryv1.EndpointSlice))
+	}
+	o, _ := trimObject(n.DeepCopy())
+	trimmed.Nodes = []*corev1.Node{o.(*corev1.Node)}
+
+	gotSvcs, gotBad := Convert(trimmed, ConvertOptions{})
+	gotNode, _ := FindNode(trimmed.Nodes, "node1")
+	if !reflect.DeepEqual(gotSvcs, wantSvcs) || len(gotBad) != len(wantBad) || !reflect.DeepEqual(gotNode, wantNode) {
+		t.Errorf("trimmed objects convert to %+v %v %+v, want %+v %v %+v", gotSvcs, gotBad, gotNode, wantSvcs, wantBad, wantNode)
+	}
+	ts, tes, tn := trimmed.Services[0], trimmed.EndpointSlices[0], trimmed.Nodes[0]
+	if ts.Annotations != nil || ts.ManagedFields != nil || ts.Finalizers != nil || ts.Spec.Selector != nil ||
+		tes.Annotations != nil || tes.OwnerReferences != nil || tes.Endpoints[0].TargetRef != nil ||
+		tes.Endpoints[0].Hostname != nil || tes.Endpoints[0].DeprecatedTopology != nil ||
+		tn.Status.Images != nil || tn.Status.Conditions != nil || tn.Annotations != nil {
+		t.Errorf("left in place: %+v\n%+v\n%+v", ts, tes, tn)
+	}
+	if ts.Labels == nil || tes.Labels[discoveryv1.LabelServiceName] != "web" || tn.Labels[corev1.LabelTopologyZone] != "zone-a" {
+		t.Errorf("labels the proxy reads were dropped: %v %v %v", ts.Labels, tes.Labels, tn.Labels)
 	}
 }
