@@ -332,21 +332,32 @@ func (b *builder) familyAddrs(addrs []netip.Addr) []netip.Addr {
 }
 
 // usable returns the endpoints new connections may go to among eps: the ready ones or, when
-// there are none, the serving ones that are terminating.
+// there are none, the serving ones that are terminating. When all are ready it is eps itself.
 func usable(eps []Endpoint) []Endpoint {
-	var ready, terminating []Endpoint
+	ready, terminating := 0, 0
 	for _, ep := range eps {
 		switch {
 		case ep.Ready:
-			ready = append(ready, ep)
+			ready++
 		case ep.Serving && ep.Terminating:
-			terminating = append(terminating, ep)
+			terminating++
 		}
 	}
-	if len(ready) == 0 {
-		return terminating
+	if ready == len(eps) {
+		// The common case: all of them, no copy.
+		return eps
 	}
-	return ready
+	keep, n := func(ep Endpoint) bool { return ep.Ready }, ready
+	if ready == 0 {
+		keep, n = func(ep Endpoint) bool { return ep.Serving && ep.Terminating }, terminating
+	}
+	out := make([]Endpoint, 0, n)
+	for _, ep := range eps {
+		if keep(ep) {
+			out = append(out, ep)
+		}
+	}
+	return out
 }
 
 // endpointSets returns the endpoints of a Service port that new connections may go to: cluster
