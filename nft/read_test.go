@@ -162,3 +162,21 @@ func TestUdataString(t *testing.T) {
 		t.Error("udataString accepted a truncated TLV")
 	}
 }
+
+// TestHasDuplicateKeys checks the sign of a set dump that crossed a resize of the kernel's
+// hash table: a key twice. Elements that differ in any key field are not duplicates.
+func TestHasDuplicateKeys(t *testing.T) {
+	a := netip.MustParseAddr("10.96.0.1")
+	el := func(addr netip.Addr, port uint16, slot uint32) model.Element {
+		return model.Element{Addr: addr, Proto: model.TCP, Port: port, Slot: slot}
+	}
+	distinct := []model.Element{el(a, 80, 0), el(a, 80, 1), el(a, 81, 0), el(a.Next(), 80, 0)}
+	if hasDuplicateKeys(distinct) {
+		t.Errorf("distinct keys reported as duplicates: %v", distinct)
+	}
+	twice := []model.Element{el(a, 80, 0), el(a, 80, 1), el(a, 80, 1), el(a, 81, 0)}
+	twice[2].Endpoint = netip.MustParseAddrPort("10.244.1.2:8080") // the data does not matter
+	if !hasDuplicateKeys(twice) {
+		t.Errorf("a key twice not reported: %v", twice)
+	}
+}
