@@ -469,12 +469,7 @@ func TestReadWithPrefetch(t *testing.T) {
 		svcB = append(svcB, scale.Service(i, 4, 1)) // other endpoint ports, same chains
 	}
 	b := model.Build(svcB, cfg)
-	var endpointMaps []*model.Set
-	for _, s := range model.Skeleton(cfg).Sets {
-		if s.Data == model.EndpointData && !s.Dynamic {
-			endpointMaps = append(endpointMaps, s)
-		}
-	}
+	endpointMaps := model.EndpointMaps(model.IPv4)
 	if err := be.Replace(a); err != nil {
 		t.Fatal(err)
 	}

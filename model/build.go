@@ -167,6 +167,18 @@ func Skeleton(node NodeConfig) *Ruleset {
 	return b.skeleton()
 }
 
+// EndpointMaps returns the skeleton's maps from destination and slot to endpoint, of fam's
+// table: the largest of a table, and the ones whose elements name no chain.
+func EndpointMaps(fam Family) []*Set {
+	var out []*Set
+	for _, s := range Skeleton(NodeConfig{Family: fam}).Sets {
+		if s.Data == EndpointData && !s.Dynamic {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 type builder struct {
 	node NodeConfig
 	part *Part

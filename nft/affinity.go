@@ -43,7 +43,7 @@ func (n *Netlink) PruneAffinity(fam model.Family, keep func(AffinityEntry) bool)
 // pruneAffinity is PruneAffinity over r's socket.
 func pruneAffinity(r *reader, fam model.Family, keep func(AffinityEntry) bool) (int, error) {
 	addrLen := model.KeyFieldLen(fam, model.KeyAddr, false)
-	var drop [][]byte
+	var drop []element
 	ae := newAttrs()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, model.MapAffinity)
@@ -56,7 +56,7 @@ func pruneAffinity(r *reader, fam model.Family, keep func(AffinityEntry) bool) (
 			}
 			if !keep(e) {
 				// The key aliases the reader's buffer, which the next message reuses.
-				drop = append(drop, slices.Clone(key))
+				drop = append(drop, element{key: slices.Clone(key)})
 			}
 			return nil
 		})
@@ -68,11 +68,11 @@ func pruneAffinity(r *reader, fam model.Family, keep func(AffinityEntry) bool) (
 		return 0, nil
 	}
 	b := &batch{}
-	elems := make([]element, len(drop))
-	for i, k := range drop {
-		elems[i] = element{key: k}
+	w := b.elemWriter(nfproto(fam), nftMsgDestroySetElem, model.TableName, model.MapAffinity)
+	for i := range drop {
+		w.add(&drop[i])
 	}
-	b.setElems(nfproto(fam), nftMsgDestroySetElem, model.TableName, model.MapAffinity, elems)
+	w.close()
 	if err := b.commit(r.conn, 0); err != nil {
 		return 0, fmt.Errorf("delete %d %s affinity entries: %w", len(drop), fam, err)
 	}

@@ -267,16 +267,6 @@ type element struct {
 // the 64 KiB that a netlink attribute length can describe.
 const maxElemsPerMsg = 256
 
-// setElems adds (typ NFT_MSG_NEWSETELEM) or deletes (NFT_MSG_DELSETELEM,
-// nftMsgDestroySetElem) elements.
-func (b *batch) setElems(family byte, typ uint16, table, set string, elems []element) {
-	w := b.elemWriter(family, typ, table, set)
-	for i := range elems {
-		w.add(&elems[i])
-	}
-	w.close()
-}
-
 // elemWriter writes the elements of one set, maxElemsPerMsg to a message. The element
 // lists are written by hand rather than with netlink.AttributeEncoder: a full sync writes
 // hundreds of thousands of elements, and nested encoders cost an allocation each.
@@ -289,6 +279,8 @@ type elemWriter struct {
 	n          int // elements in the open message; 0 when none is open
 }
 
+// elemWriter returns a writer of elements to add (typ NFT_MSG_NEWSETELEM) or delete
+// (NFT_MSG_DELSETELEM, nftMsgDestroySetElem) in set.
 func (b *batch) elemWriter(family byte, typ uint16, table, set string) *elemWriter {
 	return &elemWriter{b: b, family: family, typ: typ, table: table, set: set}
 }

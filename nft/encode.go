@@ -149,12 +149,8 @@ func (e *encoder) endpointType() (typ, length uint32) {
 	return addrType<<concatTypeBits | typeInetService, addrLen + 4
 }
 
-// endpointData returns an endpoint as an endpoint map stores it.
-func endpointData(ep netip.AddrPort) []byte {
-	return appendEndpointData(nil, ep)
-}
-
-// appendEndpointData appends endpointData(ep) to dst.
+// appendEndpointData appends ep as an endpoint map stores it: address, port, two bytes of
+// padding.
 func appendEndpointData(dst []byte, ep netip.AddrPort) []byte {
 	if ep.Addr().Is4() {
 		a := ep.Addr().As4()
@@ -264,20 +260,28 @@ const ctDirReply = 1
 // ctOriginalDaddr loads the destination address a connection had before NAT:
 // "ct original ip daddr".
 func (e *encoder) ctOriginalDaddr(reg uint32) *expr.Ct {
-	key := expr.CtKey(unix.NFT_CT_DST_IP)
-	if e.family == model.IPv6 {
-		key = unix.NFT_CT_DST_IP6
+	return &expr.Ct{Register: reg, Key: e.ctAddrKey(false), Direction: ctDirOriginal}
+}
+
+// ctAddrKey returns the conntrack key of the family's source (src) or destination address.
+// The family's own keys, not the generic ct saddr/daddr: nft cannot list those inside a
+// concatenation.
+func (e *encoder) ctAddrKey(src bool) expr.CtKey {
+	switch {
+	case src && e.family == model.IPv6:
+		return unix.NFT_CT_SRC_IP6
+	case src:
+		return unix.NFT_CT_SRC_IP
+	case e.family == model.IPv6:
+		return unix.NFT_CT_DST_IP6
 	}
-	return &expr.Ct{Register: reg, Key: key, Direction: ctDirOriginal}
+	return unix.NFT_CT_DST_IP
 }
 
 // dnatLookup returns the expressions of a DNAT to the endpoint that map m holds for the
 // packet's key fields (followed by ng's number when ng is not nil), for proto packets.
 func (e *encoder) dnatLookup(proto model.Protocol, key []model.KeyField, m string, ng *expr.Numgen) []expr.Any {
-	out := []expr.Any{
-		metaL4Proto(reg1),
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(proto)}},
-	}
+	out := isL4Proto(proto)
 	load, word := e.loadKey(key, 0)
 	out = append(out, load...)
 	if ng != nil {
@@ -314,6 +318,11 @@ func payloadNet(reg, offset, length uint32) *expr.Payload {
 
 func payloadDport(reg uint32) *expr.Payload {
 	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}
+}
+
+// isL4Proto matches packets of proto.
+func isL4Proto(proto model.Protocol) []expr.Any {
+	return []expr.Any{metaL4Proto(reg1), &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(proto)}}}
 }
 
 func metaL4Proto(reg uint32) *expr.Meta {
@@ -404,29 +413,20 @@ func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 		// Key: client . Service address . protocol . Service port (the last three from
 		// conntrack's original direction); data: the endpoint, from its reply direction.
 		soff, n := e.addrField(true)
-		srcIP := expr.CtKey(unix.NFT_CT_SRC_IP)
-		if e.family == model.IPv6 {
-			srcIP = unix.NFT_CT_SRC_IP6
-		}
 		data := 2*n/4 + 2
-		return []expr.Any{
-			metaL4Proto(reg1),
-			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(x.Proto)}},
+		return append(isL4Proto(x.Proto),
 			payloadNet(reg1, soff, n),
-			e.ctOriginalDaddr(register(n / 4)),
-			metaL4Proto(register(2 * n / 4)),
+			e.ctOriginalDaddr(register(n/4)),
+			metaL4Proto(register(2*n/4)),
 			&expr.Ct{Register: register(2*n/4 + 1), Key: expr.CtKeyPROTODST, Direction: ctDirOriginal},
-			&expr.Ct{Register: register(data), Key: srcIP, Direction: ctDirReply},
+			&expr.Ct{Register: register(data), Key: e.ctAddrKey(true), Direction: ctDirReply},
 			&expr.Ct{Register: register(data + n/4), Key: expr.CtKeyPROTOSRC, Direction: ctDirReply},
 			&expr.Dynset{SrcRegKey: reg1, SrcRegData: register(data), SetName: x.Map,
 				Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: time.Duration(x.Timeout) * time.Second},
-		}, nil
+		), nil
 
 	case model.CtOriginalVmap:
-		out := []expr.Any{
-			metaL4Proto(reg1),
-			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(x.Proto)}},
-		}
+		out := isL4Proto(x.Proto)
 		word := uint32(0)
 		if !x.NodePort {
 			_, n := e.addrField(false)
@@ -475,11 +475,7 @@ func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 
 	case model.Reject:
 		if x.TCPReset {
-			return []expr.Any{
-				metaL4Proto(reg1),
-				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(model.TCP)}},
-				&expr.Reject{Type: unix.NFT_REJECT_TCP_RST},
-			}, nil
+			return append(isL4Proto(model.TCP), &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}), nil
 		}
 		code := uint8(icmpPortUnreachable)
 		if e.family == model.IPv6 {
@@ -497,7 +493,7 @@ func (e *encoder) exprs(x model.Expr) ([]expr.Any, error) {
 	return nil, fmt.Errorf("unsupported expression %T", x)
 }
 
-// matchPrefix compares the source address with p, loading only the bytes the prefix covers
+// matchPrefix compares the source (src) or destination address with p, loading only the bytes the prefix covers
 // and masking the last one when the prefix does not end on a byte boundary, as nft does.
 func (e *encoder) matchPrefix(p netip.Prefix, negate, src bool) ([]expr.Any, error) {
 	if !e.family.Contains(p.Addr()) {

@@ -126,24 +126,19 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, chains func() [
 	}
 	defer r.conn.Close()
 	for range readAttempts {
-		gen, err := r.generation()
-		if err != nil {
-			return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
-		}
-		if err := r.barrier(); err != nil {
-			return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
-		}
-		r.interrupted.Store(false)
-		rs, readErr := r.readTable(exp, n.takePrefetch(fam, gen))
-		after, err := r.generation()
-		if err != nil {
-			return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
-		}
-		if after != gen || r.interrupted.Load() {
+		var rs *model.Ruleset
+		gen, readErr, err := r.atOneGeneration(func(gen uint32) error {
+			var err error
+			rs, err = r.readTable(exp, n.takePrefetch(fam, gen))
+			return err
+		})
+		switch {
+		case errors.Is(err, ErrGenerationChanged):
 			// Something committed while we read: what we saw may mix two generations.
 			continue
-		}
-		if readErr != nil {
+		case err != nil:
+			return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
+		case readErr != nil:
 			return nil, gen, fmt.Errorf("read %s table: %w", fam, readErr)
 		}
 		return rs, gen, nil
@@ -192,30 +187,22 @@ func (pf *prefetch) read(n *Netlink, fam model.Family, sets []*model.Set) error 
 		return err
 	}
 	defer r.conn.Close()
-	gen, err := r.generation()
+	gen, readErr, err := r.atOneGeneration(func(uint32) error {
+		errs := make([]error, len(sets))
+		var wg sync.WaitGroup
+		for i, def := range sets {
+			s := &model.Set{Name: def.Name, Key: slices.Clone(def.Key), Data: def.Data}
+			pf.sets[s.Name], pf.defs[s.Name] = s, exp.sets[s.Name]
+			wg.Go(func() { errs[i] = r.readElementsApart(exp, s, 0) })
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	})
 	if err != nil {
 		return err
 	}
-	if err := r.barrier(); err != nil {
-		return err
-	}
-	errs := make([]error, len(sets))
-	var wg sync.WaitGroup
-	for i, def := range sets {
-		s := &model.Set{Name: def.Name, Key: slices.Clone(def.Key), Data: def.Data}
-		pf.sets[s.Name], pf.defs[s.Name] = s, exp.sets[s.Name]
-		wg.Go(func() { errs[i] = r.readElementsApart(exp, s, 0) })
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err // no table yet, typically
-	}
-	after, err := r.generation()
-	if err != nil {
-		return err
-	}
-	if after != gen || r.interrupted.Load() {
-		return ErrGenerationChanged
+	if readErr != nil {
+		return readErr // no table yet, typically
 	}
 	pf.gen = gen
 	return nil
@@ -713,6 +700,30 @@ func (r *reader) generation() (uint32, error) {
 		return 0, errors.New("get ruleset generation: no generation in the reply")
 	}
 	return gen, nil
+}
+
+// atOneGeneration runs read between two reads of the ruleset generation, the first followed
+// by a wait for any commit in progress, and returns the generation read ran at with read's
+// error. It returns ErrGenerationChanged when anything committed meanwhile or a dump was
+// flagged inconsistent: then what read saw may mix two generations. Other errors are those
+// of the generation reads.
+func (r *reader) atOneGeneration(read func(gen uint32) error) (gen uint32, readErr, err error) {
+	if gen, err = r.generation(); err != nil {
+		return 0, nil, err
+	}
+	if err := r.barrier(); err != nil {
+		return 0, nil, err
+	}
+	r.interrupted.Store(false)
+	readErr = read(gen)
+	after, err := r.generation()
+	if err != nil {
+		return 0, nil, err
+	}
+	if after != gen || r.interrupted.Load() {
+		return 0, nil, ErrGenerationChanged
+	}
+	return gen, readErr, nil
 }
 
 // barrier returns once no commit is in progress. The kernel bumps the generation early in a

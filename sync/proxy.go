@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
-	"slices"
 	gosync "sync"
 	"time"
 
@@ -62,8 +61,8 @@ type Proxy struct {
 	objs    *Objects
 	objsAt  time.Time
 	changed chan struct{}
-	// nodePortIPs are the NodePort addresses of the last sync, both families.
-	nodePortIPs []netip.Addr
+	// nodeCfgs is the node configuration of the last sync, by family.
+	nodeCfgs map[model.Family]model.NodeConfig
 
 	syncer    *Syncer
 	converter Converter
@@ -172,13 +171,7 @@ func prefetch(backend nft.Backend) {
 		return
 	}
 	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
-		var sets []*model.Set
-		for _, s := range model.Skeleton(model.NodeConfig{Family: fam}).Sets {
-			if s.Data == model.EndpointData && !s.Dynamic {
-				sets = append(sets, s)
-			}
-		}
-		pf.Prefetch(fam, sets)
+		pf.Prefetch(fam, model.EndpointMaps(fam))
 	}
 }
 
@@ -186,8 +179,9 @@ func prefetch(backend nft.Backend) {
 // IPv4 first (none when that flag is not set: then every address accepts NodePorts).
 func (p *Proxy) NodePortIPs() []netip.Addr {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	return slices.Clone(p.nodePortIPs)
+	cfgs := p.nodeCfgs
+	p.mu.Unlock()
+	return append(cfgs[model.IPv4].NodePortIPs(), cfgs[model.IPv6].NodePortIPs()...)
 }
 
 // SyncOnce converts the latest snapshot, tells the syncer what changed and syncs. Before the
@@ -220,7 +214,7 @@ func (p *Proxy) SyncOnce() error {
 		model.IPv6: p.Config.NodeConfig(model.IPv6, p.NodeName, node, addrs),
 	}
 	p.mu.Lock()
-	p.nodePortIPs = append(cfgs[model.IPv4].NodePortIPs(), cfgs[model.IPv6].NodePortIPs()...)
+	p.nodeCfgs = cfgs
 	p.mu.Unlock()
 	if p.ServiceHealth != nil {
 		p.ServiceHealth.Update(changes)
