@@ -26,12 +26,12 @@ k8s-bins:
 	bash integration/k8s/build.sh >/dev/null
 
 # After the tests, a short fuzzing run over the manifest -> model path (seed corpus in
-# sync/testdata/fuzz; minimizing an input is capped so the time goes to new inputs).
+# daemon/testdata/fuzz; minimizing an input is capped so the time goes to new inputs).
 FUZZTIME ?= 20s
 
 test: lint k8s-bins
 	$(GO) test $(TESTFLAGS) ./...
-	$(GO) test -run '^$$' -fuzz FuzzManifests -fuzztime $(FUZZTIME) -fuzzminimizetime 10x ./sync
+	$(GO) test -run '^$$' -fuzz FuzzManifests -fuzztime $(FUZZTIME) -fuzzminimizetime 10x ./daemon
 
 # Syncer figures at 1,000 and 10,000 Services x 10 endpoints: against the in-memory Fake
 # (sync/) and against the kernel in a network namespace (integration/, needs root).

@@ -15,9 +15,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nftproxy/nftproxy/conntrack"
 	"github.com/nftproxy/nftproxy/integration/topology"
 	"github.com/nftproxy/nftproxy/model"
-	nsync "github.com/nftproxy/nftproxy/sync"
 )
 
 // ctEntry is one line of `conntrack -L`: the protocol and the original and reply tuples.
@@ -190,7 +190,7 @@ func TestConntrackClear(t *testing.T) {
 	all := []string{"svc4-a", "svc4b-c", "svc6-a", "np4-a", "np4node-c", "np6-a", "direct-c-30053", "direct-a", "svc4-a-tcp"}
 	want("before", all...)
 
-	ct := nsync.NewNetlinkConntrack(tp.Node1.Path())
+	ct := conntrack.NewNetlink(tp.Node1.Path())
 	clear := func(step string, err error) {
 		t.Helper()
 		if err != nil {
@@ -232,7 +232,7 @@ func TestConntrackClear(t *testing.T) {
 func TestConntrackBadNamespace(t *testing.T) {
 	topology.RequirePrivileged(t)
 	t.Parallel()
-	ct := nsync.NewNetlinkConntrack("/run/netns/" + topology.NamePrefix() + "does-not-exist")
+	ct := conntrack.NewNetlink("/run/netns/" + topology.NamePrefix() + "does-not-exist")
 	err := ct.ClearNodePort(model.UDP, 30053)
 	if !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("ClearNodePort in a missing namespace: got %v, want an fs.ErrNotExist", err)

@@ -1,4 +1,17 @@
-// Package sync owns everything between the cluster and the model: sources of Kubernetes
-// objects (manifest files now, the API server later), their conversion into model input,
-// change tracking and the sync loop that commits rulesets.
+// Package sync owns the transactional syncer: it keeps what it last committed to the kernel,
+// works out what changed since, and commits exactly that as one atomic batch per sync, then
+// does what must follow a commit (releasing session affinity of clients whose endpoint went
+// away, and clearing stale UDP conntrack entries).
+//
+// Words used here, beside model's:
+//   - change: a Service's new model value (nil: gone) handed to Update, kept pending with the
+//     time it was first seen until a sync commits it.
+//   - partial sync: a sync that rebuilds only the Parts of the changed Services and diffs only
+//     the elements and chains they touch.
+//   - full sync: a sync that reads the tables back from the kernel and diffs the whole desired
+//     ruleset against them (at start, after a failed commit, or when someone else changed
+//     the ruleset: drift).
+//   - claim: a Service's hold on one element of one set; when two Services claim the same key,
+//     the first by name wins.
+//   - committed: the syncer's view of what the kernel holds, by set and key and by chain.
 package sync

@@ -1,7 +1,6 @@
 package sync_test
 
 import (
-	"flag"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -22,22 +21,9 @@ var families = []model.Family{model.IPv4, model.IPv6}
 // `nftproxy render` computes them.
 func scenarioInput(t *testing.T, sc scenario.Scenario) ([]model.Service, map[model.Family]model.NodeConfig) {
 	t.Helper()
-	var cfg sync.Config
-	fs := flag.NewFlagSet(sc.Name, flag.ContinueOnError)
-	cfg.BindFlags(fs)
-	if err := fs.Parse(sc.Args); err != nil {
-		t.Fatal(err)
-	}
-	objs, _, err := sync.LoadManifests(sc.Dir)
+	services, nodes, err := sc.Input()
 	if err != nil {
 		t.Fatal(err)
-	}
-	node, _ := sync.FindNode(objs.Nodes, cfg.HostnameOverride)
-	local := append(slices.Clone(node.InternalIPs), node.ExternalIPs...)
-	services, _ := sync.Convert(objs, sync.ConvertOptions{ServiceProxyName: cfg.ServiceProxyName})
-	nodes := map[model.Family]model.NodeConfig{}
-	for _, fam := range families {
-		nodes[fam] = cfg.NodeConfig(fam, cfg.HostnameOverride, node, local)
 	}
 	return services, nodes
 }

@@ -55,6 +55,20 @@ func appendUDPChanges(out []udpChange, old, new *model.Part) []udpChange {
 	return out
 }
 
+// Conntrack deletes stale conntrack entries so that UDP clients are not stuck on a dead
+// endpoint (or on a rejection cached before a Service had endpoints).
+type Conntrack interface {
+	// ClearEndpoint deletes entries of proto whose reply comes from endpoint ep (the
+	// connection was DNATed to it).
+	ClearEndpoint(proto model.Protocol, ep netip.AddrPort) error
+	// ClearDestination deletes entries of proto whose original destination is addr:port
+	// (a ClusterIP, ExternalIP or LoadBalancer IP of a Service port).
+	ClearDestination(proto model.Protocol, dst netip.AddrPort) error
+	// ClearNodePort deletes entries of proto whose original destination port is port on
+	// any local address.
+	ClearNodePort(proto model.Protocol, port uint16) error
+}
+
 // clearConntrack runs the cleanups; failures are kept for the loop to report.
 func (s *Syncer) clearConntrack(changes []udpChange) {
 	if s.Conntrack == nil {

@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
+	"github.com/nftproxy/nftproxy/cluster"
+	"github.com/nftproxy/nftproxy/daemon"
 	"github.com/nftproxy/nftproxy/model"
-	"github.com/nftproxy/nftproxy/sync"
 )
 
 // NodeName is the node every scenario is rendered for.
@@ -49,7 +51,38 @@ func Load(root string) ([]Scenario, error) {
 
 // Render builds the scenario's rulesets as `nftproxy render` does.
 func (s Scenario) Render() ([]*model.Ruleset, error) {
-	var cfg sync.Config
+	cfg, err := s.config()
+	if err != nil {
+		return nil, err
+	}
+	rulesets, _, err := cfg.RenderDir(s.Dir, cfg.HostnameOverride)
+	return rulesets, err
+}
+
+// Input returns the scenario's Services and node configuration per family, as `nftproxy
+// render` computes them before building the rulesets.
+func (s Scenario) Input() ([]model.Service, map[model.Family]model.NodeConfig, error) {
+	cfg, err := s.config()
+	if err != nil {
+		return nil, nil, err
+	}
+	objs, _, err := cluster.LoadManifests(s.Dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	node, _ := cluster.FindNode(objs.Nodes, cfg.HostnameOverride)
+	local := append(slices.Clone(node.InternalIPs), node.ExternalIPs...)
+	services, _ := cluster.Convert(objs, cluster.ConvertOptions{ServiceProxyName: cfg.ServiceProxyName})
+	nodes := map[model.Family]model.NodeConfig{}
+	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
+		nodes[fam] = cfg.NodeConfig(fam, cfg.HostnameOverride, node, local)
+	}
+	return services, nodes, nil
+}
+
+// config parses the scenario's flags.
+func (s Scenario) config() (*daemon.Config, error) {
+	var cfg daemon.Config
 	fs := flag.NewFlagSet(s.Name, flag.ContinueOnError)
 	cfg.BindFlags(fs)
 	if err := fs.Parse(s.Args); err != nil {
@@ -58,8 +91,7 @@ func (s Scenario) Render() ([]*model.Ruleset, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("scenario %s flags: %w", s.Name, err)
 	}
-	rulesets, _, err := cfg.RenderDir(s.Dir, cfg.HostnameOverride)
-	return rulesets, err
+	return &cfg, nil
 }
 
 // GoldenPath returns the expected-table file of a family.

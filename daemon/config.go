@@ -1,4 +1,4 @@
-package sync
+package daemon
 
 import (
 	"errors"
@@ -10,6 +10,7 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/nftproxy/nftproxy/cluster"
 	"github.com/nftproxy/nftproxy/model"
 )
 
@@ -176,12 +177,12 @@ func splitList(s string) []string {
 // NodeConfig returns the model configuration of one family for the node named nodeName.
 // localAddrs are the addresses of this node's interfaces (for --nodeport-addresses CIDRs);
 // node is this node's Node object, if known (for --nodeport-addresses=primary).
-func (c *Config) NodeConfig(fam model.Family, nodeName string, node NodeInfo, localAddrs []netip.Addr) model.NodeConfig {
+func (c *Config) NodeConfig(fam model.Family, nodeName string, node cluster.NodeInfo, localAddrs []netip.Addr) model.NodeConfig {
 	nc := model.NodeConfig{
 		Family:            fam,
 		NodeName:          nodeName,
 		Zone:              node.Zone,
-		NodeIPs:           node.addresses(fam),
+		NodeIPs:           node.Addresses(fam),
 		ClusterCIDRs:      c.ClusterCIDRs,
 		ServiceCIDRs:      c.ServiceCIDRs,
 		MasqueradeAll:     c.MasqueradeAll,
@@ -226,22 +227,10 @@ func (c *Config) NodeConfig(fam model.Family, nodeName string, node NodeInfo, lo
 	return nc
 }
 
-// addresses returns the node's InternalIPs and ExternalIPs of family fam, sorted.
-func (n NodeInfo) addresses(fam model.Family) []netip.Addr {
-	var out []netip.Addr
-	for _, a := range slices.Concat(n.InternalIPs, n.ExternalIPs) {
-		if fam.Contains(a) {
-			out = append(out, a)
-		}
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out)
-}
-
 // Desired builds the rulesets (IPv4, then IPv6) for a snapshot of objects.
-func (c *Config) Desired(objs Objects, nodeName string, localAddrs []netip.Addr) ([]*model.Ruleset, []BadObject) {
-	services, bad := Convert(objs, ConvertOptions{ServiceProxyName: c.ServiceProxyName})
-	node, _ := FindNode(objs.Nodes, nodeName)
+func (c *Config) Desired(objs cluster.Objects, nodeName string, localAddrs []netip.Addr) ([]*model.Ruleset, []cluster.BadObject) {
+	services, bad := cluster.Convert(objs, cluster.ConvertOptions{ServiceProxyName: c.ServiceProxyName})
+	node, _ := cluster.FindNode(objs.Nodes, nodeName)
 	out := make([]*model.Ruleset, 0, 2)
 	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
 		out = append(out, model.Build(services, c.NodeConfig(fam, nodeName, node, localAddrs)))
@@ -271,12 +260,12 @@ func LocalAddresses() ([]netip.Addr, error) {
 // RenderDir builds the rulesets for the manifests in dir without touching the kernel, as
 // `nftproxy render` does. The Node object named nodeName stands in for the interfaces: its
 // addresses are the local addresses, so that the output depends only on the manifests.
-func (c *Config) RenderDir(dir, nodeName string) ([]*model.Ruleset, []BadObject, error) {
-	objs, bad, err := LoadManifests(dir)
+func (c *Config) RenderDir(dir, nodeName string) ([]*model.Ruleset, []cluster.BadObject, error) {
+	objs, bad, err := cluster.LoadManifests(dir)
 	if err != nil {
 		return nil, nil, err
 	}
-	node, _ := FindNode(objs.Nodes, nodeName)
+	node, _ := cluster.FindNode(objs.Nodes, nodeName)
 	rulesets, convertBad := c.Desired(objs, nodeName, append(slices.Clone(node.InternalIPs), node.ExternalIPs...))
 	return rulesets, append(bad, convertBad...), nil
 }

@@ -1,4 +1,4 @@
-package sync
+package daemon
 
 import (
 	"flag"
@@ -8,13 +8,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nftproxy/nftproxy/cluster"
 	"github.com/nftproxy/nftproxy/model"
 )
 
 // TestDetectLocalModeFlags checks how --detect-local-mode and its interface flags are
 // accepted, refused and turned into the rules' view of pod traffic.
 func TestDetectLocalModeFlags(t *testing.T) {
-	node := NodeInfo{Name: "node1", PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:1::/64")}}
+	node := cluster.NodeInfo{Name: "node1", PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:1::/64")}}
 	cluster := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
 	for _, tc := range []struct {
 		args []string

@@ -1,4 +1,4 @@
-package sync
+package daemon
 
 import (
 	"context"
@@ -7,19 +7,11 @@ import (
 	gosync "sync"
 	"time"
 
+	"github.com/nftproxy/nftproxy/cluster"
+	"github.com/nftproxy/nftproxy/internal/logkey"
 	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
-)
-
-// Log keys of the sync loop.
-const (
-	logKeyServices = "services"
-	logKeyDuration = "duration"
-	logKeyRetryIn  = "retryIn"
-	logKeyNode     = "node"
-	logKeyObjects  = "objects"
-	logKeyFull     = "full"
-	logKeyService  = "service"
+	"github.com/nftproxy/nftproxy/sync"
 )
 
 // Backoff bounds for retrying a failed sync.
@@ -35,7 +27,7 @@ const (
 )
 
 // Proxy is the sync loop: it turns the snapshots of objects that a source delivers into
-// changed Services for a Syncer, and runs the Syncer no more often than MinSyncPeriod, at
+// changed Services for a sync.Syncer, and runs the sync.Syncer no more often than MinSyncPeriod, at
 // least every SyncPeriod (to repair drift), and with exponential backoff after a failure.
 type Proxy struct {
 	Config   *Config
@@ -52,20 +44,20 @@ type Proxy struct {
 	// Metrics, when set, receive the figures of each sync.
 	Metrics *Metrics
 	// Conntrack, when set, clears stale UDP flows.
-	Conntrack Conntrack
+	Conntrack sync.Conntrack
 	// ServiceHealth, when set, runs the health check servers of Services with
 	// externalTrafficPolicy Local.
 	ServiceHealth *ServiceHealthServers
 
 	mu      gosync.Mutex
-	objs    *Objects
+	objs    *cluster.Objects
 	objsAt  time.Time
 	changed chan struct{}
 	// nodeCfgs is the node configuration of the last sync, by family.
 	nodeCfgs map[model.Family]model.NodeConfig
 
-	syncer    *Syncer
-	converter Converter
+	syncer    *sync.Syncer
+	converter cluster.Converter
 	warned    map[string]bool
 	// health tracks, for health checks, the oldest change not yet programmed (zero when
 	// none) and the last successful sync.
@@ -90,7 +82,7 @@ func (p *Proxy) Health(now time.Time) (bool, time.Time) {
 }
 
 // Update hands the proxy a new full snapshot of objects. It never blocks.
-func (p *Proxy) Update(objs Objects) {
+func (p *Proxy) Update(objs cluster.Objects) {
 	now := time.Now()
 	p.mu.Lock()
 	p.objs = &objs
@@ -148,7 +140,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		}
 		lastSync = time.Now()
 		if err := p.SyncOnce(); err != nil {
-			p.Log.Error("sync failed; will retry with a full sync", logKeyError, err, logKeyRetryIn, delay)
+			p.Log.Error("sync failed; will retry with a full sync", logkey.Error, err, logkey.RetryIn, delay)
 			retry = time.After(delay)
 			delay = min(2*delay, maxRetryDelay)
 			continue
@@ -194,7 +186,7 @@ func (p *Proxy) SyncOnce() error {
 		return nil
 	}
 	if p.syncer == nil {
-		p.syncer = NewSyncer(p.Backend, model.IPv4, model.IPv6)
+		p.syncer = sync.NewSyncer(p.Backend, model.IPv4, model.IPv6)
 		p.syncer.Conntrack = p.Conntrack
 	}
 	list := p.LocalAddresses
@@ -205,10 +197,10 @@ func (p *Proxy) SyncOnce() error {
 	if err != nil {
 		return err
 	}
-	p.converter.Options = ConvertOptions{ServiceProxyName: p.Config.ServiceProxyName}
+	p.converter.Options = cluster.ConvertOptions{ServiceProxyName: p.Config.ServiceProxyName}
 	changes, bad := p.converter.Changes(*objs)
 	p.reportBad(bad)
-	node, _ := FindNode(objs.Nodes, p.NodeName)
+	node, _ := cluster.FindNode(objs.Nodes, p.NodeName)
 	cfgs := map[model.Family]model.NodeConfig{
 		model.IPv4: p.Config.NodeConfig(model.IPv4, p.NodeName, node, addrs),
 		model.IPv6: p.Config.NodeConfig(model.IPv6, p.NodeName, node, addrs),
@@ -226,10 +218,10 @@ func (p *Proxy) SyncOnce() error {
 	res, err := p.syncer.Sync()
 	took := time.Since(start)
 	for _, aerr := range p.syncer.AffinityErrors() {
-		p.Log.Warn("releasing session affinity failed", logKeyError, aerr)
+		p.Log.Warn("releasing session affinity failed", logkey.Error, aerr)
 	}
 	for _, cerr := range p.syncer.ConntrackErrors() {
-		p.Log.Warn("clearing stale conntrack entries failed", logKeyError, cerr)
+		p.Log.Warn("clearing stale conntrack entries failed", logkey.Error, cerr)
 		if p.Metrics != nil {
 			p.Metrics.ConntrackFailures.Inc()
 		}
@@ -273,26 +265,26 @@ func (p *Proxy) SyncOnce() error {
 		m.setElements(res.Elements)
 	}
 	if res.DriftRepaired {
-		p.Log.Warn("nftproxy's tables were changed behind its back; repaired them", logKeyObjects, res.Objects)
+		p.Log.Warn("nftproxy's tables were changed behind its back; repaired them", logkey.Objects, res.Objects)
 	}
 	if res.AffinityReleased > 0 {
-		p.Log.Info("released session affinity of clients whose endpoint went away", "entries", res.AffinityReleased)
+		p.Log.Info("released session affinity of clients whose endpoint went away", logkey.Entries, res.AffinityReleased)
 	}
 	if res.Objects > 0 || res.Full {
-		p.Log.Info("synced rules", logKeyFull, res.Full, logKeyServices, res.Services, logKeyObjects, res.Objects,
-			logKeyDuration, took, logKeyNode, p.NodeName)
+		p.Log.Info("synced rules", logkey.Full, res.Full, logkey.Services, res.Services, logkey.Objects, res.Objects,
+			logkey.Duration, took, logkey.Node, p.NodeName)
 	}
 	return nil
 }
 
 // reportBad logs each bad object once, until it is fixed or gone.
-func (p *Proxy) reportBad(bad []BadObject) {
+func (p *Proxy) reportBad(bad []cluster.BadObject) {
 	now := make(map[string]bool, len(bad))
 	for _, b := range bad {
 		msg := b.String()
 		now[msg] = true
 		if !p.warned[msg] {
-			p.Log.Warn("skipping object that cannot be turned into rules", logKeyObject, msg)
+			p.Log.Warn("skipping object that cannot be turned into rules", logkey.Object, msg)
 		}
 	}
 	p.warned = now

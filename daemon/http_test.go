@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"net/http"
@@ -15,7 +15,7 @@ func TestMetricsHandlerProfiling(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "probe_total", Help: "probe"}))
 	for _, profiling := range []bool{false, true} {
-		h := metricsHandler(reg, profiling)
+		h := MetricsHandler(reg, profiling)
 		get := func(path string) (int, string) {
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))

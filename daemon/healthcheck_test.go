@@ -1,4 +1,4 @@
-package sync_test
+package daemon_test
 
 import (
 	"encoding/json"
@@ -13,8 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/nftproxy/nftproxy/daemon"
 	"github.com/nftproxy/nftproxy/model"
-	"github.com/nftproxy/nftproxy/sync"
 )
 
 // hcListener hands out loopback listeners on random ports and remembers which test port each
@@ -92,7 +92,7 @@ func ep(addr, node string, ready, terminating bool) model.Endpoint {
 func TestServiceHealthServers(t *testing.T) {
 	l := &hcListener{addrs: map[uint16]string{}}
 	var unhealthy atomic.Bool
-	h := &sync.ServiceHealthServers{NodeName: "node1", Listen: l.listen, Log: slog.New(slog.DiscardHandler),
+	h := &daemon.ServiceHealthServers{NodeName: "node1", Listen: l.listen, Log: slog.New(slog.DiscardHandler),
 		ProxyHealthy: func() bool { return !unhealthy.Load() }}
 	defer h.Close()
 	web := model.ServiceName{Namespace: "default", Name: "web"}
@@ -153,7 +153,7 @@ func TestServiceHealthServers(t *testing.T) {
 func TestServiceHealthServersBusyPort(t *testing.T) {
 	l := &hcListener{addrs: map[uint16]string{}}
 	fail := true
-	h := &sync.ServiceHealthServers{NodeName: "node1", Log: slog.New(slog.DiscardHandler),
+	h := &daemon.ServiceHealthServers{NodeName: "node1", Log: slog.New(slog.DiscardHandler),
 		Listen: func(addr string) (net.Listener, error) {
 			if fail {
 				return nil, &net.OpError{Op: "listen", Err: io.ErrClosedPipe}
@@ -196,7 +196,7 @@ func TestServiceHealthServersAddresses(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := &hcListener{addrs: map[uint16]string{}}
-			h := &sync.ServiceHealthServers{NodeName: "node1", Log: slog.New(slog.DiscardHandler),
+			h := &daemon.ServiceHealthServers{NodeName: "node1", Log: slog.New(slog.DiscardHandler),
 				Addresses: tc.addrs, Listen: l.listen}
 			defer h.Close()
 			h.Update(map[model.ServiceName]*model.Service{web: svc})

@@ -1,4 +1,4 @@
-package sync
+package cluster
 
 import (
 	"context"
@@ -194,7 +194,7 @@ func TestManifestSourceRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
-		done <- src.Run(ctx, func(o Objects, _ []BadObject) { snapshots <- o })
+		done <- src.Run(ctx, func(o Objects) { snapshots <- o })
 	}()
 	defer func() {
 		cancel()

@@ -1,4 +1,4 @@
-package sync
+package cluster
 
 import (
 	"bufio"
@@ -24,21 +24,8 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/yaml"
-)
 
-// Log attribute keys used by this package.
-const (
-	logKeyDir    = "dir"
-	logKeyObject = "object"
-	logKeyError  = "err"
-	logKeyCount  = "count"
-)
-
-// KindDocument is BadObject.Kind for a manifest document whose kind is unknown, and KindFile
-// for a manifest file that cannot be read.
-const (
-	KindDocument = "Document"
-	KindFile     = "File"
+	"github.com/nftproxy/nftproxy/internal/logkey"
 )
 
 // DefaultManifestInterval is how often a ManifestSource polls its directory by default.
@@ -141,6 +128,15 @@ func LoadManifests(dir string) (Objects, []BadObject, error) {
 	}
 	objs, bad := parseManifests(files)
 	return objs, bad, nil
+}
+
+// DecodeManifest decodes the manifest documents in data, read from the file called name (used
+// only to name bad documents), as LoadManifests decodes each file of a directory. What cannot
+// be decoded is in the snapshot's Bad list.
+func DecodeManifest(name string, data []byte) Objects {
+	objs, bad := parseManifests([]manifestFile{{name: name, data: data}})
+	objs.Bad = bad
+	return objs
 }
 
 // parseManifests decodes the objects of files.
@@ -263,9 +259,10 @@ type ManifestSource struct {
 
 // Run calls onChange with the first snapshot at once and then after each change (detected by
 // polling a hash of file names, sizes, mtimes and contents, and delivered once the new content
-// has been stable for one poll) until ctx is done, then returns nil. Bad objects are logged with one warning each per snapshot; an unreadable directory is
-// logged and retried, and no snapshot is delivered until it can be read.
-func (s *ManifestSource) Run(ctx context.Context, onChange func(Objects, []BadObject)) error {
+// has been stable for one poll) until ctx is done, then returns nil. Documents that cannot be
+// read travel in the snapshot's Bad list. An unreadable directory is logged and retried, and
+// no snapshot is delivered until it can be read.
+func (s *ManifestSource) Run(ctx context.Context, onChange func(Objects)) error {
 	if s.Dir == "" {
 		return errors.New("manifest source: no directory")
 	}
@@ -280,7 +277,7 @@ func (s *ManifestSource) Run(ctx context.Context, onChange func(Objects, []BadOb
 	if log == nil {
 		log = slog.Default()
 	}
-	log = log.With(logKeyDir, s.Dir)
+	log = log.With(logkey.Dir, s.Dir)
 
 	var (
 		delivered   bool
@@ -293,7 +290,7 @@ func (s *ManifestSource) Run(ctx context.Context, onChange func(Objects, []BadOb
 		files, err := readManifestDir(s.Dir)
 		if err != nil {
 			if err.Error() != lastErr {
-				log.Warn("cannot read manifests, will retry", logKeyError, err)
+				log.Warn("cannot read manifests, will retry", logkey.Error, err)
 				lastErr = err.Error()
 			}
 			return
@@ -317,12 +314,10 @@ func (s *ManifestSource) Run(ctx context.Context, onChange func(Objects, []BadOb
 		}
 		pending = false
 		objs, bad := parseManifests(files)
-		for _, b := range bad {
-			log.Warn("skipping manifest object", logKeyObject, b.String())
-		}
-		log.Debug("manifests changed", logKeyCount, len(objs.Services)+len(objs.EndpointSlices)+len(objs.Nodes))
+		objs.Bad = bad
+		log.Debug("manifests changed", logkey.Count, len(objs.Services)+len(objs.EndpointSlices)+len(objs.Nodes))
 		delivered, lastHash = true, sum
-		onChange(objs, bad)
+		onChange(objs)
 	}
 
 	poll()

@@ -1,6 +1,7 @@
-package sync
+package daemon
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -8,23 +9,30 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nftproxy/nftproxy/cluster"
 	"github.com/nftproxy/nftproxy/model"
 )
 
 // fuzzNodes are the configurations the fuzzed manifests are built for: NodePorts limited to
 // the Node object's primary addresses, so that that path runs too.
-func fuzzNodes(objs Objects) []model.NodeConfig {
+func fuzzNodes(objs cluster.Objects) []model.NodeConfig {
 	cfg := &Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/32")}, NodePortPrimary: true}
-	node, _ := FindNode(objs.Nodes, "node1")
+	node, _ := cluster.FindNode(objs.Nodes, "node1")
 	return []model.NodeConfig{cfg.NodeConfig(model.IPv4, "node1", node, nil), cfg.NodeConfig(model.IPv6, "node1", node, nil)}
 }
 
 // FuzzManifests feeds arbitrary manifest files through the daemon's path: decode, convert,
-// build both families' rulesets and render them. None of it may panic, every skipped object must name itself, and every element must belong to the
-// family of its table. The seed corpus holds every golden scenario and hand-made malformed
-// objects (testdata/fuzz/FuzzManifests); `make test` runs the fuzzer for a short while.
+// build both families' rulesets and render them. None of it may panic, every skipped object
+// must name itself (its kind, and its name or where it stands in the file) and say why, and
+// every element must belong to the family of its table. The seed corpus holds every golden
+// scenario and hand-made malformed objects (testdata/fuzz/FuzzManifests); `make test` runs the
+// fuzzer for a short while.
 func FuzzManifests(f *testing.F) {
 	scenarios, _ := filepath.Glob("../testdata/*/services.yaml")
+	seeds, _ := filepath.Glob("testdata/fuzz/FuzzManifests/*")
+	if len(scenarios) < 20 || len(seeds) == 0 {
+		f.Fatalf("seed corpus missing: %d golden scenarios, %d files in testdata/fuzz/FuzzManifests", len(scenarios), len(seeds))
+	}
 	for _, path := range scenarios {
 		data, err := os.ReadFile(path)
 		if err != nil {
@@ -50,11 +58,11 @@ func TestTenThousandEndpoints(t *testing.T) {
 func checkManifests(t *testing.T, data []byte) *model.Ruleset {
 	var v4 *model.Ruleset
 	{
-		objs, bad := parseManifests([]manifestFile{{name: "fuzz.yaml", data: data}})
-		services, convertBad := Convert(objs, ConvertOptions{})
-		for _, b := range append(bad, convertBad...) {
-			if b.String() == "" || b.Err == nil {
-				t.Errorf("a skipped object does not say what and why: %#v", b)
+		objs := cluster.DecodeManifest(fuzzFile, data)
+		services, bad := cluster.Convert(objs, cluster.ConvertOptions{})
+		for _, b := range bad {
+			if err := namesItself(b); err != nil {
+				t.Errorf("skipped object %#v: %v", b, err)
 			}
 		}
 		for _, node := range fuzzNodes(objs) {
@@ -78,6 +86,24 @@ func checkManifests(t *testing.T, data []byte) *model.Ruleset {
 		}
 	}
 	return v4
+}
+
+// fuzzFile is the file name the fuzzed manifests are decoded as.
+const fuzzFile = "fuzz.yaml"
+
+// namesItself checks that a skipped object tells an operator which object it is and why it
+// was skipped: a kind, a name (or, for a document that has none, its place in the file) and
+// an error.
+func namesItself(b cluster.BadObject) error {
+	switch {
+	case b.Kind == "":
+		return errors.New("no kind")
+	case b.Err == nil:
+		return errors.New("no reason")
+	case b.Name == "" && !strings.Contains(b.Err.Error(), fuzzFile+":"):
+		return errors.New("neither a name nor a place in the file")
+	}
+	return nil
 }
 
 // manyEndpoints is a manifest of one Service with n endpoints in one slice.

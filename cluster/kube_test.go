@@ -1,4 +1,4 @@
-package sync
+package cluster
 
 import (
 	"context"
@@ -18,10 +18,30 @@ import (
 	"github.com/nftproxy/nftproxy/model"
 )
 
+// webObjects is a Service default/web (ClusterIP 10.96.0.10, port 80 named http) with one
+// ready endpoint on port 8080.
+func webObjects(endpoint string) Objects {
+	ready := true
+	name, port := "http", int32(8080)
+	return Objects{
+		Services: []*corev1.Service{{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
+			Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"},
+				Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}}},
+		}},
+		EndpointSlices: []*discoveryv1.EndpointSlice{{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port}},
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{endpoint}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		}},
+	}
+}
+
 // TestKubeSource checks that the source delivers a full snapshot once its caches synced,
 // another after a change, and only this node's Node object.
 func TestKubeSource(t *testing.T) {
-	objs := proxyObjects("10.244.1.2")
+	objs := webObjects("10.244.1.2")
 	client := fake.NewClientset(objs.Services[0], objs.EndpointSlices[0],
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node1"}},
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node2"}})
@@ -70,7 +90,7 @@ func TestKubeSource(t *testing.T) {
 // are converted again and reported, a copy with the same content is no change, and a deleted
 // Service is reported as nil.
 func TestConverterChanges(t *testing.T) {
-	a, b := proxyObjects("10.244.1.2"), proxyObjects("10.244.1.3")
+	a, b := webObjects("10.244.1.2"), webObjects("10.244.1.3")
 	b.Services[0].Name = "api"
 	b.EndpointSlices[0].Name = "api-1"
 	b.EndpointSlices[0].Labels = map[string]string{"kubernetes.io/service-name": "api"}
@@ -108,7 +128,7 @@ func TestConverterManyServices(t *testing.T) {
 	const n = 500
 	var snap Objects
 	for i := range n {
-		o := proxyObjects(fmt.Sprintf("10.244.%d.%d", i/250, i%250+1))
+		o := webObjects(fmt.Sprintf("10.244.%d.%d", i/250, i%250+1))
 		name := fmt.Sprintf("web-%d", i)
 		o.Services[0].Name = name
 		o.EndpointSlices[0].Name = name + "-1"
@@ -141,7 +161,7 @@ func TestConverterManyServices(t *testing.T) {
 // TestTrimObject checks that what the informers drop from objects changes nothing the proxy
 // programs, and that it is dropped.
 func TestTrimObject(t *testing.T) {
-	objs := proxyObjects("10.244.1.2")
+	objs := webObjects("10.244.1.2")
 	svc, es := objs.Services[0], objs.EndpointSlices[0]
 	owner := []metav1.OwnerReference{{APIVersion: "v1", Kind: "Service", Name: "web", UID: "u1"}}
 	svc.Labels = map[string]string{"app.kubernetes.io/name": "web"}

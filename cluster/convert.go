@@ -1,4 +1,4 @@
-package sync
+package cluster
 
 import (
 	"cmp"
@@ -24,49 +24,6 @@ const (
 	// LabelHeadless marks a Service as headless; the proxy ignores it.
 	LabelHeadless = corev1.IsHeadlessService
 )
-
-// Object kinds named in BadObject.Kind.
-const (
-	KindService       = "Service"
-	KindEndpointSlice = "EndpointSlice"
-	KindNode          = "Node"
-)
-
-// Objects is a full snapshot of the objects a source holds.
-type Objects struct {
-	Services       []*corev1.Service
-	EndpointSlices []*discoveryv1.EndpointSlice
-	Nodes          []*corev1.Node
-}
-
-// BadObject describes an object skipped because it cannot be turned into rules. Skipping it
-// never affects any other object.
-type BadObject struct {
-	Kind      string
-	Namespace string
-	Name      string
-	Err       error
-}
-
-// String names the object and the reason, as in "Service default/foo: <err>".
-func (b BadObject) String() string {
-	kind := b.Kind
-	if kind == "" {
-		kind = "Object"
-	}
-	name := b.Name
-	if b.Namespace != "" {
-		name = b.Namespace + "/" + b.Name
-	}
-	s := kind
-	if name != "" {
-		s += " " + name
-	}
-	if b.Err != nil {
-		s += ": " + b.Err.Error()
-	}
-	return s
-}
 
 // ConvertOptions tunes which Services Convert keeps.
 type ConvertOptions struct {
@@ -115,7 +72,7 @@ func (c *Converter) Changes(objs Objects) (map[model.ServiceName]*model.Service,
 // convert converts a snapshot; with sorted it also returns the Services sorted by name (and
 // reports bad objects in that order), which costs a sort a change set does not need.
 func (c *Converter) convert(objs Objects, sorted bool) ([]model.Service, map[model.ServiceName]*model.Service, []BadObject) {
-	var bad []BadObject
+	bad := slices.Clone(objs.Bad)
 	opts := c.Options
 
 	// Index slices by the Service they belong to, in name order so output is deterministic.
@@ -556,76 +513,4 @@ func better(a, b model.Endpoint) bool {
 		return !a.Terminating
 	}
 	return false
-}
-
-// NodeInfo is what the proxy needs from its Node object.
-type NodeInfo struct {
-	Name string
-	// Zone is the topology.kubernetes.io/zone label, "" when absent.
-	Zone string
-	// InternalIPs and ExternalIPs are the node's status addresses of those types, in order.
-	InternalIPs []netip.Addr
-	ExternalIPs []netip.Addr
-	// PodCIDRs is spec.podCIDRs (or spec.podCIDR).
-	PodCIDRs []netip.Prefix
-}
-
-// PrimaryIPs returns the node's primary IP per family, IPv4 first: the first InternalIP of
-// each family, else the first ExternalIP of that family. These are what
-// --nodeport-addresses=primary resolves to.
-func (n NodeInfo) PrimaryIPs() []netip.Addr {
-	var out []netip.Addr
-	for _, f := range []model.Family{model.IPv4, model.IPv6} {
-		if a, ok := firstOf(f, n.InternalIPs); ok {
-			out = append(out, a)
-		} else if a, ok := firstOf(f, n.ExternalIPs); ok {
-			out = append(out, a)
-		}
-	}
-	return out
-}
-
-func firstOf(f model.Family, addrs []netip.Addr) (netip.Addr, bool) {
-	for _, a := range addrs {
-		if f.Contains(a) {
-			return a, true
-		}
-	}
-	return netip.Addr{}, false
-}
-
-// FindNode returns the Node named name from the snapshot (false if absent). Addresses and pod
-// CIDRs that do not parse are left out.
-func FindNode(nodes []*corev1.Node, name string) (NodeInfo, bool) {
-	for _, n := range nodes {
-		if n == nil || n.Name != name {
-			continue
-		}
-		info := NodeInfo{Name: n.Name, Zone: n.Labels[corev1.LabelTopologyZone]}
-		for _, a := range n.Status.Addresses {
-			addr, err := parseAddr(a.Address)
-			if err != nil {
-				continue
-			}
-			switch a.Type {
-			case corev1.NodeInternalIP:
-				info.InternalIPs = append(info.InternalIPs, addr)
-			case corev1.NodeExternalIP:
-				info.ExternalIPs = append(info.ExternalIPs, addr)
-			}
-		}
-		cidrs := n.Spec.PodCIDRs
-		if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
-			cidrs = []string{n.Spec.PodCIDR}
-		}
-		for _, c := range cidrs {
-			p, err := netip.ParsePrefix(c)
-			if err != nil {
-				continue
-			}
-			info.PodCIDRs = append(info.PodCIDRs, p.Masked())
-		}
-		return info, true
-	}
-	return NodeInfo{}, false
 }

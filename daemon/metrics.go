@@ -1,4 +1,4 @@
-package sync
+package daemon
 
 import (
 	"github.com/prometheus/client_golang/prometheus"

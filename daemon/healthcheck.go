@@ -1,8 +1,7 @@
-package sync
+package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 	gosync "sync"
 	"time"
 
+	"github.com/nftproxy/nftproxy/internal/logkey"
 	"github.com/nftproxy/nftproxy/model"
 )
 
@@ -133,7 +133,7 @@ func (h *ServiceHealthServers) reconcile() {
 		if srv == nil {
 			var err error
 			if srv, err = h.start(port, name); err != nil {
-				h.Log.Error("cannot serve health checks for Service", logKeyService, name.String(), "port", port, logKeyError, err)
+				h.Log.Error("cannot serve health checks for Service", logkey.Service, name.String(), logkey.Port, port, logkey.Error, err)
 				continue
 			}
 			h.servers[port] = srv
@@ -180,11 +180,11 @@ func (h *ServiceHealthServers) start(port uint16, name model.ServiceName) (*hcSe
 	for _, ln := range lns {
 		go func() {
 			if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				h.Log.Error("health check server stopped", logKeyService, name.String(), "address", ln.Addr().String(), logKeyError, err)
+				h.Log.Error("health check server stopped", logkey.Service, name.String(), logkey.Address, ln.Addr().String(), logkey.Error, err)
 			}
 		}()
 	}
-	h.Log.Info("serving health checks for Service", logKeyService, name.String(), "addresses", addrs)
+	h.Log.Info("serving health checks for Service", logkey.Service, name.String(), logkey.Addresses, addrs)
 	return s, nil
 }
 
@@ -195,7 +195,7 @@ func (h *ServiceHealthServers) stop(port uint16, s *hcServer) {
 		s.srv.Close()
 	}
 	delete(h.servers, port)
-	h.Log.Info("stopped health checks for Service", logKeyService, s.name.String(), "port", port)
+	h.Log.Info("stopped health checks for Service", logkey.Service, s.name.String(), logkey.Port, port)
 }
 
 // Close stops every server.
@@ -233,14 +233,7 @@ func (h *ServiceHealthServers) respond(w http.ResponseWriter, name model.Service
 	body.Service.Namespace, body.Service.Name = name.Namespace, name.Name
 	body.LocalEndpoints = local
 	body.ServiceProxyHealthy = h.ProxyHealthy == nil || h.ProxyHealthy()
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
 	// Load balancers that weigh nodes by it (as with kube-proxy) see the local count.
 	w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(local))
-	if local > 0 && body.ServiceProxyHealthy {
-		w.WriteHeader(http.StatusOK)
-	} else {
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}
-	_ = json.NewEncoder(w).Encode(body)
+	writeJSON(w, statusFor(local > 0 && body.ServiceProxyHealthy), body)
 }

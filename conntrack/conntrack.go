@@ -1,4 +1,7 @@
-package sync
+// Package conntrack owns nftproxy's use of the kernel's connection tracking table: finding
+// and deleting the entries of flows that the rules no longer send where they went, over
+// ctnetlink, in one network namespace.
+package conntrack
 
 import (
 	"errors"
@@ -7,57 +10,41 @@ import (
 	"os"
 
 	"github.com/mdlayher/netlink"
-	"github.com/ti-mo/conntrack"
+	ct "github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
 
 	"github.com/nftproxy/nftproxy/model"
 )
 
-// Conntrack deletes stale conntrack entries so that UDP clients are not stuck on a dead
-// endpoint (or on a rejection cached before a Service had endpoints).
-type Conntrack interface {
-	// ClearEndpoint deletes entries of proto whose reply comes from endpoint ep (the
-	// connection was DNATed to it).
-	ClearEndpoint(proto model.Protocol, ep netip.AddrPort) error
-	// ClearDestination deletes entries of proto whose original destination is addr:port
-	// (a ClusterIP, ExternalIP or LoadBalancer IP of a Service port).
-	ClearDestination(proto model.Protocol, dst netip.AddrPort) error
-	// ClearNodePort deletes entries of proto whose original destination port is port on
-	// any local address.
-	ClearNodePort(proto model.Protocol, port uint16) error
-}
-
-// NetlinkConntrack implements Conntrack with github.com/ti-mo/conntrack (ctnetlink) in one
+// Netlink deletes conntrack entries with github.com/ti-mo/conntrack (ctnetlink) in one
 // network namespace. Every call opens its own netlink connection, dumps the table of the
 // address family concerned, deletes the matching entries and closes the connection, so a
-// NetlinkConntrack holds no resources and is safe for concurrent use.
+// Netlink holds no resources and is safe for concurrent use.
 //
 // Entries are matched in the default and in any other conntrack zone. An entry that
 // expires between the dump and its deletion is not an error.
-type NetlinkConntrack struct {
+type Netlink struct {
 	netnsPath string
 }
 
-var _ Conntrack = (*NetlinkConntrack)(nil)
-
-// NewNetlinkConntrack returns a NetlinkConntrack working in the network namespace whose
+// NewNetlink returns a Netlink working in the network namespace whose
 // handle is at netnsPath (e.g. /run/netns/<name> or /proc/<pid>/ns/net), or in the
 // current network namespace of the process when netnsPath is "".
-func NewNetlinkConntrack(netnsPath string) *NetlinkConntrack {
-	return &NetlinkConntrack{netnsPath: netnsPath}
+func NewNetlink(netnsPath string) *Netlink {
+	return &Netlink{netnsPath: netnsPath}
 }
 
 // ClearEndpoint deletes the entries of proto that were DNATed to ep: their reply tuple
 // comes from ep's address and port and their status has the destination NAT bit.
 // Connections made to ep directly (without DNAT) are left alone.
-func (c *NetlinkConntrack) ClearEndpoint(proto model.Protocol, ep netip.AddrPort) error {
+func (c *Netlink) ClearEndpoint(proto model.Protocol, ep netip.AddrPort) error {
 	ep = unmapAddrPort(ep)
 	if !ep.Addr().IsValid() {
 		return fmt.Errorf("conntrack: clear %s entries of endpoint: invalid endpoint %s", proto, ep)
 	}
-	err := c.clear([]netfilter.ProtoFamily{familyOf(ep.Addr())}, false, func(f *conntrack.Flow, _ map[netip.Addr]bool) bool {
-		return f.Status&conntrack.StatusDstNAT != 0 &&
+	err := c.clear([]netfilter.ProtoFamily{familyOf(ep.Addr())}, false, func(f *ct.Flow, _ map[netip.Addr]bool) bool {
+		return f.Status&ct.StatusDstNAT != 0 &&
 			f.TupleReply.Proto.Protocol == uint8(proto) &&
 			f.TupleReply.IP.SourceAddress.Unmap() == ep.Addr() &&
 			f.TupleReply.Proto.SourcePort == ep.Port()
@@ -70,12 +57,12 @@ func (c *NetlinkConntrack) ClearEndpoint(proto model.Protocol, ep netip.AddrPort
 
 // ClearDestination deletes the entries of proto whose original destination is dst
 // (address and port), NATed or not.
-func (c *NetlinkConntrack) ClearDestination(proto model.Protocol, dst netip.AddrPort) error {
+func (c *Netlink) ClearDestination(proto model.Protocol, dst netip.AddrPort) error {
 	dst = unmapAddrPort(dst)
 	if !dst.Addr().IsValid() {
 		return fmt.Errorf("conntrack: clear %s entries to destination: invalid destination %s", proto, dst)
 	}
-	err := c.clear([]netfilter.ProtoFamily{familyOf(dst.Addr())}, false, func(f *conntrack.Flow, _ map[netip.Addr]bool) bool {
+	err := c.clear([]netfilter.ProtoFamily{familyOf(dst.Addr())}, false, func(f *ct.Flow, _ map[netip.Addr]bool) bool {
 		return f.TupleOrig.Proto.Protocol == uint8(proto) &&
 			f.TupleOrig.IP.DestinationAddress.Unmap() == dst.Addr() &&
 			f.TupleOrig.Proto.DestinationPort == dst.Port()
@@ -90,9 +77,9 @@ func (c *NetlinkConntrack) ClearDestination(proto model.Protocol, dst netip.Addr
 // port is port and whose original destination address is one of the addresses assigned to
 // an interface of the namespace (including loopback), NATed or not. Flows that merely pass
 // through the node to a remote host on the same port are left alone.
-func (c *NetlinkConntrack) ClearNodePort(proto model.Protocol, port uint16) error {
+func (c *Netlink) ClearNodePort(proto model.Protocol, port uint16) error {
 	families := []netfilter.ProtoFamily{netfilter.ProtoIPv4, netfilter.ProtoIPv6}
-	err := c.clear(families, true, func(f *conntrack.Flow, local map[netip.Addr]bool) bool {
+	err := c.clear(families, true, func(f *ct.Flow, local map[netip.Addr]bool) bool {
 		return f.TupleOrig.Proto.Protocol == uint8(proto) &&
 			f.TupleOrig.Proto.DestinationPort == port &&
 			local[f.TupleOrig.IP.DestinationAddress.Unmap()]
@@ -106,7 +93,7 @@ func (c *NetlinkConntrack) ClearNodePort(proto model.Protocol, port uint16) erro
 // clear dumps the entries of each family and deletes those match accepts. When withLocal
 // is set, match also gets the namespace's local addresses. Deletion goes on past a failed
 // entry; all failures are returned joined.
-func (c *NetlinkConntrack) clear(families []netfilter.ProtoFamily, withLocal bool, match func(*conntrack.Flow, map[netip.Addr]bool) bool) error {
+func (c *Netlink) clear(families []netfilter.ProtoFamily, withLocal bool, match func(*ct.Flow, map[netip.Addr]bool) bool) error {
 	nsFd := 0
 	if c.netnsPath != "" {
 		ns, err := os.Open(c.netnsPath)
@@ -135,7 +122,7 @@ func (c *NetlinkConntrack) clear(families []netfilter.ProtoFamily, withLocal boo
 		}
 	}
 
-	conn, err := conntrack.Dial(&netlink.Config{NetNS: nsFd})
+	conn, err := ct.Dial(&netlink.Config{NetNS: nsFd})
 	if err != nil {
 		return fmt.Errorf("dial ctnetlink: %w", err)
 	}
@@ -143,7 +130,7 @@ func (c *NetlinkConntrack) clear(families []netfilter.ProtoFamily, withLocal boo
 
 	var errs []error
 	for _, fam := range families {
-		flows, err := conn.DumpFilter(conntrack.NewFilter().Family(fam), nil)
+		flows, err := conn.DumpFilter(ct.NewFilter().Family(fam), nil)
 		if err != nil {
 			return fmt.Errorf("dump %s entries: %w", fam, err)
 		}
@@ -155,7 +142,7 @@ func (c *NetlinkConntrack) clear(families []netfilter.ProtoFamily, withLocal boo
 			}
 			// Only the tuples and the zone identify an entry for deletion; the other
 			// attributes of the dump are not sent back.
-			del := conntrack.Flow{TupleOrig: f.TupleOrig, TupleReply: f.TupleReply, Zone: f.Zone}
+			del := ct.Flow{TupleOrig: f.TupleOrig, TupleReply: f.TupleReply, Zone: f.Zone}
 			if err := conn.Delete(del); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("delete %s: %w", f.TupleOrig, err))
 			}

@@ -1,0 +1,94 @@
+package cluster
+
+import (
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// NodeInfo is what the proxy needs from its Node object.
+type NodeInfo struct {
+	Name string
+	// Zone is the topology.kubernetes.io/zone label, "" when absent.
+	Zone string
+	// InternalIPs and ExternalIPs are the node's status addresses of those types, in order.
+	InternalIPs []netip.Addr
+	ExternalIPs []netip.Addr
+	// PodCIDRs is spec.podCIDRs (or spec.podCIDR).
+	PodCIDRs []netip.Prefix
+}
+
+// PrimaryIPs returns the node's primary IP per family, IPv4 first: the first InternalIP of
+// each family, else the first ExternalIP of that family. These are what
+// --nodeport-addresses=primary resolves to.
+func (n NodeInfo) PrimaryIPs() []netip.Addr {
+	var out []netip.Addr
+	for _, f := range []model.Family{model.IPv4, model.IPv6} {
+		if a, ok := firstOf(f, n.InternalIPs); ok {
+			out = append(out, a)
+		} else if a, ok := firstOf(f, n.ExternalIPs); ok {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func firstOf(f model.Family, addrs []netip.Addr) (netip.Addr, bool) {
+	for _, a := range addrs {
+		if f.Contains(a) {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// FindNode returns the Node named name from the snapshot (false if absent). Addresses and pod
+// CIDRs that do not parse are left out.
+func FindNode(nodes []*corev1.Node, name string) (NodeInfo, bool) {
+	for _, n := range nodes {
+		if n == nil || n.Name != name {
+			continue
+		}
+		info := NodeInfo{Name: n.Name, Zone: n.Labels[corev1.LabelTopologyZone]}
+		for _, a := range n.Status.Addresses {
+			addr, err := parseAddr(a.Address)
+			if err != nil {
+				continue
+			}
+			switch a.Type {
+			case corev1.NodeInternalIP:
+				info.InternalIPs = append(info.InternalIPs, addr)
+			case corev1.NodeExternalIP:
+				info.ExternalIPs = append(info.ExternalIPs, addr)
+			}
+		}
+		cidrs := n.Spec.PodCIDRs
+		if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+			cidrs = []string{n.Spec.PodCIDR}
+		}
+		for _, c := range cidrs {
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				continue
+			}
+			info.PodCIDRs = append(info.PodCIDRs, p.Masked())
+		}
+		return info, true
+	}
+	return NodeInfo{}, false
+}
+
+// Addresses returns the node's InternalIPs and ExternalIPs of family fam, sorted.
+func (n NodeInfo) Addresses(fam model.Family) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range slices.Concat(n.InternalIPs, n.ExternalIPs) {
+		if fam.Contains(a) {
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}

@@ -1,0 +1,92 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/klog/v2"
+
+	"github.com/nftproxy/nftproxy/cluster"
+	"github.com/nftproxy/nftproxy/conntrack"
+	"github.com/nftproxy/nftproxy/internal/logkey"
+	"github.com/nftproxy/nftproxy/nft"
+	"github.com/nftproxy/nftproxy/sync"
+)
+
+var _ sync.Conntrack = (*conntrack.Netlink)(nil)
+
+// Run runs nftproxy on this node until ctx is done: it programs the kernel's tables from the
+// source the options name (manifests, or the API server), serves metrics, health and the
+// Services' health check node ports, and leaves the rules in place when it returns. version
+// is nftproxy's, for the log and the API client's user agent.
+func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version string) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	backend := nft.NewNetlink("")
+	defer backend.Close()
+	proxy := &Proxy{
+		Config:        &o.Config,
+		NodeName:      node,
+		Backend:       backend,
+		Log:           log,
+		MinSyncPeriod: o.MinSyncPeriod,
+		SyncPeriod:    o.SyncPeriod,
+		Metrics:       NewMetrics(reg),
+		Conntrack:     conntrack.NewNetlink(""),
+	}
+	proxy.ServiceHealth = &ServiceHealthServers{
+		NodeName: node,
+		Log:      log,
+		ProxyHealthy: func() bool {
+			ok, _ := proxy.Health(time.Now())
+			return ok
+		},
+	}
+	if o.Config.NodePortPrimary || len(o.Config.NodePortAddresses) > 0 {
+		// As kube-proxy: health check node ports listen where NodePorts are served.
+		proxy.ServiceHealth.Addresses = proxy.NodePortIPs
+	}
+	defer proxy.ServiceHealth.Close()
+	if o.MetricsAddress != "" {
+		srv, err := serve(o.MetricsAddress, "--metrics-bind-address", MetricsHandler(reg, o.Profiling))
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
+	if o.HealthzAddress != "" {
+		srv, err := serve(o.HealthzAddress, "--healthz-bind-address", HealthHandler(proxy))
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
+
+	var source cluster.Source
+	if o.Manifests != "" {
+		source = &cluster.ManifestSource{Dir: o.Manifests, Log: log}
+		log.Info("starting nftproxy", logkey.Version, version, logkey.Node, node, logkey.Manifests, o.Manifests)
+	} else {
+		client, err := cluster.NewClient(o.Kubeconfig, "nftproxy/"+version)
+		if err != nil {
+			return err
+		}
+		// client-go logs through klog: send it to the same handler.
+		klog.SetSlogLogger(log)
+		source = &cluster.KubeSource{Client: client, NodeName: node, Log: log}
+		log.Info("starting nftproxy", logkey.Version, version, logkey.Node, node, logkey.Kubeconfig, o.Kubeconfig)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- source.Run(ctx, proxy.Update) }()
+	if err := proxy.Run(ctx); err != nil {
+		return err
+	}
+	if err := <-errc; err != nil {
+		return err
+	}
+	log.Info("stopping; rules stay in place")
+	return nil
+}

@@ -1,0 +1,44 @@
+// Package logkey holds the keys of nftproxy's structured log records, so that every package
+// names the same thing the same way (an operator's log query on "service" finds every record
+// about a Service, whichever package wrote it).
+package logkey
+
+// Keys of log attributes.
+const (
+	// Address is a listening address.
+	Address = "address"
+	// Addresses lists listening addresses.
+	Addresses = "addresses"
+	// Count is a number of objects.
+	Count = "count"
+	// Dir is a directory.
+	Dir = "dir"
+	// Duration is how long an operation took.
+	Duration = "duration"
+	// Entries is a number of kernel entries (affinity, conntrack).
+	Entries = "entries"
+	// Error is an error.
+	Error = "err"
+	// Full tells whether a sync was a full one.
+	Full = "full"
+	// Kubeconfig is the kubeconfig file in use.
+	Kubeconfig = "kubeconfig"
+	// Manifests is the manifest directory in use.
+	Manifests = "manifests"
+	// Node is this node's name.
+	Node = "node"
+	// Object names an object from the cluster, as "Kind namespace/name: reason".
+	Object = "object"
+	// Objects is a number of nftables objects written.
+	Objects = "objects"
+	// Port is a port number.
+	Port = "port"
+	// RetryIn is the delay before a retry.
+	RetryIn = "retryIn"
+	// Service names a Service as namespace/name.
+	Service = "service"
+	// Services is a number of Services.
+	Services = "services"
+	// Version is nftproxy's version.
+	Version = "version"
+)
