@@ -68,7 +68,7 @@ func appendAffinityReleases(out []model.Key, old, new *model.Part) []model.Key {
 
 // affinityValid reports whether e points at an endpoint that the destination it was
 // recorded for still has in the syncer's view of the table.
-func (t *familyState) affinityValid(e nft.AffinityEntry) bool {
+func (t *table) affinityValid(e nft.AffinityEntry) bool {
 	k := model.Key{Addr: e.Dst.Addr(), Proto: e.Proto, Port: e.Dst.Port()}
 	if t.claims[model.MapServiceEndpoints][k] != nil {
 		return t.slotHolds(model.MapServiceEndpoints, k, e.Endpoint)
@@ -79,7 +79,7 @@ func (t *familyState) affinityValid(e nft.AffinityEntry) bool {
 
 // slotHolds reports whether one of the slots of destination k (slots are numbered from 0
 // without gaps) holds endpoint ep.
-func (t *familyState) slotHolds(set string, k model.Key, ep netip.AddrPort) bool {
+func (t *table) slotHolds(set string, k model.Key, ep netip.AddrPort) bool {
 	for k.Slot = 0; ; k.Slot++ {
 		c := t.claims[set][k]
 		if c == nil {

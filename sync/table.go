@@ -1,0 +1,241 @@
+package sync
+
+import (
+	"maps"
+	"runtime"
+	"slices"
+	gosync "sync"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// table is the syncer's view of one family's table: the Parts of the Services it proxies,
+// the claims they make, which together give the desired content, and what the kernel held
+// after the last commit.
+type table struct {
+	fam      model.Family
+	node     model.NodeConfig
+	skeleton *model.Ruleset
+	setDefs  map[string]*model.Set
+	parts    map[model.ServiceName]*model.Part
+	// claims records, per set and key, the Services whose Part holds that key.
+	claims map[string]map[model.Key]*claim
+	// chainClaims counts the Parts that hold each service chain, and chainDefs keeps its
+	// content (identical in every Part that holds it).
+	chainClaims map[string]int
+	chainDefs   map[string]*model.Chain
+	// committed is what the table holds after the last commit.
+	committed *tableIndex
+	// staleChains were flushed by an earlier commit and are deleted by the next one.
+	staleChains map[string]bool
+}
+
+// claim lists the Services whose Parts hold one key of a set. The first by name wins: its
+// element is the desired one. Almost every key has a single owner.
+type claim struct {
+	first model.ServiceName
+	elem  *model.Element // the first owner's element, inside its Part
+	// others are the other owners, sorted.
+	others []model.ServiceName
+}
+
+func newTable(fam model.Family, node model.NodeConfig) *table {
+	sk := model.Skeleton(node)
+	t := &table{
+		fam:         fam,
+		node:        node,
+		skeleton:    sk,
+		setDefs:     map[string]*model.Set{},
+		parts:       map[model.ServiceName]*model.Part{},
+		claims:      map[string]map[model.Key]*claim{},
+		chainClaims: map[string]int{},
+		chainDefs:   map[string]*model.Chain{},
+		staleChains: map[string]bool{},
+	}
+	for _, set := range sk.Sets {
+		def := *set
+		def.Elements = nil
+		t.setDefs[set.Name] = &def
+		t.claims[set.Name] = map[model.Key]*claim{}
+	}
+	return t
+}
+
+// buildAll sets the Parts of all services, sizing the claim maps first.
+func (t *table) buildAll(services map[model.ServiceName]*model.Service) {
+	// Parts are independent: build them on every CPU.
+	names := slices.Collect(maps.Keys(services))
+	built := make([]*model.Part, len(names))
+	workers := min(runtime.GOMAXPROCS(0), 8)
+	var wg gosync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(names); i += workers {
+				built[i] = model.BuildPart(services[names[i]], t.node)
+			}
+		})
+	}
+	wg.Wait()
+	parts := make(map[model.ServiceName]*model.Part, len(services))
+	counts := map[string]int{}
+	for i, part := range built {
+		parts[names[i]] = part
+		for _, pe := range part.Elements {
+			counts[pe.Set]++
+		}
+	}
+	for set, n := range counts {
+		if len(t.claims[set]) == 0 {
+			t.claims[set] = make(map[model.Key]*claim, n)
+		}
+	}
+	t.parts = make(map[model.ServiceName]*model.Part, len(services))
+	for name, part := range parts {
+		t.setPart(name, part, nil)
+	}
+}
+
+// dirty collects the set keys and chains a change of Parts may have changed.
+type dirty struct {
+	elems  map[string]map[model.Key]bool
+	chains map[string]bool
+}
+
+func (tk *dirty) element(set string, k model.Key) {
+	if tk.elems == nil {
+		tk.elems = map[string]map[model.Key]bool{}
+	}
+	if tk.elems[set] == nil {
+		tk.elems[set] = map[model.Key]bool{}
+	}
+	tk.elems[set][k] = true
+}
+
+func (tk *dirty) chain(name string) {
+	if tk.chains == nil {
+		tk.chains = map[string]bool{}
+	}
+	tk.chains[name] = true
+}
+
+// setPart replaces the Part of a Service (nil removes it), updating the claims and noting in
+// touched (if not nil) what may have changed.
+func (t *table) setPart(name model.ServiceName, part *model.Part, touched *dirty) {
+	if old := t.parts[name]; old != nil {
+		delete(t.parts, name)
+		for _, pe := range old.Elements {
+			k := pe.Element.Key()
+			t.unclaim(pe.Set, k, name)
+			if touched != nil {
+				touched.element(pe.Set, k)
+			}
+		}
+		for _, c := range old.Chains {
+			if t.chainClaims[c.Name]--; t.chainClaims[c.Name] <= 0 {
+				delete(t.chainClaims, c.Name)
+				delete(t.chainDefs, c.Name)
+			}
+			if touched != nil {
+				touched.chain(c.Name)
+			}
+		}
+	}
+	if part == nil || (len(part.Elements) == 0 && len(part.Chains) == 0) {
+		return
+	}
+	t.parts[name] = part
+	for i := range part.Elements {
+		pe := &part.Elements[i]
+		k := pe.Element.Key()
+		t.claim(pe.Set, k, name, &pe.Element)
+		if touched != nil {
+			touched.element(pe.Set, k)
+		}
+	}
+	for _, c := range part.Chains {
+		t.chainClaims[c.Name]++
+		t.chainDefs[c.Name] = c
+		if touched != nil {
+			touched.chain(c.Name)
+		}
+	}
+}
+
+// claim records that Service name's Part holds e under key k of set.
+func (t *table) claim(set string, k model.Key, name model.ServiceName, e *model.Element) {
+	c := t.claims[set][k]
+	switch {
+	case c == nil:
+		t.claims[set][k] = &claim{first: name, elem: e}
+	case c.first == name:
+		c.elem = e
+	case model.CompareNames(name, c.first) < 0:
+		c.others = insertName(c.others, c.first)
+		c.first, c.elem = name, e
+	default:
+		c.others = insertName(c.others, name)
+	}
+}
+
+// unclaim forgets that Service name's Part holds key k of set. The Service's Part must
+// already be gone from t.parts.
+func (t *table) unclaim(set string, k model.Key, name model.ServiceName) {
+	c := t.claims[set][k]
+	switch {
+	case c == nil:
+	case c.first != name:
+		c.others = slices.DeleteFunc(c.others, func(n model.ServiceName) bool { return n == name })
+	case len(c.others) == 0:
+		delete(t.claims[set], k)
+	default:
+		c.first, c.others = c.others[0], c.others[1:]
+		c.elem = t.parts[c.first].Element(set, k)
+	}
+}
+
+func insertName(names []model.ServiceName, name model.ServiceName) []model.ServiceName {
+	i, found := slices.BinarySearchFunc(names, name, model.CompareNames)
+	if found {
+		return names
+	}
+	return slices.Insert(names, i, name)
+}
+
+// wantElement returns the desired element of set with key k, if any Service claims it.
+func (t *table) wantElement(set string, k model.Key) (model.Element, bool) {
+	if c := t.claims[set][k]; c != nil {
+		return *c.elem, true
+	}
+	return model.Element{}, false
+}
+
+// desired returns the whole desired ruleset: the skeleton with every claimed element and
+// chain. It equals model.Build of the same Services, except that elements are sorted only
+// when sorted is set (the kernel does not care about their order).
+func (t *table) desired(sorted bool) *model.Ruleset {
+	rs := &model.Ruleset{Family: t.fam}
+	for _, set := range t.skeleton.Sets {
+		s := *set
+		claims := t.claims[set.Name]
+		s.Elements = make([]model.Element, 0, len(set.Elements)+len(claims))
+		s.Elements = append(s.Elements, set.Elements...)
+		for _, c := range claims {
+			s.Elements = append(s.Elements, *c.elem)
+		}
+		if sorted {
+			slices.SortFunc(s.Elements, model.CompareElements)
+		}
+		rs.Sets = append(rs.Sets, &s)
+	}
+	rs.Chains = t.desiredChains()
+	return rs
+}
+
+// desiredChains returns the skeleton's chains followed by the claimed ones, by name.
+func (t *table) desiredChains() []*model.Chain {
+	chains := slices.Clone(t.skeleton.Chains)
+	for _, name := range slices.Sorted(maps.Keys(t.chainDefs)) {
+		chains = append(chains, t.chainDefs[name])
+	}
+	return chains
+}
