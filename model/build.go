@@ -77,21 +77,6 @@ func CompareNames(a, b ServiceName) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 }
 
-// Key is the key of an element: two elements of a set with the same Key are the same element
-// as far as the kernel is concerned. It is much smaller than an Element, which matters for
-// maps of hundreds of thousands of elements.
-type Key struct {
-	Addr  netip.Addr
-	Proto Protocol
-	Port  uint16
-	Slot  uint32
-}
-
-// Key returns the element's key.
-func (e Element) Key() Key {
-	return Key{Addr: e.Addr, Proto: e.Proto, Port: e.Port, Slot: e.Slot}
-}
-
 // PartElement is an element of the named set.
 type PartElement struct {
 	Set string
@@ -709,9 +694,4 @@ func (b *builder) slots(set string, key Element, first uint32, eps []Endpoint) {
 		e.Endpoint = netip.AddrPortFrom(ep.Addr, ep.Port)
 		b.addElement(set, e)
 	}
-}
-
-// CompareElements orders elements by key: address, then protocol, port and slot.
-func CompareElements(a, b Element) int {
-	return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Slot, b.Slot))
 }
