@@ -120,20 +120,20 @@ func keyTypeName(fam Family, k KeyField) string {
 }
 
 func renderElement(s *Set, e Element) string {
-	parts := make([]string, len(s.Key))
+	fields := make([]string, len(s.Key))
 	for i, k := range s.Key {
 		switch k {
 		case KeyAddr:
-			parts[i] = e.Addr.String()
+			fields[i] = e.Addr.String()
 		case KeyProto:
-			parts[i] = e.Proto.String()
+			fields[i] = e.Proto.String()
 		case KeyPort:
-			parts[i] = strconv.Itoa(int(e.Port))
+			fields[i] = strconv.Itoa(int(e.Port))
 		case KeySlot:
-			parts[i] = strconv.FormatUint(uint64(e.Slot), 10)
+			fields[i] = strconv.FormatUint(uint64(e.Slot), 10)
 		}
 	}
-	out := strings.Join(parts, " . ")
+	out := strings.Join(fields, " . ")
 	if e.Comment != "" {
 		out += " comment " + strconv.Quote(e.Comment)
 	}

@@ -50,7 +50,7 @@ const (
 	EndpointData
 )
 
-// Set is a named set or verdict map.
+// Set is a named set, verdict map or endpoint map.
 type Set struct {
 	Name string
 	// Key lists the key's fields; more than one makes a concatenation.
