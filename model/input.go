@@ -1,5 +1,5 @@
-// The input of Build: the Services this node proxies, as package sync converts them from
-// Kubernetes objects, and the node's configuration, with the families and protocols they use.
+// The input of Build: the Services this node proxies, converted from Kubernetes objects, and
+// the node's configuration, with the families and protocols they use.
 
 package model
 
