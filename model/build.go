@@ -48,7 +48,7 @@ func Build(services []Service, node NodeConfig) *Ruleset {
 	for _, c := range rs.Chains {
 		chains[c.Name] = true
 	}
-	var dynamic []*Chain
+	var serviceChains []*Chain
 	for i := range sorted {
 		part := BuildPart(&sorted[i], node)
 		for _, pe := range part.Elements {
@@ -60,36 +60,21 @@ func Build(services []Service, node NodeConfig) *Ruleset {
 		for _, c := range part.Chains {
 			if !chains[c.Name] {
 				chains[c.Name] = true
-				dynamic = append(dynamic, c)
+				serviceChains = append(serviceChains, c)
 			}
 		}
 	}
 	for _, s := range rs.Sets {
 		slices.SortFunc(s.Elements, CompareElements)
 	}
-	slices.SortFunc(dynamic, func(a, b *Chain) int { return cmp.Compare(a.Name, b.Name) })
-	rs.Chains = append(rs.Chains, dynamic...)
+	slices.SortFunc(serviceChains, func(a, b *Chain) int { return cmp.Compare(a.Name, b.Name) })
+	rs.Chains = append(rs.Chains, serviceChains...)
 	return rs
 }
 
 // CompareNames orders Services by namespace, then name: the order in which they claim keys.
 func CompareNames(a, b ServiceName) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-}
-
-// Key is the key of an element: two elements of a set with the same Key are the same element
-// as far as the kernel is concerned. It is much smaller than an Element, which matters for
-// maps of hundreds of thousands of elements.
-type Key struct {
-	Addr  netip.Addr
-	Proto Protocol
-	Port  uint16
-	Slot  uint32
-}
-
-// Key returns the element's key.
-func (e Element) Key() Key {
-	return Key{Addr: e.Addr, Proto: e.Proto, Port: e.Port, Slot: e.Slot}
 }
 
 // PartElement is an element of the named set.
@@ -482,48 +467,48 @@ func (b *builder) service(svc *Service) {
 		if svc.InternalPolicyLocal {
 			internal = local
 		}
-		key := Element{Addr: clusterIP, Proto: port.Protocol, Port: port.Port, Comment: comment}
+		frontend := Element{Addr: clusterIP, Proto: port.Protocol, Port: port.Port, Comment: comment}
 		if len(internal) == 0 {
 			// Endpoints elsewhere, none here: internalTrafficPolicy Local drops.
-			key.Verdict = Verdict{Kind: Drop}
-			b.addElement(MapServiceIPs, key)
+			frontend.Verdict = Verdict{Kind: Drop}
+			b.addElement(MapServiceIPs, frontend)
 		} else {
-			key.Verdict = goTo(b.pickChain(Cluster, port.Protocol, uint32(len(internal)), svc.AffinityTimeout))
-			b.addElement(MapServiceIPs, key)
-			b.slots(MapServiceEndpoints, key, 0, internal)
-			b.affinity(svc, MapAffinityServices, key)
+			frontend.Verdict = goTo(b.pickChain(PickCluster, port.Protocol, uint32(len(internal)), svc.AffinityTimeout))
+			b.addElement(MapServiceIPs, frontend)
+			b.slots(MapServiceEndpoints, frontend, 0, internal)
+			b.affinity(svc, MapAffinityServices, frontend)
 		}
 
 		// External traffic: ExternalIPs and LoadBalancer IPs, then the NodePort.
 		var to Verdict
 		if len(external) > 0 {
-			to = b.externalChain(svc, External, port.Protocol, cluster, local)
+			to = b.externalChain(svc, PickExternal, port.Protocol, cluster, local)
 		}
 		for _, a := range external {
-			key := Element{Addr: a, Proto: port.Protocol, Port: port.Port, Verdict: to, Comment: comment}
-			b.addElement(MapServiceIPs, key)
-			b.externalSlots(svc, MapServiceEndpoints, key, cluster, local)
-			b.affinity(svc, MapAffinityServices, key)
+			frontend := Element{Addr: a, Proto: port.Protocol, Port: port.Port, Verdict: to, Comment: comment}
+			b.addElement(MapServiceIPs, frontend)
+			b.externalSlots(svc, MapServiceEndpoints, frontend, cluster, local)
+			b.affinity(svc, MapAffinityServices, frontend)
 		}
 		if nodePort != 0 {
-			key := Element{Proto: port.Protocol, Port: nodePort, Comment: comment}
-			key.Verdict = b.externalChain(svc, NodePortPick, port.Protocol, cluster, local)
-			b.addElement(MapServiceNodePorts, key)
-			b.externalSlots(svc, MapNodePortEndpoints, key, cluster, local)
-			b.affinity(svc, MapAffinityNodePorts, key)
+			frontend := Element{Proto: port.Protocol, Port: nodePort, Comment: comment}
+			frontend.Verdict = b.externalChain(svc, PickNodePort, port.Protocol, cluster, local)
+			b.addElement(MapServiceNodePorts, frontend)
+			b.externalSlots(svc, MapNodePortEndpoints, frontend, cluster, local)
+			b.affinity(svc, MapAffinityNodePorts, frontend)
 		}
 	}
 }
 
 // affinity adds, for a Service with session affinity, the element of set that sends new
-// connections to key's address and port to the chain that records their clients' endpoints.
-func (b *builder) affinity(svc *Service, set string, key Element) {
+// connections to the frontend to the chain that records their clients' endpoints.
+func (b *builder) affinity(svc *Service, set string, frontend Element) {
 	if svc.AffinityTimeout == 0 {
 		return
 	}
-	record := AffinityRecordChainName(key.Proto, svc.AffinityTimeout)
-	b.addChain(&Chain{Name: record, Rules: []Rule{rule(RecordAffinity{Proto: key.Proto, Map: MapAffinity, Timeout: svc.AffinityTimeout})}})
-	e := Element{Addr: key.Addr, Proto: key.Proto, Port: key.Port, Verdict: goTo(record), Comment: key.Comment}
+	record := AffinityRecordChainName(frontend.Proto, svc.AffinityTimeout)
+	b.addChain(&Chain{Name: record, Rules: []Rule{rule(RecordAffinity{Proto: frontend.Proto, Map: MapAffinity, Timeout: svc.AffinityTimeout})}})
+	e := Element{Addr: frontend.Addr, Proto: frontend.Proto, Port: frontend.Port, Verdict: goTo(record), Comment: frontend.Comment}
 	b.addElement(set, e)
 }
 
@@ -537,8 +522,8 @@ func (b *builder) hairpin(eps []Endpoint) {
 	}
 }
 
-// externalChain adds the chain for kind traffic (External or NodePortPick) of a Service port
-// and returns the verdict that sends packets to it.
+// externalChain adds the chain for kind traffic (PickExternal or PickNodePort) of a Service
+// port and returns the verdict that sends packets to it.
 func (b *builder) externalChain(svc *Service, kind PickKind, proto Protocol, cluster, local []Endpoint) Verdict {
 	if svc.ExternalPolicyLocal {
 		return goTo(b.localPickChain(kind, proto, uint32(len(cluster)), uint32(len(local)), svc.AffinityTimeout))
@@ -546,12 +531,12 @@ func (b *builder) externalChain(svc *Service, kind PickKind, proto Protocol, clu
 	return goTo(b.pickChain(kind, proto, uint32(len(cluster)), svc.AffinityTimeout))
 }
 
-// externalSlots adds the endpoint slots of an external key: the cluster endpoints, followed
-// under externalTrafficPolicy Local by the local ones (slots len(cluster) onwards).
-func (b *builder) externalSlots(svc *Service, set string, key Element, cluster, local []Endpoint) {
-	b.slots(set, key, 0, cluster)
+// externalSlots adds the endpoint slots of an external frontend: the cluster endpoints,
+// followed under externalTrafficPolicy Local by the local ones (slots len(cluster) onwards).
+func (b *builder) externalSlots(svc *Service, set string, frontend Element, cluster, local []Endpoint) {
+	b.slots(set, frontend, 0, cluster)
 	if svc.ExternalPolicyLocal {
-		b.slots(set, key, uint32(len(cluster)), local)
+		b.slots(set, frontend, uint32(len(cluster)), local)
 	}
 }
 
@@ -602,17 +587,19 @@ func (b *builder) nodeInRanges(ranges []netip.Prefix) bool {
 	return false
 }
 
-// PickKind is the kind of traffic an endpoint-picking chain handles.
+// PickKind is the kind of traffic an endpoint-picking chain handles, by the frontend it came
+// to. PickExternal and PickNodePort are both external traffic, the kind that
+// externalTrafficPolicy governs; they differ in the endpoint map their chains read.
 type PickKind uint8
 
 // The kinds of endpoint-picking chains.
 const (
-	// Cluster traffic: to a ClusterIP, masqueraded only from outside the cluster.
-	Cluster PickKind = iota
-	// External traffic to an ExternalIP or a LoadBalancer IP, always masqueraded.
-	External
-	// NodePortPick is external traffic to a NodePort, always masqueraded.
-	NodePortPick
+	// PickCluster is traffic to a ClusterIP, masqueraded only from outside the cluster.
+	PickCluster PickKind = iota
+	// PickExternal is traffic to an ExternalIP or a LoadBalancer IP, always masqueraded.
+	PickExternal
+	// PickNodePort is traffic to a NodePort, always masqueraded.
+	PickNodePort
 )
 
 // pickChain adds (once per name) the chain that DNATs kind traffic of proto Service ports with
@@ -632,13 +619,13 @@ func (b *builder) pickChain(kind PickKind, proto Protocol, slots, affinity uint3
 	c := &Chain{Name: name}
 	key, m := slotMap(kind)
 	switch kind {
-	case Cluster:
+	case PickCluster:
 		if b.node.MasqueradeAll {
 			c.Rules = append(c.Rules, rule(jump(ChainMarkForMasquerade)))
 		} else if notPod, ok := b.podTraffic(true); ok {
 			c.Rules = append(c.Rules, rule(notPod, jump(ChainMarkForMasquerade)))
 		}
-	case External, NodePortPick:
+	case PickExternal, PickNodePort:
 		c.Rules = append(c.Rules, Rule{Exprs: []Expr{jump(ChainMarkForMasquerade)}, Comment: "masquerade traffic from outside the cluster"})
 	}
 	if affinity > 0 {
@@ -652,7 +639,7 @@ func (b *builder) pickChain(kind PickKind, proto Protocol, slots, affinity uint3
 // slotMap returns the packet fields that select kind traffic's endpoint slots, and the
 // endpoint map that holds them.
 func slotMap(kind PickKind) ([]KeyField, string) {
-	if kind == NodePortPick {
+	if kind == PickNodePort {
 		return keyProtoPort, MapNodePortEndpoints
 	}
 	return keyAddrProtoPort, MapServiceEndpoints
@@ -664,10 +651,10 @@ func affinityRule(proto Protocol) Rule {
 		Comment: "session affinity"}
 }
 
-// localPickChain adds (once per name) the chain for kind traffic (External or NodePortPick)
-// of proto Service ports with externalTrafficPolicy Local, cluster endpoints in all (slots 0 to
-// cluster-1) and local of them on this node (slots cluster to cluster+local-1), and returns
-// its name.
+// localPickChain adds (once per name) the chain for kind traffic (PickExternal or
+// PickNodePort) of proto Service ports with externalTrafficPolicy Local, cluster endpoints in
+// all (slots 0 to cluster-1) and local of them on this node (slots cluster to
+// cluster+local-1), and returns its name.
 //
 // Pods short-circuit to the cluster endpoints, as they would through the ClusterIP; the node
 // itself does too, masqueraded, since a reply to one of its own addresses could not find its
@@ -699,19 +686,14 @@ func (b *builder) localPickChain(kind PickKind, proto Protocol, cluster, local, 
 	return name
 }
 
-// slots adds one element per endpoint to an endpoint map: key's fields with slots first to
-// first+len(eps)-1, in the endpoints' order.
-func (b *builder) slots(set string, key Element, first uint32, eps []Endpoint) {
-	key.Verdict = Verdict{}
+// slots adds one element per endpoint to an endpoint map: the frontend's key fields with
+// slots first to first+len(eps)-1, in the endpoints' order.
+func (b *builder) slots(set string, frontend Element, first uint32, eps []Endpoint) {
+	frontend.Verdict = Verdict{}
 	for i, ep := range eps {
-		e := key
+		e := frontend
 		e.Slot = first + uint32(i)
 		e.Endpoint = netip.AddrPortFrom(ep.Addr, ep.Port)
 		b.addElement(set, e)
 	}
-}
-
-// CompareElements orders elements by key: address, then protocol, port and slot.
-func CompareElements(a, b Element) int {
-	return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Slot, b.Slot))
 }

@@ -65,7 +65,7 @@ func TestSharedExternalIPGoesToFirstService(t *testing.T) {
 
 func TestNamesAreDistinctAndCommentsBounded(t *testing.T) {
 	seen := map[string]bool{}
-	for _, kind := range []PickKind{Cluster, External, NodePortPick} {
+	for _, kind := range []PickKind{PickCluster, PickExternal, PickNodePort} {
 		for _, proto := range []Protocol{TCP, UDP, SCTP} {
 			for _, n := range []uint32{1, 2, 10, 11} {
 				name := PickChainName(kind, proto, n)

@@ -67,8 +67,8 @@ func PickChainName(kind PickKind, proto Protocol, slots uint32) string {
 	return pickPrefix(kind) + "-" + proto.String() + "-" + strconv.FormatUint(uint64(slots), 10)
 }
 
-// LocalPickChainName names the shared chain that handles kind traffic (External or
-// NodePortPick) of proto Service ports with externalTrafficPolicy Local, cluster endpoints in
+// LocalPickChainName names the shared chain that handles kind traffic (PickExternal or
+// PickNodePort) of proto Service ports with externalTrafficPolicy Local, cluster endpoints in
 // all and local of them on this node: "external-local-tcp-3-1", "nodeport-local-udp-2-0".
 func LocalPickChainName(kind PickKind, proto Protocol, cluster, local uint32) string {
 	return pickPrefix(kind) + "-local-" + proto.String() + "-" + strconv.FormatUint(uint64(cluster), 10) +
@@ -77,9 +77,9 @@ func LocalPickChainName(kind PickKind, proto Protocol, cluster, local uint32) st
 
 func pickPrefix(kind PickKind) string {
 	switch kind {
-	case External:
+	case PickExternal:
 		return "external"
-	case NodePortPick:
+	case PickNodePort:
 		return "nodeport"
 	}
 	return "cluster"
@@ -145,26 +145,26 @@ func IsServiceChain(name string) bool {
 
 // isPickChain reports whether name is that of a picking chain without session affinity.
 func isPickChain(name string) bool {
-	parts := strings.Split(name, "-")
-	local := len(parts) == 5 && parts[1] == "local"
-	if len(parts) != 3 && !local {
+	words := strings.Split(name, "-")
+	local := len(words) == 5 && words[1] == "local"
+	if len(words) != 3 && !local {
 		return false
 	}
 	var kind PickKind
-	switch parts[0] {
+	switch words[0] {
 	case "cluster":
-		kind = Cluster
+		kind = PickCluster
 	case "external":
-		kind = External
+		kind = PickExternal
 	case "nodeport":
-		kind = NodePortPick
+		kind = PickNodePort
 	default:
 		return false
 	}
 	var proto Protocol
-	pname := parts[1]
+	pname := words[1]
 	if local {
-		pname = parts[2]
+		pname = words[2]
 	}
 	for _, p := range []Protocol{TCP, UDP, SCTP} {
 		if p.String() == pname {
@@ -179,12 +179,12 @@ func isPickChain(name string) bool {
 		return uint32(n), err == nil
 	}
 	if !local {
-		slots, ok := num(parts[2])
+		slots, ok := num(words[2])
 		return ok && slots > 0 && PickChainName(kind, proto, slots) == name
 	}
-	cluster, ok1 := num(parts[3])
-	nlocal, ok2 := num(parts[4])
-	return ok1 && ok2 && kind != Cluster && cluster > 0 && LocalPickChainName(kind, proto, cluster, nlocal) == name
+	cluster, ok1 := num(words[3])
+	nlocal, ok2 := num(words[4])
+	return ok1 && ok2 && kind != PickCluster && cluster > 0 && LocalPickChainName(kind, proto, cluster, nlocal) == name
 }
 
 func truncate(s string, n int) string {

@@ -1,8 +1,6 @@
 package model
 
 import (
-	"bytes"
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -122,20 +120,20 @@ func keyTypeName(fam Family, k KeyField) string {
 }
 
 func renderElement(s *Set, e Element) string {
-	parts := make([]string, len(s.Key))
+	fields := make([]string, len(s.Key))
 	for i, k := range s.Key {
 		switch k {
 		case KeyAddr:
-			parts[i] = e.Addr.String()
+			fields[i] = e.Addr.String()
 		case KeyProto:
-			parts[i] = e.Proto.String()
+			fields[i] = e.Proto.String()
 		case KeyPort:
-			parts[i] = strconv.Itoa(int(e.Port))
+			fields[i] = strconv.Itoa(int(e.Port))
 		case KeySlot:
-			parts[i] = strconv.FormatUint(uint64(e.Slot), 10)
+			fields[i] = strconv.FormatUint(uint64(e.Slot), 10)
 		}
 	}
-	out := strings.Join(parts, " . ")
+	out := strings.Join(fields, " . ")
 	if e.Comment != "" {
 		out += " comment " + strconv.Quote(e.Comment)
 	}
@@ -146,71 +144,6 @@ func renderElement(s *Set, e Element) string {
 		out += fmt.Sprintf(" : %s . %d", e.Endpoint.Addr(), e.Endpoint.Port())
 	}
 	return out
-}
-
-// KeyFieldLen is the length in bytes of a key field in a set key: every field of a
-// concatenation is padded to a multiple of 4 bytes.
-func KeyFieldLen(fam Family, k KeyField, concat bool) int {
-	n := 2
-	switch k {
-	case KeySlot:
-		return 4
-	case KeyAddr, KeySaddr:
-		if fam == IPv6 {
-			return 16
-		}
-		return 4
-	case KeyProto:
-		n = 1
-	}
-	if concat {
-		return 4
-	}
-	return n
-}
-
-// ElementKey returns the element's key as the kernel stores it.
-func ElementKey(fam Family, key []KeyField, e Element) []byte {
-	return AppendElementKey(nil, fam, key, e)
-}
-
-// AppendElementKey appends ElementKey(fam, key, e) to dst.
-func AppendElementKey(dst []byte, fam Family, key []KeyField, e Element) []byte {
-	concat := len(key) > 1
-	for _, k := range key {
-		start := len(dst)
-		dst = append(dst, make([]byte, KeyFieldLen(fam, k, concat))...)
-		field := dst[start:]
-		switch k {
-		case KeyAddr:
-			copy(field, e.Addr.AsSlice())
-		case KeyProto:
-			field[0] = byte(e.Proto)
-		case KeyPort:
-			field[0], field[1] = byte(e.Port>>8), byte(e.Port)
-		case KeySlot:
-			// numgen writes its result in host byte order.
-			binary.NativeEndian.PutUint32(field, e.Slot)
-		}
-	}
-	return dst
-}
-
-// compareKeyBytes orders keys as nft sorts elements for listing: single values as big-endian
-// numbers, concatenations as one number in host (little-endian) byte order.
-func compareKeyBytes(key []KeyField, a, b []byte) int {
-	if len(key) > 1 {
-		for i := len(a) - 1; i >= 0; i-- {
-			if a[i] != b[i] {
-				if a[i] < b[i] {
-					return -1
-				}
-				return 1
-			}
-		}
-		return 0
-	}
-	return bytes.Compare(a, b)
 }
 
 func renderVerdict(v Verdict) string {

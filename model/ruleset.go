@@ -37,23 +37,6 @@ func (r *Ruleset) Chain(name string) *Chain {
 	return nil
 }
 
-// KeyField is one field of a set key.
-type KeyField uint8
-
-// The key fields nftproxy's sets use.
-const (
-	// KeyAddr is an address of the table's family (ipv4_addr or ipv6_addr).
-	KeyAddr KeyField = iota + 1
-	// KeyProto is a transport protocol (inet_proto).
-	KeyProto
-	// KeyPort is a transport port (inet_service).
-	KeyPort
-	// KeySlot is an endpoint slot: the number "numgen random mod N" draws for a Service port.
-	KeySlot
-	// KeySaddr is a source address of the table's family: a client, in the affinity map.
-	KeySaddr
-)
-
 // DataKind is what the elements of a map map their keys to.
 type DataKind uint8
 
@@ -67,7 +50,7 @@ const (
 	EndpointData
 )
 
-// Set is a named set or verdict map.
+// Set is a named set, verdict map or endpoint map.
 type Set struct {
 	Name string
 	// Key lists the key's fields; more than one makes a concatenation.

@@ -1,7 +1,7 @@
 // Package scenario owns the layout of the golden scenarios in testdata/: each folder holds
 // manifests (*.yaml), an optional "flags" file with the render flags, and the expected tables
 // expected-ip.nft and expected-ip6.nft. The golden test and the kernel round trip both read
-// scenarios through it.
+// scenarios through it, and show a table that differs from its golden file with LineDiff.
 package scenario
 
 import (
@@ -97,25 +97,4 @@ func (s Scenario) config() (*daemon.Config, error) {
 // GoldenPath returns the expected-table file of a family.
 func (s Scenario) GoldenPath(fam model.Family) string {
 	return filepath.Join(s.Dir, "expected-"+fam.String()+".nft")
-}
-
-// LineDiff shows the first lines where want and got differ, for test failures.
-func LineDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	var b strings.Builder
-	shown := 0
-	for i := 0; i < max(len(w), len(g)) && shown < 10; i++ {
-		var wl, gl string
-		if i < len(w) {
-			wl = w[i]
-		}
-		if i < len(g) {
-			gl = g[i]
-		}
-		if wl != gl {
-			fmt.Fprintf(&b, "line %d:\n  want: %s\n  got:  %s\n", i+1, wl, gl)
-			shown++
-		}
-	}
-	return b.String()
 }
