@@ -1,9 +1,12 @@
 package daemon
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nftproxy/nftproxy/model"
+	"github.com/nftproxy/nftproxy/sync"
 )
 
 // Metrics are the proxy's Prometheus metrics. Names shared with kube-proxy mean the same
@@ -79,6 +82,30 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.SkippedObjects, m.ConntrackFailures)
 	}
 	return m
+}
+
+// observe records the figures of a successful sync that took took. m may be nil.
+func (m *Metrics) observe(res sync.SyncResult, took time.Duration) {
+	if m == nil {
+		return
+	}
+	m.SyncDuration.Observe(took.Seconds())
+	if res.Full {
+		m.FullSyncDuration.Observe(took.Seconds())
+	} else {
+		m.PartialSyncDuration.Observe(took.Seconds())
+	}
+	m.LastSync.SetToCurrentTime()
+	if res.Objects > 0 {
+		m.BatchObjects.Observe(float64(res.Objects))
+	}
+	if !res.Oldest.IsZero() {
+		m.NetworkProgramming.Observe(time.Since(res.Oldest).Seconds())
+	}
+	if res.DriftRepaired {
+		m.DriftRepairs.Inc()
+	}
+	m.setElements(res.Elements)
 }
 
 // setElements records the element counts of a sync.

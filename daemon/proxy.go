@@ -189,6 +189,28 @@ func (p *Proxy) SyncOnce() error {
 		p.syncer = sync.NewSyncer(p.Backend, model.IPv4, model.IPv6)
 		p.syncer.Conntrack = p.Conntrack
 	}
+	if err := p.prepare(objs, at); err != nil {
+		return err
+	}
+	start := time.Now()
+	res, err := p.syncer.Sync()
+	took := time.Since(start)
+	p.reportSideEffects()
+	if err != nil {
+		if p.Metrics != nil {
+			p.Metrics.SyncFailures.Inc()
+		}
+		return err
+	}
+	p.markSynced(at)
+	p.Metrics.observe(res, took)
+	p.logResult(res, took)
+	return nil
+}
+
+// prepare converts a snapshot taken at, works out this node's configuration, and hands both
+// to the syncer and the health check servers.
+func (p *Proxy) prepare(objs *cluster.Objects, at time.Time) error {
 	list := p.LocalAddresses
 	if list == nil {
 		list = LocalAddresses
@@ -213,29 +235,30 @@ func (p *Proxy) SyncOnce() error {
 	}
 	p.syncer.SetNode(cfgs)
 	p.syncer.Update(changes, at)
+	return nil
+}
 
-	start := time.Now()
-	res, err := p.syncer.Sync()
-	took := time.Since(start)
-	for _, aerr := range p.syncer.AffinityErrors() {
-		p.Log.Warn("releasing session affinity failed", logkey.Error, aerr)
+// reportSideEffects logs (and counts) what failed after the last commit: releasing session
+// affinity and clearing conntrack entries. The rules are right either way.
+func (p *Proxy) reportSideEffects() {
+	for _, err := range p.syncer.AffinityErrors() {
+		p.Log.Warn("releasing session affinity failed", logkey.Error, err)
 	}
-	for _, cerr := range p.syncer.ConntrackErrors() {
-		p.Log.Warn("clearing stale conntrack entries failed", logkey.Error, cerr)
+	for _, err := range p.syncer.ConntrackErrors() {
+		p.Log.Warn("clearing stale conntrack entries failed", logkey.Error, err)
 		if p.Metrics != nil {
 			p.Metrics.ConntrackFailures.Inc()
 		}
 	}
-	if err != nil {
-		if p.Metrics != nil {
-			p.Metrics.SyncFailures.Inc()
-		}
-		return err
-	}
+}
+
+// markSynced records for the health checks that the snapshot taken at is programmed.
+func (p *Proxy) markSynced(at time.Time) {
 	p.mu.Lock()
 	latest := p.objsAt
 	p.mu.Unlock()
 	p.health.Lock()
+	defer p.health.Unlock()
 	switch {
 	case latest.After(at):
 		// A newer snapshot arrived during the sync; it is what waits now.
@@ -244,26 +267,10 @@ func (p *Proxy) SyncOnce() error {
 		p.health.pendingSince = time.Time{}
 	}
 	p.health.lastSuccess = time.Now()
-	p.health.Unlock()
-	if m := p.Metrics; m != nil {
-		m.SyncDuration.Observe(took.Seconds())
-		if res.Full {
-			m.FullSyncDuration.Observe(took.Seconds())
-		} else {
-			m.PartialSyncDuration.Observe(took.Seconds())
-		}
-		m.LastSync.SetToCurrentTime()
-		if res.Objects > 0 {
-			m.BatchObjects.Observe(float64(res.Objects))
-		}
-		if !res.Oldest.IsZero() {
-			m.NetworkProgramming.Observe(time.Since(res.Oldest).Seconds())
-		}
-		if res.DriftRepaired {
-			m.DriftRepairs.Inc()
-		}
-		m.setElements(res.Elements)
-	}
+}
+
+// logResult logs a sync that wrote something, or a full one.
+func (p *Proxy) logResult(res sync.SyncResult, took time.Duration) {
 	if res.DriftRepaired {
 		p.Log.Warn("nftproxy's tables were changed behind its back; repaired them", logkey.Objects, res.Objects)
 	}
@@ -274,7 +281,6 @@ func (p *Proxy) SyncOnce() error {
 		p.Log.Info("synced rules", logkey.Full, res.Full, logkey.Services, res.Services, logkey.Objects, res.Objects,
 			logkey.Duration, took, logkey.Node, p.NodeName)
 	}
-	return nil
 }
 
 // reportBad logs each bad object once, until it is fixed or gone.

@@ -60,7 +60,7 @@ func (p Protocol) String() string {
 type ServiceType uint8
 
 // The Service types that the proxy programs. ExternalName and headless Services never reach
-// the model: package sync drops them.
+// the model: package cluster drops them.
 const (
 	ClusterIP ServiceType = iota
 	NodePort
