@@ -21,45 +21,48 @@ const readTimeout = 30 * time.Second
 // matter for large sets.
 const recvBufSize = 64 << 10
 
-// newReader opens a socket in the backend's namespace and a reader on it; closing r.conn
+// openConn opens a socket in the backend's namespace and a conn on it; closing c.sock
 // closes both.
-func (n *Netlink) newReader() (*reader, error) {
-	c, err := n.dial()
+func (n *Netlink) openConn() (*conn, error) {
+	sock, err := n.dial()
 	if err != nil {
 		return nil, err
 	}
-	r, err := newReader(c, n.dial)
+	c, err := newConn(sock, n.dial)
 	if err != nil {
-		c.Close()
+		sock.Close()
 		return nil, err
 	}
-	return r, nil
+	return c, nil
 }
 
-// reader sends nftables requests over one netlink socket and walks the replies in place.
-type reader struct {
-	conn *netlink.Conn
+// conn is one netfilter netlink socket of the backend's namespace and what talking over it
+// needs: it sends nftables requests and walks their replies in place (reads), and batches are
+// committed over it (writes).
+type conn struct {
+	sock *netlink.Conn
 	raw  syscall.RawConn
 	buf  []byte
-	// dial opens another socket like conn.
+	// dial opens another socket like sock.
 	dial func() (*netlink.Conn, error)
 	// interrupted is set when the kernel flagged a dump as inconsistent (NLM_F_DUMP_INTR).
 	interrupted atomic.Bool
 }
 
-func newReader(c *netlink.Conn, dial func() (*netlink.Conn, error)) (*reader, error) {
-	raw, err := c.SyscallConn()
+// newConn returns a conn on sock; dial opens more sockets like it, for reads done apart.
+func newConn(sock *netlink.Conn, dial func() (*netlink.Conn, error)) (*conn, error) {
+	raw, err := sock.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("netlink socket: %w", err)
 	}
-	return &reader{conn: c, raw: raw, buf: make([]byte, recvBufSize), dial: dial}, nil
+	return &conn{sock: sock, raw: raw, buf: make([]byte, recvBufSize), dial: dial}, nil
 }
 
 // generation returns the current ruleset generation.
-func (r *reader) generation() (uint32, error) {
+func (c *conn) generation() (uint32, error) {
 	var gen uint32
 	found := false
-	err := r.request(unix.NFT_MSG_GETGEN, 0, unix.AF_UNSPEC, nil, func(data []byte) error {
+	err := c.request(unix.NFT_MSG_GETGEN, 0, unix.AF_UNSPEC, nil, func(data []byte) error {
 		ad, err := netlink.NewAttributeDecoder(data)
 		if err != nil {
 			return err
@@ -86,20 +89,20 @@ func (r *reader) generation() (uint32, error) {
 // error. It returns ErrGenerationChanged when anything committed meanwhile or a dump was
 // flagged inconsistent: then what read saw may mix two generations. Other errors are those
 // of the generation reads.
-func (r *reader) atOneGeneration(read func(gen uint32) error) (gen uint32, readErr, err error) {
-	if gen, err = r.generation(); err != nil {
+func (c *conn) atOneGeneration(read func(gen uint32) error) (gen uint32, readErr, err error) {
+	if gen, err = c.generation(); err != nil {
 		return 0, nil, err
 	}
-	if err := r.barrier(); err != nil {
+	if err := c.barrier(); err != nil {
 		return 0, nil, err
 	}
-	r.interrupted.Store(false)
+	c.interrupted.Store(false)
 	readErr = read(gen)
-	after, err := r.generation()
+	after, err := c.generation()
 	if err != nil {
 		return 0, nil, err
 	}
-	if after != gen || r.interrupted.Load() {
+	if after != gen || c.interrupted.Load() {
 		return 0, nil, ErrGenerationChanged
 	}
 	return gen, readErr, nil
@@ -111,9 +114,9 @@ func (r *reader) atOneGeneration(read func(gen uint32) error) (gen uint32, readE
 // generation read would tell. An empty batch takes and releases the commit lock, so the
 // commit that generation belongs to, if any, has finished when it returns; sending to the
 // kernel is synchronous and an empty batch is acknowledged by nothing.
-func (r *reader) barrier() error {
+func (c *conn) barrier() error {
 	seq := batchSeq.Add(2) - 1
-	err := sendBuffers(r.conn, [][]byte{
+	err := sendBuffers(c.sock, [][]byte{
 		batchMessage(unix.NFNL_MSG_BATCH_BEGIN, seq, 0),
 		batchMessage(unix.NFNL_MSG_BATCH_END, seq+1, 0),
 	})
@@ -127,7 +130,7 @@ func (r *reader) barrier() error {
 // attributes of each reply message (after its nfgenmsg header). A dump request lists every
 // object; others get one reply. Once fn fails, the rest of the reply is read and discarded, so
 // that the socket stays usable, and fn's error is returned.
-func (r *reader) request(typ uint16, flags netlink.HeaderFlags, family byte, attrs *netlink.AttributeEncoder, fn func(data []byte) error) error {
+func (c *conn) request(typ uint16, flags netlink.HeaderFlags, family byte, attrs *netlink.AttributeEncoder, fn func(data []byte) error) error {
 	var payload []byte
 	if attrs != nil {
 		var err error
@@ -140,7 +143,7 @@ func (r *reader) request(typ uint16, flags netlink.HeaderFlags, family byte, att
 		// The acknowledgement marks the end of the reply.
 		flags |= netlink.Acknowledge
 	}
-	req, err := r.conn.Send(netlink.Message{
+	req, err := c.sock.Send(netlink.Message{
 		Header: netlink.Header{
 			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ),
 			Flags: netlink.Request | flags,
@@ -150,16 +153,16 @@ func (r *reader) request(typ uint16, flags netlink.HeaderFlags, family byte, att
 	if err != nil {
 		return fmt.Errorf("send request: %w", err)
 	}
-	if err := r.conn.SetReadDeadline(time.Now().Add(readTimeout)); err != nil {
+	if err := c.sock.SetReadDeadline(time.Now().Add(readTimeout)); err != nil {
 		return fmt.Errorf("set netlink read deadline: %w", err)
 	}
-	reply := replyParser{seq: req.Header.Sequence, dump: dump, fn: fn, interrupted: &r.interrupted}
+	reply := replyParser{seq: req.Header.Sequence, dump: dump, fn: fn, interrupted: &c.interrupted}
 	for {
-		n, err := r.recv(r.buf)
+		n, err := c.recv(c.buf)
 		if err != nil {
 			return err
 		}
-		if done, err := reply.parse(r.buf[:n]); done || err != nil {
+		if done, err := reply.parse(c.buf[:n]); done || err != nil {
 			return err
 		}
 	}
@@ -223,10 +226,10 @@ func (p *replyParser) parse(b []byte) (done bool, err error) {
 func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
 // recv reads one datagram into buf.
-func (r *reader) recv(buf []byte) (int, error) {
+func (c *conn) recv(buf []byte) (int, error) {
 	var n, flags int
 	var rerr error
-	err := r.raw.Read(func(fd uintptr) bool {
+	err := c.raw.Read(func(fd uintptr) bool {
 		for {
 			n, _, flags, _, rerr = unix.Recvmsg(int(fd), buf, nil, unix.MSG_DONTWAIT)
 			if rerr != unix.EINTR {

@@ -171,14 +171,14 @@ func decodeChain(data []byte) (name string, def chainDef, err error) {
 }
 
 // readTable reads the table of exp's family, or returns nil when it does not exist.
-func (r *reader) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error) {
+func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error) {
 	fam := exp.nfproto
 	// The table.
 	ae := newAttrs()
 	ae.String(unix.NFTA_TABLE_NAME, model.TableName)
 	var tableFlags uint32
 	var tableUdata bool
-	err := r.request(unix.NFT_MSG_GETTABLE, 0, fam, ae, func(data []byte) error {
+	err := c.request(unix.NFT_MSG_GETTABLE, 0, fam, ae, func(data []byte) error {
 		ad, err := netlink.NewAttributeDecoder(data)
 		if err != nil {
 			return err
@@ -208,7 +208,7 @@ func (r *reader) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, erro
 	ae = newAttrs()
 	ae.String(unix.NFTA_SET_TABLE, model.TableName)
 	kernelSets := map[string]setDef{}
-	err = r.request(unix.NFT_MSG_GETSET, netlink.Dump, fam, ae, func(data []byte) error {
+	err = c.request(unix.NFT_MSG_GETSET, netlink.Dump, fam, ae, func(data []byte) error {
 		table, err := attrString(data, unix.NFTA_SET_TABLE)
 		if err != nil || table != model.TableName {
 			return err
@@ -255,7 +255,7 @@ func (r *reader) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, erro
 			continue
 		}
 		wg.Go(func() {
-			setErrs[i] = r.readElementsApart(exp, s, len(exp.want.Sets[i].Elements))
+			setErrs[i] = c.readElementsApart(exp, s, len(exp.want.Sets[i].Elements))
 		})
 	}
 	var rs *model.Ruleset
@@ -263,7 +263,7 @@ func (r *reader) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, erro
 		err = exp.pendingChains()
 	}
 	if err == nil {
-		rs, err = r.readChains(exp, out)
+		rs, err = c.readChains(exp, out)
 	}
 	wg.Wait()
 	for i, err := range setErrs {
@@ -275,14 +275,14 @@ func (r *reader) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, erro
 }
 
 // readChains reads the chains and rules of the table into out.
-func (r *reader) readChains(exp *expectation, out *model.Ruleset) (*model.Ruleset, error) {
+func (c *conn) readChains(exp *expectation, out *model.Ruleset) (*model.Ruleset, error) {
 	fam := exp.nfproto
 
 	ae := newAttrs()
 	ae.String(unix.NFTA_CHAIN_TABLE, model.TableName)
 	chains := map[string]*model.Chain{}
 	var unknown []*model.Chain
-	err := r.request(unix.NFT_MSG_GETCHAIN, netlink.Dump, fam, ae, func(data []byte) error {
+	err := c.request(unix.NFT_MSG_GETCHAIN, netlink.Dump, fam, ae, func(data []byte) error {
 		table, err := attrString(data, unix.NFTA_CHAIN_TABLE)
 		if err != nil || table != model.TableName {
 			return err
@@ -296,20 +296,20 @@ func (r *reader) readChains(exp *expectation, out *model.Ruleset) (*model.Rulese
 				return fmt.Errorf("chain %s is %v, want %v: %w", name, def, want, ErrIncompatible)
 			}
 			wc := exp.want.Chain(name)
-			c := &model.Chain{Name: name}
+			ch := &model.Chain{Name: name}
 			if wc.Hook != nil {
 				h := *wc.Hook
-				c.Hook = &h
+				ch.Hook = &h
 			}
-			chains[name] = c
+			chains[name] = ch
 			return nil
 		}
 		if def.hooked || def.extra || !model.IsServiceChain(name) {
 			return fmt.Errorf("chain %s (%v) is not one nftproxy would create: %w", name, def, ErrIncompatible)
 		}
-		c := &model.Chain{Name: name}
-		chains[name] = c
-		unknown = append(unknown, c)
+		ch := &model.Chain{Name: name}
+		chains[name] = ch
+		unknown = append(unknown, ch)
 		return nil
 	})
 	if err != nil {
@@ -319,7 +319,7 @@ func (r *reader) readChains(exp *expectation, out *model.Ruleset) (*model.Rulese
 	// The rules of every chain, in one dump.
 	ae = newAttrs()
 	ae.String(unix.NFTA_RULE_TABLE, model.TableName)
-	err = r.request(unix.NFT_MSG_GETRULE, netlink.Dump, fam, ae, func(data []byte) error {
+	err = c.request(unix.NFT_MSG_GETRULE, netlink.Dump, fam, ae, func(data []byte) error {
 		table, err := attrString(data, unix.NFTA_RULE_TABLE)
 		if err != nil || table != model.TableName {
 			return err
@@ -328,22 +328,22 @@ func (r *reader) readChains(exp *expectation, out *model.Ruleset) (*model.Rulese
 		if err != nil {
 			return fmt.Errorf("decode rule: %w", err)
 		}
-		c := chains[chain]
-		if c == nil {
+		ch := chains[chain]
+		if ch == nil {
 			return fmt.Errorf("rule of unlisted chain %s", chain)
 		}
 		rule, ok := exp.rules[chain][fp]
 		if !ok || fp == "" {
 			rule = model.Rule{Comment: unrecognizedRule}
 		}
-		c.Rules = append(c.Rules, rule)
+		ch.Rules = append(ch.Rules, rule)
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list rules: %w", err)
 	}
-	for _, c := range exp.want.Chains {
-		if got := chains[c.Name]; got != nil {
+	for _, ch := range exp.want.Chains {
+		if got := chains[ch.Name]; got != nil {
 			out.Chains = append(out.Chains, got)
 		}
 	}

@@ -14,25 +14,25 @@ import (
 )
 
 // readElementsApart reads the elements of s over a new socket.
-func (r *reader) readElementsApart(exp *expectation, s *model.Set, sizeHint int) error {
-	c, err := r.dial()
+func (c *conn) readElementsApart(exp *expectation, s *model.Set, sizeHint int) error {
+	sock, err := c.dial()
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	sub, err := newReader(c, r.dial)
+	defer sock.Close()
+	sub, err := newConn(sock, c.dial)
 	if err != nil {
 		return err
 	}
 	err = sub.readElements(exp, s, sizeHint)
 	if sub.interrupted.Load() {
-		r.interrupted.Store(true)
+		c.interrupted.Store(true)
 	}
 	return err
 }
 
 // readElements dumps the elements of set s into s.Elements, sorted.
-func (r *reader) readElements(exp *expectation, s *model.Set, sizeHint int) error {
+func (c *conn) readElements(exp *expectation, s *model.Set, sizeHint int) error {
 	d := &elemDecoder{
 		fam:      exp.fam,
 		set:      s,
@@ -48,12 +48,12 @@ func (r *reader) readElements(exp *expectation, s *model.Set, sizeHint int) erro
 	ae := newAttrs()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, s.Name)
-	if err := r.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, exp.nfproto, ae, d.message); err != nil {
+	if err := c.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, exp.nfproto, ae, d.message); err != nil {
 		return err
 	}
 	slices.SortFunc(d.elems, model.CompareElements)
 	if hasDuplicateKeys(d.elems) {
-		r.interrupted.Store(true)
+		c.interrupted.Store(true)
 	}
 	s.Elements = d.elems
 	return nil

@@ -22,8 +22,8 @@ const readAttempts = 5
 // backend's network namespace.
 func (n *Netlink) Generation() (uint32, error) {
 	var gen uint32
-	err := n.control(func(r *reader) (err error) {
-		gen, err = r.generation()
+	err := n.control(func(c *conn) (err error) {
+		gen, err = c.generation()
 		return err
 	})
 	return gen, err
@@ -68,16 +68,16 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, chains func() [
 		once.Do(func() { chainErr = exp.addChains(chains()) })
 		return chainErr
 	}
-	r, err := n.newReader()
+	c, err := n.openConn()
 	if err != nil {
 		return nil, 0, err
 	}
-	defer r.conn.Close()
+	defer c.sock.Close()
 	for range readAttempts {
 		var rs *model.Ruleset
-		gen, readErr, err := r.atOneGeneration(func(gen uint32) error {
+		gen, readErr, err := c.atOneGeneration(func(gen uint32) error {
 			var err error
-			rs, err = r.readTable(exp, n.takePrefetch(fam, gen))
+			rs, err = c.readTable(exp, n.takePrefetch(fam, gen))
 			return err
 		})
 		switch {
@@ -130,18 +130,18 @@ func (pf *prefetch) read(n *Netlink, fam model.Family, sets []*model.Set) error 
 	if err != nil {
 		return err
 	}
-	r, err := n.newReader()
+	c, err := n.openConn()
 	if err != nil {
 		return err
 	}
-	defer r.conn.Close()
-	gen, readErr, err := r.atOneGeneration(func(uint32) error {
+	defer c.sock.Close()
+	gen, readErr, err := c.atOneGeneration(func(uint32) error {
 		errs := make([]error, len(sets))
 		var wg sync.WaitGroup
 		for i, def := range sets {
 			s := &model.Set{Name: def.Name, Key: slices.Clone(def.Key), Data: def.Data}
 			pf.sets[s.Name], pf.defs[s.Name] = s, exp.sets[s.Name]
-			wg.Go(func() { errs[i] = r.readElementsApart(exp, s, 0) })
+			wg.Go(func() { errs[i] = c.readElementsApart(exp, s, 0) })
 		}
 		wg.Wait()
 		return errors.Join(errs...)
