@@ -5,7 +5,6 @@
 package nft
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -167,6 +166,3 @@ func (n *Netlink) Delete(families ...model.Family) error {
 	}
 	return nil
 }
-
-// ErrInjected is the error a Fake returns for a batch it was told to fail.
-var ErrInjected = errors.New("injected nftables failure")

@@ -445,10 +445,6 @@ func appendUdataUint32(udata []byte, typ byte, v uint32) []byte {
 	return binary.NativeEndian.AppendUint32(udata, v)
 }
 
-// ErrGenerationChanged reports that the ruleset changed between reading its generation and
-// committing a batch that was conditional on it; nothing was applied.
-var ErrGenerationChanged = errors.New("nftables ruleset generation changed")
-
 // commit sends the batch as one transaction over sock. When genID is non-zero the kernel
 // applies the batch only if the ruleset generation still equals it. Only the last message asks
 // for an acknowledgement: the kernel reports errors for failed messages anyway, before that

@@ -2,7 +2,6 @@ package nft
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -123,9 +122,6 @@ func eachElement(data []byte, fn func(elem []byte) error) error {
 	}
 	return nil
 }
-
-// errMalformed reports attributes whose lengths do not add up.
-var errMalformed = errors.New("malformed netlink attributes")
 
 // element decodes the attributes of one element.
 func (d *elemDecoder) element(b []byte) error {

@@ -9,12 +9,6 @@ import (
 	"github.com/nftproxy/nftproxy/model"
 )
 
-// ErrIncompatible reports that nftproxy's table exists but was not written in the layout the
-// desired ruleset describes (a set or map missing, extra or declared differently, a base chain
-// hooked differently, a chain nftproxy would not create): it cannot be updated in place and
-// must be replaced as a whole.
-var ErrIncompatible = errors.New("nftables table is not in nftproxy's layout")
-
 // readAttempts bounds how often Read starts over because the ruleset changed while it read.
 const readAttempts = 5
 
