@@ -43,7 +43,7 @@ func (n *Netlink) PruneAffinity(fam model.Family, keep func(AffinityEntry) bool)
 // pruneAffinity is PruneAffinity over c.
 func pruneAffinity(c *conn, fam model.Family, keep func(AffinityEntry) bool) (int, error) {
 	addrLen := model.KeyFieldLen(fam, model.KeyAddr, false)
-	var drop []element
+	var drop []wireElement
 	ae := newAttrs()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, model.MapAffinity)
@@ -56,7 +56,7 @@ func pruneAffinity(c *conn, fam model.Family, keep func(AffinityEntry) bool) (in
 			}
 			if !keep(e) {
 				// The key aliases the conn's buffer, which the next message reuses.
-				drop = append(drop, element{key: slices.Clone(key)})
+				drop = append(drop, wireElement{key: slices.Clone(key)})
 			}
 			return nil
 		})

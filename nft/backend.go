@@ -1,7 +1,3 @@
-// Package nft owns nftproxy's conversation with the kernel: it encodes model rulesets as
-// google/nftables objects, commits them as single atomic netlink batches in a given network
-// namespace, and removes nftproxy's tables on cleanup. It never runs the nft binary. Fake is an
-// in-memory Backend with the same all-or-nothing semantics, for tests of the layers above.
 package nft
 
 import (

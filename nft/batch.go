@@ -254,8 +254,10 @@ func (b *batch) addSet(family byte, table string, s setSpec) {
 	b.add(family, unix.NFT_MSG_NEWSET, netlink.Create, ae)
 }
 
-// element is one set element ready for the wire.
-type element struct {
+// wireElement is one set element as netlink carries it: its key, and its verdict or data, as
+// bytes. The encoder makes one from each model.Element it writes; pruneAffinity makes them
+// from the affinity map's keys.
+type wireElement struct {
 	key     []byte
 	verdict *expr.Verdict
 	// data is the value of a data map's element.
@@ -286,7 +288,7 @@ func (b *batch) elemWriter(family byte, typ uint16, table, set string) *elemWrit
 }
 
 // add writes el; its slices may be reused once add returns.
-func (w *elemWriter) add(el *element) {
+func (w *elemWriter) add(el *wireElement) {
 	b := w.b
 	if w.n == 0 {
 		w.msg = b.begin(w.family, w.typ, netlink.Create)

@@ -47,7 +47,7 @@ func (c *conn) readElements(exp *expectation, s *model.Set, sizeHint int) error 
 	ae := newAttrs()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, s.Name)
-	if err := c.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, exp.nfproto, ae, d.message); err != nil {
+	if err := c.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, exp.nfproto, ae, d.decodeMessage); err != nil {
 		return err
 	}
 	slices.SortFunc(d.elems, model.CompareElements)
@@ -94,9 +94,9 @@ func (d *elemDecoder) intern(b []byte) string {
 	return s
 }
 
-// message decodes one NEWSETELEM message of the dump.
-func (d *elemDecoder) message(data []byte) error {
-	return eachElement(data, d.element)
+// decodeMessage decodes one NEWSETELEM message of the dump.
+func (d *elemDecoder) decodeMessage(data []byte) error {
+	return eachElement(data, d.decodeElement)
 }
 
 // eachElement calls fn with the attributes of each element of one NEWSETELEM message.
@@ -123,8 +123,8 @@ func eachElement(data []byte, fn func(elem []byte) error) error {
 	return nil
 }
 
-// element decodes the attributes of one element.
-func (d *elemDecoder) element(b []byte) error {
+// decodeElement decodes the attributes of one element into a model.Element.
+func (d *elemDecoder) decodeElement(b []byte) error {
 	var e model.Element
 	var key, data []byte
 	var verdictCode int32

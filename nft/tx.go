@@ -96,9 +96,9 @@ func (tx *Transaction) encode(b *batch) error {
 		var err error
 		switch op.Kind {
 		case AddElements:
-			err = e.elements(unix.NFT_MSG_NEWSETELEM, op.Set, op.Set.Elements)
+			err = e.writeElements(unix.NFT_MSG_NEWSETELEM, op.Set, op.Set.Elements)
 		case DeleteElements:
-			err = e.elements(unix.NFT_MSG_DELSETELEM, op.Set, op.Set.Elements)
+			err = e.writeElements(unix.NFT_MSG_DELSETELEM, op.Set, op.Set.Elements)
 		case AddChain:
 			err = e.addRules(op.Chain)
 		case RewriteChain:
