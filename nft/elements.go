@@ -32,18 +32,7 @@ func (c *conn) readElementsApart(exp *expectation, s *model.Set, sizeHint int) e
 
 // readElements dumps the elements of set s into s.Elements, sorted.
 func (c *conn) readElements(exp *expectation, s *model.Set, sizeHint int) error {
-	d := &elemDecoder{
-		fam:      exp.fam,
-		set:      s,
-		verdicts: exp.verdicts,
-		strs:     map[string]string{},
-		elems:    make([]model.Element, 0, sizeHint),
-	}
-	d.keyLen = len(model.ElementKey(exp.fam, s.Key, model.Element{}))
-	if s.Data == model.EndpointData {
-		// The set's definition, which the kernel's matches, gives the length of its data.
-		d.dataLen = int(exp.sets[s.Name].dataLen)
-	}
+	d := newElemDecoder(exp, s, sizeHint)
 	ae := newAttrs()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, s.Name)
@@ -83,6 +72,24 @@ type elemDecoder struct {
 	// strs interns comments and chain names, which many elements share.
 	strs  map[string]string
 	elems []model.Element
+}
+
+// newElemDecoder returns a decoder of the elements of s, a set of exp, with room for
+// sizeHint of them.
+func newElemDecoder(exp *expectation, s *model.Set, sizeHint int) *elemDecoder {
+	d := &elemDecoder{
+		fam:      exp.fam,
+		set:      s,
+		verdicts: exp.verdicts,
+		strs:     map[string]string{},
+		elems:    make([]model.Element, 0, sizeHint),
+	}
+	d.keyLen = len(model.ElementKey(exp.fam, s.Key, model.Element{}))
+	if s.Data == model.EndpointData {
+		// The set's definition, which the kernel's matches, gives the length of its data.
+		d.dataLen = int(exp.sets[s.Name].dataLen)
+	}
+	return d
 }
 
 func (d *elemDecoder) intern(b []byte) string {
