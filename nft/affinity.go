@@ -32,22 +32,22 @@ type AffinityEntry struct {
 // batch; entries that expire meanwhile are no error.
 func (n *Netlink) PruneAffinity(fam model.Family, keep func(AffinityEntry) bool) (int, error) {
 	deleted := 0
-	err := n.control(func(r *reader) error {
+	err := n.control(func(c *conn) error {
 		var err error
-		deleted, err = pruneAffinity(r, fam, keep)
+		deleted, err = pruneAffinity(c, fam, keep)
 		return err
 	})
 	return deleted, err
 }
 
-// pruneAffinity is PruneAffinity over r's socket.
-func pruneAffinity(r *reader, fam model.Family, keep func(AffinityEntry) bool) (int, error) {
+// pruneAffinity is PruneAffinity over c.
+func pruneAffinity(c *conn, fam model.Family, keep func(AffinityEntry) bool) (int, error) {
 	addrLen := model.KeyFieldLen(fam, model.KeyAddr, false)
-	var drop []element
+	var drop []wireElement
 	ae := newAttrs()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, model.MapAffinity)
-	err := r.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, nfproto(fam), ae, func(data []byte) error {
+	err := c.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, nfproto(fam), ae, func(data []byte) error {
 		return eachElement(data, func(elem []byte) error {
 			key, value := elementKeyData(elem)
 			e, ok := decodeAffinity(key, value, addrLen)
@@ -55,8 +55,8 @@ func pruneAffinity(r *reader, fam model.Family, keep func(AffinityEntry) bool) (
 				return fmt.Errorf("affinity element %x : %x: %w", key, value, ErrIncompatible)
 			}
 			if !keep(e) {
-				// The key aliases the reader's buffer, which the next message reuses.
-				drop = append(drop, element{key: slices.Clone(key)})
+				// The key aliases the conn's buffer, which the next message reuses.
+				drop = append(drop, wireElement{key: slices.Clone(key)})
 			}
 			return nil
 		})
@@ -73,7 +73,7 @@ func pruneAffinity(r *reader, fam model.Family, keep func(AffinityEntry) bool) (
 		w.add(&drop[i])
 	}
 	w.close()
-	if err := b.commit(r.conn, 0); err != nil {
+	if err := b.commit(c.sock, 0); err != nil {
 		return 0, fmt.Errorf("delete %d %s affinity entries: %w", len(drop), fam, err)
 	}
 	return len(drop), nil

@@ -1,11 +1,6 @@
-// Package nft owns nftproxy's conversation with the kernel: it encodes model rulesets as
-// google/nftables objects, commits them as single atomic netlink batches in a given network
-// namespace, and removes nftproxy's tables on cleanup. It never runs the nft binary. Fake is an
-// in-memory Backend with the same all-or-nothing semantics, for tests of the layers above.
 package nft
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -52,7 +47,7 @@ type Netlink struct {
 	// on some machines, which would otherwise be most of a small sync's time. It is nil
 	// until first needed, and again after an operation on it failed, so that no reply of a
 	// failed exchange is ever read as part of the next one.
-	ctl *reader
+	ctl *conn
 
 	// pmu guards prefetched, the element dumps Prefetch started, by family.
 	pmu        sync.Mutex
@@ -101,19 +96,19 @@ func (n *Netlink) dial() (*netlink.Conn, error) {
 
 // control runs fn with the backend's long-lived socket, opening it when there is none, and
 // closes the socket when fn fails.
-func (n *Netlink) control(fn func(r *reader) error) error {
+func (n *Netlink) control(fn func(c *conn) error) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.ctl == nil {
-		r, err := n.newReader()
+		c, err := n.openConn()
 		if err != nil {
 			return err
 		}
-		n.ctl = r
+		n.ctl = c
 	}
 	err := fn(n.ctl)
 	if err != nil {
-		_ = n.ctl.conn.Close()
+		_ = n.ctl.sock.Close()
 		n.ctl = nil
 	}
 	return err
@@ -127,14 +122,14 @@ func (n *Netlink) Close() error {
 	if n.ctl == nil {
 		return nil
 	}
-	err := n.ctl.conn.Close()
+	err := n.ctl.sock.Close()
 	n.ctl = nil
 	return err
 }
 
 // commit sends b over the long-lived socket; genID as in batch.commit.
 func (n *Netlink) commit(b *batch, genID uint32) error {
-	return n.control(func(r *reader) error { return b.commit(r.conn, genID) })
+	return n.control(func(c *conn) error { return b.commit(c.sock, genID) })
 }
 
 // Replace implements Backend. The batch first makes sure each table exists (so deleting it
@@ -167,6 +162,3 @@ func (n *Netlink) Delete(families ...model.Family) error {
 	}
 	return nil
 }
-
-// ErrInjected is the error a Fake returns for a batch it was told to fail.
-var ErrInjected = errors.New("injected nftables failure")

@@ -254,8 +254,10 @@ func (b *batch) addSet(family byte, table string, s setSpec) {
 	b.add(family, unix.NFT_MSG_NEWSET, netlink.Create, ae)
 }
 
-// element is one set element ready for the wire.
-type element struct {
+// wireElement is one set element as netlink carries it: its key, and its verdict or data, as
+// bytes. The encoder makes one from each model.Element it writes; pruneAffinity makes them
+// from the affinity map's keys.
+type wireElement struct {
 	key     []byte
 	verdict *expr.Verdict
 	// data is the value of a data map's element.
@@ -286,7 +288,7 @@ func (b *batch) elemWriter(family byte, typ uint16, table, set string) *elemWrit
 }
 
 // add writes el; its slices may be reused once add returns.
-func (w *elemWriter) add(el *element) {
+func (w *elemWriter) add(el *wireElement) {
 	b := w.b
 	if w.n == 0 {
 		w.msg = b.begin(w.family, w.typ, netlink.Create)
@@ -445,16 +447,12 @@ func appendUdataUint32(udata []byte, typ byte, v uint32) []byte {
 	return binary.NativeEndian.AppendUint32(udata, v)
 }
 
-// ErrGenerationChanged reports that the ruleset changed between reading its generation and
-// committing a batch that was conditional on it; nothing was applied.
-var ErrGenerationChanged = errors.New("nftables ruleset generation changed")
-
-// commit sends the batch as one transaction over conn. When genID is non-zero the kernel
+// commit sends the batch as one transaction over sock. When genID is non-zero the kernel
 // applies the batch only if the ruleset generation still equals it. Only the last message asks
 // for an acknowledgement: the kernel reports errors for failed messages anyway, before that
 // acknowledgement, and a batch of a hundred thousand messages would otherwise queue as many
 // acknowledgements.
-func (b *batch) commit(conn *netlink.Conn, genID uint32) error {
+func (b *batch) commit(sock *netlink.Conn, genID uint32) error {
 	if b.err != nil {
 		return b.err
 	}
@@ -489,13 +487,13 @@ func (b *batch) commit(conn *netlink.Conn, genID uint32) error {
 
 	// The kernel takes the whole batch from one sendmsg, so the socket must be able to
 	// hold it; root may raise the limit past net.core.wmem_max.
-	if err := setBuffers(conn, size); err != nil {
+	if err := setBuffers(sock, size); err != nil {
 		return err
 	}
-	if err := sendBuffers(conn, bufs); err != nil {
+	if err := sendBuffers(sock, bufs); err != nil {
 		return fmt.Errorf("send nftables batch of %d messages (%d bytes): %w", b.n+2, size, err)
 	}
-	return receiveAcks(conn, last)
+	return receiveAcks(sock, last)
 }
 
 // batchSeq numbers the messages of the batches this process sends, so that no two batches
@@ -517,8 +515,8 @@ func batchMessage(typ uint16, seq, genID uint32) []byte {
 }
 
 // sendBuffers sends bufs as one netlink datagram to the kernel.
-func sendBuffers(conn *netlink.Conn, bufs [][]byte) error {
-	raw, err := conn.SyscallConn()
+func sendBuffers(sock *netlink.Conn, bufs [][]byte) error {
+	raw, err := sock.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("netlink socket: %w", err)
 	}
@@ -540,14 +538,14 @@ func sendBuffers(conn *netlink.Conn, bufs [][]byte) error {
 
 // receiveAcks reads replies until the acknowledgement of the message numbered lastSeq,
 // returning the first error the kernel reported.
-func receiveAcks(conn *netlink.Conn, lastSeq uint32) error {
+func receiveAcks(sock *netlink.Conn, lastSeq uint32) error {
 	var first error
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if err := conn.SetReadDeadline(deadline); err != nil {
+		if err := sock.SetReadDeadline(deadline); err != nil {
 			return fmt.Errorf("set netlink read deadline: %w", err)
 		}
-		replies, err := conn.Receive()
+		replies, err := sock.Receive()
 		if err != nil {
 			// netlink wraps every error, timeouts included, in an OpError: tell them apart
 			// first, or a rejected batch would spin here.
@@ -585,10 +583,10 @@ func receiveAcks(conn *netlink.Conn, lastSeq uint32) error {
 
 // setBuffers makes room for a batch of size bytes in the socket's send buffer and for the
 // replies in its receive buffer.
-func setBuffers(conn *netlink.Conn, size int) error {
+func setBuffers(sock *netlink.Conn, size int) error {
 	const floor = 4 << 20
 	want := max(2*size, floor)
-	raw, err := conn.SyscallConn()
+	raw, err := sock.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("netlink socket: %w", err)
 	}

@@ -164,24 +164,26 @@ func appendEndpointData(dst []byte, ep netip.AddrPort) []byte {
 
 // addElements adds elements to the set s.
 func (e *encoder) addElements(s *model.Set, in []model.Element) error {
-	return e.elements(unix.NFT_MSG_NEWSETELEM, s, in)
+	return e.writeElements(unix.NFT_MSG_NEWSETELEM, s, in)
 }
 
-func (e *encoder) elements(op uint16, s *model.Set, in []model.Element) error {
+// writeElements writes in as elements of the set s in messages of type typ: to add
+// (NFT_MSG_NEWSETELEM) or to delete (NFT_MSG_DELSETELEM).
+func (e *encoder) writeElements(typ uint16, s *model.Set, in []model.Element) error {
 	if len(in) == 0 {
 		return nil
 	}
-	// Each element is written at once, from one reused element: a full sync has hundreds of
-	// thousands.
-	ew := e.b.elemWriter(e.fam, op, model.TableName, s.Name)
-	var w element
+	// Each element is written at once, from one reused wire element: a full sync has hundreds
+	// of thousands.
+	ew := e.b.elemWriter(e.fam, typ, model.TableName, s.Name)
+	var w wireElement
 	var key, data []byte
 	for _, el := range in {
 		if len(s.Key) > 0 && s.Key[0] == model.KeyAddr && !e.family.Contains(el.Addr) {
 			return fmt.Errorf("set %s: address %s is not %s", s.Name, el.Addr, e.family)
 		}
 		key = model.AppendElementKey(key[:0], e.family, s.Key, el)
-		w = element{key: key, comment: el.Comment}
+		w = wireElement{key: key, comment: el.Comment}
 		switch s.Data {
 		case model.VerdictData:
 			v, err := verdict(el.Verdict)

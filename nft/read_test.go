@@ -2,17 +2,23 @@ package nft
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/nftproxy/nftproxy/internal/scale"
 	"github.com/nftproxy/nftproxy/model"
 )
 
-// readTestRulesets returns rulesets that use every expression the encoder writes.
+// readTestRulesets returns rulesets that use every expression the encoder writes, for both
+// families, each with Services, endpoints and so elements: the IPv6 ones from IPv6 copies of
+// the same Services (see ipv6Services).
 func readTestRulesets() []*model.Ruleset {
 	p := netip.MustParsePrefix
 	a := netip.MustParseAddr
-	svcs := scale.Services(30, 3)
+	svcs := map[model.Family][]model.Service{
+		model.IPv4: scale.Services(30, 3),
+		model.IPv6: ipv6Services(scale.Services(30, 3)),
+	}
 	var out []*model.Ruleset
 	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
 		configs := []model.NodeConfig{
@@ -24,20 +30,49 @@ func readTestRulesets() []*model.Ruleset {
 				LocalAddresses: []netip.Addr{a("192.168.0.2"), a("fd00::2")}},
 		}
 		for _, cfg := range configs {
-			if fam == model.IPv6 {
-				// Give the IPv6 table Services of its own.
-				var v6 []model.Service
-				for _, s := range svcs {
-					s.ClusterIPs = []netip.Addr{netip.AddrFrom16(s.ClusterIPs[0].As16())}
-					v6 = append(v6, s)
-				}
-				out = append(out, model.Build(v6, cfg))
-				continue
-			}
-			out = append(out, model.Build(svcs, cfg))
+			out = append(out, model.Build(svcs[fam], cfg))
 		}
 	}
 	return out
+}
+
+// ipv6Services returns IPv6-only copies of IPv4 Services: every address a.b.c.d becomes
+// fd00::a.b.c.d (fd00::a0b:c0d), a unique address of the IPv6 family. (IPv4-mapped addresses
+// would not do: the IPv6 family does not contain them, so Build would drop every Service.)
+func ipv6Services(v4 []model.Service) []model.Service {
+	six := func(a netip.Addr) netip.Addr {
+		b := [16]byte{0: 0xfd}
+		v := a.As4()
+		copy(b[12:], v[:])
+		return netip.AddrFrom16(b)
+	}
+	out := make([]model.Service, 0, len(v4))
+	for _, s := range v4 {
+		s.ClusterIPs = []netip.Addr{six(s.ClusterIPs[0])}
+		ports := make([]model.ServicePort, len(s.Ports))
+		for i, sp := range s.Ports {
+			sp.Endpoints = slices.Clone(sp.Endpoints)
+			for j := range sp.Endpoints {
+				sp.Endpoints[j].Addr = six(sp.Endpoints[j].Addr)
+			}
+			ports[i] = sp
+		}
+		s.Ports = ports
+		out = append(out, s)
+	}
+	return out
+}
+
+// TestReadTestRulesetsHaveElements checks that the rulesets the tests below decode are no
+// skeletons: in each family, Services give the verdict maps and the endpoint maps elements.
+func TestReadTestRulesetsHaveElements(t *testing.T) {
+	for _, rs := range readTestRulesets() {
+		for _, name := range []string{model.MapServiceIPs, model.MapServiceEndpoints} {
+			if s := rs.Set(name); s == nil || len(s.Elements) == 0 {
+				t.Errorf("%s ruleset: set %s has no elements", rs.Family, name)
+			}
+		}
+	}
 }
 
 // TestFingerprintRoundTrip checks that decoding every expression the encoder writes with
@@ -69,6 +104,45 @@ func TestFingerprintRoundTrip(t *testing.T) {
 		})
 		if rules == 0 {
 			t.Errorf("%s: the encoder wrote no rules", rs.Family)
+		}
+	}
+}
+
+// TestElementRoundTrip checks that the element decoder reads back every element the encoder
+// writes, in both families: the messages the kernel dumps carry elements as the encoder's
+// NEWSETELEM messages do.
+func TestElementRoundTrip(t *testing.T) {
+	for _, rs := range readTestRulesets() {
+		exp, err := newExpectation(rs.Family, rs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range rs.Sets {
+			if len(s.Elements) == 0 {
+				continue
+			}
+			b := &batch{}
+			if err := newEncoder(b, rs.Family).addElements(s, s.Elements); err != nil {
+				t.Fatalf("%s set %s: encode: %v", rs.Family, s.Name, err)
+			}
+			d := newElemDecoder(exp, &model.Set{Name: s.Name, Key: s.Key, Data: s.Data}, 0)
+			b.eachMessage(func(_ uint16, data []byte) {
+				if err := d.decodeMessage(data); err != nil {
+					t.Errorf("%s set %s: decode: %v", rs.Family, s.Name, err)
+				}
+			})
+			got := slices.SortedFunc(slices.Values(d.elems), model.CompareElements)
+			want := slices.SortedFunc(slices.Values(s.Elements), model.CompareElements)
+			if len(got) != len(want) {
+				t.Errorf("%s set %s: decoded %d elements, wrote %d", rs.Family, s.Name, len(got), len(want))
+				continue
+			}
+			for i := range want {
+				if got[i] != want[i] {
+					t.Errorf("%s set %s: element %d decoded as %+v, want %+v", rs.Family, s.Name, i, got[i], want[i])
+					break
+				}
+			}
 		}
 	}
 }

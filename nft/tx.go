@@ -2,6 +2,7 @@ package nft
 
 import (
 	"fmt"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -96,9 +97,9 @@ func (tx *Transaction) encode(b *batch) error {
 		var err error
 		switch op.Kind {
 		case AddElements:
-			err = e.elements(unix.NFT_MSG_NEWSETELEM, op.Set, op.Set.Elements)
+			err = e.writeElements(unix.NFT_MSG_NEWSETELEM, op.Set, op.Set.Elements)
 		case DeleteElements:
-			err = e.elements(unix.NFT_MSG_DELSETELEM, op.Set, op.Set.Elements)
+			err = e.writeElements(unix.NFT_MSG_DELSETELEM, op.Set, op.Set.Elements)
 		case AddChain:
 			err = e.addRules(op.Chain)
 		case RewriteChain:
@@ -131,4 +132,79 @@ func (n *Netlink) Apply(tx *Transaction, genID uint32) error {
 		return fmt.Errorf("commit transaction of %d messages: %w", b.n, err)
 	}
 	return nil
+}
+
+// String returns the transaction in nft syntax, one command per line in the order its batch
+// sends them, as `nft -f` reads them: a replaced table is added, deleted and written whole
+// (as model.Render prints it), then the chains the Ops add are created, then each Op is
+// written. Elements and rules are printed by model's renderer. A failing test can print what
+// would have been sent.
+func (tx *Transaction) String() string {
+	var b strings.Builder
+	for _, rs := range tx.Replace {
+		fmt.Fprintf(&b, "add table %s %s\n", rs.Family, model.TableName)
+		fmt.Fprintf(&b, "delete table %s %s\n", rs.Family, model.TableName)
+		b.WriteString(model.Render(rs))
+	}
+	// As encode: the chains first, so that elements and rules may refer to them.
+	for _, op := range tx.Ops {
+		if op.Kind == AddChain {
+			fmt.Fprintf(&b, "add chain %s %s %s%s\n", op.Family, model.TableName, op.Chain.Name, renderHook(op.Family, op.Chain))
+		}
+	}
+	for _, op := range tx.Ops {
+		table := op.Family.String() + " " + model.TableName
+		switch op.Kind {
+		case AddElements:
+			for _, e := range op.Set.Elements {
+				fmt.Fprintf(&b, "add element %s %s { %s }\n", table, op.Set.Name, renderElement(op.Family, op.Set, e))
+			}
+		case DeleteElements:
+			// The kernel deletes by key: the batch carries nothing else.
+			keys := &model.Set{Name: op.Set.Name, Key: op.Set.Key}
+			for _, e := range op.Set.Elements {
+				fmt.Fprintf(&b, "delete element %s %s { %s }\n", table, op.Set.Name, renderElement(op.Family, keys, model.Element{Addr: e.Addr, Proto: e.Proto, Port: e.Port, Slot: e.Slot}))
+			}
+		case AddChain:
+			writeRules(&b, table, op.Family, op.Chain)
+		case RewriteChain:
+			fmt.Fprintf(&b, "flush chain %s %s\n", table, op.Chain.Name)
+			writeRules(&b, table, op.Family, op.Chain)
+		case FlushChain:
+			fmt.Fprintf(&b, "flush chain %s %s\n", table, op.Chain.Name)
+		case DeleteChain:
+			fmt.Fprintf(&b, "delete chain %s %s\n", table, op.Chain.Name)
+		default:
+			fmt.Fprintf(&b, "# unknown operation %d\n", op.Kind)
+		}
+	}
+	return b.String()
+}
+
+func writeRules(b *strings.Builder, table string, fam model.Family, c *model.Chain) {
+	for _, r := range c.Rules {
+		fmt.Fprintf(b, "add rule %s %s %s\n", table, c.Name, model.RenderRule(fam, r))
+	}
+}
+
+// renderElement returns e as nft prints it in a set like s ("key : data"), cut out of
+// model.Render's listing of a set that holds only e: model renders elements only as part of
+// a set.
+func renderElement(fam model.Family, s *model.Set, e model.Element) string {
+	one := &model.Set{Name: s.Name, Key: s.Key, Data: s.Data, Elements: []model.Element{e}}
+	text := model.Render(&model.Ruleset{Family: fam, Sets: []*model.Set{one}})
+	_, elem, _ := strings.Cut(text, "\t\telements = { ")
+	return strings.TrimSuffix(elem, " }\n\t}\n}\n")
+}
+
+// renderHook returns " { type ... hook ... priority ...; policy accept; }" for a base chain,
+// as model.Render prints its hook, or "" for a regular chain.
+func renderHook(fam model.Family, c *model.Chain) string {
+	if c.Hook == nil {
+		return ""
+	}
+	text := model.Render(&model.Ruleset{Family: fam, Chains: []*model.Chain{{Name: c.Name, Hook: c.Hook}}})
+	_, hook, _ := strings.Cut(text, " {\n\t\t")
+	hook, _, _ = strings.Cut(hook, "\n")
+	return " { " + hook + " }"
 }

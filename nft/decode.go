@@ -1,0 +1,367 @@
+package nft
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// nftables netlink attributes and flags that golang.org/x/sys/unix does not define.
+const (
+	nftaTableUserdata      = 6  // NFTA_TABLE_USERDATA
+	nftaChainFlags         = 10 // NFTA_CHAIN_FLAGS
+	nftaChainUserdata      = 12 // NFTA_CHAIN_USERDATA
+	nftaSetExpr            = 17 // NFTA_SET_EXPR
+	nftaSetExpressions     = 18 // NFTA_SET_EXPRESSIONS
+	nftaSetElemKeyEnd      = 10 // NFTA_SET_ELEM_KEY_END
+	nftaSetElemExpressions = 11 // NFTA_SET_ELEM_EXPRESSIONS
+	nftChainBase           = 1  // NFT_CHAIN_BASE, which the kernel reports in a base chain's flags
+	nlaTypeMask            = ^uint16(unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
+)
+
+// unrecognizedRule is the comment of a rule of the kernel that nftproxy would not have
+// written (it is returned without expressions, so it never equals a wanted rule).
+const unrecognizedRule = "nftproxy: unrecognized rule"
+
+// setDef is the definition of a set as a NEWSET message carries it, or the kernel dumps it.
+type setDef struct {
+	flags    uint32
+	keyType  uint32
+	keyLen   uint32
+	dataType uint32
+	dataLen  uint32
+	udata    string
+	// extra is set when the set has properties nftproxy never gives a set (timeouts,
+	// expressions, stateful objects).
+	extra bool
+}
+
+// equal reports whether two definitions describe the same set. The kernel ignores the data
+// length of a verdict map and reports the size of its own verdict structure instead.
+func (d setDef) equal(o setDef) bool {
+	if d.dataType == unix.NFT_DATA_VERDICT && o.dataType == unix.NFT_DATA_VERDICT {
+		d.dataLen, o.dataLen = 0, 0
+	}
+	return d == o
+}
+
+// diff describes how d differs from want, for error messages.
+func (d setDef) diff(want setDef) string {
+	var out []string
+	field := func(format string, got, want uint32) {
+		if got != want {
+			out = append(out, fmt.Sprintf(format+", want "+format, got, want))
+		}
+	}
+	field("flags %#x", d.flags, want.flags)
+	field("key type %#x", d.keyType, want.keyType)
+	field("key length %d", d.keyLen, want.keyLen)
+	field("data type %#x", d.dataType, want.dataType)
+	if d.dataType != unix.NFT_DATA_VERDICT {
+		field("data length %d", d.dataLen, want.dataLen)
+	}
+	if d.udata != want.udata {
+		out = append(out, fmt.Sprintf("user data %q, want %q", d.udata, want.udata))
+	}
+	if d.extra {
+		out = append(out, "has timeouts, expressions or objects")
+	}
+	return strings.Join(out, "; ")
+}
+
+// chainDef is the definition of a chain as a NEWCHAIN message carries it, or the kernel dumps
+// it.
+type chainDef struct {
+	hooked   bool
+	hookNum  uint32
+	priority int32
+	policy   uint32
+	typ      string
+	// extra is set when the chain has properties nftproxy never gives a chain (a device,
+	// flags other than the kernel's own "base chain", user data).
+	extra bool
+}
+
+func (d chainDef) String() string {
+	if !d.hooked {
+		return "regular chain"
+	}
+	return fmt.Sprintf("type %s hook %d priority %d policy %d", d.typ, d.hookNum, d.priority, d.policy)
+}
+
+// decodeSet decodes the attributes of a NEWSET message.
+func decodeSet(data []byte) (name string, def setDef, err error) {
+	ad, err := netlink.NewAttributeDecoder(data)
+	if err != nil {
+		return "", def, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_SET_NAME:
+			name = ad.String()
+		case unix.NFTA_SET_FLAGS:
+			def.flags = ad.Uint32()
+		case unix.NFTA_SET_KEY_TYPE:
+			def.keyType = ad.Uint32()
+		case unix.NFTA_SET_KEY_LEN:
+			def.keyLen = ad.Uint32()
+		case unix.NFTA_SET_DATA_TYPE:
+			def.dataType = ad.Uint32()
+		case unix.NFTA_SET_DATA_LEN:
+			def.dataLen = ad.Uint32()
+		case unix.NFTA_SET_USERDATA:
+			def.udata = string(ad.Bytes())
+		case unix.NFTA_SET_TIMEOUT, unix.NFTA_SET_OBJ_TYPE, nftaSetExpr, nftaSetExpressions:
+			def.extra = true
+		}
+	}
+	return name, def, ad.Err()
+}
+
+// decodeChain decodes the attributes of a NEWCHAIN message.
+func decodeChain(data []byte) (name string, def chainDef, err error) {
+	ad, err := netlink.NewAttributeDecoder(data)
+	if err != nil {
+		return "", def, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_CHAIN_NAME:
+			name = ad.String()
+		case unix.NFTA_CHAIN_HOOK:
+			def.hooked = true
+			ad.Nested(func(h *netlink.AttributeDecoder) error {
+				for h.Next() {
+					switch h.Type() {
+					case unix.NFTA_HOOK_HOOKNUM:
+						def.hookNum = h.Uint32()
+					case unix.NFTA_HOOK_PRIORITY:
+						def.priority = int32(h.Uint32())
+					default:
+						// A device (netdev hooks) or anything else nftproxy never sets.
+						def.extra = true
+					}
+				}
+				return nil
+			})
+		case unix.NFTA_CHAIN_POLICY:
+			def.policy = ad.Uint32()
+		case unix.NFTA_CHAIN_TYPE:
+			def.typ = ad.String()
+		case nftaChainFlags:
+			if ad.Uint32()&^nftChainBase != 0 {
+				def.extra = true
+			}
+		case nftaChainUserdata:
+			def.extra = true
+		}
+	}
+	return name, def, ad.Err()
+}
+
+// readTable reads the table of exp's family, or returns nil when it does not exist.
+func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error) {
+	fam := exp.nfproto
+	// The table.
+	ae := newAttrs()
+	ae.String(unix.NFTA_TABLE_NAME, model.TableName)
+	var tableFlags uint32
+	var tableUdata bool
+	err := c.request(unix.NFT_MSG_GETTABLE, 0, fam, ae, func(data []byte) error {
+		ad, err := netlink.NewAttributeDecoder(data)
+		if err != nil {
+			return err
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_TABLE_FLAGS:
+				tableFlags = ad.Uint32()
+			case nftaTableUserdata:
+				tableUdata = true
+			}
+		}
+		return ad.Err()
+	})
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get table: %w", err)
+	}
+	if tableFlags != 0 || tableUdata {
+		return nil, fmt.Errorf("table has flags %#x or user data: %w", tableFlags, ErrIncompatible)
+	}
+
+	// The sets: the kernel's must be exactly the ones nftproxy would create.
+	ae = newAttrs()
+	ae.String(unix.NFTA_SET_TABLE, model.TableName)
+	kernelSets := map[string]setDef{}
+	err = c.request(unix.NFT_MSG_GETSET, netlink.Dump, fam, ae, func(data []byte) error {
+		table, err := attrString(data, unix.NFTA_SET_TABLE)
+		if err != nil || table != model.TableName {
+			return err
+		}
+		name, def, err := decodeSet(data)
+		if err != nil {
+			return fmt.Errorf("decode set: %w", err)
+		}
+		kernelSets[name] = def
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list sets: %w", err)
+	}
+	for name, def := range kernelSets {
+		want, ok := exp.sets[name]
+		if !ok {
+			return nil, fmt.Errorf("set %s: not one of nftproxy's: %w", name, ErrIncompatible)
+		}
+		if !want.equal(def) {
+			return nil, fmt.Errorf("set %s: %s: %w", name, def.diff(want), ErrIncompatible)
+		}
+	}
+	out := &model.Ruleset{Family: exp.fam}
+	for _, s := range exp.want.Sets {
+		if _, ok := kernelSets[s.Name]; !ok {
+			return nil, fmt.Errorf("set %s: missing: %w", s.Name, ErrIncompatible)
+		}
+		out.Sets = append(out.Sets, &model.Set{Name: s.Name, Key: slices.Clone(s.Key), Data: s.Data, Comment: s.Comment,
+			Dynamic: s.Dynamic, Size: s.Size})
+	}
+	// The elements, each set over a socket of its own while this one reads the chains and
+	// rules: the kernel's cost of a set dump grows with the square of the set's size, and
+	// concurrent dumps share it out over the CPUs.
+	setErrs := make([]error, len(out.Sets))
+	var wg sync.WaitGroup
+	for i, s := range out.Sets {
+		if s.Dynamic {
+			// The packet path owns its elements.
+			continue
+		}
+		if elems, ok := pf.elements(s.Name, exp.sets[s.Name]); ok {
+			s.Elements = elems
+			continue
+		}
+		wg.Go(func() {
+			setErrs[i] = c.readElementsApart(exp, s, len(exp.want.Sets[i].Elements))
+		})
+	}
+	var rs *model.Ruleset
+	if exp.pendingChains != nil {
+		err = exp.pendingChains()
+	}
+	if err == nil {
+		rs, err = c.readChains(exp, out)
+	}
+	wg.Wait()
+	for i, err := range setErrs {
+		if err != nil {
+			return nil, fmt.Errorf("read set %s: %w", out.Sets[i].Name, err)
+		}
+	}
+	return rs, err
+}
+
+// readChains reads the chains and rules of the table into out.
+func (c *conn) readChains(exp *expectation, out *model.Ruleset) (*model.Ruleset, error) {
+	fam := exp.nfproto
+
+	ae := newAttrs()
+	ae.String(unix.NFTA_CHAIN_TABLE, model.TableName)
+	chains := map[string]*model.Chain{}
+	var unknown []*model.Chain
+	err := c.request(unix.NFT_MSG_GETCHAIN, netlink.Dump, fam, ae, func(data []byte) error {
+		table, err := attrString(data, unix.NFTA_CHAIN_TABLE)
+		if err != nil || table != model.TableName {
+			return err
+		}
+		name, def, err := decodeChain(data)
+		if err != nil {
+			return fmt.Errorf("decode chain: %w", err)
+		}
+		if want, ok := exp.chains[name]; ok {
+			if def != want {
+				return fmt.Errorf("chain %s is %v, want %v: %w", name, def, want, ErrIncompatible)
+			}
+			wc := exp.want.Chain(name)
+			ch := &model.Chain{Name: name}
+			if wc.Hook != nil {
+				h := *wc.Hook
+				ch.Hook = &h
+			}
+			chains[name] = ch
+			return nil
+		}
+		if def.hooked || def.extra || !model.IsServiceChain(name) {
+			return fmt.Errorf("chain %s (%v) is not one nftproxy would create: %w", name, def, ErrIncompatible)
+		}
+		ch := &model.Chain{Name: name}
+		chains[name] = ch
+		unknown = append(unknown, ch)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list chains: %w", err)
+	}
+
+	// The rules of every chain, in one dump.
+	ae = newAttrs()
+	ae.String(unix.NFTA_RULE_TABLE, model.TableName)
+	err = c.request(unix.NFT_MSG_GETRULE, netlink.Dump, fam, ae, func(data []byte) error {
+		table, err := attrString(data, unix.NFTA_RULE_TABLE)
+		if err != nil || table != model.TableName {
+			return err
+		}
+		chain, fp, err := ruleFingerprint(fam, data, true)
+		if err != nil {
+			return fmt.Errorf("decode rule: %w", err)
+		}
+		ch := chains[chain]
+		if ch == nil {
+			return fmt.Errorf("rule of unlisted chain %s", chain)
+		}
+		rule, ok := exp.rules[chain][fp]
+		if !ok || fp == "" {
+			rule = model.Rule{Comment: unrecognizedRule}
+		}
+		ch.Rules = append(ch.Rules, rule)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list rules: %w", err)
+	}
+	for _, ch := range exp.want.Chains {
+		if got := chains[ch.Name]; got != nil {
+			out.Chains = append(out.Chains, got)
+		}
+	}
+	slices.SortFunc(unknown, func(a, b *model.Chain) int { return cmp.Compare(a.Name, b.Name) })
+	out.Chains = append(out.Chains, unknown...)
+	return out, nil
+}
+
+// attrString returns the string attribute typ of a message's attributes, or "".
+func attrString(data []byte, typ uint16) (string, error) {
+	ad, err := netlink.NewAttributeDecoder(data)
+	if err != nil {
+		return "", err
+	}
+	for ad.Next() {
+		if ad.Type() == typ {
+			return ad.String(), nil
+		}
+	}
+	return "", ad.Err()
+}
