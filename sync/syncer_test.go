@@ -142,11 +142,11 @@ func TestOneEndpointChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	if res.Full || res.Objects > 6 {
-		t.Errorf("one endpoint change: full=%v, %d objects written, want a partial sync of at most 6", res.Full, res.Objects)
+		t.Errorf("one endpoint change: full=%v, %d objects written, want a partial sync of at most 6:\n%s", res.Full, res.Objects, fake.Last)
 	}
 	for _, op := range fake.Last.Ops {
 		if op.Kind != nft.AddElements && op.Kind != nft.DeleteElements {
-			t.Errorf("one endpoint change wrote a %v operation on %v", op.Kind, op.Chain)
+			t.Errorf("one endpoint change wrote a %v operation on %v:\n%s", op.Kind, op.Chain, fake.Last)
 		}
 	}
 	got := fake.Render(model.IPv4)

@@ -2,7 +2,7 @@
 // real API server holding N Services x M endpoints, and measures cold sync, restart with the
 // rules in place, single-endpoint changes (nftproxy also at its default --min-sync-period),
 // peak RSS and CPU time of each proxy, and the data plane: TCP connect time from a pod to a
-// ClusterIP with 1 Service and with N Services programmed (issue 6).
+// ClusterIP with 1 Service and with N Services programmed.
 //
 // It needs root and network namespaces, and runs only when NFTPROXY_SCALEBENCH=1 (see the
 // Makefile's bench-compare target):
