@@ -1,13 +1,23 @@
 // Package conntrack owns nftproxy's use of the kernel's connection tracking table: finding
 // and deleting the entries of flows that the rules no longer send where they went, over
 // ctnetlink, in one network namespace.
+//
+// Words used here, beside model's:
+//   - frontend: where a Service port takes traffic (a ClusterIP, ExternalIP or
+//     LoadBalancer IP with its port, or a NodePort on the node addresses that serve them).
+//   - stale entry: one whose original destination is a UDP or SCTP frontend and whose reply
+//     source is not a serving endpoint of that Service port (see Stale).
+//   - reconcile: one dump of a family's UDP (and SCTP) entries and the deletion of the
+//     stale ones, all decided from that dump.
 package conntrack
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
@@ -17,10 +27,10 @@ import (
 	"github.com/nftproxy/nftproxy/model"
 )
 
-// Netlink deletes conntrack entries with github.com/ti-mo/conntrack (ctnetlink) in one
-// network namespace. Every call opens its own netlink connection, dumps the table of the
-// address family concerned, deletes the matching entries and closes the connection, so a
-// Netlink holds no resources and is safe for concurrent use.
+// Netlink reconciles the conntrack table of one network namespace with nftproxy's rules
+// over ctnetlink (github.com/ti-mo/conntrack). Every call opens its own netlink
+// connections and closes them, so a Netlink holds no resources and is safe for concurrent
+// use.
 //
 // Entries are matched in the default and in any other conntrack zone. An entry that
 // expires between the dump and its deletion is not an error.
@@ -35,120 +45,200 @@ func NewNetlink(netnsPath string) *Netlink {
 	return &Netlink{netnsPath: netnsPath}
 }
 
-// ClearEndpoint deletes the entries of proto that were DNATed to ep: their reply tuple
-// comes from ep's address and port and their status has the destination NAT bit.
-// Connections made to ep directly (without DNAT) are left alone.
-func (c *Netlink) ClearEndpoint(proto model.Protocol, ep netip.AddrPort) error {
-	ep = unmapAddrPort(ep)
-	if !ep.Addr().IsValid() {
-		return fmt.Errorf("conntrack: clear %s entries of endpoint: invalid endpoint %s", proto, ep)
-	}
-	err := c.clear([]netfilter.ProtoFamily{familyOf(ep.Addr())}, false, func(f *ct.Flow, _ map[netip.Addr]bool) bool {
-		return f.Status&ct.StatusDstNAT != 0 &&
-			f.TupleReply.Proto.Protocol == uint8(proto) &&
-			f.TupleReply.IP.SourceAddress.Unmap() == ep.Addr() &&
-			f.TupleReply.Proto.SourcePort == ep.Port()
-	})
-	if err != nil {
-		return fmt.Errorf("conntrack: clear %s entries of endpoint %s: %w", proto, ep, err)
-	}
-	return nil
+// Result is what one reconcile did in one family.
+type Result struct {
+	Family model.Family
+	// Entries counts the entries the kernel returned (of the protocols that have
+	// frontends); Deleted those found stale and deleted.
+	Entries, Deleted int
+	// Took is the time the family's reconcile took: dump, decisions and deletions.
+	Took time.Duration
+	// Err is set when the dump failed (nothing was deleted) or some deletions did.
+	Err error
 }
 
-// ClearDestination deletes the entries of proto whose original destination is dst
-// (address and port), NATed or not.
-func (c *Netlink) ClearDestination(proto model.Protocol, dst netip.AddrPort) error {
-	dst = unmapAddrPort(dst)
-	if !dst.Addr().IsValid() {
-		return fmt.Errorf("conntrack: clear %s entries to destination: invalid destination %s", proto, dst)
-	}
-	err := c.clear([]netfilter.ProtoFamily{familyOf(dst.Addr())}, false, func(f *ct.Flow, _ map[netip.Addr]bool) bool {
-		return f.TupleOrig.Proto.Protocol == uint8(proto) &&
-			f.TupleOrig.IP.DestinationAddress.Unmap() == dst.Addr() &&
-			f.TupleOrig.Proto.DestinationPort == dst.Port()
-	})
-	if err != nil {
-		return fmt.Errorf("conntrack: clear %s entries to destination %s: %w", proto, dst, err)
-	}
-	return nil
-}
-
-// ClearNodePort deletes the entries of proto, IPv4 and IPv6, whose original destination
-// port is port and whose original destination address is one of the addresses assigned to
-// an interface of the namespace (including loopback), NATed or not. Flows that merely pass
-// through the node to a remote host on the same port are left alone.
-func (c *Netlink) ClearNodePort(proto model.Protocol, port uint16) error {
-	families := []netfilter.ProtoFamily{netfilter.ProtoIPv4, netfilter.ProtoIPv6}
-	err := c.clear(families, true, func(f *ct.Flow, local map[netip.Addr]bool) bool {
-		return f.TupleOrig.Proto.Protocol == uint8(proto) &&
-			f.TupleOrig.Proto.DestinationPort == port &&
-			local[f.TupleOrig.IP.DestinationAddress.Unmap()]
-	})
-	if err != nil {
-		return fmt.Errorf("conntrack: clear %s entries to node port %d: %w", proto, port, err)
-	}
-	return nil
-}
-
-// clear dumps the entries of each family and deletes those match accepts. When withLocal
-// is set, match also gets the namespace's local addresses. Deletion goes on past a failed
-// entry; all failures are returned joined.
-func (c *Netlink) clear(families []netfilter.ProtoFamily, withLocal bool, match func(*ct.Flow, map[netip.Addr]bool) bool) error {
-	nsFd := 0
-	if c.netnsPath != "" {
-		ns, err := os.Open(c.netnsPath)
-		if err != nil {
-			return fmt.Errorf("open network namespace: %w", err)
-		}
-		defer ns.Close()
-		nsFd = int(ns.Fd())
-		if nsFd == 0 {
-			// netlink.Config reads NetNS 0 as "the current namespace" (possible when
-			// stdin is closed): move the handle to another descriptor.
-			dup, err := unix.FcntlInt(ns.Fd(), unix.F_DUPFD_CLOEXEC, 1)
-			if err != nil {
-				return fmt.Errorf("duplicate network namespace handle: %w", err)
-			}
-			defer unix.Close(dup)
-			nsFd = dup
+// Reconcile deletes, in each family of rules, the UDP and SCTP entries that are Stale. It
+// dumps the family's entries once per protocol that has frontends (in practice once:
+// UDP), filtered by protocol in the kernel (CTA_FILTER, Linux 5.8 and later; older kernels
+// return every entry and the protocol is checked here), and decides every entry from that
+// one dump. A family without UDP or SCTP frontends costs nothing. Failures are reported
+// per family; deletion goes on past a failed entry.
+func (c *Netlink) Reconcile(rules []*Rules) []Result {
+	var out []Result
+	var todo []*Rules
+	for _, r := range rules {
+		if r != nil && len(r.Frontends) > 0 {
+			todo = append(todo, r)
 		}
 	}
-
+	if len(todo) == 0 {
+		return nil
+	}
+	fail := func(err error) []Result {
+		for _, r := range todo {
+			out = append(out, Result{Family: r.Family, Err: err})
+		}
+		return out
+	}
+	nsFd, closeNS, err := c.openNS()
+	if err != nil {
+		return fail(err)
+	}
+	defer closeNS()
 	var local map[netip.Addr]bool
-	if withLocal {
-		var err error
-		if local, err = localAddrs(nsFd); err != nil {
-			return err
+	for _, r := range todo {
+		if r.AllLocalNodePorts && local == nil {
+			if local, err = localAddrs(nsFd); err != nil {
+				return fail(err)
+			}
 		}
 	}
-
-	conn, err := ct.Dial(&netlink.Config{NetNS: nsFd})
+	cfg := &netlink.Config{NetNS: nsFd}
+	dump, err := netfilter.Dial(cfg)
 	if err != nil {
-		return fmt.Errorf("dial ctnetlink: %w", err)
+		return fail(fmt.Errorf("dial ctnetlink: %w", err))
 	}
-	defer conn.Close()
+	defer dump.Close()
+	del, err := ct.Dial(cfg)
+	if err != nil {
+		return fail(fmt.Errorf("dial ctnetlink: %w", err))
+	}
+	defer del.Close()
+	for _, r := range todo {
+		start := time.Now()
+		res := reconcileFamily(dump, del, r, nodePortIPs(r, local))
+		res.Took = time.Since(start)
+		out = append(out, res)
+	}
+	return out
+}
 
-	var errs []error
-	for _, fam := range families {
-		flows, err := conn.DumpFilter(ct.NewFilter().Family(fam), nil)
-		if err != nil {
-			return fmt.Errorf("dump %s entries: %w", fam, err)
+// nodePortIPs returns the addresses of r's family that accept NodePorts: r.NodePortIPs, or
+// with AllLocalNodePorts every local one except loopback.
+func nodePortIPs(r *Rules, local map[netip.Addr]bool) map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	if !r.AllLocalNodePorts {
+		for _, a := range r.NodePortIPs {
+			out[a.Unmap()] = true
 		}
-		for i := range flows {
-			f := &flows[i]
-			// The kernel filters by family since Linux 4.20; check again for older ones.
-			if familyOf(f.TupleOrig.IP.DestinationAddress) != fam || !match(f, local) {
+		return out
+	}
+	for a := range local {
+		if r.Family.Contains(a) && !a.IsLoopback() {
+			out[a] = true
+		}
+	}
+	return out
+}
+
+// reconcileFamily dumps the entries of r's family and protocols and deletes the stale ones.
+func reconcileFamily(dump *netfilter.Conn, del *ct.Conn, r *Rules, nodeIPs map[netip.Addr]bool) Result {
+	res := Result{Family: r.Family}
+	fam := netfilter.ProtoIPv4
+	if r.Family == model.IPv6 {
+		fam = netfilter.ProtoIPv6
+	}
+	var errs []error
+	for _, proto := range r.protocols() {
+		msgs, err := dumpProto(dump, fam, proto)
+		if err != nil {
+			res.Err = fmt.Errorf("conntrack: dump %s %s entries: %w", r.Family, proto, err)
+			return res
+		}
+		for _, m := range msgs {
+			var ev ct.Event
+			if err := ev.Unmarshal(m); err != nil {
+				errs = append(errs, fmt.Errorf("decode entry: %w", err))
 				continue
 			}
-			// Only the tuples and the zone identify an entry for deletion; the other
-			// attributes of the dump are not sent back.
-			del := ct.Flow{TupleOrig: f.TupleOrig, TupleReply: f.TupleReply, Zone: f.Zone}
-			if err := conn.Delete(del); err != nil && !errors.Is(err, unix.ENOENT) {
+			f := ev.Flow
+			if uint8(proto) != f.TupleOrig.Proto.Protocol || familyOf(f.TupleOrig.IP.DestinationAddress) != fam {
+				continue // a kernel older than 5.8 does not filter
+			}
+			res.Entries++
+			e := Entry{
+				Proto:    proto,
+				OrigDst:  netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress, f.TupleOrig.Proto.DestinationPort),
+				ReplySrc: netip.AddrPortFrom(f.TupleReply.IP.SourceAddress, f.TupleReply.Proto.SourcePort),
+			}
+			if !Stale(e, r.Frontends, nodeIPs) {
+				continue
+			}
+			// Only the tuples and the zone identify an entry for deletion.
+			err := del.Delete(ct.Flow{TupleOrig: f.TupleOrig, TupleReply: f.TupleReply, Zone: f.Zone})
+			switch {
+			case err == nil:
+				res.Deleted++
+			case !errors.Is(err, unix.ENOENT):
 				errs = append(errs, fmt.Errorf("delete %s: %w", f.TupleOrig, err))
 			}
 		}
 	}
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		res.Err = fmt.Errorf("conntrack: reconcile %s entries: %w", r.Family, errors.Join(errs...))
+	}
+	return res
+}
+
+// ctnetlink attributes and flags the dump filter uses (linux/netfilter/nfnetlink_conntrack.h),
+// which ti-mo/conntrack v0.6.0's Filter does not offer.
+const (
+	ctaTupleOrig             = 1
+	ctaTupleProto            = 2
+	ctaProtoNum              = 1
+	ctaFilter                = 25
+	ctaFilterOrigFlags       = 1
+	ctaFilterFlagCtaProtoNum = 1 << 3
+	ipctnlMsgCtGet           = 1
+)
+
+// dumpProto dumps the entries of family fam whose original tuple has protocol proto,
+// filtered in the kernel.
+func dumpProto(conn *netfilter.Conn, fam netfilter.ProtoFamily, proto model.Protocol) ([]netlink.Message, error) {
+	flags := make([]byte, 4)
+	binary.NativeEndian.PutUint32(flags, ctaFilterFlagCtaProtoNum)
+	req, err := netfilter.MarshalNetlink(netfilter.Header{
+		SubsystemID: netfilter.NFSubsysCTNetlink,
+		MessageType: ipctnlMsgCtGet,
+		Family:      fam,
+		Flags:       netlink.Request | netlink.Dump,
+	}, []netfilter.Attribute{
+		{Type: ctaTupleOrig, Nested: true, Children: []netfilter.Attribute{
+			{Type: ctaTupleProto, Nested: true, Children: []netfilter.Attribute{
+				{Type: ctaProtoNum, Data: []byte{byte(proto)}},
+			}},
+		}},
+		{Type: ctaFilter, Nested: true, Children: []netfilter.Attribute{
+			{Type: ctaFilterOrigFlags, Data: flags},
+		}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return conn.Query(req)
+}
+
+// openNS returns a descriptor of the namespace at c.netnsPath (0, the current namespace,
+// when it is "") and the function that closes it.
+func (c *Netlink) openNS() (int, func(), error) {
+	if c.netnsPath == "" {
+		return 0, func() {}, nil
+	}
+	ns, err := os.Open(c.netnsPath)
+	if err != nil {
+		return 0, nil, fmt.Errorf("conntrack: open network namespace: %w", err)
+	}
+	if ns.Fd() != 0 {
+		return int(ns.Fd()), func() { ns.Close() }, nil
+	}
+	// netlink.Config reads NetNS 0 as "the current namespace" (possible when stdin is
+	// closed): move the handle to another descriptor.
+	dup, err := unix.FcntlInt(ns.Fd(), unix.F_DUPFD_CLOEXEC, 1)
+	ns.Close()
+	if err != nil {
+		return 0, nil, fmt.Errorf("conntrack: duplicate network namespace handle: %w", err)
+	}
+	return dup, func() { unix.Close(dup) }, nil
 }
 
 // localAddrs returns the addresses assigned to the interfaces of the network namespace

@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/nftproxy/nftproxy/conntrack"
 	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/sync"
 )
@@ -22,7 +23,11 @@ type Metrics struct {
 	SetElements         *prometheus.GaugeVec
 	DriftRepairs        prometheus.Counter
 	SkippedObjects      prometheus.Gauge
-	ConntrackFailures   prometheus.Counter
+	// ConntrackDuration, ConntrackDeleted and ConntrackFailures describe the conntrack
+	// reconciles, per IP family ("IPv4", "IPv6", as kube-proxy labels them).
+	ConntrackDuration *prometheus.HistogramVec
+	ConntrackDeleted  *prometheus.CounterVec
+	ConntrackFailures *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -71,15 +76,23 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nftproxy_skipped_objects",
 			Help: "Objects currently skipped because they cannot be turned into rules (each is logged once).",
 		}),
-		ConntrackFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "nftproxy_conntrack_cleanup_failures_total",
-			Help: "Conntrack cleanups (stale UDP flows) that failed.",
-		}),
+		ConntrackDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "kubeproxy_conntrack_reconciler_sync_duration_seconds", Buckets: syncBuckets,
+			Help: "Latency in seconds of one conntrack reconcile of a family: one dump of its UDP and SCTP entries and the deletion of the stale ones.",
+		}, []string{"ip_family"}),
+		ConntrackDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kubeproxy_conntrack_reconciler_deleted_entries_total",
+			Help: "Cumulative conntrack entries deleted by the conntrack reconciler.",
+		}, []string{"ip_family"}),
+		ConntrackFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nftproxy_conntrack_reconciler_failures_total",
+			Help: "Conntrack reconciles that failed (the dump, or the deletion of some stale entries); the next sync tries again.",
+		}, []string{"ip_family"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.SyncDuration, m.FullSyncDuration, m.PartialSyncDuration, m.LastSync,
 			m.NetworkProgramming, m.SyncFailures, m.BatchObjects, m.SetElements, m.DriftRepairs,
-			m.SkippedObjects, m.ConntrackFailures)
+			m.SkippedObjects, m.ConntrackDuration, m.ConntrackDeleted, m.ConntrackFailures)
 	}
 	return m
 }
@@ -106,6 +119,27 @@ func (m *Metrics) observe(res sync.SyncResult, took time.Duration) {
 		m.DriftRepairs.Inc()
 	}
 	m.setElements(res.Elements)
+	m.observeConntrack(res.Conntrack)
+}
+
+// observeConntrack records what the conntrack reconciles of a sync did.
+func (m *Metrics) observeConntrack(results []conntrack.Result) {
+	for _, r := range results {
+		fam := ipFamily(r.Family)
+		m.ConntrackDuration.WithLabelValues(fam).Observe(r.Took.Seconds())
+		m.ConntrackDeleted.WithLabelValues(fam).Add(float64(r.Deleted))
+		if r.Err != nil {
+			m.ConntrackFailures.WithLabelValues(fam).Inc()
+		}
+	}
+}
+
+// ipFamily returns kube-proxy's ip_family label value of a family.
+func ipFamily(fam model.Family) string {
+	if fam == model.IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }
 
 // setElements records the element counts of a sync.

@@ -43,7 +43,7 @@ type Proxy struct {
 	SyncPeriod time.Duration
 	// Metrics, when set, receive the figures of each sync.
 	Metrics *Metrics
-	// Conntrack, when set, clears stale UDP flows.
+	// Conntrack, when set, deletes the conntrack entries of stale UDP and SCTP flows.
 	Conntrack sync.Conntrack
 	// ServiceHealth, when set, runs the health check servers of Services with
 	// externalTrafficPolicy Local.
@@ -53,6 +53,8 @@ type Proxy struct {
 	objs    *cluster.Objects
 	objsAt  time.Time
 	changed chan struct{}
+	// conntrackDue is set by the periodic tick: the next sync reconciles conntrack.
+	conntrackDue bool
 	// nodeCfgs is the node configuration of the last sync, by family.
 	nodeCfgs map[model.Family]model.NodeConfig
 
@@ -128,6 +130,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		case <-changed:
 		case <-retry:
 		case <-periodic.C:
+			p.conntrackDue = true
 		}
 		retry = nil
 		// Rate limit: changes arriving meanwhile are folded into this sync.
@@ -189,6 +192,11 @@ func (p *Proxy) SyncOnce() error {
 		p.syncer = sync.NewSyncer(p.Backend, model.IPv4, model.IPv6)
 		p.syncer.Conntrack = p.Conntrack
 	}
+	if p.conntrackDue {
+		// What changed while the daemon was down or a reconcile failed is cleaned here.
+		p.syncer.RequestConntrackReconcile()
+		p.conntrackDue = false
+	}
 	if err := p.prepare(objs, at); err != nil {
 		return err
 	}
@@ -245,10 +253,8 @@ func (p *Proxy) reportSideEffects() {
 		p.Log.Warn("releasing session affinity failed", logkey.Error, err)
 	}
 	for _, err := range p.syncer.ConntrackErrors() {
-		p.Log.Warn("clearing stale conntrack entries failed", logkey.Error, err)
-		if p.Metrics != nil {
-			p.Metrics.ConntrackFailures.Inc()
-		}
+		// Counted by family in Metrics.observe.
+		p.Log.Warn("deleting stale conntrack entries failed", logkey.Error, err)
 	}
 }
 
@@ -276,6 +282,11 @@ func (p *Proxy) logResult(res sync.SyncResult, took time.Duration) {
 	}
 	if res.AffinityReleased > 0 {
 		p.Log.Info("released session affinity of clients whose endpoint went away", logkey.Entries, res.AffinityReleased)
+	}
+	for _, r := range res.Conntrack {
+		if r.Deleted > 0 {
+			p.Log.Info("deleted stale "+ipFamily(r.Family)+" conntrack entries", logkey.Entries, r.Deleted, logkey.Duration, r.Took)
+		}
 	}
 	if res.Objects > 0 || res.Full {
 		p.Log.Info("synced rules", logkey.Full, res.Full, logkey.Services, res.Services, logkey.Objects, res.Objects,

@@ -9,6 +9,7 @@ import (
 	gosync "sync"
 	"time"
 
+	"github.com/nftproxy/nftproxy/conntrack"
 	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
 )
@@ -28,12 +29,14 @@ type Syncer struct {
 	Backend nft.Backend
 	// Families lists the families to program.
 	Families []model.Family
-	// Conntrack, when set, is told about UDP endpoints that went away and UDP Service ports
-	// that got their first endpoint.
+	// Conntrack, when set, reconciles the conntrack table after a sync that changed a UDP
+	// or SCTP frontend or its endpoints, after every full sync, and when asked to.
 	Conntrack Conntrack
 
 	conntrackErrs []error
-	affinityErrs  []error
+	// conntrackDue is set when the next sync must reconcile the conntrack table.
+	conntrackDue bool
+	affinityErrs []error
 
 	node     map[model.Family]model.NodeConfig
 	services map[model.ServiceName]*model.Service
@@ -69,6 +72,9 @@ type SyncResult struct {
 	// AffinityReleased counts the session affinity entries deleted because their endpoint
 	// went away.
 	AffinityReleased int
+	// Conntrack holds, per family, what the conntrack reconcile after the commit did (nil
+	// when none ran).
+	Conntrack []conntrack.Result
 }
 
 // NewSyncer returns a Syncer for the given families whose first sync is a full one.
@@ -213,7 +219,7 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 	changes, old := s.takePending()
 	res := SyncResult{Services: len(changes), Oldest: oldest(changes)}
 	tx := &nft.Transaction{}
-	var udp []udpChange
+	ctChanged := false
 	releases := map[model.Family][]model.Key{}
 	type undo struct {
 		t     *table
@@ -232,7 +238,7 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 				newPart = model.BuildPart(svc, s.node[fam])
 			}
 			t.setPart(name, newPart, &touched)
-			udp = appendUDPChanges(udp, oldPart, newPart)
+			ctChanged = ctChanged || conntrackViewChanged(fam, old[name], s.services[name], oldPart, newPart)
 			releases[fam] = appendAffinityReleases(releases[fam], oldPart, newPart)
 		}
 		undos = append(undos, undo{t, prev})
@@ -250,7 +256,8 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 		return res, err
 	}
 	s.afterCommit(tx)
-	s.clearConntrack(udp)
+	s.conntrackDue = s.conntrackDue || ctChanged
+	s.reconcileConntrack(&res)
 	res.AffinityReleased = s.releaseAffinity(releases, false)
 	return res, nil
 }
@@ -378,18 +385,10 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			t.committed.elems = ts.elems
 		}
 	}
-	var udp []udpChange
-	for name, p := range changes {
-		if p.svc == nil {
-			continue
-		}
-		// A full sync cannot tell which endpoints went away; clear the destinations of UDP
-		// ports that have endpoints now, which covers "first endpoint".
-		for _, t := range tables {
-			udp = appendUDPChanges(udp, nil, t.parts[name])
-		}
-	}
-	s.clearConntrack(udp)
+	// A full sync cannot tell what changed since the last commit (at start: anything, while
+	// the daemon was down): check every entry. The rule keeps what is not stale.
+	s.conntrackDue = true
+	s.reconcileConntrack(&res)
 	// Nor which endpoints clients are remembered with: check them all.
 	res.AffinityReleased = s.releaseAffinity(nil, true)
 	return res, nil

@@ -1,97 +1,163 @@
 package sync
 
 import (
+	"maps"
 	"net/netip"
 
+	"github.com/nftproxy/nftproxy/conntrack"
 	"github.com/nftproxy/nftproxy/model"
 )
 
-// udpChange is a conntrack cleanup a commit calls for.
-type udpChange struct {
-	// endpoint went away: delete entries whose reply comes from it.
-	endpoint netip.AddrPort
-	// dst (a Service address and port) or nodePort got its first endpoint: delete entries
-	// to it, which may hold a rejection or a dead endpoint.
-	dst      netip.AddrPort
-	nodePort uint16
+// Conntrack reconciles the kernel's conntrack table with the rules: it deletes the UDP and
+// SCTP entries the rules no longer send where they went (conntrack.Stale), so that clients
+// (DNS!) are not stuck on an endpoint that went away or on a rejection cached before a
+// Service had endpoints. *conntrack.Netlink implements it.
+type Conntrack interface {
+	// Reconcile dumps each family's entries once and deletes the stale ones.
+	Reconcile(rules []*conntrack.Rules) []conntrack.Result
 }
 
-// udpSlots returns, for a Part, the endpoints of each UDP destination (address and port, or
-// NodePort with an invalid address) and all its UDP endpoints.
-func udpSlots(p *model.Part) (map[netip.AddrPort]bool, map[netip.AddrPort]bool) {
-	dsts, eps := map[netip.AddrPort]bool{}, map[netip.AddrPort]bool{}
-	if p == nil {
-		return dsts, eps
-	}
-	for _, pe := range p.Elements {
-		if pe.Proto != model.UDP || (pe.Set != model.MapServiceEndpoints && pe.Set != model.MapNodePortEndpoints) {
-			continue
-		}
-		dsts[netip.AddrPortFrom(pe.Addr, pe.Port)] = true
-		eps[pe.Endpoint] = true
-	}
-	return dsts, eps
+// frontendSets are the maps whose keys are frontends: with an address, and NodePorts.
+var frontendSets = []struct {
+	name     string
+	nodePort bool
+}{
+	{model.MapServiceIPs, false},
+	{model.MapNoEndpointServices, false},
+	{model.MapServiceNodePorts, true},
+	{model.MapNoEndpointNodePorts, true},
 }
 
-// appendUDPChanges appends the cleanups that replacing part old with part new calls for.
-func appendUDPChanges(out []udpChange, old, new *model.Part) []udpChange {
-	oldDsts, oldEps := udpSlots(old)
-	newDsts, newEps := udpSlots(new)
-	for ep := range oldEps {
-		if !newEps[ep] {
-			out = append(out, udpChange{endpoint: ep})
+// hasConntrackPorts reports whether a Service has a UDP or SCTP port, the only ones whose
+// entries the reconciler looks at.
+func hasConntrackPorts(svc *model.Service) bool {
+	if svc == nil {
+		return false
+	}
+	for _, p := range svc.Ports {
+		if p.Protocol == model.UDP || p.Protocol == model.SCTP {
+			return true
 		}
 	}
-	for dst := range newDsts {
-		if oldDsts[dst] {
+	return false
+}
+
+// servingEndpoints returns the serving endpoints of family fam of a Service port: those
+// ready or serving (terminating but still answering), whatever the traffic policies and
+// topology, which only steer new flows (as kube-proxy's reconciler).
+func servingEndpoints(fam model.Family, p *model.ServicePort) conntrack.Endpoints {
+	eps := conntrack.Endpoints{}
+	for _, ep := range p.Endpoints {
+		if fam.Contains(ep.Addr) && ep.Port != 0 && (ep.Ready || ep.Serving) {
+			eps[netip.AddrPortFrom(ep.Addr.Unmap(), ep.Port)] = true
+		}
+	}
+	return eps
+}
+
+// serviceFrontends adds the UDP and SCTP frontends of one Service's Part in family fam, with
+// the serving endpoints of their Service ports, to out. keep, when not nil, filters the
+// elements (the claims a Service wins).
+func serviceFrontends(fam model.Family, svc *model.Service, part *model.Part, keep func(set string, k model.Key) bool, out map[conntrack.Frontend]conntrack.Endpoints) {
+	if part == nil || !hasConntrackPorts(svc) {
+		return
+	}
+	byPort := map[int]conntrack.Endpoints{}
+	for _, pe := range part.Elements {
+		if pe.Proto != model.UDP && pe.Proto != model.SCTP {
 			continue
 		}
-		if dst.Addr().IsValid() {
-			out = append(out, udpChange{dst: dst})
+		for _, fs := range frontendSets {
+			if pe.Set != fs.name || (keep != nil && !keep(pe.Set, pe.Element.Key())) {
+				continue
+			}
+			for i := range svc.Ports {
+				p := &svc.Ports[i]
+				if p.Protocol != pe.Proto || (!fs.nodePort && p.Port != pe.Port) || (fs.nodePort && p.NodePort != pe.Port) {
+					continue
+				}
+				eps, ok := byPort[i]
+				if !ok {
+					eps = servingEndpoints(fam, p)
+					byPort[i] = eps
+				}
+				f := conntrack.Frontend{Proto: pe.Proto, Port: pe.Port}
+				if !fs.nodePort {
+					f.Addr = pe.Addr
+				}
+				out[f] = eps
+				break
+			}
+		}
+	}
+}
+
+// conntrackViewChanged reports whether replacing a Service (old, in Part oldPart) with new
+// (newPart) changes what the reconciler decides by in family fam: its UDP and SCTP
+// frontends or their serving endpoints. A partial sync where none did skips the dump.
+func conntrackViewChanged(fam model.Family, old, new *model.Service, oldPart, newPart *model.Part) bool {
+	if !hasConntrackPorts(old) && !hasConntrackPorts(new) {
+		return false
+	}
+	a, b := map[conntrack.Frontend]conntrack.Endpoints{}, map[conntrack.Frontend]conntrack.Endpoints{}
+	serviceFrontends(fam, old, oldPart, nil, a)
+	serviceFrontends(fam, new, newPart, nil, b)
+	return !maps.EqualFunc(a, b, maps.Equal)
+}
+
+// ConntrackRules returns, per family, what the conntrack reconciler needs to know of the
+// committed rules: each UDP and SCTP frontend (address, protocol and port, or NodePort)
+// with the serving endpoints of its Service port, and the node addresses that accept
+// NodePorts. A frontend two Services claim belongs to the one the rules follow (the first
+// by name).
+func (s *Syncer) ConntrackRules() []*conntrack.Rules {
+	var out []*conntrack.Rules
+	for _, fam := range s.Families {
+		t := s.tables[fam]
+		if t == nil {
+			continue
+		}
+		r := &conntrack.Rules{Family: fam, Frontends: map[conntrack.Frontend]conntrack.Endpoints{}}
+		if node := s.node[fam]; len(node.NodePortAddresses) > 0 {
+			r.NodePortIPs = node.NodePortIPs()
 		} else {
-			out = append(out, udpChange{nodePort: dst.Port()})
+			r.AllLocalNodePorts = true
 		}
+		for name, part := range t.parts {
+			wins := func(set string, k model.Key) bool {
+				c := t.claims[set][k]
+				return c != nil && c.first == name
+			}
+			serviceFrontends(fam, s.services[name], part, wins, r.Frontends)
+		}
+		out = append(out, r)
 	}
 	return out
 }
 
-// Conntrack deletes stale conntrack entries so that UDP clients are not stuck on a dead
-// endpoint (or on a rejection cached before a Service had endpoints).
-type Conntrack interface {
-	// ClearEndpoint deletes entries of proto whose reply comes from endpoint ep (the
-	// connection was DNATed to it).
-	ClearEndpoint(proto model.Protocol, ep netip.AddrPort) error
-	// ClearDestination deletes entries of proto whose original destination is addr:port
-	// (a ClusterIP, ExternalIP or LoadBalancer IP of a Service port).
-	ClearDestination(proto model.Protocol, dst netip.AddrPort) error
-	// ClearNodePort deletes entries of proto whose original destination port is port on
-	// any local address.
-	ClearNodePort(proto model.Protocol, port uint16) error
-}
+// RequestConntrackReconcile makes the next sync reconcile the conntrack table even if no
+// UDP or SCTP frontend changed: the loop asks for one every --sync-period, which cleans
+// what changed while the daemon was down and what a failed reconcile left.
+func (s *Syncer) RequestConntrackReconcile() { s.conntrackDue = true }
 
-// clearConntrack runs the cleanups; failures are kept for the loop to report.
-func (s *Syncer) clearConntrack(changes []udpChange) {
-	if s.Conntrack == nil {
+// reconcileConntrack runs the reconciler after a commit if one is due, and records its
+// results in res. A failed reconcile stays due, for the next sync.
+func (s *Syncer) reconcileConntrack(res *SyncResult) {
+	if s.Conntrack == nil || !s.conntrackDue {
 		return
 	}
-	for _, c := range changes {
-		var err error
-		switch {
-		case c.endpoint.IsValid():
-			err = s.Conntrack.ClearEndpoint(model.UDP, c.endpoint)
-		case c.dst.IsValid():
-			err = s.Conntrack.ClearDestination(model.UDP, c.dst)
-		default:
-			err = s.Conntrack.ClearNodePort(model.UDP, c.nodePort)
-		}
-		if err != nil {
-			s.conntrackErrs = append(s.conntrackErrs, err)
+	s.conntrackDue = false
+	res.Conntrack = s.Conntrack.Reconcile(s.ConntrackRules())
+	for _, r := range res.Conntrack {
+		if r.Err != nil {
+			s.conntrackErrs = append(s.conntrackErrs, r.Err)
+			s.conntrackDue = true
 		}
 	}
 }
 
-// ConntrackErrors returns and forgets the conntrack cleanups that failed since the last
-// call. A failed cleanup is not retried: the rules are right, only old flows may linger.
+// ConntrackErrors returns and forgets the conntrack reconciles that failed since the last
+// call. The rules are right either way; the next sync tries again.
 func (s *Syncer) ConntrackErrors() []error {
 	errs := s.conntrackErrs
 	s.conntrackErrs = nil
