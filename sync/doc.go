@@ -1,7 +1,8 @@
 // Package sync owns the transactional syncer: it keeps what it last committed to the kernel,
 // works out what changed since, and commits exactly that as one atomic batch per sync, then
 // does what must follow a commit (releasing session affinity of clients whose endpoint went
-// away, and clearing stale UDP conntrack entries).
+// away, and reconciling the conntrack table: deleting the entries of UDP and SCTP flows that
+// the rules no longer send where they went).
 //
 // Words used here, beside model's:
 //   - change: a Service's new model value (nil: gone) handed to Update, kept pending with the
