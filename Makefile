@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # NFTPROXY_PRIVILEGED_TESTS=required so that a skip fails the run instead.
 TESTFLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build test lint demo bench bench-compare clean k8s-bins
+.PHONY: all build test test-kernel-6.1 lint demo bench bench-compare clean k8s-bins
 
 all: build
 
@@ -32,6 +32,24 @@ FUZZTIME ?= 20s
 test: lint k8s-bins
 	$(GO) test $(TESTFLAGS) ./...
 	$(GO) test -run '^$$' -fuzz FuzzManifests -fuzztime $(FUZZTIME) -fuzzminimizetime 10x ./daemon
+	$(MAKE) test-kernel-6.1
+
+# The kernel round trip and the traffic tests again under Debian's Linux 6.1 (the common
+# cloud node kernel), booted in qemu with this machine's / as its root by
+# integration/kernelvm/run.sh (root; TCG unless KVM works). The binaries are built here,
+# without -race (TCG runs them a few times slower already), outside /tmp, which the guest
+# does not see. Not root and not required: skipped, like the other privileged tests.
+KERNEL_TESTS ?= TestKernelRoundTrip|TestPruneAffinityKernel|TestTrafficClusterIPSpreadsOverEndpoints|TestTrafficUDPClusterIP|TestTrafficNodePort|TestTrafficExternalPolicyLocal|TestTrafficSessionAffinity|TestTrafficLoadBalancerSourceRanges|TestRestartWithoutBlip|TestDriftRepair|TestUDPEndpointReplaced|TestConntrack.*
+KVM_BIN := $(BIN)/kernelvm
+test-kernel-6.1:
+	@if [ "$$(id -u)" != 0 ] && [ "$$NFTPROXY_PRIVILEGED_TESTS" != required ]; then \
+	  echo "test-kernel-6.1: skipped (needs root)"; exit 0; fi; \
+	set -e; \
+	$(GO) test -c -o $(KVM_BIN)/integration.test ./integration; \
+	$(GO) build -o $(KVM_BIN)/nftproxy ./cmd/nftproxy; \
+	cd integration && NFTPROXY_PRIVILEGED_TESTS=required NFTPROXY_BIN=$(CURDIR)/$(KVM_BIN)/nftproxy \
+	  KERNELVM_ENV="NFTPROXY_PRIVILEGED_TESTS NFTPROXY_BIN" ./kernelvm/run.sh \
+	  ../$(KVM_BIN)/integration.test -test.count=1 -test.timeout=20m -test.run '^($(KERNEL_TESTS))$$'
 
 # Syncer figures at 1,000 and 10,000 Services x 10 endpoints: against the in-memory Fake
 # (sync/) and against the kernel in a network namespace (integration/, needs root).

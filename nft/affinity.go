@@ -67,16 +67,11 @@ func pruneAffinity(c *conn, fam model.Family, keep func(AffinityEntry) bool) (in
 	if len(drop) == 0 {
 		return 0, nil
 	}
-	b := &batch{}
-	w := b.elemWriter(nfproto(fam), nftMsgDestroySetElem, model.TableName, model.MapAffinity)
-	for i := range drop {
-		w.add(&drop[i])
+	deleted, err := deleteAffinityElems(c, fam, drop)
+	if err != nil {
+		return deleted, fmt.Errorf("delete %d %s affinity entries: %w", len(drop), fam, err)
 	}
-	w.close()
-	if err := b.commit(c.sock, 0); err != nil {
-		return 0, fmt.Errorf("delete %d %s affinity entries: %w", len(drop), fam, err)
-	}
-	return len(drop), nil
+	return deleted, nil
 }
 
 // elementKeyData returns the key and data values of one dumped set element. They alias b.
