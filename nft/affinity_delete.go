@@ -69,5 +69,5 @@ func commitElemDeletes(c *conn, fam model.Family, typ uint16, els []wireElement)
 		w.add(&els[i])
 	}
 	w.close()
-	return b.commit(c.sock, 0)
+	return b.commit(c, 0)
 }

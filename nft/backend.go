@@ -129,7 +129,7 @@ func (n *Netlink) Close() error {
 
 // commit sends b over the long-lived socket; genID as in batch.commit.
 func (n *Netlink) commit(b *batch, genID uint32) error {
-	return n.control(func(c *conn) error { return b.commit(c.sock, genID) })
+	return n.control(func(c *conn) error { return b.commit(c, genID) })
 }
 
 // Replace implements Backend. The batch first makes sure each table exists (so deleting it

@@ -4,9 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/google/nftables/expr"
@@ -447,12 +447,12 @@ func appendUdataUint32(udata []byte, typ byte, v uint32) []byte {
 	return binary.NativeEndian.AppendUint32(udata, v)
 }
 
-// commit sends the batch as one transaction over sock. When genID is non-zero the kernel
+// commit sends the batch as one transaction over c. When genID is non-zero the kernel
 // applies the batch only if the ruleset generation still equals it. Only the last message asks
 // for an acknowledgement: the kernel reports errors for failed messages anyway, before that
 // acknowledgement, and a batch of a hundred thousand messages would otherwise queue as many
 // acknowledgements.
-func (b *batch) commit(sock *netlink.Conn, genID uint32) error {
+func (b *batch) commit(c *conn, genID uint32) error {
 	if b.err != nil {
 		return b.err
 	}
@@ -461,9 +461,10 @@ func (b *batch) commit(sock *netlink.Conn, genID uint32) error {
 	}
 	// Sequence numbers: the batch's begin message, its messages, its end message.
 	base := batchSeq.Add(uint32(b.n+2)) - uint32(b.n+2)
-	seq := base + 1
+	first := base + 1
+	seq := first
 	bufs := make([][]byte, 0, len(b.chunks)+3)
-	bufs = append(bufs, batchMessage(unix.NFNL_MSG_BATCH_BEGIN, seq, genID))
+	bufs = append(bufs, batchMessage(unix.NFNL_MSG_BATCH_BEGIN, first, genID))
 	size := len(bufs[0])
 	for _, c := range append(slices.Clip(b.chunks), b.buf) {
 		for off := 0; off < len(c); {
@@ -487,13 +488,13 @@ func (b *batch) commit(sock *netlink.Conn, genID uint32) error {
 
 	// The kernel takes the whole batch from one sendmsg, so the socket must be able to
 	// hold it; root may raise the limit past net.core.wmem_max.
-	if err := setBuffers(sock, size); err != nil {
+	if err := setBuffers(c.sock, size); err != nil {
 		return err
 	}
-	if err := sendBuffers(sock, bufs); err != nil {
+	if err := sendBuffers(c.sock, bufs); err != nil {
 		return fmt.Errorf("send nftables batch of %d messages (%d bytes): %w", b.n+2, size, err)
 	}
-	return receiveAcks(sock, last)
+	return c.receiveAcks(first, last)
 }
 
 // batchSeq numbers the messages of the batches this process sends, so that no two batches
@@ -536,49 +537,57 @@ func sendBuffers(sock *netlink.Conn, bufs [][]byte) error {
 	return sendErr
 }
 
-// receiveAcks reads replies until the acknowledgement of the message numbered lastSeq,
-// returning the first error the kernel reported.
-func receiveAcks(sock *netlink.Conn, lastSeq uint32) error {
+// ackTimeout bounds the wait for the kernel's answer to a batch. A batch is applied within
+// sendmsg; the answer is queued by then, so this only guards against a lost socket.
+const ackTimeout = 60 * time.Second
+
+// receiveAcks reads the kernel's answers to the batch whose begin message is numbered begin
+// and whose last message, the only one asking for an acknowledgement, is numbered last. It
+// returns the first error the kernel reported, once it has the answer to last, or at once
+// when the kernel refused the batch as a whole (an error for begin: a stale generation ID).
+//
+// The kernel processes every message of a failed batch and answers each that failed or asked
+// for an acknowledgement, in order, so the answer to last always comes, and comes last.
+// Reading the sequence numbers of the answers, rather than waiting for more errors to stop
+// arriving, keeps a rejected batch from costing a timeout.
+func (c *conn) receiveAcks(begin, last uint32) error {
+	if err := c.sock.SetReadDeadline(time.Now().Add(ackTimeout)); err != nil {
+		return fmt.Errorf("set netlink read deadline: %w", err)
+	}
 	var first error
-	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if err := sock.SetReadDeadline(deadline); err != nil {
-			return fmt.Errorf("set netlink read deadline: %w", err)
-		}
-		replies, err := sock.Receive()
+		n, err := c.recv(c.buf)
 		if err != nil {
-			// netlink wraps every error, timeouts included, in an OpError: tell them apart
-			// first, or a rejected batch would spin here.
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if first != nil {
-					return first
-				}
-				return fmt.Errorf("receive nftables acknowledgements: %w", err)
-			}
-			var opErr *netlink.OpError
-			if !errors.As(err, &opErr) {
-				return fmt.Errorf("receive nftables acknowledgements: %w", err)
-			}
-			// Receive turns error replies into errors; the sequence of the failed message
-			// is not available, so keep reading briefly for the rest.
-			if first == nil {
-				if errors.Is(opErr.Err, unix.ERESTART) {
-					first = ErrGenerationChanged
-				} else {
-					first = fmt.Errorf("nftables rejected the batch: %w", err)
-				}
-			}
-			if d := time.Now().Add(200 * time.Millisecond); d.Before(deadline) {
-				deadline = d
-			}
-			continue
+			return fmt.Errorf("receive nftables acknowledgements: %w", err)
 		}
-		for _, r := range replies {
-			if r.Header.Sequence == lastSeq && r.Header.Type == netlink.Error {
+		for b := c.buf[:n]; len(b) >= unix.NLMSG_HDRLEN; {
+			length := int(binary.NativeEndian.Uint32(b[0:4]))
+			if length < unix.NLMSG_HDRLEN || length > len(b) {
+				return fmt.Errorf("receive nftables acknowledgements: reply of %d bytes claims %d", len(b), length)
+			}
+			typ := binary.NativeEndian.Uint16(b[4:6])
+			seq := binary.NativeEndian.Uint32(b[8:12])
+			data := b[unix.NLMSG_HDRLEN:length]
+			b = b[min(len(b), nlmsgAlign(length)):]
+			if typ != unix.NLMSG_ERROR || seq < begin || seq > last || len(data) < 4 {
+				continue // not an answer to this batch
+			}
+			if errno := -int32(binary.NativeEndian.Uint32(data)); errno != 0 && first == nil {
+				first = batchError(syscall.Errno(errno))
+			}
+			if seq == last || (seq == begin && first != nil) {
 				return first
 			}
 		}
 	}
+}
+
+// batchError is the error of a batch the kernel refused with errno.
+func batchError(errno syscall.Errno) error {
+	if errno == unix.ERESTART {
+		return ErrGenerationChanged
+	}
+	return fmt.Errorf("nftables rejected the batch: %w", errno)
 }
 
 // setBuffers makes room for a batch of size bytes in the socket's send buffer and for the
