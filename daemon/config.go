@@ -73,7 +73,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 		c.ServiceCIDRs = cidrs
 		return err
 	})
-	c.NodePortAddresses, c.NodePortPrimary = nil, false
+	c.NodePortAddresses, c.NodePortPrimary = nil, true
 	fs.Var(&nodePortAddressesValue{c: c}, "nodeport-addresses", "comma-separated CIDRs and keywords naming the local addresses that accept NodePort traffic: 'primary' (the Node object's primary IPs, also what an empty list means) or 'all' (0.0.0.0/0,::/0: every local address except loopback). As kube-proxy's nftables mode.")
 	fs.BoolVar(&c.MasqueradeAll, "masquerade-all", false, "masquerade all traffic sent to Services")
 	fs.Func("detect-local-mode", "how traffic from pods is told from other traffic: ClusterCIDR (source in --cluster-cidr, the default), NodeCIDR (source in this Node's spec.podCIDRs), BridgeInterface (comes in on --pod-bridge-interface) or InterfaceNamePrefix (comes in on an interface named --pod-interface-name-prefix*)", func(s string) error {

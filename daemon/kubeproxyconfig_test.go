@@ -114,6 +114,9 @@ func TestKubeadmConfig(t *testing.T) {
 	if !reflect.DeepEqual(o, want) {
 		t.Errorf("kubeadm's configuration gives\n%+v\nwant\n%+v", o, want)
 	}
+	if !o.Config.NodePortPrimary || len(o.Config.NodePortAddresses) > 0 {
+		t.Errorf("NodePorts on %v (primary %v), want the primary IPs only", o.Config.NodePortAddresses, o.Config.NodePortPrimary)
+	}
 	warnings := o.Warnings()
 	if len(warnings) != 1 {
 		t.Fatalf("warnings %q, want one", warnings)

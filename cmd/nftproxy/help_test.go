@@ -17,7 +17,7 @@ func TestRunHelp(t *testing.T) {
 	}
 	out := stdout.String()
 	for _, want := range []string{"Usage:\n  nftproxy run [flags]", "Generic flags:", "Conntrack flags:",
-		"      --config string", "      --proxy-mode", "      --nodeport-addresses strings", "  -v, --v int"} {
+		"      --config string", "      --proxy-mode", "      --nodeport-addresses strings", "(default primary)", "  -v, --v int"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("run --help does not print %q:\n%s", want, out)
 		}
