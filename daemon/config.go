@@ -2,13 +2,14 @@ package daemon
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"unicode"
+
+	"github.com/spf13/pflag"
 
 	"github.com/nftproxy/nftproxy/cluster"
 	"github.com/nftproxy/nftproxy/model"
@@ -31,10 +32,11 @@ type Config struct {
 	// PodInterfaceNamePrefix starts the names of the pods' interfaces, for
 	// DetectLocalInterfaceNamePrefix.
 	PodInterfaceNamePrefix string
-	// NodePortAddresses restricts NodePorts to local addresses inside these prefixes.
+	// NodePortAddresses restricts NodePorts to local addresses inside these prefixes; a
+	// family with a /0 among them accepts NodePorts on every local address.
 	NodePortAddresses []netip.Prefix
-	// NodePortPrimary serves NodePorts only on the Node object's primary IPs
-	// (--nodeport-addresses=primary).
+	// NodePortPrimary serves NodePorts on the Node object's primary IPs too
+	// (--nodeport-addresses=primary, the default).
 	NodePortPrimary bool
 	// MasqueradeAll masquerades all traffic to Services.
 	MasqueradeAll bool
@@ -58,8 +60,8 @@ const (
 	DetectLocalInterfaceNamePrefix = "InterfaceNamePrefix"
 )
 
-// BindFlags registers the rule-shaping flags on fs.
-func (c *Config) BindFlags(fs *flag.FlagSet) {
+// BindFlags registers the rule-shaping flags on fs and sets c to their defaults.
+func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.HostnameOverride, "hostname-override", "", "name of this node's Node object (default: the NODE_NAME environment variable, else the hostname)")
 	fs.Func("cluster-cidr", "pod network range, or an IPv4,IPv6 pair; traffic to ClusterIPs from outside it is masqueraded", func(s string) error {
 		cidrs, err := ParseClusterCIDRs(s)
@@ -71,11 +73,8 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 		c.ServiceCIDRs = cidrs
 		return err
 	})
-	fs.Func("nodeport-addresses", "comma-separated CIDRs of the local addresses that accept NodePort traffic, or \"primary\" for the Node's primary IPs (default: all local addresses except loopback)", func(s string) error {
-		prefixes, primary, err := ParseNodePortAddresses(s)
-		c.NodePortAddresses, c.NodePortPrimary = prefixes, primary
-		return err
-	})
+	c.NodePortAddresses, c.NodePortPrimary = nil, true
+	fs.Var(&nodePortAddressesValue{c: c}, "nodeport-addresses", "comma-separated CIDRs and keywords naming the local addresses that accept NodePort traffic: 'primary' (the Node object's primary IPs, also what an empty list means) or 'all' (0.0.0.0/0,::/0: every local address except loopback). As kube-proxy's nftables mode.")
 	fs.BoolVar(&c.MasqueradeAll, "masquerade-all", false, "masquerade all traffic sent to Services")
 	fs.Func("detect-local-mode", "how traffic from pods is told from other traffic: ClusterCIDR (source in --cluster-cidr, the default), NodeCIDR (source in this Node's spec.podCIDRs), BridgeInterface (comes in on --pod-bridge-interface) or InterfaceNamePrefix (comes in on an interface named --pod-interface-name-prefix*)", func(s string) error {
 		switch s {
@@ -147,22 +146,71 @@ func parseFamilyCIDRs(what, s string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// ParseNodePortAddresses parses --nodeport-addresses: "primary", or a comma-separated list of
-// CIDRs.
-func ParseNodePortAddresses(s string) (prefixes []netip.Prefix, primary bool, err error) {
-	fields := splitList(s)
-	if len(fields) == 1 && fields[0] == "primary" {
-		return nil, true, nil
-	}
+// ParseNodePortAddresses parses --nodeport-addresses (kube-proxy's nodePortAddresses): CIDRs
+// and the keywords "primary" (the Node object's primary IPs) and "all" (0.0.0.0/0 and ::/0),
+// in any combination. An empty list means "primary", as in kube-proxy's nftables mode.
+// "localhost" is refused: NodePorts on loopback addresses are never served.
+func ParseNodePortAddresses(fields []string) (prefixes []netip.Prefix, primary bool, err error) {
 	for _, f := range fields {
-		p, err := netip.ParsePrefix(f)
-		if err != nil {
-			return nil, false, fmt.Errorf("nodeport address %q: want a CIDR or \"primary\": %w", f, err)
+		switch f = strings.TrimSpace(f); f {
+		case "":
+		case "primary":
+			primary = true
+		case "all":
+			prefixes = append(prefixes, netip.PrefixFrom(netip.IPv4Unspecified(), 0), netip.PrefixFrom(netip.IPv6Unspecified(), 0))
+		case "localhost":
+			return nil, false, errors.New("nodeport address \"localhost\": nftproxy never serves NodePorts on loopback addresses")
+		default:
+			p, err := netip.ParsePrefix(f)
+			if err != nil {
+				return nil, false, fmt.Errorf("nodeport address %q: want a CIDR, \"primary\" or \"all\": %w", f, err)
+			}
+			prefixes = append(prefixes, p.Masked())
 		}
-		prefixes = append(prefixes, p.Masked())
 	}
-	return prefixes, false, nil
+	if len(prefixes) == 0 {
+		primary = true
+	}
+	return prefixes, primary, nil
 }
+
+// NodePortsRestricted reports whether some local addresses may not accept NodePorts: false
+// when every family has a /0 among the --nodeport-addresses.
+func (c *Config) NodePortsRestricted() bool {
+	return !slices.ContainsFunc(c.NodePortAddresses, isAll4) || !slices.ContainsFunc(c.NodePortAddresses, isAll6)
+}
+
+func isAll4(p netip.Prefix) bool { return p.Bits() == 0 && p.Addr().Is4() }
+func isAll6(p netip.Prefix) bool { return p.Bits() == 0 && p.Addr().Is6() }
+
+// nodePortAddressesValue is --nodeport-addresses. Each use of the flag replaces the list, so
+// that the command line overrides a configuration file's list.
+type nodePortAddressesValue struct{ c *Config }
+
+func (v *nodePortAddressesValue) Set(s string) error {
+	prefixes, primary, err := ParseNodePortAddresses(strings.Split(s, ","))
+	if err != nil {
+		return err
+	}
+	v.c.NodePortAddresses, v.c.NodePortPrimary = prefixes, primary
+	return nil
+}
+
+func (v *nodePortAddressesValue) String() string {
+	if v.c == nil {
+		return ""
+	}
+	var out []string
+	if v.c.NodePortPrimary {
+		out = append(out, "primary")
+	}
+	for _, p := range v.c.NodePortAddresses {
+		out = append(out, p.String())
+	}
+	return strings.Join(out, ",")
+}
+
+func (v *nodePortAddressesValue) Type() string { return "strings" }
 
 func splitList(s string) []string {
 	var out []string
@@ -199,11 +247,19 @@ func (c *Config) NodeConfig(fam model.Family, nodeName string, node cluster.Node
 	case DetectLocalInterfaceNamePrefix:
 		nc.ClusterCIDRs, nc.PodInterface, nc.PodInterfacePrefix = nil, c.PodInterfaceNamePrefix, true
 	}
-	if c.NodePortPrimary {
+	if slices.ContainsFunc(c.NodePortAddresses, func(p netip.Prefix) bool { return p.Bits() == 0 && fam.Contains(p.Addr()) }) {
+		// A /0 of this family: every local address, as when nothing restricts NodePorts.
+		nc.NodePortAddresses = nil
+	} else if c.NodePortPrimary {
 		// Primary IPs serve NodePorts whether or not they are configured on an interface
 		// (they may sit on a load balancer's side of the node).
-		nc.NodePortAddresses = nil
-		nc.LocalAddresses = nil
+		nc.NodePortAddresses = slices.Clone(c.NodePortAddresses)
+		if len(c.NodePortAddresses) == 0 {
+			// Primary IPs alone: other local addresses do not matter.
+			nc.LocalAddresses = nil
+		} else {
+			nc.LocalAddresses = slices.Clone(localAddrs)
+		}
 		for _, a := range node.PrimaryIPs() {
 			nc.NodePortAddresses = append(nc.NodePortAddresses, netip.PrefixFrom(a, a.BitLen()))
 			nc.LocalAddresses = append(nc.LocalAddresses, a)

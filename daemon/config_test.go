@@ -1,12 +1,13 @@
 package daemon
 
 import (
-	"flag"
 	"io"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 
 	"github.com/nftproxy/nftproxy/cluster"
 	"github.com/nftproxy/nftproxy/model"
@@ -41,7 +42,7 @@ func TestDetectLocalModeFlags(t *testing.T) {
 	} {
 		name := strings.Join(tc.args, " ")
 		var c Config
-		fs := flag.NewFlagSet("test", flag.ContinueOnError)
+		fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
 		fs.SetOutput(io.Discard)
 		c.BindFlags(fs)
 		err := fs.Parse(append([]string{"--cluster-cidr", "10.244.0.0/16"}, tc.args...))

@@ -23,6 +23,13 @@ var _ sync.Conntrack = (*conntrack.Netlink)(nil)
 // Services' health check node ports, and leaves the rules in place when it returns. version
 // is nftproxy's, for the log and the API client's user agent.
 func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version string) error {
+	if err := o.Conntrack.Apply("/", log); err != nil {
+		return err
+	}
+	if o.InitOnly {
+		log.Info("--init-only: conntrack sysctls written, exiting")
+		return nil
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	backend := nft.NewNetlink("")
@@ -45,7 +52,7 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 			return ok
 		},
 	}
-	if o.Config.NodePortPrimary || len(o.Config.NodePortAddresses) > 0 {
+	if o.Config.NodePortsRestricted() {
 		// As kube-proxy: health check node ports listen where NodePorts are served.
 		proxy.ServiceHealth.Addresses = proxy.NodePortIPs
 	}
@@ -70,14 +77,14 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 		source = &cluster.ManifestSource{Dir: o.Manifests, Log: log}
 		log.Info("starting nftproxy", logkey.Version, version, logkey.Node, node, logkey.Manifests, o.Manifests)
 	} else {
-		client, err := cluster.NewClient(o.Kubeconfig, "nftproxy/"+version)
+		client, err := o.Client.NewClient("nftproxy/" + version)
 		if err != nil {
 			return err
 		}
 		// client-go logs through klog: send it to the same handler.
 		klog.SetSlogLogger(log)
-		source = &cluster.KubeSource{Client: client, NodeName: node, Log: log}
-		log.Info("starting nftproxy", logkey.Version, version, logkey.Node, node, logkey.Kubeconfig, o.Kubeconfig)
+		source = &cluster.KubeSource{Client: client, NodeName: node, Log: log, Resync: o.ConfigSyncPeriod}
+		log.Info("starting nftproxy", logkey.Version, version, logkey.Node, node, logkey.Kubeconfig, o.Client.Kubeconfig)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- source.Run(ctx, proxy.Update) }()

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -311,6 +312,9 @@ type harness struct {
 	// source are the flags that give the proxy its objects: --manifests dir unless a test
 	// sets another source.
 	source []string
+	// nodePortDefault leaves --nodeport-addresses to nftproxy's default (the primary IPs)
+	// instead of "all".
+	nodePortDefault bool
 }
 
 // newHarness builds the topology and a manifest directory holding node1's Node object. The
@@ -382,8 +386,9 @@ func (p *proxyProcess) exited() bool {
 	}
 }
 
-// start runs `nftproxy run` in node1 with --manifests, --hostname-override, --cluster-cidr and
-// the extra flags. At cleanup it stops the proxy and, if the test failed, logs the proxy's
+// start runs `nftproxy run` in node1 with --manifests, --hostname-override, --cluster-cidr,
+// --nodeport-addresses all (unless flags give it or h.nodePortDefault is set) and the extra
+// flags. At cleanup it stops the proxy and, if the test failed, logs the proxy's
 // output and node1's ruleset.
 func (h *harness) start(flags ...string) {
 	h.t.Helper()
@@ -397,6 +402,12 @@ func (h *harness) start(flags ...string) {
 		"--hostname-override", nodeName,
 		"--cluster-cidr", clusterCIDRs,
 		"-v", "2")
+	if !h.nodePortDefault && !slices.ContainsFunc(flags, func(f string) bool { return strings.HasPrefix(f, "--nodeport-addresses") }) {
+		// The tests reach NodePorts on node1's client-side address too, which is not its
+		// primary IP (the default since kube-proxy's nftables mode): see
+		// nodeport_addresses_test.go for the default.
+		args = append(args, "--nodeport-addresses", "all")
+	}
 	args = append(args, flags...)
 	p := &proxyProcess{cmd: exec.Command("ip", args...), done: make(chan struct{})}
 	p.cmd.Stdout = &p.log

@@ -1,6 +1,7 @@
 // Command nftproxy is a Kubernetes service proxy that programs nftables over netlink.
 //
 //	nftproxy run [--kubeconfig FILE] [flags] keep the node's rules in line with the cluster
+//	nftproxy run --config FILE [flags]       ... configured by a kube-proxy configuration file
 //	nftproxy run --manifests DIR [flags]     ... or with manifests in a directory
 //	nftproxy render --manifests DIR [flags]  print the rules that run would program
 //	nftproxy cleanup                         remove nftproxy's tables
@@ -18,6 +19,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/spf13/pflag"
+
 	"github.com/nftproxy/nftproxy/daemon"
 	"github.com/nftproxy/nftproxy/internal/logkey"
 	"github.com/nftproxy/nftproxy/model"
@@ -31,17 +34,19 @@ const usage = `nftproxy: a Kubernetes service proxy on nftables
 
 Usage:
   nftproxy run [--kubeconfig FILE] [flags] program this node's Services and keep them in sync
+  nftproxy run --config FILE [flags]       ... configured by a kube-proxy configuration file
+                                           (KubeProxyConfiguration, as kubeadm writes it)
   nftproxy run --manifests DIR [flags]     ... taking them from manifests instead of a cluster
   nftproxy render --manifests DIR [flags]  print the ruleset run would program (no root needed)
   nftproxy cleanup                         remove nftproxy's tables (ip and ip6 nftproxy)
   nftproxy version                         print the version
 
-Run "nftproxy COMMAND -h" for the flags of a command.
+Run "nftproxy COMMAND --help" for the flags of a command.
 `
 
 func main() {
 	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
+		if !errors.Is(err, flag.ErrHelp) && !errors.Is(err, pflag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "nftproxy:", err)
 		}
 		os.Exit(2)
@@ -55,7 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch args[0] {
 	case "run":
-		return runDaemon(ctx, args[1:], stderr)
+		return runDaemon(ctx, args[1:], stdout, stderr)
 	case "render":
 		return runRender(args[1:], stdout, stderr)
 	case "cleanup":
@@ -71,18 +76,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return fmt.Errorf("unknown command %q", args[0])
 }
 
-// setup parses the flags of run or render and returns them with the logger and node name
-// they select.
-func setup(name string, args []string, stderr io.Writer) (*daemon.Options, *slog.Logger, string, error) {
-	o := &daemon.Options{}
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	o.BindFlags(fs)
-	if name == "run" {
-		o.BindRunFlags(fs)
-	}
-	if err := fs.Parse(args); err != nil {
+// setup parses the flags of run or render (and the --config file under them) and returns
+// them with the logger and node name they select. --help prints the flags, in sections, to
+// stdout.
+func setup(name string, args []string, stdout, stderr io.Writer) (*daemon.Options, *slog.Logger, string, error) {
+	run := name == "run"
+	o, fs, err := daemon.Parse(args, run, stderr)
+	if errors.Is(err, pflag.ErrHelp) {
+		fmt.Fprintf(stdout, "Usage:\n  nftproxy %s [flags]\n", name)
+		daemon.PrintUsage(stdout, run)
 		return nil, nil, "", err
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "Run \"nftproxy %s --help\" for the flags.\n", name)
+		return nil, nil, "", err
+	}
+	if o.Version {
+		fmt.Fprintln(stdout, "nftproxy", version)
+		return nil, nil, "", flag.ErrHelp
 	}
 	if fs.NArg() > 0 {
 		return nil, nil, "", fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -97,6 +108,9 @@ func setup(name string, args []string, stderr io.Writer) (*daemon.Options, *slog
 	if err != nil {
 		return nil, nil, "", err
 	}
+	for _, w := range o.Warnings() {
+		log.Warn(w)
+	}
 	node, err := o.NodeName()
 	if err != nil {
 		return nil, nil, "", err
@@ -104,8 +118,8 @@ func setup(name string, args []string, stderr io.Writer) (*daemon.Options, *slog
 	return o, log, node, nil
 }
 
-func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
-	o, log, node, err := setup("run", args, stderr)
+func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, log, node, err := setup("run", args, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -115,7 +129,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 func runRender(args []string, stdout, stderr io.Writer) error {
-	o, log, node, err := setup("render", args, stderr)
+	o, log, node, err := setup("render", args, stdout, stderr)
 	if err != nil {
 		return err
 	}

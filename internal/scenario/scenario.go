@@ -5,12 +5,13 @@
 package scenario
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/spf13/pflag"
 
 	"github.com/nftproxy/nftproxy/cluster"
 	"github.com/nftproxy/nftproxy/daemon"
@@ -83,7 +84,7 @@ func (s Scenario) Input() ([]model.Service, map[model.Family]model.NodeConfig, e
 // config parses the scenario's flags.
 func (s Scenario) config() (*daemon.Config, error) {
 	var cfg daemon.Config
-	fs := flag.NewFlagSet(s.Name, flag.ContinueOnError)
+	fs := pflag.NewFlagSet(s.Name, pflag.ContinueOnError)
 	cfg.BindFlags(fs)
 	if err := fs.Parse(s.Args); err != nil {
 		return nil, fmt.Errorf("scenario %s flags: %w", s.Name, err)

@@ -1,0 +1,28 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+// TestRunHelp: `run --help` prints the flags in sections, kube-proxy's spelled with two
+// dashes, --config among them, and exits without error output.
+func TestRunHelp(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"run", "--help"}, &stdout, &stderr)
+	if err == nil {
+		t.Fatal("run --help returned no error, want ErrHelp (exit status 2, as before)")
+	}
+	out := stdout.String()
+	for _, want := range []string{"Usage:\n  nftproxy run [flags]", "Generic flags:", "Conntrack flags:",
+		"      --config string", "      --proxy-mode", "      --nodeport-addresses strings", "(default primary)", "  -v, --v int"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("run --help does not print %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "Usage of run:") || stderr.Len() > 0 {
+		t.Errorf("run --help prints Go's bare usage or writes to stderr:\n%s\n%s", out, stderr.String())
+	}
+}
