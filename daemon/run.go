@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -34,6 +35,14 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	backend := nft.NewNetlink("")
 	defer backend.Close()
+	// Before the first sync: the probe also loads the kernel modules the rules need, a few
+	// at a time, where the first sync's one batch would make the kernel replay it once for
+	// each (seconds on Linux 6.1).
+	features, err := backend.Probe()
+	if err != nil {
+		return fmt.Errorf("kernel check: %w", err)
+	}
+	log.Info("kernel checked", logkey.Kernel, features.Kernel, logkey.Features, features.String())
 	proxy := &Proxy{
 		Config:        &o.Config,
 		NodeName:      node,

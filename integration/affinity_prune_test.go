@@ -1,11 +1,13 @@
 package integration
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nftproxy/nftproxy/integration/topology"
 	"github.com/nftproxy/nftproxy/model"
@@ -78,4 +80,29 @@ func writeTemp(t *testing.T, s string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestProbe checks the kernel feature probe a starting daemon runs: it passes on this kernel
+// in both families, finds NFT_MSG_DESTROYSETELEM exactly on Linux 6.3 and later, and leaves
+// no table behind.
+func TestProbe(t *testing.T) {
+	topology.RequirePrivileged(t)
+	ns := topology.NewNetNS(t, "probe")
+	be := kernelBackend(t, ns)
+	start := time.Now()
+	f, err := be.Probe()
+	t.Logf("probe took %v: %s", time.Since(start), f)
+	if err != nil {
+		t.Fatalf("Probe: %v", err)
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(f.Kernel, "%d.%d", &major, &minor); err != nil {
+		t.Fatalf("kernel release %q: %v", f.Kernel, err)
+	}
+	if want := major > 6 || major == 6 && minor >= 3; f.DestroyElements != want {
+		t.Errorf("Linux %s: DestroyElements = %v, want %v", f.Kernel, f.DestroyElements, want)
+	}
+	if left := ns.Run(t, "nft", "list", "tables"); strings.TrimSpace(left) != "" {
+		t.Errorf("the probe left tables behind:\n%s", left)
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/nftproxy/nftproxy/integration/topology"
+	"github.com/nftproxy/nftproxy/nft"
 )
 
 // binEnv names an environment variable that, when set, points at a prebuilt
@@ -47,6 +48,15 @@ func runMain(m *testing.M) int {
 		}
 	}
 
+	if os.Geteuid() == 0 {
+		// As a starting daemon does: load the nf_tables modules the rules need, a few per
+		// batch (nft.Netlink.Probe), before the first test's table makes the kernel replay
+		// its batch once per missing module.
+		if _, err := nft.NewNetlink("").Probe(); err != nil {
+			fmt.Fprintf(os.Stderr, "integration: %v\n", err)
+			return 1
+		}
+	}
 	code := m.Run()
 
 	// Every namespace this process created must be gone.

@@ -33,15 +33,19 @@ type AffinityEntry struct {
 func (n *Netlink) PruneAffinity(fam model.Family, keep func(AffinityEntry) bool) (int, error) {
 	deleted := 0
 	err := n.control(func(c *conn) error {
-		var err error
-		deleted, err = pruneAffinity(c, fam, keep)
+		destroy, err := n.destroy.get(c)
+		if err != nil {
+			return err
+		}
+		deleted, err = pruneAffinity(c, fam, keep, destroy)
 		return err
 	})
 	return deleted, err
 }
 
 // pruneAffinity is PruneAffinity over c.
-func pruneAffinity(c *conn, fam model.Family, keep func(AffinityEntry) bool) (int, error) {
+// With destroy the kernel has NFT_MSG_DESTROYSETELEM.
+func pruneAffinity(c *conn, fam model.Family, keep func(AffinityEntry) bool, destroy bool) (int, error) {
 	addrLen := model.KeyFieldLen(fam, model.KeyAddr, false)
 	var drop []wireElement
 	ae := newAttrs()
@@ -67,7 +71,7 @@ func pruneAffinity(c *conn, fam model.Family, keep func(AffinityEntry) bool) (in
 	if len(drop) == 0 {
 		return 0, nil
 	}
-	deleted, err := deleteAffinityElems(c, fam, drop)
+	deleted, err := deleteAffinityElems(c, fam, drop, destroy)
 	if err != nil {
 		return deleted, fmt.Errorf("delete %d %s affinity entries: %w", len(drop), fam, err)
 	}

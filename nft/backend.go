@@ -49,6 +49,9 @@ type Netlink struct {
 	// failed exchange is ever read as part of the next one.
 	ctl *conn
 
+	// destroy is whether the kernel can destroy set elements (Probe).
+	destroy destroySupport
+
 	// pmu guards prefetched, the element dumps Prefetch started, by family.
 	pmu        sync.Mutex
 	prefetched map[model.Family]*prefetch

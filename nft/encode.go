@@ -38,6 +38,8 @@ type encoder struct {
 	b      *batch
 	fam    byte
 	family model.Family
+	// table is the name of the table written: model.TableName, or the feature probe's.
+	table string
 }
 
 // nfproto returns the netlink family of a model family.
@@ -49,13 +51,13 @@ func nfproto(fam model.Family) byte {
 }
 
 func newEncoder(b *batch, fam model.Family) *encoder {
-	return &encoder{b: b, fam: nfproto(fam), family: fam}
+	return &encoder{b: b, fam: nfproto(fam), family: fam, table: model.TableName}
 }
 
 // addAll adds the table, then every set, every chain, the sets' elements and every rule:
 // map elements and rules may refer to any chain, so all chains exist before either.
 func (e *encoder) addAll(rs *model.Ruleset) error {
-	e.b.addTable(e.fam, model.TableName)
+	e.b.addTable(e.fam, e.table)
 	for _, s := range rs.Sets {
 		e.addSet(s)
 	}
@@ -136,7 +138,7 @@ func (e *encoder) addSet(s *model.Set) {
 		spec.dataType, spec.dataLen = e.endpointType()
 		spec.typeof = typeofUdata(e.family, s.Key)
 	}
-	e.b.addSet(e.fam, model.TableName, spec)
+	e.b.addSet(e.fam, e.table, spec)
 }
 
 // endpointType returns the type number and length of an endpoint map's data: an address of the
@@ -175,7 +177,7 @@ func (e *encoder) writeElements(typ uint16, s *model.Set, in []model.Element) er
 	}
 	// Each element is written at once, from one reused wire element: a full sync has hundreds
 	// of thousands.
-	ew := e.b.elemWriter(e.fam, typ, model.TableName, s.Name)
+	ew := e.b.elemWriter(e.fam, typ, e.table, s.Name)
 	var w wireElement
 	var key, data []byte
 	for _, el := range in {
@@ -212,7 +214,7 @@ func (e *encoder) addChain(c *model.Chain) {
 		spec.priority = c.Hook.Priority
 		spec.chainTyp = c.Hook.Type
 	}
-	e.b.addChain(e.fam, model.TableName, spec)
+	e.b.addChain(e.fam, e.table, spec)
 }
 
 func hookNum(h string) uint32 {
@@ -235,7 +237,7 @@ func (e *encoder) addRule(chain string, r model.Rule) error {
 	if err != nil {
 		return err
 	}
-	e.b.addRule(e.fam, model.TableName, chain, exprs, r.Comment)
+	e.b.addRule(e.fam, e.table, chain, exprs, r.Comment)
 	return nil
 }
 

@@ -29,7 +29,8 @@
 #   KERNELVM_MEM      guest memory (default 4G); KERNELVM_CPUS guest CPUs (default: host's)
 #   KERNELVM_ENV      names of environment variables to pass into the guest
 #   KERNELVM_MODULES  kernel modules to load at boot besides conntrack, veth and bridge
-#                     (default: the nf_tables modules nftproxy's rules use)
+#                     (default: none; nftproxy's kernel probe loads the nf_tables modules,
+#                     as on a real node)
 #
 # Concurrent runs are safe: preparing the cache is serialized with flock, and each run has
 # its own job directory under the cache.
@@ -42,7 +43,7 @@ die() { echo "kernelvm: $*" >&2; exit 125; }
 [ "$(id -u)" = 0 ] || die "needs root (qemu's 9p passthrough of / and apt)"
 case "$PWD/" in /tmp/*) die "working directory $PWD is under /tmp, which the guest does not see";; esac
 
-MODULES=${KERNELVM_MODULES-nf_tables nft_chain_nat nft_ct nft_fib_ipv4 nft_fib_ipv6 nft_reject_ipv4 nft_reject_ipv6 nft_reject_inet nft_masq nft_nat nft_numgen}
+MODULES=${KERNELVM_MODULES-}
 case "$MODULES" in *[!a-z0-9_\ -]*) die "KERNELVM_MODULES=$MODULES: want module names";; esac
 CACHE=${KERNELVM_CACHE:-${HOME:-/root}/.cache/nftproxy-kernelvm}
 case "$CACHE/" in /tmp/*) die "KERNELVM_CACHE=$CACHE is under /tmp, which the guest does not see";; esac
@@ -130,10 +131,11 @@ mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs 
 job=$(sed -n 's/.*kernelvm\.job=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "@KD@/modprobe.sh" > /proc/sys/kernel/modprobe
 echo "kernelvm: stage2 at $(cut -d' ' -f1 /proc/uptime) s" > /dev/ttyS0
-# Preload what the tests use: nf_tables autoloads the module of each expression and chain
-# type a batch names, but each load aborts the batch and replays it, and each replay
-# requests again every module requested before (n(n+1)/2 modprobe runs for n modules,
-# about 0.5 s each under TCG), which made the first sync take 10 s or more.
+# What the test topology needs. The nf_tables modules are left to autoload, as on a node:
+# nftproxy's kernel probe (nft.Netlink.Probe, which the daemon and the integration tests'
+# TestMain run first) loads them a few per batch. One batch naming them all would be
+# replayed once per missing module, each replay requesting every module requested before
+# (n(n+1)/2 modprobe runs for n modules, about 0.5 s each under TCG: a first sync of 10 s).
 mods=$(sed -n 's/.*kernelvm\.modules=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
 "@KD@/modprobe.sh" -a virtio_console br_netfilter nf_conntrack nf_conntrack_netlink veth bridge $mods
 ip link set lo up

@@ -19,8 +19,12 @@ const (
 	Entries = "entries"
 	// Error is an error.
 	Error = "err"
+	// Features describes what the kernel offers.
+	Features = "features"
 	// Full tells whether a sync was a full one.
 	Full = "full"
+	// Kernel is the kernel's release.
+	Kernel = "kernel"
 	// Kubeconfig is the kubeconfig file in use.
 	Kubeconfig = "kubeconfig"
 	// Manifests is the manifest directory in use.
