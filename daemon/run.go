@@ -38,11 +38,12 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	// Before the first sync: the probe also loads the kernel modules the rules need, a few
 	// at a time, where the first sync's one batch would make the kernel replay it once for
 	// each (seconds on Linux 6.1).
+	start := time.Now()
 	features, err := backend.Probe()
 	if err != nil {
 		return fmt.Errorf("kernel check: %w", err)
 	}
-	log.Info("kernel checked", logkey.Kernel, features.Kernel, logkey.Features, features.String())
+	log.Info("kernel checked", logkey.Kernel, features.Kernel, logkey.Features, features.String(), logkey.Duration, time.Since(start))
 	proxy := &Proxy{
 		Config:        &o.Config,
 		NodeName:      node,
