@@ -72,6 +72,20 @@ func (c *udpFlowsCase) describe(t *testing.T, got []string) string {
 	return b.String()
 }
 
+// waitAnswering waits until each flow is answered by one of the two endpoints, and returns
+// which answered each.
+func (c *udpFlowsCase) waitAnswering(t *testing.T) []string {
+	t.Helper()
+	for i, f := range c.flows {
+		if ok, _, seen := f.until(time.Now(), readyTimeout, func(o string) bool { return o == c.a.String() || o == c.b.String() }); !ok {
+			t.Fatalf("flow %d to %s: no endpoint answered within %v: %v", i, c.target, readyTimeout, seen)
+		}
+	}
+	answers := c.answers()
+	t.Logf("eight flows to %s, before:%s", c.target, c.describe(t, answers))
+	return answers
+}
+
 // TestUDPFlowsKeepEndpoint: with nothing changed, each of eight UDP flows keeps its endpoint
 // across a SIGKILL and restart of the daemon (whose first sync is a full one) and across a
 // full sync forced by a ruleset change behind the daemon's back. kube-proxy keeps them too;
@@ -82,13 +96,7 @@ func TestUDPFlowsKeepEndpoint(t *testing.T) {
 	flags := []string{"--sync-period=1s"}
 	p := c.h.startKillable("first", flags...)
 	waitLog(t, p.proxyProcess, p.name, syncedLine, 1)
-	for i, f := range c.flows {
-		if ok, _, seen := f.until(time.Now(), readyTimeout, func(o string) bool { return o == c.a.String() || o == c.b.String() }); !ok {
-			t.Fatalf("flow %d to %s: no endpoint answered within %v: %v", i, c.target, readyTimeout, seen)
-		}
-	}
-	before := c.answers()
-	t.Logf("eight flows to %s, before:%s", c.target, c.describe(t, before))
+	before := c.waitAnswering(t)
 
 	check := func(when string) {
 		t.Helper()
@@ -136,13 +144,7 @@ func TestUDPEndpointRemovedWhileDown(t *testing.T) {
 	c := newUDPFlowsCase(t, "10.96.23.20")
 	p := c.h.startKillable("first")
 	waitLog(t, p.proxyProcess, p.name, syncedLine, 1)
-	for i, f := range c.flows {
-		if ok, _, seen := f.until(time.Now(), readyTimeout, func(o string) bool { return o == c.a.String() || o == c.b.String() }); !ok {
-			t.Fatalf("flow %d to %s: no endpoint answered within %v: %v", i, c.target, readyTimeout, seen)
-		}
-	}
-	before := c.answers()
-	t.Logf("eight flows to %s, before:%s", c.target, c.describe(t, before))
+	before := c.waitAnswering(t)
 
 	p.kill(t)
 	ports := []servicePort{portDNS}
