@@ -3,7 +3,7 @@
 //	nftproxy run [--kubeconfig FILE] [flags] keep the node's rules in line with the cluster
 //	nftproxy run --config FILE [flags]       ... configured by a kube-proxy configuration file
 //	nftproxy run --manifests DIR [flags]     ... or with manifests in a directory
-//	nftproxy render --manifests DIR [flags]  print the rules that run would program
+//	nftproxy render [--kubeconfig FILE | --manifests DIR] [flags]  print the rules that run would program
 //	nftproxy cleanup                         remove nftproxy's tables
 //	nftproxy version                         print the version
 package main
@@ -18,9 +18,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/nftproxy/nftproxy/cluster"
 	"github.com/nftproxy/nftproxy/daemon"
 	"github.com/nftproxy/nftproxy/internal/logkey"
 	"github.com/nftproxy/nftproxy/model"
@@ -37,12 +39,16 @@ Usage:
   nftproxy run --config FILE [flags]       ... configured by a kube-proxy configuration file
                                            (KubeProxyConfiguration, as kubeadm writes it)
   nftproxy run --manifests DIR [flags]     ... taking them from manifests instead of a cluster
-  nftproxy render --manifests DIR [flags]  print the ruleset run would program (no root needed)
+  nftproxy render [flags]                  print the ruleset run would program for the node,
+                                           from --manifests DIR or the cluster (no root needed)
   nftproxy cleanup                         remove nftproxy's tables (ip and ip6 nftproxy)
   nftproxy version                         print the version
 
 Run "nftproxy COMMAND --help" for the flags of a command.
 `
+
+// snapshotTimeout bounds how long render waits for the API server's objects.
+const snapshotTimeout = time.Minute
 
 func main() {
 	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
@@ -62,7 +68,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "run":
 		return runDaemon(ctx, args[1:], stdout, stderr)
 	case "render":
-		return runRender(args[1:], stdout, stderr)
+		return runRender(ctx, args[1:], stdout, stderr)
 	case "cleanup":
 		return runCleanup(args[1:], stderr)
 	case "version":
@@ -98,9 +104,6 @@ func setup(name string, args []string, stdout, stderr io.Writer) (*daemon.Option
 	if fs.NArg() > 0 {
 		return nil, nil, "", fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
-	if o.Manifests == "" && name == "render" {
-		return nil, nil, "", errors.New("--manifests is required")
-	}
 	if err := o.Validate(); err != nil {
 		return nil, nil, "", err
 	}
@@ -128,22 +131,38 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return daemon.Run(ctx, o, node, log, version)
 }
 
-func runRender(args []string, stdout, stderr io.Writer) error {
+func runRender(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, log, node, err := setup("render", args, stdout, stderr)
 	if err != nil {
 		return err
 	}
-	rulesets, bad, err := o.Config.RenderDir(o.Manifests, node)
+	objs, err := snapshot(ctx, o, node, log)
 	if err != nil {
 		return err
 	}
-	for _, b := range bad {
-		log.Warn("skipping object that cannot be turned into rules", logkey.Object, b.String())
-	}
+	rulesets, bad := o.Config.Preview(objs, node)
+	warnBad(log, bad)
 	for _, rs := range rulesets {
 		fmt.Fprint(stdout, model.Render(rs))
 	}
 	return nil
+}
+
+// snapshot returns the objects render works from: --manifests, or one list of the
+// cluster's.
+func snapshot(ctx context.Context, o *daemon.Options, node string, log *slog.Logger) (cluster.Objects, error) {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, snapshotTimeout)
+	defer cancel()
+	return o.Objects(ctx, node, log, version)
+}
+
+// warnBad logs the objects that were skipped.
+func warnBad(log *slog.Logger, bad []cluster.BadObject) {
+	for _, b := range bad {
+		log.Warn("skipping object that cannot be turned into rules", logkey.Object, b.String())
+	}
 }
 
 func runCleanup(args []string, stderr io.Writer) error {
