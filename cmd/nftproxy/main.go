@@ -4,6 +4,7 @@
 //	nftproxy run --config FILE [flags]       ... configured by a kube-proxy configuration file
 //	nftproxy run --manifests DIR [flags]     ... or with manifests in a directory
 //	nftproxy render [--kubeconfig FILE | --manifests DIR] [flags]  print the rules that run would program
+//	nftproxy diff [--kubeconfig FILE | --manifests DIR] [flags]    compare them with the kernel's
 //	nftproxy cleanup                         remove nftproxy's tables
 //	nftproxy version                         print the version
 package main
@@ -41,17 +42,25 @@ Usage:
   nftproxy run --manifests DIR [flags]     ... taking them from manifests instead of a cluster
   nftproxy render [flags]                  print the ruleset run would program for the node,
                                            from --manifests DIR or the cluster (no root needed)
+  nftproxy diff [flags]                    compare it with the tables the kernel holds, by
+                                           Service; exit status 1 when they differ
   nftproxy cleanup                         remove nftproxy's tables (ip and ip6 nftproxy)
   nftproxy version                         print the version
 
 Run "nftproxy COMMAND --help" for the flags of a command.
 `
 
-// snapshotTimeout bounds how long render waits for the API server's objects.
+// errDiffer is what diff returns when the rules differ: exit status 1, as diff(1).
+var errDiffer = errors.New("the kernel's rules differ from the cluster's")
+
+// snapshotTimeout bounds how long render and diff wait for the API server's objects.
 const snapshotTimeout = time.Minute
 
 func main() {
 	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, errDiffer) {
+			os.Exit(1)
+		}
 		if !errors.Is(err, flag.ErrHelp) && !errors.Is(err, pflag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "nftproxy:", err)
 		}
@@ -69,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runDaemon(ctx, args[1:], stdout, stderr)
 	case "render":
 		return runRender(ctx, args[1:], stdout, stderr)
+	case "diff":
+		return runDiff(ctx, args[1:], stdout, stderr)
 	case "cleanup":
 		return runCleanup(args[1:], stderr)
 	case "version":
@@ -82,7 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return fmt.Errorf("unknown command %q", args[0])
 }
 
-// setup parses the flags of run or render (and the --config file under them) and returns
+// setup parses the flags of run, render or diff (and the --config file under them) and returns
 // them with the logger and node name they select. --help prints the flags, in sections, to
 // stdout.
 func setup(name string, args []string, stdout, stderr io.Writer) (*daemon.Options, *slog.Logger, string, error) {
@@ -148,7 +159,49 @@ func runRender(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
-// snapshot returns the objects render works from: --manifests, or one list of the
+// runDiff prints, group by group, how the tables of the current network namespace differ from
+// what the cluster asks for, built as run builds them (with this machine's addresses).
+func runDiff(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, log, node, err := setup("diff", args, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	objs, err := snapshot(ctx, o, node, log)
+	if err != nil {
+		return err
+	}
+	addrs, err := daemon.LocalAddresses()
+	if err != nil {
+		return err
+	}
+	desired, bad := o.Config.Desired(objs, node, addrs)
+	warnBad(log, bad)
+	backend := nft.NewNetlink("")
+	defer backend.Close()
+	differ := false
+	for _, want := range desired {
+		got, _, err := backend.Read(want.Family, want)
+		if errors.Is(err, nft.ErrIncompatible) {
+			// Nothing to compare line by line: the table is not in the layout nftproxy writes.
+			fmt.Fprintf(stdout, "=== %s %s\n%v\n", want.Family, groupSkeleton, err)
+			differ = true
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for _, d := range diffTables(want, got) {
+			fmt.Fprintf(stdout, "=== %s %s\n%s", want.Family, d.Group, d.Diff)
+			differ = true
+		}
+	}
+	if differ {
+		return errDiffer
+	}
+	return nil
+}
+
+// snapshot returns the objects render and diff work from: --manifests, or one list of the
 // cluster's.
 func snapshot(ctx context.Context, o *daemon.Options, node string, log *slog.Logger) (cluster.Objects, error) {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
