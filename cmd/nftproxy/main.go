@@ -3,9 +3,9 @@
 //	nftproxy run [--kubeconfig FILE] [flags] keep the node's rules in line with the cluster
 //	nftproxy run --config FILE [flags]       ... configured by a kube-proxy configuration file
 //	nftproxy run --manifests DIR [flags]     ... or with manifests in a directory
-//	nftproxy render [--kubeconfig FILE | --manifests DIR] [flags]  print the rules that run would program
-//	nftproxy diff [--kubeconfig FILE | --manifests DIR] [flags]    compare them with the kernel's
-//	nftproxy cleanup                         remove nftproxy's tables
+//	nftproxy render [flags]                  print the rules run would program (--manifests or a cluster)
+//	nftproxy diff [flags]                    compare them with the kernel's, by Service
+//	nftproxy cleanup [--kube-proxy]          remove nftproxy's tables (and kube-proxy's)
 //	nftproxy version                         print the version
 package main
 
@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -44,7 +45,9 @@ Usage:
                                            from --manifests DIR or the cluster (no root needed)
   nftproxy diff [flags]                    compare it with the tables the kernel holds, by
                                            Service; exit status 1 when they differ
-  nftproxy cleanup                         remove nftproxy's tables (ip and ip6 nftproxy)
+  nftproxy cleanup [--kube-proxy]          remove nftproxy's tables (ip and ip6 nftproxy); with
+                                           --kube-proxy also kube-proxy's (ip and ip6 kube-proxy),
+                                           and report its iptables mode's KUBE- chains
   nftproxy version                         print the version
 
 Run "nftproxy COMMAND --help" for the flags of a command.
@@ -81,7 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "diff":
 		return runDiff(ctx, args[1:], stdout, stderr)
 	case "cleanup":
-		return runCleanup(args[1:], stderr)
+		return runCleanup(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "nftproxy", version)
 		return nil
@@ -218,9 +221,10 @@ func warnBad(log *slog.Logger, bad []cluster.BadObject) {
 	}
 }
 
-func runCleanup(args []string, stderr io.Writer) error {
+func runCleanup(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("cleanup", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	kubeProxy := fs.Bool("kube-proxy", false, "also remove kube-proxy's nftables tables (ip and ip6 kube-proxy) and report the chains its iptables mode left in iptables-nft's tables")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -229,6 +233,71 @@ func runCleanup(args []string, stderr io.Writer) error {
 	if err := backend.Delete(model.IPv4, model.IPv6); err != nil {
 		return err
 	}
-	fmt.Fprintln(stderr, "removed tables ip nftproxy and ip6 nftproxy")
+	fmt.Fprintln(stdout, "removed tables ip nftproxy and ip6 nftproxy")
+	if !*kubeProxy {
+		return nil
+	}
+	tables, err := backend.ListTables()
+	if err != nil {
+		return err
+	}
+	kp, leftovers := kubeProxyTables(tables)
+	if err := backend.DeleteTables(kp...); err != nil {
+		return err
+	}
+	for _, t := range kp {
+		fmt.Fprintf(stdout, "removed table %s\n", t)
+	}
+	if len(kp) == 0 {
+		fmt.Fprintln(stdout, "no kube-proxy nftables tables (ip and ip6 kube-proxy)")
+	}
+	if len(leftovers) == 0 {
+		fmt.Fprintln(stdout, "no KUBE- chains in iptables-nft's tables")
+		return nil
+	}
+	fmt.Fprintln(stdout, "kube-proxy's iptables mode left chains in iptables-nft's tables:")
+	for _, t := range leftovers {
+		fmt.Fprintf(stdout, "  table %s: %s\n", t.TableRef, strings.Join(t.Chains, " "))
+	}
+	fmt.Fprint(stdout, `nftproxy leaves them to their owner, whose base chains jump to them. Remove them with
+  kube-proxy --cleanup
+or, on a node without kube-proxy's binary,
+  iptables-save | grep -v KUBE- | iptables-restore
+  ip6tables-save | grep -v KUBE- | ip6tables-restore
+`)
 	return nil
+}
+
+// The names of kube-proxy's objects.
+const (
+	// kubeProxyTable is the table of kube-proxy's nftables mode, in the ip and ip6 families.
+	kubeProxyTable = "kube-proxy"
+	// kubeChainPrefix starts the names of the chains of its iptables mode.
+	kubeChainPrefix = "KUBE-"
+)
+
+// kubeProxyTables picks, from the namespace's tables, kube-proxy's nftables tables and,
+// with only their KUBE- chains, the iptables-nft tables (ip and ip6 nat, filter and mangle)
+// where its iptables mode left chains.
+func kubeProxyTables(tables []nft.TableChains) (own []nft.TableRef, leftovers []nft.TableChains) {
+	for _, t := range tables {
+		if t.Family != "ip" && t.Family != "ip6" {
+			continue
+		}
+		switch t.Name {
+		case kubeProxyTable:
+			own = append(own, t.TableRef)
+		case "nat", "filter", "mangle":
+			var kube []string
+			for _, c := range t.Chains {
+				if strings.HasPrefix(c, kubeChainPrefix) {
+					kube = append(kube, c)
+				}
+			}
+			if len(kube) > 0 {
+				leftovers = append(leftovers, nft.TableChains{TableRef: t.TableRef, Chains: kube})
+			}
+		}
+	}
+	return own, leftovers
 }
