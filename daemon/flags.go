@@ -126,7 +126,7 @@ func (o *Options) BindRunFlags(nfs *namedFlagSets) {
 	o.run = true
 	fs := nfs.FlagSet(flagsGeneric)
 	fs.BoolVar(&o.InitOnly, "init-only", false, "write the conntrack sysctls (the steps that need more than CAP_NET_ADMIN) and exit")
-	refusedFlag(fs, "cleanup", "kube-proxy's --cleanup: refused; run 'nftproxy cleanup' to remove nftproxy's tables (kube-proxy's own leftovers need kube-proxy --cleanup)")
+	refusedFlag(fs, "cleanup", "kube-proxy's --cleanup: refused; run 'nftproxy cleanup' to remove nftproxy's tables, 'nftproxy cleanup --kube-proxy' for kube-proxy's nftables tables too (its iptables rules need kube-proxy --cleanup)")
 	refusedFlag(fs, "write-config-to", "kube-proxy's --write-config-to: refused (nftproxy writes no configuration)")
 
 	fs = nfs.FlagSet(flagsSync)
