@@ -321,7 +321,14 @@ func (c *Config) RenderDir(dir, nodeName string) ([]*model.Ruleset, []cluster.Ba
 	if err != nil {
 		return nil, nil, err
 	}
-	node, _ := cluster.FindNode(objs.Nodes, nodeName)
-	rulesets, convertBad := c.Desired(objs, nodeName, append(slices.Clone(node.InternalIPs), node.ExternalIPs...))
+	rulesets, convertBad := c.Preview(objs, nodeName)
 	return rulesets, append(bad, convertBad...), nil
+}
+
+// Preview builds the rulesets for a snapshot of objects without looking at this machine, as
+// `nftproxy render` does: the addresses of the Node object named nodeName stand in for the
+// interfaces', so that the output depends only on the objects.
+func (c *Config) Preview(objs cluster.Objects, nodeName string) ([]*model.Ruleset, []cluster.BadObject) {
+	node, _ := cluster.FindNode(objs.Nodes, nodeName)
+	return c.Desired(objs, nodeName, append(slices.Clone(node.InternalIPs), node.ExternalIPs...))
 }

@@ -97,12 +97,18 @@ func (o *Options) flagSets(run bool) *namedFlagSets {
 	return nfs
 }
 
-// BindFlags registers the flags shared by run and render.
+// BindFlags registers the flags shared by run, render and diff: where the objects come from
+// and how they become rules.
 func (o *Options) BindFlags(nfs *namedFlagSets) {
 	fs := nfs.FlagSet(flagsGeneric)
 	fs.StringVar(&o.ConfigFile, "config", "", "a kube-proxy configuration file (KubeProxyConfiguration, kubeproxy.config.k8s.io/v1alpha1), as kubeadm writes it; flags given on the command line override it")
 	fs.StringVar(&o.Manifests, "manifests", "", "directory of Service, EndpointSlice and Node manifests (YAML or JSON) to proxy instead of a cluster's")
 	fs.Func("proxy-mode", "kube-proxy's proxy mode: only 'nftables' (or empty) is accepted; 'iptables', 'ipvs' and 'kernelspace' are refused", checkProxyMode)
+	fs.StringVar(&o.Client.Kubeconfig, "kubeconfig", "", "kubeconfig file of the API server to watch (default: the in-cluster configuration); ignored with --manifests")
+	fs.StringVar(&o.Client.Master, "master", "", "the API server's address (overrides the kubeconfig's)")
+	fs.StringVar(&o.Client.ContentType, "kube-api-content-type", DefaultContentType, "content type of requests sent to the API server")
+	fs.Float32Var(&o.Client.QPS, "kube-api-qps", DefaultQPS, "queries per second to the API server")
+	fs.Int32Var(&o.Client.Burst, "kube-api-burst", DefaultBurst, "burst of queries to the API server")
 	o.Config.BindFlags(nfs.FlagSet(flagsRules))
 	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
 
@@ -119,13 +125,8 @@ func (o *Options) BindFlags(nfs *namedFlagSets) {
 func (o *Options) BindRunFlags(nfs *namedFlagSets) {
 	o.run = true
 	fs := nfs.FlagSet(flagsGeneric)
-	fs.StringVar(&o.Client.Kubeconfig, "kubeconfig", "", "kubeconfig file of the API server to watch (default: the in-cluster configuration); ignored with --manifests")
-	fs.StringVar(&o.Client.Master, "master", "", "the API server's address (overrides the kubeconfig's)")
-	fs.StringVar(&o.Client.ContentType, "kube-api-content-type", DefaultContentType, "content type of requests sent to the API server")
-	fs.Float32Var(&o.Client.QPS, "kube-api-qps", DefaultQPS, "queries per second to the API server")
-	fs.Int32Var(&o.Client.Burst, "kube-api-burst", DefaultBurst, "burst of queries to the API server")
 	fs.BoolVar(&o.InitOnly, "init-only", false, "write the conntrack sysctls (the steps that need more than CAP_NET_ADMIN) and exit")
-	refusedFlag(fs, "cleanup", "kube-proxy's --cleanup: refused; run 'nftproxy cleanup' to remove nftproxy's tables (kube-proxy's own leftovers need kube-proxy --cleanup)")
+	refusedFlag(fs, "cleanup", "kube-proxy's --cleanup: refused; run 'nftproxy cleanup' to remove nftproxy's tables, 'nftproxy cleanup --kube-proxy' for kube-proxy's nftables tables too (its iptables rules need kube-proxy --cleanup)")
 	refusedFlag(fs, "write-config-to", "kube-proxy's --write-config-to: refused (nftproxy writes no configuration)")
 
 	fs = nfs.FlagSet(flagsSync)

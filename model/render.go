@@ -65,7 +65,7 @@ func renderSet(b *strings.Builder, fam Family, s *Set) {
 			default:
 				b.WriteString(", ")
 			}
-			b.WriteString(renderElement(s, e))
+			b.WriteString(RenderElement(s, e))
 		}
 		b.WriteString(" }\n")
 	}
@@ -119,7 +119,9 @@ func keyTypeName(fam Family, k KeyField) string {
 	return "invalid"
 }
 
-func renderElement(s *Set, e Element) string {
+// RenderElement returns one element of s as nft prints it in the set's "elements = { ... }"
+// list, comment and data included.
+func RenderElement(s *Set, e Element) string {
 	fields := make([]string, len(s.Key))
 	for i, k := range s.Key {
 		switch k {
@@ -160,6 +162,15 @@ func renderVerdict(v Verdict) string {
 		return "accept"
 	}
 	return "continue"
+}
+
+// RenderChain returns one chain as nft prints it inside its table: the "chain NAME {" line,
+// the hook line of a base chain, its rules and the closing brace, each line indented by one
+// tab and ending in a newline.
+func RenderChain(fam Family, c *Chain) string {
+	var b strings.Builder
+	renderChain(&b, fam, c)
+	return b.String()
 }
 
 func renderChain(b *strings.Builder, fam Family, c *Chain) {

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -24,5 +26,22 @@ func TestRunHelp(t *testing.T) {
 	}
 	if strings.Contains(out, "Usage of run:") || stderr.Len() > 0 {
 		t.Errorf("run --help prints Go's bare usage or writes to stderr:\n%s\n%s", out, stderr.String())
+	}
+}
+
+// TestRenderFromCluster: render takes the API client's flags, and without --manifests lists
+// the cluster --kubeconfig names (here a file that does not exist: the error says so).
+func TestRenderFromCluster(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	_ = run(context.Background(), []string{"render", "--help"}, &stdout, &stderr)
+	for _, want := range []string{"      --kubeconfig string", "      --master string"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("render --help does not print %q:\n%s", want, stdout.String())
+		}
+	}
+	missing := filepath.Join(t.TempDir(), "kubeconfig")
+	err := run(context.Background(), []string{"render", "--kubeconfig", missing, "--hostname-override", "node1"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "kubernetes client configuration") || !strings.Contains(err.Error(), missing) {
+		t.Errorf("render --kubeconfig %s: error %v, want one about the client configuration naming the file", missing, err)
 	}
 }

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/nftproxy/nftproxy/internal/scenario"
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// The groups of a diff that no Service owns.
+const (
+	// groupSkeleton holds the table itself, its sets and fixed chains, and the elements that
+	// name no Service (the node's addresses).
+	groupSkeleton = "(skeleton)"
+	// groupShared holds the picking and affinity chains that Services share.
+	groupShared = "(shared chains)"
+)
+
+// tableDiff is the difference of one group of lines of a table.
+type tableDiff struct {
+	// Group is a Service ("namespace/name"), groupSkeleton or groupShared.
+	Group string
+	// Diff is a unified diff from the cluster's lines to the kernel's.
+	Diff string
+}
+
+// diffTables compares the table the cluster asks for (want) with the one the kernel holds
+// (got, nil when there is none), line by line within each group, and returns the groups
+// that differ: the skeleton, then the shared chains, then Services by name.
+func diffTables(want, got *model.Ruleset) []tableDiff {
+	owners := addressOwners(want, got)
+	a, b := groupLines(want, owners), groupLines(got, owners)
+	names := make([]string, 0, len(a)+len(b))
+	for g := range a {
+		names = append(names, g)
+	}
+	for g := range b {
+		names = append(names, g)
+	}
+	slices.SortFunc(names, compareGroups)
+	names = slices.Compact(names)
+	var out []tableDiff
+	for _, g := range names {
+		d := scenario.LineDiff(strings.Join(a[g], ""), strings.Join(b[g], ""))
+		if d == "" {
+			continue
+		}
+		// LineDiff's header names want and got: here they are the cluster and the kernel.
+		_, d, _ = strings.Cut(d, "\n")
+		_, d, _ = strings.Cut(d, "\n")
+		out = append(out, tableDiff{Group: g, Diff: "--- cluster\n+++ kernel\n" + d})
+	}
+	return out
+}
+
+// compareGroups orders the skeleton first, the shared chains next, then Services by name.
+func compareGroups(x, y string) int {
+	rank := func(g string) int {
+		switch g {
+		case groupSkeleton:
+			return 0
+		case groupShared:
+			return 1
+		}
+		return 2
+	}
+	return cmp.Or(cmp.Compare(rank(x), rank(y)), strings.Compare(x, y))
+}
+
+// addressOwners maps the addresses of the Services' elements (their frontends and endpoints)
+// to the Service, so that the elements without a comment (ClusterIPs, hairpin pairs) can be
+// attributed. An address of several Services goes to the first by name.
+func addressOwners(tables ...*model.Ruleset) map[netip.Addr]string {
+	owners := map[netip.Addr]string{}
+	own := func(a netip.Addr, svc string) {
+		if cur, ok := owners[a]; !a.IsValid() || ok && cur <= svc {
+			return
+		}
+		owners[a] = svc
+	}
+	for _, rs := range tables {
+		if rs == nil {
+			continue
+		}
+		for _, s := range rs.Sets {
+			for _, e := range s.Elements {
+				svc, ok := elementService(e)
+				if !ok {
+					continue
+				}
+				if slices.Contains(s.Key, model.KeyAddr) {
+					own(e.Addr, svc)
+				}
+				if s.Data == model.EndpointData {
+					own(e.Endpoint.Addr(), svc)
+				}
+			}
+		}
+	}
+	return owners
+}
+
+// elementService returns the Service ("namespace/name") an element's comment names.
+func elementService(e model.Element) (string, bool) {
+	svc, _, ok := strings.Cut(e.Comment, ":")
+	return svc, ok && strings.Contains(svc, "/")
+}
+
+// groupLines splits a table into lines by group: each element on a line of its own, as
+// `nft add element` takes it, sorted within its set; each chain as `nft list table` prints it.
+func groupLines(rs *model.Ruleset, owners map[netip.Addr]string) map[string][]string {
+	groups := map[string][]string{}
+	if rs == nil {
+		return groups
+	}
+	add := func(g, line string) { groups[g] = append(groups[g], line) }
+	add(groupSkeleton, fmt.Sprintf("table %s %s\n", rs.Family, model.TableName))
+	for _, s := range rs.Sets {
+		kind := "set"
+		if s.IsMap() {
+			kind = "map"
+		}
+		add(groupSkeleton, fmt.Sprintf("%s %s\n", kind, s.Name))
+		lines := map[string][]string{}
+		for _, e := range s.Elements {
+			g, ok := elementService(e)
+			if !ok {
+				g, ok = owners[e.Addr]
+			}
+			if !ok {
+				g = groupSkeleton
+			}
+			lines[g] = append(lines[g], fmt.Sprintf("element %s %s %s { %s }\n", rs.Family, model.TableName, s.Name, model.RenderElement(s, e)))
+		}
+		for g, l := range lines {
+			slices.Sort(l)
+			groups[g] = append(groups[g], l...)
+		}
+	}
+	for _, c := range rs.Chains {
+		g := groupSkeleton
+		if model.IsServiceChain(c.Name) {
+			g = groupShared
+			if svc, ok := strings.CutPrefix(c.Name, "firewall-"); ok {
+				g = svc
+			}
+		}
+		for line := range strings.Lines(model.RenderChain(rs.Family, c)) {
+			add(g, strings.TrimPrefix(line, "\t"))
+		}
+	}
+	return groups
+}
