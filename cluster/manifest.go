@@ -228,6 +228,12 @@ func decodeDocument(data []byte, where string, depth int, objs *Objects, bad *[]
 		badDoc(h, fmt.Errorf("decode: %w", err))
 		return
 	}
+	if h.Metadata.Name == "" {
+		// The API server names every object; a manifest without one could be reported
+		// only by the place it stands in.
+		badDoc(h, errors.New("metadata.name is empty"))
+		return
+	}
 	switch o := obj.(type) {
 	case *corev1.Service:
 		objs.Services = append(objs.Services, o)
