@@ -61,6 +61,8 @@ type Proxy struct {
 	syncer    *sync.Syncer
 	converter cluster.Converter
 	warned    map[string]bool
+	// started is when Run started: EndpointSlice trigger times before it are ignored.
+	started time.Time
 	// health tracks, for health checks, the oldest change not yet programmed (zero when
 	// none) and the last successful sync.
 	health struct {
@@ -69,6 +71,9 @@ type Proxy struct {
 		lastSuccess  time.Time
 	}
 }
+
+// families are the IP families the proxy programs, both in every commit.
+var families = []model.Family{model.IPv4, model.IPv6}
 
 // Health reports whether the proxy is healthy at now: nothing waits to be programmed, or
 // the oldest waiting change is younger than twice the sync period (as kube-proxy's
@@ -95,6 +100,7 @@ func (p *Proxy) Update(objs cluster.Objects) {
 		p.health.pendingSince = now
 	}
 	p.health.Unlock()
+	p.Metrics.queued(families, objs.Events)
 	select {
 	case p.signal() <- struct{}{}:
 	default:
@@ -112,6 +118,9 @@ func (p *Proxy) signal() chan struct{} {
 
 // Run syncs until ctx is done. Rules stay in the kernel when it returns.
 func (p *Proxy) Run(ctx context.Context) error {
+	p.mu.Lock()
+	p.started = time.Now()
+	p.mu.Unlock()
 	prefetch(p.Backend)
 	changed := p.signal()
 	period := p.SyncPeriod
@@ -183,13 +192,15 @@ func (p *Proxy) NodePortIPs() []netip.Addr {
 // first snapshot it does nothing.
 func (p *Proxy) SyncOnce() error {
 	p.mu.Lock()
-	objs, at := p.objs, p.objsAt
+	objs, at, started := p.objs, p.objsAt, p.started
 	p.mu.Unlock()
 	if objs == nil {
 		return nil
 	}
+	p.Metrics.checkedOut()
 	if p.syncer == nil {
-		p.syncer = sync.NewSyncer(p.Backend, model.IPv4, model.IPv6)
+		p.converter.TriggerTimesAfter = started
+		p.syncer = sync.NewSyncer(p.Backend, families...)
 		p.syncer.Conntrack = p.Conntrack
 	}
 	if p.conntrackDue {
@@ -205,13 +216,11 @@ func (p *Proxy) SyncOnce() error {
 	took := time.Since(start)
 	p.reportSideEffects()
 	if err != nil {
-		if p.Metrics != nil {
-			p.Metrics.SyncFailures.Inc()
-		}
+		p.Metrics.failed(families)
 		return err
 	}
 	p.markSynced(at)
-	p.Metrics.observe(res, took)
+	p.Metrics.observe(families, res, took)
 	p.logResult(res, took)
 	return nil
 }
@@ -243,6 +252,7 @@ func (p *Proxy) prepare(objs *cluster.Objects, at time.Time) error {
 	}
 	p.syncer.SetNode(cfgs)
 	p.syncer.Update(changes, at)
+	p.syncer.AddTriggerTimes(p.converter.TriggerTimes())
 	return nil
 }
 

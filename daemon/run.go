@@ -24,7 +24,9 @@ var _ sync.Conntrack = (*conntrack.Netlink)(nil)
 // is nftproxy's, for the log and the API client's user agent.
 func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version string) error {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		NewBuildInfo(version))
+	RegisterClientMetrics(reg)
 	backend := nft.NewNetlink("")
 	defer backend.Close()
 	proxy := &Proxy{
