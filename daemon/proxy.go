@@ -48,6 +48,10 @@ type Proxy struct {
 	// ServiceHealth, when set, runs the health check servers of Services with
 	// externalTrafficPolicy Local.
 	ServiceHealth *ServiceHealthServers
+	// NodeRequired is set when the source is the API server: while this node's Node object
+	// is missing the node is not eligible for load-balanced traffic (kube-proxy's
+	// nodeEligible is false without a Node). Manifests need not hold one.
+	NodeRequired bool
 
 	mu      gosync.Mutex
 	objs    *cluster.Objects
@@ -64,20 +68,24 @@ type Proxy struct {
 	// started is when Run started: EndpointSlice trigger times before it are ignored.
 	started time.Time
 	// health tracks, for health checks, the oldest change not yet programmed (zero when
-	// none) and the last successful sync.
+	// none), the last successful sync and whether this node may receive load-balanced
+	// traffic.
 	health struct {
 		gosync.Mutex
 		pendingSince time.Time
 		lastSuccess  time.Time
+		nodeKnown    bool
+		nodeEligible bool
 	}
 }
 
 // families are the IP families the proxy programs, both in every commit.
 var families = []model.Family{model.IPv4, model.IPv6}
 
-// Health reports whether the proxy is healthy at now: nothing waits to be programmed, or
-// the oldest waiting change is younger than twice the sync period (as kube-proxy's
-// /healthz). It also returns the time of the last successful sync.
+// Health reports whether the proxy is healthy at now, for /livez: a sync has succeeded, and
+// nothing waits to be programmed or the oldest waiting change is younger than twice the sync
+// period (as kube-proxy's). It also returns the time of the last successful sync. Before the
+// first sync the proxy is not healthy: no rule of the cluster's is in place yet.
 func (p *Proxy) Health(now time.Time) (bool, time.Time) {
 	p.health.Lock()
 	defer p.health.Unlock()
@@ -85,12 +93,28 @@ func (p *Proxy) Health(now time.Time) (bool, time.Time) {
 	if period <= 0 {
 		period = DefaultSyncPeriod
 	}
-	return p.health.pendingSince.IsZero() || now.Sub(p.health.pendingSince) < 2*period, p.health.lastSuccess
+	ok := !p.health.lastSuccess.IsZero() &&
+		(p.health.pendingSince.IsZero() || now.Sub(p.health.pendingSince) < 2*period)
+	return ok, p.health.lastSuccess
+}
+
+// NodeEligible reports whether this node may receive load-balanced traffic, for /healthz:
+// its Node object is neither being deleted (deletionTimestamp) nor tainted
+// ToBeDeletedByClusterAutoscaler. Without a Node object it is eligible only when the source
+// does not require one (NodeRequired).
+func (p *Proxy) NodeEligible() bool {
+	p.health.Lock()
+	defer p.health.Unlock()
+	if !p.health.nodeKnown {
+		return !p.NodeRequired
+	}
+	return p.health.nodeEligible
 }
 
 // Update hands the proxy a new full snapshot of objects. It never blocks.
 func (p *Proxy) Update(objs cluster.Objects) {
 	now := time.Now()
+	node, known := cluster.FindNode(objs.Nodes, p.NodeName)
 	p.mu.Lock()
 	p.objs = &objs
 	p.objsAt = now
@@ -99,6 +123,7 @@ func (p *Proxy) Update(objs cluster.Objects) {
 	if p.health.pendingSince.IsZero() {
 		p.health.pendingSince = now
 	}
+	p.health.nodeKnown, p.health.nodeEligible = known, node.Eligible()
 	p.health.Unlock()
 	p.Metrics.queued(families, objs.Events)
 	select {

@@ -286,22 +286,34 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
-// TestHealth checks /healthz's notion of health: healthy while nothing waits, or while the
-// oldest waiting change is younger than twice the sync period; unhealthy when syncs keep
-// failing for longer.
+// TestHealth checks /livez's notion of health: unhealthy until the first sync succeeded;
+// then healthy while nothing waits, or while the oldest waiting change is younger than twice
+// the sync period; unhealthy when syncs keep failing for longer.
 func TestHealth(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fake := nft.NewFake(1)
 		p := newTestProxy(fake)
 		p.SyncPeriod = 10 * time.Second
-		if ok, _ := p.Health(time.Now()); !ok {
-			t.Error("unhealthy before anything happened")
+		if ok, _ := p.Health(time.Now()); ok {
+			t.Error("healthy before anything happened")
 		}
 		fake.SetFailRate(1)
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		go func() { _ = p.Run(ctx) }()
 		p.Update(proxyObjects("10.244.1.2"))
+		synctest.Wait()
+		if ok, _ := p.Health(time.Now()); ok {
+			t.Error("healthy before the first sync succeeded")
+		}
+		fake.SetFailRate(0)
+		time.Sleep(time.Second) // the first retry
+		synctest.Wait()
+		if ok, last := p.Health(time.Now()); !ok || last.IsZero() {
+			t.Fatalf("after the first successful sync: healthy=%v, last success %v", ok, last)
+		}
+		fake.SetFailRate(1)
+		p.Update(proxyObjects("10.244.1.3"))
 		time.Sleep(19 * time.Second)
 		synctest.Wait()
 		if ok, _ := p.Health(time.Now()); !ok {

@@ -38,6 +38,7 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 		SyncPeriod:    o.SyncPeriod,
 		Metrics:       NewMetrics(reg),
 		Conntrack:     conntrack.NewNetlink(""),
+		NodeRequired:  o.Manifests == "",
 	}
 	proxy.ServiceHealth = &ServiceHealthServers{
 		NodeName: node,
