@@ -52,6 +52,8 @@ type Proxy struct {
 	// is missing the node is not eligible for load-balanced traffic (kube-proxy's
 	// nodeEligible is false without a Node). Manifests need not hold one.
 	NodeRequired bool
+	// Events, when set, receives the events about Services that cannot be proxied.
+	Events EventRecorder
 
 	mu      gosync.Mutex
 	objs    *cluster.Objects
@@ -337,6 +339,7 @@ func (p *Proxy) reportBad(bad []cluster.BadObject) {
 		now[msg] = true
 		if !p.warned[msg] {
 			p.Log.Warn("skipping object that cannot be turned into rules", logkey.Object, msg)
+			p.badObjectEvent(b)
 		}
 	}
 	p.warned = now

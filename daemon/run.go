@@ -2,11 +2,15 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 
 	"github.com/nftproxy/nftproxy/cluster"
@@ -27,6 +31,23 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		NewBuildInfo(version))
 	RegisterClientMetrics(reg)
+	// With the API server as source: the client, and events (none from manifests: no API).
+	var client kubernetes.Interface
+	var recorder EventRecorder
+	if o.Manifests == "" {
+		var err error
+		if client, err = cluster.NewClient(o.Kubeconfig, "nftproxy/"+version); err != nil {
+			return err
+		}
+		// client-go logs through klog: send it to the same handler.
+		klog.SetSlogLogger(log)
+		var broadcaster events.EventBroadcaster
+		broadcaster, recorder = NewEventBroadcaster(client)
+		if err := broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
+			return fmt.Errorf("start recording events: %w", err)
+		}
+		defer broadcaster.Shutdown()
+	}
 	backend := nft.NewNetlink("")
 	defer backend.Close()
 	proxy := &Proxy{
@@ -38,11 +59,13 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 		SyncPeriod:    o.SyncPeriod,
 		Metrics:       NewMetrics(reg),
 		Conntrack:     conntrack.NewNetlink(""),
-		NodeRequired:  o.Manifests == "",
+		NodeRequired:  client != nil,
+		Events:        recorder,
 	}
 	proxy.ServiceHealth = &ServiceHealthServers{
 		NodeName: node,
 		Log:      log,
+		Events:   recorder,
 		ProxyHealthy: func() bool {
 			ok, _ := proxy.Health(time.Now())
 			return ok
@@ -56,6 +79,7 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	if o.MetricsAddress != "" {
 		srv, err := serve(o.MetricsAddress, "--metrics-bind-address", MetricsHandler(reg, o.Profiling))
 		if err != nil {
+			nodeEvent(recorder, node, corev1.EventTypeWarning, "FailedToStartMetricServer", err.Error())
 			return err
 		}
 		defer srv.Close()
@@ -63,6 +87,7 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	if o.HealthzAddress != "" {
 		srv, err := serve(o.HealthzAddress, "--healthz-bind-address", HealthHandler(proxy))
 		if err != nil {
+			nodeEvent(recorder, node, corev1.EventTypeWarning, "FailedToStartProxierHealthcheck", err.Error())
 			return err
 		}
 		defer srv.Close()
@@ -73,14 +98,10 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 		source = &cluster.ManifestSource{Dir: o.Manifests, Log: log}
 		log.Info("starting nftproxy", logkey.Version, version, logkey.Node, node, logkey.Manifests, o.Manifests)
 	} else {
-		client, err := cluster.NewClient(o.Kubeconfig, "nftproxy/"+version)
-		if err != nil {
-			return err
-		}
-		// client-go logs through klog: send it to the same handler.
-		klog.SetSlogLogger(log)
 		source = &cluster.KubeSource{Client: client, NodeName: node, Log: log}
 		log.Info("starting nftproxy", logkey.Version, version, logkey.Node, node, logkey.Kubeconfig, o.Kubeconfig)
+		// kube-proxy's "birth cry".
+		nodeEvent(recorder, node, corev1.EventTypeNormal, ReasonStarting, "")
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- source.Run(ctx, proxy.Update) }()
@@ -92,4 +113,11 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	}
 	log.Info("stopping; rules stay in place")
 	return nil
+}
+
+// nodeEvent records an event about this node, as kube-proxy's at start; rec may be nil.
+func nodeEvent(rec EventRecorder, node, eventType, reason, note string) {
+	if rec != nil {
+		rec.Eventf(nodeRef(node), nil, eventType, reason, actionStart, note)
+	}
 }
