@@ -120,6 +120,8 @@ func (p *Proxy) Update(objs cluster.Objects) {
 	p.mu.Lock()
 	p.objs = &objs
 	p.objsAt = now
+	// Under mu: a sync taking the snapshot checks these changes out.
+	p.Metrics.queued(families, objs.Events)
 	p.mu.Unlock()
 	p.health.Lock()
 	if p.health.pendingSince.IsZero() {
@@ -127,7 +129,6 @@ func (p *Proxy) Update(objs cluster.Objects) {
 	}
 	p.health.nodeKnown, p.health.nodeEligible = known, node.Eligible()
 	p.health.Unlock()
-	p.Metrics.queued(families, objs.Events)
 	select {
 	case p.signal() <- struct{}{}:
 	default:
@@ -220,11 +221,13 @@ func (p *Proxy) NodePortIPs() []netip.Addr {
 func (p *Proxy) SyncOnce() error {
 	p.mu.Lock()
 	objs, at, started := p.objs, p.objsAt, p.started
+	if objs != nil {
+		p.Metrics.checkedOut()
+	}
 	p.mu.Unlock()
 	if objs == nil {
 		return nil
 	}
-	p.Metrics.checkedOut()
 	if p.syncer == nil {
 		p.converter.TriggerTimesAfter = started
 		p.syncer = sync.NewSyncer(p.Backend, families...)
