@@ -58,7 +58,7 @@ bench:
 	$(GO) test $(BENCHFLAGS) -bench . ./sync
 	$(GO) test $(BENCHFLAGS) -bench 'Kernel' ./integration
 
-# Side by side with kube-proxy v1.36 (nftables mode) against a real API server, N Services x M
+# Side by side with kube-proxy v1.37 (nftables mode) against a real API server, N Services x M
 # endpoints for each N of NS (root, network namespaces): cold sync, restart, single changes
 # (nftproxy also at its default --min-sync-period), RSS, CPU, and pod-to-ClusterIP connect time
 # with 1 vs N Services; writes docs/benchmarks/results.md, sync-time.png and sync-time.svg.

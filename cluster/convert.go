@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	gosync "sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -50,7 +51,12 @@ func Convert(objs Objects, opts ConvertOptions) ([]model.Service, []BadObject) {
 // changed slice from costing 10,000 conversions.
 type Converter struct {
 	Options ConvertOptions
-	prev    map[model.ServiceName]*converted
+	// TriggerTimesAfter is the proxy's start: EndpointSlice trigger times not after it are
+	// ignored (kube-proxy's trackerStartTime), since a proxy that starts programs everything
+	// and a latency measured from before it started says nothing about it.
+	TriggerTimesAfter time.Time
+	prev              map[model.ServiceName]*converted
+	triggers          map[model.ServiceName]map[model.Family][]time.Time
 }
 
 // converted is one Service's conversion and the objects it came from.
@@ -67,6 +73,58 @@ type converted struct {
 func (c *Converter) Changes(objs Objects) (map[model.ServiceName]*model.Service, []BadObject) {
 	_, changes, bad := c.convert(objs, false)
 	return changes, bad
+}
+
+// TriggerTimes returns, for the Services the last Changes reported as changed, the trigger
+// times (annotation endpoints.kubernetes.io/last-change-trigger-time) of their EndpointSlices
+// that are new or changed since the previous snapshot, by the slices' address family. A slice
+// without the annotation, with a value that does not parse as RFC 3339, or stamped before
+// TriggerTimesAfter gives none; so does a removed slice (its stamp is from its last update,
+// not the removal). The map is the caller's.
+func (c *Converter) TriggerTimes() map[model.ServiceName]map[model.Family][]time.Time {
+	return c.triggers
+}
+
+// ParseTriggerTime returns the EndpointSlice's last-change trigger time and true, or false
+// when the annotation is absent or does not parse (RFC 3339 with optional fraction, as the
+// EndpointSlice controller writes it).
+func ParseTriggerTime(es *discoveryv1.EndpointSlice) (time.Time, bool) {
+	v, ok := es.Annotations[corev1.EndpointsLastChangeTriggerTime]
+	if !ok {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return t, true
+}
+
+// sliceTriggers adds to out the trigger times of the slices in now that are not in prev.
+func (c *Converter) sliceTriggers(now, prev []*discoveryv1.EndpointSlice, out map[model.Family][]time.Time) map[model.Family][]time.Time {
+	for _, es := range now {
+		if slices.Contains(prev, es) {
+			continue
+		}
+		var fam model.Family
+		switch es.AddressType {
+		case discoveryv1.AddressTypeIPv4:
+			fam = model.IPv4
+		case discoveryv1.AddressTypeIPv6:
+			fam = model.IPv6
+		default:
+			continue
+		}
+		t, ok := ParseTriggerTime(es)
+		if !ok || !t.After(c.TriggerTimesAfter) {
+			continue
+		}
+		if out == nil {
+			out = map[model.Family][]time.Time{}
+		}
+		out[fam] = append(out[fam], t)
+	}
+	return out
 }
 
 // convert converts a snapshot; with sorted it also returns the Services sorted by name (and
@@ -126,6 +184,7 @@ func (c *Converter) convert(objs Objects, sorted bool) ([]model.Service, map[mod
 	var out []model.Service
 	now := make(map[model.ServiceName]*converted, len(services))
 	changes := map[model.ServiceName]*model.Service{}
+	c.triggers = map[model.ServiceName]map[model.Family][]time.Time{}
 	for i, s := range services {
 		name := model.ServiceName{Namespace: s.Namespace, Name: s.Name}
 		if now[name] != nil {
@@ -139,6 +198,13 @@ func (c *Converter) convert(objs Objects, sorted bool) ([]model.Service, map[mod
 			cv = fresh[i]
 			if prev == nil || !equalConverted(prev.out, cv.out) {
 				changes[name] = cv.out
+				var before []*discoveryv1.EndpointSlice
+				if prev != nil {
+					before = prev.slices
+				}
+				if ts := c.sliceTriggers(cv.slices, before, nil); ts != nil {
+					c.triggers[name] = ts
+				}
 			}
 		}
 		now[name] = cv
@@ -164,7 +230,7 @@ func convertOne(s *corev1.Service, esl []*discoveryv1.EndpointSlice, opts Conver
 	}
 	ms, err := convertService(s)
 	if err != nil {
-		cv.bad = append(cv.bad, BadObject{Kind: KindService, Namespace: s.Namespace, Name: s.Name, Err: err})
+		cv.bad = append(cv.bad, BadObject{Kind: KindService, Namespace: s.Namespace, Name: s.Name, UID: s.UID, Err: err})
 		return cv
 	}
 	eps := parseSlices(esl, &cv.bad)
@@ -369,7 +435,7 @@ func parseSlices(list []*discoveryv1.EndpointSlice, bad *[]BadObject) []parsedSl
 	for _, es := range list {
 		ps, err := parseSlice(es)
 		if err != nil {
-			*bad = append(*bad, BadObject{Kind: KindEndpointSlice, Namespace: es.Namespace, Name: es.Name, Err: err})
+			*bad = append(*bad, BadObject{Kind: KindEndpointSlice, Namespace: es.Namespace, Name: es.Name, UID: es.UID, Err: err})
 		}
 		if len(ps.ports) > 0 && len(ps.endpoints) > 0 {
 			out = append(out, ps)

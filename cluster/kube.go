@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -53,13 +54,19 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Objects)) error {
 	nodes := node.Core().V1().Nodes()
 
 	changed := make(chan struct{}, 1)
-	notify := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { signal(changed) },
-		UpdateFunc: func(any, any) { signal(changed) },
-		DeleteFunc: func(any) { signal(changed) },
+	// Informer events since the last snapshot, per kind (the Node's are not counted).
+	var serviceEvents, sliceEvents, nodeEvents atomic.Int64
+	notify := func(count *atomic.Int64) cache.ResourceEventHandlerFuncs {
+		return cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { count.Add(1); signal(changed) },
+			UpdateFunc: func(any, any) { count.Add(1); signal(changed) },
+			DeleteFunc: func(any) { count.Add(1); signal(changed) },
+		}
 	}
-	for _, inf := range []cache.SharedIndexInformer{services.Informer(), slices.Informer(), nodes.Informer()} {
-		if _, err := inf.AddEventHandler(notify); err != nil {
+	for inf, count := range map[cache.SharedIndexInformer]*atomic.Int64{
+		services.Informer(): &serviceEvents, slices.Informer(): &sliceEvents, nodes.Informer(): &nodeEvents,
+	} {
+		if _, err := inf.AddEventHandler(notify(count)); err != nil {
 			return fmt.Errorf("kubernetes source: add event handler: %w", err)
 		}
 	}
@@ -87,7 +94,8 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Objects)) error {
 			return nil
 		case <-changed:
 		}
-		var objs Objects
+		// Counted before listing: an event counted here is in the lists below.
+		objs := Objects{Events: Events{Services: int(serviceEvents.Swap(0)), EndpointSlices: int(sliceEvents.Swap(0))}}
 		var err error
 		if objs.Services, err = services.Lister().List(labels.Everything()); err != nil {
 			return fmt.Errorf("kubernetes source: list services: %w", err)
@@ -104,10 +112,13 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Objects)) error {
 
 // trimObject drops, before an object enters the informer caches, what the proxy never reads
 // and what makes up much of an object's size: managed fields, annotations (kubectl's copy of
-// the last applied configuration among them), owner references and finalizers; a Service's
-// selector; in EndpointSlices, each endpoint's reference to its Pod, hostname and deprecated
-// topology; in the Node, its image list and conditions. With 10,000 Services and their slices
-// this is tens of megabytes of cache. Labels stay: the proxy reads some of them.
+// the last applied configuration among them) but an EndpointSlice's last-change trigger time
+// (the network programming latency runs from it), owner references and finalizers; a
+// Service's selector; in EndpointSlices, each endpoint's reference to its Pod, hostname and
+// deprecated topology; in the Node, its image list and conditions. With 10,000 Services and
+// their slices this is tens of megabytes of cache. Labels stay (the proxy reads some of
+// them), and so do the Node's taints and deletion timestamp (health: a node on its way out
+// reports unhealthy) and every object's UID (events name it).
 func trimObject(obj any) (any, error) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		inner, err := trimObject(d.Obj)
@@ -116,9 +127,15 @@ func trimObject(obj any) (any, error) {
 	}
 	if m, ok := obj.(metav1.Object); ok {
 		m.SetManagedFields(nil)
-		m.SetAnnotations(nil)
 		m.SetOwnerReferences(nil)
 		m.SetFinalizers(nil)
+		var keep map[string]string
+		if _, ok := obj.(*discoveryv1.EndpointSlice); ok {
+			if v, ok := m.GetAnnotations()[corev1.EndpointsLastChangeTriggerTime]; ok {
+				keep = map[string]string{corev1.EndpointsLastChangeTriggerTime: v}
+			}
+		}
+		m.SetAnnotations(keep)
 	}
 	switch o := obj.(type) {
 	case *corev1.Service:

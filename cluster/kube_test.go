@@ -65,6 +65,9 @@ func TestKubeSource(t *testing.T) {
 	if len(first.Services) != 1 || len(first.EndpointSlices) != 1 {
 		t.Fatalf("first snapshot has %d Services and %d EndpointSlices, want 1 and 1", len(first.Services), len(first.EndpointSlices))
 	}
+	// Informer events reach the handlers after the caches synced, so the initial adds may
+	// be counted in a later snapshot: add them up.
+	events := first.Events
 	// The field selector is applied by the API server, which the fake client does not do;
 	// FindNode still picks this node's object by name.
 	if _, ok := FindNode(first.Nodes, "node1"); !ok {
@@ -77,12 +80,18 @@ func TestKubeSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		if o := next(); len(o.Services) == 2 {
+		o := next()
+		events.Services += o.Events.Services
+		events.EndpointSlices += o.Events.EndpointSlices
+		if len(o.Services) == 2 && events.Services == 2 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the new Service never showed in a snapshot")
+			t.Fatalf("the new Service never showed in a snapshot, or its add was not counted: events %+v", events)
 		}
+	}
+	if events.EndpointSlices != 1 {
+		t.Errorf("%d EndpointSlice events counted, want the one initial add", events.EndpointSlices)
 	}
 }
 
@@ -172,15 +181,18 @@ func TestTrimObject(t *testing.T) {
 	svc.Spec.Type = corev1.ServiceTypeNodePort
 	svc.Spec.Ports[0].NodePort = 30080
 	es.OwnerReferences = owner
-	es.Annotations = map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": "2026-11-24T00:00:00Z"}
+	es.Annotations = map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": "2026-11-24T00:00:00Z",
+		corev1.LastAppliedConfigAnnotation: `{"big":"json"}`}
 	host, node, zone := "pod-a", "node1", "zone-a"
 	es.Endpoints[0].Hostname, es.Endpoints[0].NodeName, es.Endpoints[0].Zone = &host, &node, &zone
 	es.Endpoints[0].TargetRef = &corev1.ObjectReference{Kind: "Pod", Name: "pod-a"}
 	es.Endpoints[0].DeprecatedTopology = map[string]string{"kubernetes.io/hostname": "node1"}
 	n := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: "node1", Labels: map[string]string{corev1.LabelTopologyZone: "zone-a"},
-			Annotations: map[string]string{"node.alpha.kubernetes.io/ttl": "0"}},
-		Spec: corev1.NodeSpec{PodCIDRs: []string{"10.244.1.0/24"}},
+			Annotations:       map[string]string{"node.alpha.kubernetes.io/ttl": "0"},
+			DeletionTimestamp: &metav1.Time{Time: time.Unix(1700000000, 0)}},
+		Spec: corev1.NodeSpec{PodCIDRs: []string{"10.244.1.0/24"},
+			Taints: []corev1.Taint{{Key: TaintToBeDeleted, Value: "1700000000", Effect: corev1.TaintEffectNoSchedule}}},
 		Status: corev1.NodeStatus{
 			Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.2"}},
 			Images:     []corev1.ContainerImage{{Names: []string{"registry.k8s.io/pause:3.10"}, SizeBytes: 1}},
@@ -214,12 +226,67 @@ func TestTrimObject(t *testing.T) {
 	}
 	ts, tes, tn := trimmed.Services[0], trimmed.EndpointSlices[0], trimmed.Nodes[0]
 	if ts.Annotations != nil || ts.ManagedFields != nil || ts.Finalizers != nil || ts.Spec.Selector != nil ||
-		tes.Annotations != nil || tes.OwnerReferences != nil || tes.Endpoints[0].TargetRef != nil ||
+		len(tes.Annotations) != 1 || tes.OwnerReferences != nil || tes.Endpoints[0].TargetRef != nil ||
 		tes.Endpoints[0].Hostname != nil || tes.Endpoints[0].DeprecatedTopology != nil ||
 		tn.Status.Images != nil || tn.Status.Conditions != nil || tn.Annotations != nil {
 		t.Errorf("left in place: %+v\n%+v\n%+v", ts, tes, tn)
 	}
 	if ts.Labels == nil || tes.Labels[discoveryv1.LabelServiceName] != "web" || tn.Labels[corev1.LabelTopologyZone] != "zone-a" {
 		t.Errorf("labels the proxy reads were dropped: %v %v %v", ts.Labels, tes.Labels, tn.Labels)
+	}
+	if at, ok := ParseTriggerTime(tes); !ok || !at.Equal(time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("the slice's trigger time did not survive: annotations %v", tes.Annotations)
+	}
+	if !wantNode.Deleting || !wantNode.ToBeDeleted || wantNode.Eligible() {
+		t.Errorf("untrimmed Node being deleted and tainted reads as %+v", wantNode)
+	}
+	if tn.DeletionTimestamp == nil || len(tn.Spec.Taints) != 1 {
+		t.Errorf("the Node's deletionTimestamp or taints were dropped: %+v", tn)
+	}
+}
+
+// TestTriggerTimes checks which EndpointSlice trigger times the Converter reports: the
+// stamps of new and changed slices of changed Services, by address family; not those of
+// unchanged slices, not a value that does not parse, and not one from before the proxy
+// started.
+func TestTriggerTimes(t *testing.T) {
+	start := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	stamp := func(es *discoveryv1.EndpointSlice, v string) *discoveryv1.EndpointSlice {
+		es = es.DeepCopy()
+		es.Annotations = map[string]string{corev1.EndpointsLastChangeTriggerTime: v}
+		return es
+	}
+	web := model.ServiceName{Namespace: "default", Name: "web"}
+	objs := webObjects("10.244.1.2")
+	v6 := objs.EndpointSlices[0].DeepCopy()
+	v6.Name, v6.AddressType, v6.Endpoints[0].Addresses = "web-2", discoveryv1.AddressTypeIPv6, []string{"fd00:244::2"}
+	objs.Services[0].Spec.ClusterIPs = []string{"10.96.0.10", "fd00:96::10"}
+	c := Converter{TriggerTimesAfter: start}
+
+	objs.EndpointSlices = []*discoveryv1.EndpointSlice{stamp(objs.EndpointSlices[0], "2026-11-24T09:59:59.5Z"), stamp(v6, "2026-11-24T10:00:01.25Z")}
+	c.Changes(objs)
+	want := map[model.ServiceName]map[model.Family][]time.Time{web: {model.IPv6: {start.Add(1250 * time.Millisecond)}}}
+	if got := c.TriggerTimes(); !reflect.DeepEqual(got, want) {
+		t.Errorf("first snapshot, IPv4 slice stamped before the start: trigger times %v, want %v", got, want)
+	}
+
+	// The IPv4 slice gets a new endpoint and a stamp; the IPv6 slice is unchanged.
+	v4 := stamp(objs.EndpointSlices[0], "2026-11-24T10:00:09.000000001Z")
+	v4.Endpoints[0].Addresses = []string{"10.244.1.3"}
+	objs.EndpointSlices[0] = v4
+	c.Changes(objs)
+	want = map[model.ServiceName]map[model.Family][]time.Time{web: {model.IPv4: {start.Add(9*time.Second + 1)}}}
+	if got := c.TriggerTimes(); !reflect.DeepEqual(got, want) {
+		t.Errorf("one slice changed: trigger times %v, want %v", got, want)
+	}
+
+	bad := stamp(v4, "yesterday")
+	bad.Endpoints[0].Addresses = []string{"10.244.1.4"}
+	objs.EndpointSlices[0] = bad
+	if ch, _ := c.Changes(objs); ch[web] == nil {
+		t.Fatalf("a slice with a bad stamp did not change the Service: %v", ch)
+	}
+	if got := c.TriggerTimes(); len(got) != 0 {
+		t.Errorf("a stamp that does not parse: trigger times %v, want none", got)
 	}
 }

@@ -14,12 +14,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -291,6 +293,7 @@ func (s *ManifestSource) Run(ctx context.Context, onChange func(Objects)) error 
 		pending     bool
 		pendingHash [sha256.Size]byte
 		lastErr     string
+		last        Objects
 	)
 	poll := func() {
 		files, err := readManifestDir(s.Dir)
@@ -321,6 +324,9 @@ func (s *ManifestSource) Run(ctx context.Context, onChange func(Objects)) error 
 		pending = false
 		objs, bad := parseManifests(files)
 		objs.Bad = bad
+		objs.Events = Events{Services: countChanged(last.Services, objs.Services),
+			EndpointSlices: countChanged(last.EndpointSlices, objs.EndpointSlices)}
+		last = objs
 		log.Debug("manifests changed", logkey.Count, len(objs.Services)+len(objs.EndpointSlices)+len(objs.Nodes))
 		delivered, lastHash = true, sum
 		onChange(objs)
@@ -337,4 +343,26 @@ func (s *ManifestSource) Run(ctx context.Context, onChange func(Objects)) error 
 			poll()
 		}
 	}
+}
+
+// countChanged counts the objects added, changed or removed from before to now, by
+// namespace and name.
+func countChanged[T interface {
+	comparable
+	metav1.Object
+}](before, now []T) int {
+	key := func(o T) string { return o.GetNamespace() + "/" + o.GetName() }
+	old := make(map[string]T, len(before))
+	for _, o := range before {
+		old[key(o)] = o
+	}
+	n := 0
+	for _, o := range now {
+		k := key(o)
+		if prev, ok := old[k]; !ok || !reflect.DeepEqual(prev, o) {
+			n++
+		}
+		delete(old, k)
+	}
+	return n + len(old)
 }

@@ -210,18 +210,19 @@ func TestManifestSourceRun(t *testing.T) {
 
 	// next waits for a snapshot holding only Service want. Snapshots of a half-written file
 	// are possible in principle and skipped.
-	next := func(want string) {
+	next := func(want string) Objects {
 		t.Helper()
 		timeout := time.After(wait)
 		for {
 			select {
 			case o := <-snapshots:
 				if len(o.Services) == 1 && o.Services[0].Name == want {
-					return
+					return o
 				}
 				t.Logf("skipping snapshot with services %v", o.Services)
 			case <-timeout:
 				t.Fatalf("no snapshot with %s within %v", want, wait)
+				return Objects{}
 			}
 		}
 	}
@@ -232,9 +233,11 @@ func TestManifestSourceRun(t *testing.T) {
 	writeFile(t, dir, "svc.yaml", strings.ReplaceAll(serviceDoc, "%s", "first"))
 	next("first")
 
-	// Same size, different content.
+	// Same size, different content: the Service first goes, secnd comes.
 	writeFile(t, dir, "svc.yaml", strings.ReplaceAll(serviceDoc, "%s", "secnd"))
-	next("secnd")
+	if o := next("secnd"); o.Events != (Events{Services: 2}) {
+		t.Errorf("a Service replaced by another counts %+v, want 2 Service changes", o.Events)
+	}
 
 	// No change, no snapshot.
 	select {

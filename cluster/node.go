@@ -19,7 +19,18 @@ type NodeInfo struct {
 	ExternalIPs []netip.Addr
 	// PodCIDRs is spec.podCIDRs (or spec.podCIDR).
 	PodCIDRs []netip.Prefix
+	// Deleting is set when the Node has a deletionTimestamp, ToBeDeleted when it carries the
+	// cluster autoscaler's ToBeDeletedByClusterAutoscaler taint: either way the node is on
+	// its way out, and load balancers should stop sending it traffic (Eligible).
+	Deleting, ToBeDeleted bool
 }
+
+// TaintToBeDeleted is the taint the cluster autoscaler puts on a node it is about to remove.
+const TaintToBeDeleted = "ToBeDeletedByClusterAutoscaler"
+
+// Eligible reports whether the node may receive load-balanced traffic: it is neither being
+// deleted nor about to be removed by the cluster autoscaler (kube-proxy's nodeEligible).
+func (n NodeInfo) Eligible() bool { return !n.Deleting && !n.ToBeDeleted }
 
 // PrimaryIPs returns the node's primary IP per family, IPv4 first: the first InternalIP of
 // each family, else the first ExternalIP of that family. These are what
@@ -52,7 +63,12 @@ func FindNode(nodes []*corev1.Node, name string) (NodeInfo, bool) {
 		if n == nil || n.Name != name {
 			continue
 		}
-		info := NodeInfo{Name: n.Name, Zone: n.Labels[corev1.LabelTopologyZone]}
+		info := NodeInfo{Name: n.Name, Zone: n.Labels[corev1.LabelTopologyZone], Deleting: n.DeletionTimestamp != nil}
+		for _, t := range n.Spec.Taints {
+			if t.Key == TaintToBeDeleted {
+				info.ToBeDeleted = true
+			}
+		}
 		for _, a := range n.Status.Addresses {
 			addr, err := parseAddr(a.Address)
 			if err != nil {

@@ -5,6 +5,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // Source delivers snapshots of the cluster objects a node's proxy reads. KubeSource watches
@@ -40,6 +41,15 @@ type Objects struct {
 	// Bad lists what the source itself could not read (a manifest that does not decode);
 	// conversion adds the objects it cannot turn into rules.
 	Bad []BadObject
+	// Events counts what the source saw change since its previous snapshot.
+	Events Events
+}
+
+// Events counts the changes a source saw (KubeSource: informer events; ManifestSource:
+// objects added, changed or removed between two readings of the directory), for the
+// metrics kubeproxy_sync_proxy_rules_service_changes_total and ..._endpoint_changes_total.
+type Events struct {
+	Services, EndpointSlices int
 }
 
 // BadObject describes an object skipped because it cannot be turned into rules. Skipping it
@@ -48,7 +58,9 @@ type BadObject struct {
 	Kind      string
 	Namespace string
 	Name      string
-	Err       error
+	// UID is the object's, when it came from the API server (events name it).
+	UID types.UID
+	Err error
 }
 
 // String names the object and the reason, as in "Service default/foo: <err>".

@@ -12,6 +12,8 @@ import (
 	gosync "sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/nftproxy/nftproxy/internal/logkey"
 	"github.com/nftproxy/nftproxy/model"
 )
@@ -33,8 +35,13 @@ type ServiceHealthServers struct {
 	// nil means net.Listen("tcp", addr).
 	Listen func(addr string) (net.Listener, error)
 	Log    *slog.Logger
+	// Events, when set, receives a Warning on a Service whose server cannot start (once per
+	// distinct error, as long as it lasts).
+	Events EventRecorder
 
 	mu gosync.Mutex
+	// failed holds the error last reported for each Service whose server could not start.
+	failed map[model.ServiceName]string
 	// services are the Services that want a server, by name.
 	services map[model.ServiceName]hcService
 	// servers are the running servers, by port.
@@ -110,6 +117,22 @@ func (h *ServiceHealthServers) Update(changes map[model.ServiceName]*model.Servi
 	h.reconcile()
 }
 
+// reportFailure records a Warning event, as kube-proxy does, when a Service's server fails
+// to start with an error not reported before.
+func (h *ServiceHealthServers) reportFailure(name model.ServiceName, port uint16, err error) {
+	if h.Events == nil || h.failed[name] == err.Error() {
+		return
+	}
+	if h.failed == nil {
+		h.failed = map[model.ServiceName]string{}
+	}
+	h.failed[name] = err.Error()
+	// Without a UID, as kube-proxy's (the model does not keep it).
+	h.Events.Eventf(serviceRef(name.Namespace, name.Name, ""), nil, corev1.EventTypeWarning,
+		ReasonFailedToStartServiceHealthcheck, actionListen,
+		"node %s failed to start healthcheck %q on port %d: %v", h.NodeName, name.String(), port, err)
+}
+
 // reconcile starts, stops and updates servers to match h.services.
 func (h *ServiceHealthServers) reconcile() {
 	byPort := make(map[uint16]model.ServiceName, len(h.services))
@@ -123,6 +146,11 @@ func (h *ServiceHealthServers) reconcile() {
 		}
 		byPort[s.port] = name
 	}
+	for name := range h.failed {
+		if _, ok := h.services[name]; !ok {
+			delete(h.failed, name)
+		}
+	}
 	for port, srv := range h.servers {
 		if name, ok := byPort[port]; !ok || name != srv.name {
 			h.stop(port, srv)
@@ -134,8 +162,10 @@ func (h *ServiceHealthServers) reconcile() {
 			var err error
 			if srv, err = h.start(port, name); err != nil {
 				h.Log.Error("cannot serve health checks for Service", logkey.Service, name.String(), logkey.Port, port, logkey.Error, err)
+				h.reportFailure(name, port, err)
 				continue
 			}
+			delete(h.failed, name)
 			h.servers[port] = srv
 		}
 		srv.mu.Lock()

@@ -27,22 +27,54 @@ func MetricsHandler(reg *prometheus.Registry, profiling bool) http.Handler {
 	return mux
 }
 
-// HealthHandler serves /healthz and /livez: 200 while p is healthy and 503 otherwise, with
-// kube-proxy's JSON body.
+// HealthHandler serves /healthz and /livez with kube-proxy's semantics and JSON body. Both
+// answer 503 until the first sync has been programmed, and while a change has waited for
+// longer than twice the sync period (Proxy.Health); /healthz also answers 503 while this
+// node is on its way out (Proxy.NodeEligible: a deletionTimestamp or the cluster
+// autoscaler's ToBeDeletedByClusterAutoscaler taint), so that load balancers drain it, and
+// says so in nodeEligible. /livez ignores the node: a draining node's proxy is alive. Each
+// answer is counted in kubeproxy_proxy_healthz_total or kubeproxy_proxy_livez_total.
 func HealthHandler(p *Proxy) http.Handler {
-	health := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		now := time.Now()
-		ok, last := p.Health(now)
-		writeJSON(w, statusFor(ok), struct {
-			LastUpdated  time.Time `json:"lastUpdated"`
-			CurrentTime  time.Time `json:"currentTime"`
-			NodeEligible bool      `json:"nodeEligible"`
-		}{last, now, true})
-	})
+	handler := func(livez bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, _ *http.Request) {
+			now := time.Now()
+			ok, last := p.Health(now)
+			body := healthBody{LastUpdated: last, CurrentTime: now, Healthy: ok, Status: map[string]familyHealth{}}
+			for _, fam := range families {
+				body.Status[ipFamily(fam)] = familyHealth{LastUpdated: last, Healthy: ok}
+			}
+			if !livez {
+				eligible := p.NodeEligible()
+				body.NodeEligible = &eligible
+				ok = ok && eligible
+			}
+			if ok {
+				body.LastUpdated = now
+			}
+			status := statusFor(ok)
+			p.Metrics.health(livez, status)
+			writeJSON(w, status, body)
+		}
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/healthz", health)
-	mux.Handle("/livez", health)
+	mux.Handle("/healthz", handler(false))
+	mux.Handle("/livez", handler(true))
 	return mux
+}
+
+// healthBody is kube-proxy's answer of /healthz and /livez. nftproxy programs both families
+// in one commit, so their status is the same.
+type healthBody struct {
+	LastUpdated  time.Time               `json:"lastUpdated"`
+	CurrentTime  time.Time               `json:"currentTime"`
+	NodeEligible *bool                   `json:"nodeEligible,omitempty"`
+	Healthy      bool                    `json:"healthy"`
+	Status       map[string]familyHealth `json:"status,omitempty"`
+}
+
+type familyHealth struct {
+	LastUpdated time.Time `json:"lastUpdated"`
+	Healthy     bool      `json:"healthy"`
 }
 
 // statusFor is 200 when ok and 503 otherwise.

@@ -48,6 +48,12 @@ type Proxy struct {
 	// ServiceHealth, when set, runs the health check servers of Services with
 	// externalTrafficPolicy Local.
 	ServiceHealth *ServiceHealthServers
+	// NodeRequired is set when the source is the API server: while this node's Node object
+	// is missing the node is not eligible for load-balanced traffic (kube-proxy's
+	// nodeEligible is false without a Node). Manifests need not hold one.
+	NodeRequired bool
+	// Events, when set, receives the events about Services that cannot be proxied.
+	Events EventRecorder
 
 	mu      gosync.Mutex
 	objs    *cluster.Objects
@@ -61,18 +67,27 @@ type Proxy struct {
 	syncer    *sync.Syncer
 	converter cluster.Converter
 	warned    map[string]bool
+	// started is when Run started: EndpointSlice trigger times before it are ignored.
+	started time.Time
 	// health tracks, for health checks, the oldest change not yet programmed (zero when
-	// none) and the last successful sync.
+	// none), the last successful sync and whether this node may receive load-balanced
+	// traffic.
 	health struct {
 		gosync.Mutex
 		pendingSince time.Time
 		lastSuccess  time.Time
+		nodeKnown    bool
+		nodeEligible bool
 	}
 }
 
-// Health reports whether the proxy is healthy at now: nothing waits to be programmed, or
-// the oldest waiting change is younger than twice the sync period (as kube-proxy's
-// /healthz). It also returns the time of the last successful sync.
+// families are the IP families the proxy programs, both in every commit.
+var families = []model.Family{model.IPv4, model.IPv6}
+
+// Health reports whether the proxy is healthy at now, for /livez: a sync has succeeded, and
+// nothing waits to be programmed or the oldest waiting change is younger than twice the sync
+// period (as kube-proxy's). It also returns the time of the last successful sync. Before the
+// first sync the proxy is not healthy: no rule of the cluster's is in place yet.
 func (p *Proxy) Health(now time.Time) (bool, time.Time) {
 	p.health.Lock()
 	defer p.health.Unlock()
@@ -80,20 +95,39 @@ func (p *Proxy) Health(now time.Time) (bool, time.Time) {
 	if period <= 0 {
 		period = DefaultSyncPeriod
 	}
-	return p.health.pendingSince.IsZero() || now.Sub(p.health.pendingSince) < 2*period, p.health.lastSuccess
+	ok := !p.health.lastSuccess.IsZero() &&
+		(p.health.pendingSince.IsZero() || now.Sub(p.health.pendingSince) < 2*period)
+	return ok, p.health.lastSuccess
+}
+
+// NodeEligible reports whether this node may receive load-balanced traffic, for /healthz:
+// its Node object is neither being deleted (deletionTimestamp) nor tainted
+// ToBeDeletedByClusterAutoscaler. Without a Node object it is eligible only when the source
+// does not require one (NodeRequired).
+func (p *Proxy) NodeEligible() bool {
+	p.health.Lock()
+	defer p.health.Unlock()
+	if !p.health.nodeKnown {
+		return !p.NodeRequired
+	}
+	return p.health.nodeEligible
 }
 
 // Update hands the proxy a new full snapshot of objects. It never blocks.
 func (p *Proxy) Update(objs cluster.Objects) {
 	now := time.Now()
+	node, known := cluster.FindNode(objs.Nodes, p.NodeName)
 	p.mu.Lock()
 	p.objs = &objs
 	p.objsAt = now
+	// Under mu: a sync taking the snapshot checks these changes out.
+	p.Metrics.queued(families, objs.Events)
 	p.mu.Unlock()
 	p.health.Lock()
 	if p.health.pendingSince.IsZero() {
 		p.health.pendingSince = now
 	}
+	p.health.nodeKnown, p.health.nodeEligible = known, node.Eligible()
 	p.health.Unlock()
 	select {
 	case p.signal() <- struct{}{}:
@@ -112,6 +146,9 @@ func (p *Proxy) signal() chan struct{} {
 
 // Run syncs until ctx is done. Rules stay in the kernel when it returns.
 func (p *Proxy) Run(ctx context.Context) error {
+	p.mu.Lock()
+	p.started = time.Now()
+	p.mu.Unlock()
 	prefetch(p.Backend)
 	changed := p.signal()
 	period := p.SyncPeriod
@@ -183,13 +220,17 @@ func (p *Proxy) NodePortIPs() []netip.Addr {
 // first snapshot it does nothing.
 func (p *Proxy) SyncOnce() error {
 	p.mu.Lock()
-	objs, at := p.objs, p.objsAt
+	objs, at, started := p.objs, p.objsAt, p.started
+	if objs != nil {
+		p.Metrics.checkedOut()
+	}
 	p.mu.Unlock()
 	if objs == nil {
 		return nil
 	}
 	if p.syncer == nil {
-		p.syncer = sync.NewSyncer(p.Backend, model.IPv4, model.IPv6)
+		p.converter.TriggerTimesAfter = started
+		p.syncer = sync.NewSyncer(p.Backend, families...)
 		p.syncer.Conntrack = p.Conntrack
 	}
 	if p.conntrackDue {
@@ -205,13 +246,11 @@ func (p *Proxy) SyncOnce() error {
 	took := time.Since(start)
 	p.reportSideEffects()
 	if err != nil {
-		if p.Metrics != nil {
-			p.Metrics.SyncFailures.Inc()
-		}
+		p.Metrics.failed(families)
 		return err
 	}
 	p.markSynced(at)
-	p.Metrics.observe(res, took)
+	p.Metrics.observe(families, res, took)
 	p.logResult(res, took)
 	return nil
 }
@@ -243,6 +282,7 @@ func (p *Proxy) prepare(objs *cluster.Objects, at time.Time) error {
 	}
 	p.syncer.SetNode(cfgs)
 	p.syncer.Update(changes, at)
+	p.syncer.AddTriggerTimes(p.converter.TriggerTimes())
 	return nil
 }
 
@@ -302,6 +342,7 @@ func (p *Proxy) reportBad(bad []cluster.BadObject) {
 		now[msg] = true
 		if !p.warned[msg] {
 			p.Log.Warn("skipping object that cannot be turned into rules", logkey.Object, msg)
+			p.badObjectEvent(b)
 		}
 	}
 	p.warned = now

@@ -160,13 +160,20 @@ func TestRetryBackoff(t *testing.T) {
 	})
 }
 
-// TestMetrics checks that a sync shows in kube-proxy's metrics and nftproxy's own.
+// TestMetrics checks that a sync shows in kube-proxy's metrics, under both families, and
+// nftproxy's own; and that the network programming latency is observed once per trigger time
+// of the programmed change, from that time, and not at all for a change without one.
 func TestMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	fake := nft.NewFake(1)
 	p := newTestProxy(fake)
 	p.Metrics = NewMetrics(reg)
-	p.Update(proxyObjects("10.244.1.2"))
+	first := proxyObjects("10.244.1.2")
+	first.Events = cluster.Events{Services: 1, EndpointSlices: 1}
+	p.Update(first)
+	if got := metricValue(t, reg, "kubeproxy_sync_proxy_rules_endpoint_changes_pending"); got != 1 {
+		t.Errorf("endpoint changes pending before the sync = %v, want 1", got)
+	}
 	fake.FailRate = 1
 	if err := p.SyncOnce(); err == nil {
 		t.Fatal("injected failure not reported")
@@ -175,13 +182,29 @@ func TestMetrics(t *testing.T) {
 	if err := p.SyncOnce(); err != nil {
 		t.Fatal(err)
 	}
+	// A change stamped 9 s ago by the EndpointSlice controller.
+	stamped := proxyObjects("10.244.1.3")
+	stamped.EndpointSlices[0].Annotations = map[string]string{
+		"endpoints.kubernetes.io/last-change-trigger-time": time.Now().Add(-9 * time.Second).Format(time.RFC3339Nano)}
+	stamped.Events = cluster.Events{EndpointSlices: 1}
+	p.Update(stamped)
+	if err := p.SyncOnce(); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name  string
 		value float64
 	}{
-		{"kubeproxy_sync_proxy_rules_nftables_sync_failures_total", 1},
-		{"kubeproxy_sync_full_proxy_rules_duration_seconds", 1}, // one observation
-		{"kubeproxy_network_programming_duration_seconds", 1},
+		{`kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family="IPv4"}`, 1},
+		{`kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family="IPv6"}`, 1},
+		{`kubeproxy_sync_full_proxy_rules_duration_seconds{ip_family="IPv4"}`, 1}, // one observation
+		{`kubeproxy_sync_full_proxy_rules_duration_seconds{ip_family="IPv6"}`, 1},
+		{`kubeproxy_sync_partial_proxy_rules_duration_seconds{ip_family="IPv4"}`, 1},
+		{`kubeproxy_network_programming_duration_seconds{ip_family="IPv4"}`, 1}, // the stamped change only
+		{"kubeproxy_sync_proxy_rules_endpoint_changes_total", 2},
+		{"kubeproxy_sync_proxy_rules_service_changes_total", 1},
+		{"kubeproxy_sync_proxy_rules_endpoint_changes_pending", 0},
+		{`kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="internal"}`, 0},
 		{`nftproxy_set_elements{family="ip",set="service-endpoints"}`, 1},
 		{`nftproxy_set_elements{family="ip",set="service-ips"}`, 1},
 	} {
@@ -189,6 +212,43 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s = %v, want %v", tc.name, got, tc.value)
 		}
 	}
+	if n := histogramBelow(t, reg, `kubeproxy_network_programming_duration_seconds{ip_family="IPv4"}`, 9); n != 0 {
+		t.Errorf("%d network programming latencies under 9 s, for a change stamped 9 s before its sync", n)
+	}
+}
+
+// histogramBelow returns how many observations of a histogram fell in buckets with upper
+// bounds under le.
+func histogramBelow(t *testing.T, reg *prometheus.Registry, name string, le float64) uint64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, labels, _ := strings.Cut(name, "{")
+	for _, f := range families {
+		if f.GetName() != base {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			var ls []string
+			for _, l := range m.GetLabel() {
+				ls = append(ls, l.GetName()+`="`+l.GetValue()+`"`)
+			}
+			if labels != "" && strings.Join(ls, ",")+"}" != labels {
+				continue
+			}
+			var n uint64
+			for _, b := range m.GetHistogram().GetBucket() {
+				if b.GetUpperBound() < le {
+					n = b.GetCumulativeCount()
+				}
+			}
+			return n
+		}
+	}
+	t.Fatalf("histogram %s not found", name)
+	return 0
 }
 
 // metricValue returns a counter's or gauge's value, or a histogram's sample count. name may
@@ -226,22 +286,34 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
-// TestHealth checks /healthz's notion of health: healthy while nothing waits, or while the
-// oldest waiting change is younger than twice the sync period; unhealthy when syncs keep
-// failing for longer.
+// TestHealth checks /livez's notion of health: unhealthy until the first sync succeeded;
+// then healthy while nothing waits, or while the oldest waiting change is younger than twice
+// the sync period; unhealthy when syncs keep failing for longer.
 func TestHealth(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fake := nft.NewFake(1)
 		p := newTestProxy(fake)
 		p.SyncPeriod = 10 * time.Second
-		if ok, _ := p.Health(time.Now()); !ok {
-			t.Error("unhealthy before anything happened")
+		if ok, _ := p.Health(time.Now()); ok {
+			t.Error("healthy before anything happened")
 		}
 		fake.SetFailRate(1)
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		go func() { _ = p.Run(ctx) }()
 		p.Update(proxyObjects("10.244.1.2"))
+		synctest.Wait()
+		if ok, _ := p.Health(time.Now()); ok {
+			t.Error("healthy before the first sync succeeded")
+		}
+		fake.SetFailRate(0)
+		time.Sleep(time.Second) // the first retry
+		synctest.Wait()
+		if ok, last := p.Health(time.Now()); !ok || last.IsZero() {
+			t.Fatalf("after the first successful sync: healthy=%v, last success %v", ok, last)
+		}
+		fake.SetFailRate(1)
+		p.Update(proxyObjects("10.244.1.3"))
 		time.Sleep(19 * time.Second)
 		synctest.Wait()
 		if ok, _ := p.Health(time.Now()); !ok {

@@ -8,6 +8,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 
 	"github.com/nftproxy/nftproxy/cluster"
@@ -32,7 +35,26 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 		return nil
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		NewBuildInfo(version))
+	RegisterClientMetrics(reg)
+	// With the API server as source: the client, and events (none from manifests: no API).
+	var client kubernetes.Interface
+	var recorder EventRecorder
+	if o.Manifests == "" {
+		var err error
+		if client, err = o.Client.NewClient("nftproxy/" + version); err != nil {
+			return err
+		}
+		// client-go logs through klog: send it to the same handler.
+		klog.SetSlogLogger(log)
+		var broadcaster events.EventBroadcaster
+		broadcaster, recorder = NewEventBroadcaster(client)
+		if err := broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
+			return fmt.Errorf("start recording events: %w", err)
+		}
+		defer broadcaster.Shutdown()
+	}
 	backend := nft.NewNetlink("")
 	defer backend.Close()
 	// Before the first sync: the probe also loads the kernel modules the rules need, a few
@@ -53,10 +75,13 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 		SyncPeriod:    o.SyncPeriod,
 		Metrics:       NewMetrics(reg),
 		Conntrack:     conntrack.NewNetlink(""),
+		NodeRequired:  client != nil,
+		Events:        recorder,
 	}
 	proxy.ServiceHealth = &ServiceHealthServers{
 		NodeName: node,
 		Log:      log,
+		Events:   recorder,
 		ProxyHealthy: func() bool {
 			ok, _ := proxy.Health(time.Now())
 			return ok
@@ -70,6 +95,7 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	if o.MetricsAddress != "" {
 		srv, err := serve(o.MetricsAddress, "--metrics-bind-address", MetricsHandler(reg, o.Profiling))
 		if err != nil {
+			nodeEvent(recorder, node, corev1.EventTypeWarning, "FailedToStartMetricServer", err.Error())
 			return err
 		}
 		defer srv.Close()
@@ -77,6 +103,7 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	if o.HealthzAddress != "" {
 		srv, err := serve(o.HealthzAddress, "--healthz-bind-address", HealthHandler(proxy))
 		if err != nil {
+			nodeEvent(recorder, node, corev1.EventTypeWarning, "FailedToStartProxierHealthcheck", err.Error())
 			return err
 		}
 		defer srv.Close()
@@ -87,14 +114,10 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 		source = &cluster.ManifestSource{Dir: o.Manifests, Log: log}
 		log.Info("starting nftproxy", logkey.Version, version, logkey.Node, node, logkey.Manifests, o.Manifests)
 	} else {
-		client, err := o.Client.NewClient("nftproxy/" + version)
-		if err != nil {
-			return err
-		}
-		// client-go logs through klog: send it to the same handler.
-		klog.SetSlogLogger(log)
 		source = &cluster.KubeSource{Client: client, NodeName: node, Log: log, Resync: o.ConfigSyncPeriod}
 		log.Info("starting nftproxy", logkey.Version, version, logkey.Node, node, logkey.Kubeconfig, o.Client.Kubeconfig)
+		// kube-proxy's "birth cry".
+		nodeEvent(recorder, node, corev1.EventTypeNormal, ReasonStarting, "")
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- source.Run(ctx, proxy.Update) }()
@@ -106,4 +129,11 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	}
 	log.Info("stopping; rules stay in place")
 	return nil
+}
+
+// nodeEvent records an event about this node, as kube-proxy's at start; rec may be nil.
+func nodeEvent(rec EventRecorder, node, eventType, reason, note string) {
+	if rec != nil {
+		rec.Eventf(nodeRef(node), nil, eventType, reason, actionStart, note)
+	}
 }

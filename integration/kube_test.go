@@ -32,10 +32,11 @@ type kubeHarness struct {
 	admin kubernetes.Interface
 }
 
-func newKubeHarness(t *testing.T) *kubeHarness {
+// newKubeHarness starts the harness and an API server with the extra kube-apiserver flags.
+func newKubeHarness(t *testing.T, apiserverArgs ...string) *kubeHarness {
 	t.Helper()
 	h := newHarness(t)
-	srv := apiserver.Start(t, apiserver.Options{NetNS: h.tp.Node1})
+	srv := apiserver.Start(t, apiserver.Options{NetNS: h.tp.Node1, ExtraArgs: apiserverArgs})
 	k := &kubeHarness{harness: h, srv: srv, admin: kubernetes.NewForConfigOrDie(srv.AdminConfig())}
 	k.applyDeployRBAC(t)
 	ctx := t.Context()

@@ -89,6 +89,11 @@ type PartElement struct {
 type Part struct {
 	Elements []PartElement
 	Chains   []*Chain
+	// NoLocalInternal and NoLocalExternal count the Service's ports whose traffic policy
+	// (internalTrafficPolicy, externalTrafficPolicy) is Local and that have endpoints
+	// elsewhere but none on this node, so that traffic of that kind is dropped here:
+	// kube-proxy's sync_proxy_rules_no_local_endpoints_total.
+	NoLocalInternal, NoLocalExternal int
 }
 
 // Element returns a pointer to the Part's element of set with key k, or nil.
@@ -470,6 +475,7 @@ func (b *builder) service(svc *Service) {
 		frontend := Element{Addr: clusterIP, Proto: port.Protocol, Port: port.Port, Comment: comment}
 		if len(internal) == 0 {
 			// Endpoints elsewhere, none here: internalTrafficPolicy Local drops.
+			b.part.NoLocalInternal++
 			frontend.Verdict = Verdict{Kind: Drop}
 			b.addElement(MapServiceIPs, frontend)
 		} else {
@@ -477,6 +483,10 @@ func (b *builder) service(svc *Service) {
 			b.addElement(MapServiceIPs, frontend)
 			b.slots(MapServiceEndpoints, frontend, 0, internal)
 			b.affinity(svc, MapAffinityServices, frontend)
+		}
+
+		if svc.ExternalPolicyLocal && len(local) == 0 {
+			b.part.NoLocalExternal++
 		}
 
 		// External traffic: ExternalIPs and LoadBalancer IPs, then the NodePort.

@@ -131,3 +131,35 @@ func TestEndpointChoice(t *testing.T) {
 		})
 	}
 }
+
+// TestNoLocalEndpointCounts checks the Part's counts of Service ports whose Local traffic
+// policy finds no endpoint on this node although others have one (kube-proxy's
+// sync_proxy_rules_no_local_endpoints_total), and that ports without any endpoint, or with
+// a local one, are not counted.
+func TestNoLocalEndpointCounts(t *testing.T) {
+	node := NodeConfig{Family: IPv4, NodeName: "node1"}
+	ep := func(addr, nodeName string) Endpoint {
+		return Endpoint{Addr: netip.MustParseAddr(addr), Port: 8080, Ready: true, NodeName: nodeName}
+	}
+	svc := func(internal, external bool, eps ...Endpoint) *Service {
+		return &Service{Name: ServiceName{Namespace: "ns", Name: "svc"}, Type: NodePort,
+			ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.1")}, InternalPolicyLocal: internal, ExternalPolicyLocal: external,
+			Ports: []ServicePort{{Protocol: TCP, Port: 80, NodePort: 30080, Endpoints: eps}, {Name: "b", Protocol: UDP, Port: 53, NodePort: 30053, Endpoints: eps}}}
+	}
+	for _, tc := range []struct {
+		name               string
+		svc                *Service
+		internal, external int
+	}{
+		{"internal Local, endpoints elsewhere", svc(true, false, ep("10.244.2.2", "node2")), 2, 0},
+		{"external Local, endpoints elsewhere", svc(false, true, ep("10.244.2.2", "node2")), 0, 2},
+		{"both Local, a local endpoint", svc(true, true, ep("10.244.1.2", "node1"), ep("10.244.2.2", "node2")), 0, 0},
+		{"both Local, no endpoint at all", svc(true, true), 0, 0},
+		{"policy Cluster, endpoints elsewhere", svc(false, false, ep("10.244.2.2", "node2")), 0, 0},
+	} {
+		p := BuildPart(tc.svc, node)
+		if p.NoLocalInternal != tc.internal || p.NoLocalExternal != tc.external {
+			t.Errorf("%s: NoLocalInternal, NoLocalExternal = %d, %d, want %d, %d", tc.name, p.NoLocalInternal, p.NoLocalExternal, tc.internal, tc.external)
+		}
+	}
+}

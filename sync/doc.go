@@ -6,7 +6,10 @@
 //
 // Words used here, beside model's:
 //   - change: a Service's new model value (nil: gone) handed to Update, kept pending with the
-//     time it was first seen until a sync commits it.
+//     time it was first seen, and the trigger times of the EndpointSlice updates behind it
+//     (AddTriggerTimes), until a sync commits it.
+//   - trigger time: when the change was made in the cluster, as the EndpointSlice controller
+//     stamps it; from it to the commit is the network programming latency.
 //   - partial sync: a sync that rebuilds only the Parts of the changed Services and diffs only
 //     the elements and chains they touch.
 //   - full sync: a sync that reads the tables back from the kernel and diffs the whole desired

@@ -52,6 +52,8 @@ type Syncer struct {
 type pendingChange struct {
 	svc   *model.Service
 	since time.Time
+	// triggers are the EndpointSlice trigger times of the change, by the slices' family.
+	triggers map[model.Family][]time.Time
 }
 
 // SyncResult describes one sync.
@@ -64,6 +66,12 @@ type SyncResult struct {
 	Services int
 	// Oldest is the time of the oldest change this sync programmed (zero if none).
 	Oldest time.Time
+	// TriggerTimes lists, by family, the trigger times (AddTriggerTimes) of the changes this
+	// sync programmed: one network programming latency each.
+	TriggerTimes map[model.Family][]time.Time
+	// NoLocalInternal and NoLocalExternal count, per family, the Service ports with a Local
+	// traffic policy of that kind and endpoints only on other nodes (model.Part).
+	NoLocalInternal, NoLocalExternal map[model.Family]int
 	// DriftRepaired is set when a full sync found the kernel different from what the
 	// syncer had committed.
 	DriftRepaired bool
@@ -118,6 +126,30 @@ func (s *Syncer) Update(changes map[model.ServiceName]*model.Service, now time.T
 	}
 }
 
+// AddTriggerTimes adds, to the pending change of each named Service, the times at which its
+// changes were triggered (an EndpointSlice's endpoints.kubernetes.io/last-change-trigger-time),
+// by family. The sync that programs the change returns them in SyncResult.TriggerTimes. Times
+// for a Service without a pending change (none, or one that cancelled out) are dropped: there
+// is nothing left to program.
+func (s *Syncer) AddTriggerTimes(times map[model.ServiceName]map[model.Family][]time.Time) {
+	for name, byFam := range times {
+		p, ok := s.pending[name]
+		if !ok {
+			continue
+		}
+		for fam, ts := range byFam {
+			if len(ts) == 0 {
+				continue
+			}
+			if p.triggers == nil {
+				p.triggers = map[model.Family][]time.Time{}
+			}
+			p.triggers[fam] = append(p.triggers[fam], ts...)
+		}
+		s.pending[name] = p
+	}
+}
+
 // Pending reports whether a sync has work: changes to program, a full sync due, or stale
 // chains to delete.
 func (s *Syncer) Pending() bool {
@@ -163,7 +195,9 @@ func (s *Syncer) Sync() (SyncResult, error) {
 	}
 	s.needFull = false
 	res.Elements = map[model.Family]map[string]int{}
+	res.NoLocalInternal, res.NoLocalExternal = map[model.Family]int{}, map[model.Family]int{}
 	for fam, t := range s.tables {
+		res.NoLocalInternal[fam], res.NoLocalExternal[fam] = t.noLocalInternal, t.noLocalExternal
 		res.Elements[fam] = map[string]int{}
 		for name, m := range t.committed.elems {
 			res.Elements[fam][name] = len(m)
@@ -198,10 +232,35 @@ func (s *Syncer) restorePending(changes map[model.ServiceName]pendingChange, old
 		}
 	}
 	for name, p := range changes {
-		if _, newer := s.pending[name]; !newer {
+		newer, ok := s.pending[name]
+		if !ok {
 			s.pending[name] = p
+			continue
+		}
+		// Keep the older change's first time and trigger times with the newer value.
+		newer.since = p.since
+		for fam, ts := range p.triggers {
+			if newer.triggers == nil {
+				newer.triggers = map[model.Family][]time.Time{}
+			}
+			newer.triggers[fam] = append(slices.Clone(ts), newer.triggers[fam]...)
+		}
+		s.pending[name] = newer
+	}
+}
+
+// triggerTimes collects the trigger times of changes, by family.
+func triggerTimes(changes map[model.ServiceName]pendingChange) map[model.Family][]time.Time {
+	var out map[model.Family][]time.Time
+	for _, p := range changes {
+		for fam, ts := range p.triggers {
+			if out == nil {
+				out = map[model.Family][]time.Time{}
+			}
+			out[fam] = append(out[fam], ts...)
 		}
 	}
+	return out
 }
 
 func oldest(changes map[model.ServiceName]pendingChange) time.Time {
@@ -217,7 +276,7 @@ func oldest(changes map[model.ServiceName]pendingChange) time.Time {
 // syncPartial rebuilds the changed Services and commits the difference to the last commit.
 func (s *Syncer) syncPartial() (SyncResult, error) {
 	changes, old := s.takePending()
-	res := SyncResult{Services: len(changes), Oldest: oldest(changes)}
+	res := SyncResult{Services: len(changes), Oldest: oldest(changes), TriggerTimes: triggerTimes(changes)}
 	tx := &nft.Transaction{}
 	ctChanged := false
 	releases := map[model.Family][]model.Key{}
@@ -308,7 +367,7 @@ func (s *Syncer) afterCommit(tx *nft.Transaction) {
 // syncFull rebuilds every Service, reads the tables back and commits the difference.
 func (s *Syncer) syncFull() (SyncResult, error) {
 	changes, old := s.takePending()
-	res := SyncResult{Full: true, Services: len(s.services), Oldest: oldest(changes)}
+	res := SyncResult{Full: true, Services: len(s.services), Oldest: oldest(changes), TriggerTimes: triggerTimes(changes)}
 	tx := &nft.Transaction{}
 	tables := map[model.Family]*table{}
 	replaced := map[*table]bool{}

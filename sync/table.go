@@ -28,6 +28,8 @@ type table struct {
 	committed *tableIndex
 	// staleChains were flushed by an earlier commit and are deleted by the next one.
 	staleChains map[string]bool
+	// noLocalInternal and noLocalExternal sum the Parts' counts of the same names.
+	noLocalInternal, noLocalExternal int
 }
 
 // claim lists the Services whose Parts hold one key of a set. The first by name wins: its
@@ -123,6 +125,8 @@ func (tk *dirty) chain(name string) {
 func (t *table) setPart(name model.ServiceName, part *model.Part, touched *dirty) {
 	if old := t.parts[name]; old != nil {
 		delete(t.parts, name)
+		t.noLocalInternal -= old.NoLocalInternal
+		t.noLocalExternal -= old.NoLocalExternal
 		for _, pe := range old.Elements {
 			k := pe.Element.Key()
 			t.unclaim(pe.Set, k, name)
@@ -144,6 +148,8 @@ func (t *table) setPart(name model.ServiceName, part *model.Part, touched *dirty
 		return
 	}
 	t.parts[name] = part
+	t.noLocalInternal += part.NoLocalInternal
+	t.noLocalExternal += part.NoLocalExternal
 	for i := range part.Elements {
 		pe := &part.Elements[i]
 		k := pe.Element.Key()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -63,6 +64,8 @@ type config struct {
 	m        int // endpoints per Service
 	samples  int // single changes per proxy
 	connects int // timed connects per data-plane measurement
+	// kubeProxy is what `kube-proxy --version` prints (integration/k8s pins the release).
+	kubeProxy string
 }
 
 // changeGap is the pause after each single change's sync is seen, before the next change: more
@@ -112,9 +115,13 @@ func TestScaleCompare(t *testing.T) {
 				"--metrics-bind-address", "127.0.0.1:10249", "--healthz-bind-address", "127.0.0.1:10256"}, minSync...)
 		}
 	}
+	kubeBin := kubeProxyBin(t)
+	if v, err := exec.Command(kubeBin, "--version").Output(); err == nil {
+		cfg.kubeProxy = strings.TrimSpace(string(v))
+	}
 	proxies := []proxyKind{
 		{name: nftName, short: "nftproxy", table: "nftproxy", bin: nftBin, args: nftArgs("--min-sync-period=0")},
-		{name: kubeName, short: "kube-proxy", table: "kube-proxy", bin: kubeProxyBin(t), args: func(kc string) []string {
+		{name: kubeName, short: "kube-proxy", table: "kube-proxy", bin: kubeBin, args: func(kc string) []string {
 			return []string{"--proxy-mode=nftables", "--conntrack-max-per-core=0",
 				"--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
 				"--kubeconfig", kc, "--hostname-override", scale.NodeName(0),
