@@ -156,27 +156,19 @@ func (c *ConntrackSysctls) Apply(root string, log *slog.Logger) error {
 			continue
 		}
 		if err := writeInt(hashsize, w.value/4, log); err != nil {
-			log.Warn("cannot raise the conntrack hash size", keyValue, w.value/4, logkey.Error, err)
+			log.Warn("cannot raise the conntrack hash size", logkey.Value, w.value/4, logkey.Error, err)
 		}
 	}
 	if len(readOnly) > 0 {
 		// An unprivileged container's /proc/sys, or nf_conntrack_max in a network namespace
 		// other than the host's.
-		log.Warn("skipping conntrack sysctls that are read-only here (--conntrack-* need a privileged container, or a privileged --init-only run)", keySysctls, readOnly)
+		log.Warn("skipping conntrack sysctls that are read-only here (--conntrack-* need a privileged container, or a privileged --init-only run)", logkey.Sysctls, readOnly)
 	}
 	if len(missing) > 0 {
-		log.Warn("skipping conntrack sysctls that do not exist (nf_conntrack not loaded?)", keySysctls, missing)
+		log.Warn("skipping conntrack sysctls that do not exist (nf_conntrack not loaded?)", logkey.Sysctls, missing)
 	}
 	return nil
 }
-
-// Log keys of this file.
-const (
-	keySysctl  = "sysctl"
-	keySysctls = "sysctls"
-	keyValue   = "value"
-	keyWas     = "was"
-)
 
 // writeInt writes value to the sysctl file at path unless it holds value already.
 func writeInt(path string, value int, log *slog.Logger) error {
@@ -193,7 +185,7 @@ func writeInt(path string, value int, log *slog.Logger) error {
 		}
 		return err
 	}
-	log.Info("set sysctl", keySysctl, path, keyValue, value, keyWas, cur)
+	log.Info("set sysctl", logkey.Sysctl, path, logkey.Value, value, logkey.Was, cur)
 	return nil
 }
 

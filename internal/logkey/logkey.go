@@ -43,6 +43,12 @@ const (
 	Service = "service"
 	// Services is a number of Services.
 	Services = "services"
+	// Sysctl is a sysctl's path; Sysctls lists sysctl names.
+	Sysctl  = "sysctl"
+	Sysctls = "sysctls"
+	// Value is the value written; Was the one it replaced.
+	Value = "value"
+	Was   = "was"
 	// Version is nftproxy's version.
 	Version = "version"
 )
