@@ -24,6 +24,11 @@ const (
 	// ReasonFailedToStartServiceHealthcheck (Warning, on the Service) says that its
 	// healthCheckNodePort cannot be listened on.
 	ReasonFailedToStartServiceHealthcheck = "FailedToStartServiceHealthcheck"
+	// ReasonFailedToStartMetricServer: --metrics-bind-address cannot be listened on (Node).
+	ReasonFailedToStartMetricServer = "FailedToStartMetricServer"
+	// ReasonFailedToStartProxierHealthcheck: --healthz-bind-address cannot be listened on
+	// (Node).
+	ReasonFailedToStartProxierHealthcheck = "FailedToStartProxierHealthcheck"
 
 	actionStart  = "StartProxy"
 	actionProxy  = "Proxy"

@@ -95,7 +95,7 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	if o.MetricsAddress != "" {
 		srv, err := serve(o.MetricsAddress, "--metrics-bind-address", MetricsHandler(reg, o.Profiling))
 		if err != nil {
-			nodeEvent(recorder, node, corev1.EventTypeWarning, "FailedToStartMetricServer", err.Error())
+			nodeEvent(recorder, node, corev1.EventTypeWarning, ReasonFailedToStartMetricServer, err.Error())
 			return err
 		}
 		defer srv.Close()
@@ -103,7 +103,7 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	if o.HealthzAddress != "" {
 		srv, err := serve(o.HealthzAddress, "--healthz-bind-address", HealthHandler(proxy))
 		if err != nil {
-			nodeEvent(recorder, node, corev1.EventTypeWarning, "FailedToStartProxierHealthcheck", err.Error())
+			nodeEvent(recorder, node, corev1.EventTypeWarning, ReasonFailedToStartProxierHealthcheck, err.Error())
 			return err
 		}
 		defer srv.Close()
