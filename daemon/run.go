@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,57 +58,17 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	}
 	backend := nft.NewNetlink("")
 	defer backend.Close()
-	// Before the first sync: the probe also loads the kernel modules the rules need, a few
-	// at a time, where the first sync's one batch would make the kernel replay it once for
-	// each (seconds on Linux 6.1).
-	start := time.Now()
-	features, err := backend.Probe()
-	if err != nil {
-		return fmt.Errorf("kernel check: %w", err)
+	if err := checkKernel(backend, log); err != nil {
+		return err
 	}
-	log.Info("kernel checked", logkey.Kernel, features.Kernel, logkey.Features, features.String(), logkey.Duration, time.Since(start))
-	proxy := &Proxy{
-		Config:        &o.Config,
-		NodeName:      node,
-		Backend:       backend,
-		Log:           log,
-		MinSyncPeriod: o.MinSyncPeriod,
-		SyncPeriod:    o.SyncPeriod,
-		Metrics:       NewMetrics(reg),
-		Conntrack:     conntrack.NewNetlink(""),
-		NodeRequired:  client != nil,
-		Events:        recorder,
-	}
-	proxy.ServiceHealth = &ServiceHealthServers{
-		NodeName: node,
-		Log:      log,
-		Events:   recorder,
-		ProxyHealthy: func() bool {
-			ok, _ := proxy.Health(time.Now())
-			return ok
-		},
-	}
-	if o.Config.NodePortsRestricted() {
-		// As kube-proxy: health check node ports listen where NodePorts are served.
-		proxy.ServiceHealth.Addresses = proxy.NodePortIPs
-	}
+	proxy := newProxy(o, node, backend, log, NewMetrics(reg), recorder)
+	proxy.NodeRequired = client != nil
 	defer proxy.ServiceHealth.Close()
-	if o.MetricsAddress != "" {
-		srv, err := serve(o.MetricsAddress, "--metrics-bind-address", MetricsHandler(reg, o.Profiling))
-		if err != nil {
-			nodeEvent(recorder, node, corev1.EventTypeWarning, ReasonFailedToStartMetricServer, err.Error())
-			return err
-		}
-		defer srv.Close()
+	closeServers, err := serveHTTP(o, reg, proxy, recorder)
+	if err != nil {
+		return err
 	}
-	if o.HealthzAddress != "" {
-		srv, err := serve(o.HealthzAddress, "--healthz-bind-address", HealthHandler(proxy))
-		if err != nil {
-			nodeEvent(recorder, node, corev1.EventTypeWarning, ReasonFailedToStartProxierHealthcheck, err.Error())
-			return err
-		}
-		defer srv.Close()
-	}
+	defer closeServers()
 
 	var source cluster.Source
 	if o.Manifests != "" {
@@ -129,6 +90,78 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	}
 	log.Info("stopping; rules stay in place")
 	return nil
+}
+
+// checkKernel probes the kernel before the first sync and logs what it found. The probe also
+// loads the kernel modules the rules need, a few at a time, where the first sync's one batch
+// would make the kernel replay it once for each (seconds on Linux 6.1).
+func checkKernel(backend *nft.Netlink, log *slog.Logger) error {
+	start := time.Now()
+	features, err := backend.Probe()
+	if err != nil {
+		return fmt.Errorf("kernel check: %w", err)
+	}
+	log.Info("kernel checked", logkey.Kernel, features.Kernel, logkey.Features, features.String(), logkey.Duration, time.Since(start))
+	return nil
+}
+
+// newProxy returns the sync loop of this node, with its health check node port servers.
+func newProxy(o *Options, node string, backend nft.Backend, log *slog.Logger, m *Metrics, recorder EventRecorder) *Proxy {
+	proxy := &Proxy{
+		Config:        &o.Config,
+		NodeName:      node,
+		Backend:       backend,
+		Log:           log,
+		MinSyncPeriod: o.MinSyncPeriod,
+		SyncPeriod:    o.SyncPeriod,
+		Metrics:       m,
+		Conntrack:     conntrack.NewNetlink(""),
+		Events:        recorder,
+	}
+	proxy.ServiceHealth = &ServiceHealthServers{
+		NodeName: node,
+		Log:      log,
+		Events:   recorder,
+		ProxyHealthy: func() bool {
+			ok, _ := proxy.Health(time.Now())
+			return ok
+		},
+	}
+	if o.Config.NodePortsRestricted() {
+		// As kube-proxy: health check node ports listen where NodePorts are served.
+		proxy.ServiceHealth.Addresses = proxy.NodePortIPs
+	}
+	return proxy
+}
+
+// serveHTTP starts the metrics and the health servers the options ask for, and returns what
+// closes them. A server that cannot listen is an error, and an event on the Node.
+func serveHTTP(o *Options, reg *prometheus.Registry, proxy *Proxy, recorder EventRecorder) (func(), error) {
+	var servers []*http.Server
+	closeAll := func() {
+		for _, srv := range servers {
+			srv.Close()
+		}
+	}
+	for _, s := range []struct {
+		addr, flag, reason string
+		handler            http.Handler
+	}{
+		{o.MetricsAddress, "--metrics-bind-address", ReasonFailedToStartMetricServer, MetricsHandler(reg, o.Profiling)},
+		{o.HealthzAddress, "--healthz-bind-address", ReasonFailedToStartProxierHealthcheck, HealthHandler(proxy)},
+	} {
+		if s.addr == "" {
+			continue
+		}
+		srv, err := serve(s.addr, s.flag, s.handler)
+		if err != nil {
+			nodeEvent(recorder, proxy.NodeName, corev1.EventTypeWarning, s.reason, err.Error())
+			closeAll()
+			return nil, err
+		}
+		servers = append(servers, srv)
+	}
+	return closeAll, nil
 }
 
 // nodeEvent records an event about this node, as kube-proxy's at start; rec may be nil.
