@@ -83,17 +83,24 @@ func writeTemp(t *testing.T, s string) string {
 }
 
 // TestProbe checks the kernel feature probe a starting daemon runs: it passes on this kernel
-// in both families, finds NFT_MSG_DESTROYSETELEM exactly on Linux 6.3 and later, and leaves
-// no table behind.
+// in both families, finds NFT_MSG_DESTROYSETELEM exactly on Linux 6.3 and later, leaves no
+// table behind and commits nothing (the ruleset generation stays).
 func TestProbe(t *testing.T) {
 	topology.RequirePrivileged(t)
 	ns := topology.NewNetNS(t, "probe")
 	be := kernelBackend(t, ns)
+	gen, err := be.Generation()
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	f, err := be.Probe()
 	t.Logf("probe took %v: %s", time.Since(start), f)
 	if err != nil {
 		t.Fatalf("Probe: %v", err)
+	}
+	if after, err := be.Generation(); err != nil || after != gen {
+		t.Errorf("ruleset generation %d before the probe, %d after (%v): it committed", gen, after, err)
 	}
 	var major, minor int
 	if _, err := fmt.Sscanf(f.Kernel, "%d.%d", &major, &minor); err != nil {

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/nftproxy/nftproxy/model"
@@ -39,7 +40,10 @@ func (f Features) String() string {
 
 // Probe checks that the kernel accepts every kind of object nftproxy writes, in both families,
 // and finds the optional features. Each check is a batch that creates a scratch table with
-// what is checked and deletes it again, so nothing stays behind and no packet sees it.
+// what is checked and then fails on purpose (see tryBatch): the kernel checks every message,
+// loads the modules they need, and then throws the batch away, so nothing is committed, no
+// packet sees the table and the ruleset generation does not move (a restarted proxy that
+// finds its tables up to date commits nothing at all).
 //
 // The checks also load the nf_tables modules that nftproxy's rules need, a few per batch. A
 // batch that needs a module the kernel has not loaded is aborted, the module loaded and the
@@ -102,11 +106,10 @@ func probeFamily(c *conn, fam model.Family) error {
 // probeChain is the chain a probe batch puts its rule in.
 const probeChain = "probe"
 
-// probeCommit commits one probe batch: the scratch table with rs's sets (no elements) and,
+// probeCommit tries one probe batch: the scratch table with rs's sets (no elements) and,
 // without r, all its chains; with r, its regular chains (what r may jump to) and r in a
-// regular chain of its own. Then the table's deletion. Base chains register netfilter hooks,
-// and taking them down again waits for an RCU grace period (5-15 ms): only the first batch of
-// a ruleset has them.
+// regular chain of its own. Base chains register netfilter hooks, and taking them down again
+// waits for an RCU grace period (5-15 ms): only the first batch of a ruleset has them.
 func probeCommit(c *conn, fam model.Family, rs *model.Ruleset, r *model.Rule) error {
 	b := &batch{}
 	e := newEncoder(b, fam)
@@ -126,8 +129,27 @@ func probeCommit(c *conn, fam model.Family, rs *model.Ruleset, r *model.Rule) er
 			return err
 		}
 	}
-	b.delTable(e.fam, probeTable)
-	return b.commit(c, 0)
+	return tryBatch(c, b, e.fam)
+}
+
+// tryBatch sends b, which starts by creating the probe table in family fam, with one more
+// message that fails on purpose: creating that table again, exclusively (EEXIST). The kernel
+// goes through every message of a batch, reporting each failure in order, and aborts a batch
+// with any, committing nothing. So b's own messages were accepted exactly when the first
+// error is that EEXIST; a module a message needed was loaded either way.
+func tryBatch(c *conn, b *batch, fam byte) error {
+	ae := newAttrs()
+	ae.String(unix.NFTA_TABLE_NAME, probeTable)
+	ae.Uint32(unix.NFTA_TABLE_FLAGS, 0)
+	b.add(fam, unix.NFT_MSG_NEWTABLE, netlink.Create|netlink.Excl, ae)
+	err := b.commit(c, 0)
+	switch {
+	case errors.Is(err, unix.EEXIST):
+		return nil
+	case err == nil:
+		return errors.New("the kernel committed a probe batch that had to fail")
+	}
+	return err
 }
 
 // exprKinds names the netlink expressions of a rule (ct, nat, fib...), sorted.
@@ -204,8 +226,7 @@ func probeDestroyElements(c *conn) (bool, error) {
 	if err := e.writeElements(nftMsgDestroySetElem, set, []model.Element{{Addr: netip.IPv4Unspecified()}}); err != nil {
 		return false, err
 	}
-	b.delTable(e.fam, probeTable)
-	err := b.commit(c, 0)
+	err := tryBatch(c, b, e.fam)
 	switch {
 	case err == nil:
 		return true, nil
