@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -28,9 +29,10 @@ import (
 )
 
 // Netlink reconciles the conntrack table of one network namespace with nftproxy's rules
-// over ctnetlink (github.com/ti-mo/conntrack). Every call opens its own netlink
-// connections and closes them, so a Netlink holds no resources and is safe for concurrent
-// use.
+// over ctnetlink: it reads the dumps itself, deciding each entry as its message arrives,
+// and deletes the stale ones with github.com/ti-mo/conntrack. Every call opens its own
+// netlink connections and closes them, so a Netlink holds no resources and is safe for
+// concurrent use.
 //
 // Entries are matched in the default and in any other conntrack zone. An entry that
 // expires between the dump and its deletion is not an error.
@@ -94,7 +96,7 @@ func (c *Netlink) Reconcile(rules []*Rules) []Result {
 		}
 	}
 	cfg := &netlink.Config{NetNS: nsFd}
-	dump, err := netfilter.Dial(cfg)
+	dump, err := dialDump(cfg)
 	if err != nil {
 		return fail(fmt.Errorf("dial ctnetlink: %w", err))
 	}
@@ -132,46 +134,49 @@ func nodePortIPs(r *Rules, local map[netip.Addr]bool) map[netip.Addr]bool {
 }
 
 // reconcileFamily dumps the entries of r's family and protocols and deletes the stale ones.
-func reconcileFamily(dump *netfilter.Conn, del *ct.Conn, r *Rules, nodeIPs map[netip.Addr]bool) Result {
+// Each entry is decided as its message streams in, from the few attributes the rule reads
+// (see ctEntry.decode); only the stale ones are kept, and deleted once the dump is over.
+func reconcileFamily(dump *dumpConn, del *ct.Conn, r *Rules, nodeIPs map[netip.Addr]bool) Result {
 	res := Result{Family: r.Family}
 	fam := netfilter.ProtoIPv4
 	if r.Family == model.IPv6 {
 		fam = netfilter.ProtoIPv6
 	}
 	var errs []error
+	var stale []ctEntry
 	for _, proto := range r.protocols() {
-		msgs, err := dumpProto(dump, fam, proto)
+		var e ctEntry
+		err := dump.dumpProto(fam, proto, func(attrs []byte) {
+			if err := e.decode(attrs); err != nil {
+				errs = append(errs, fmt.Errorf("decode entry: %w", err))
+				return
+			}
+			if uint8(proto) != e.orig.Proto.Protocol || familyOf(e.orig.IP.DestinationAddress) != fam {
+				return // a kernel older than 5.8 does not filter
+			}
+			res.Entries++
+			entry := Entry{
+				Proto:    proto,
+				OrigDst:  netip.AddrPortFrom(e.orig.IP.DestinationAddress, e.orig.Proto.DestinationPort),
+				ReplySrc: netip.AddrPortFrom(e.reply.IP.SourceAddress, e.reply.Proto.SourcePort),
+			}
+			if Stale(entry, r.Frontends, nodeIPs) {
+				stale = append(stale, e)
+			}
+		})
 		if err != nil {
 			res.Err = fmt.Errorf("conntrack: dump %s %s entries: %w", r.Family, proto, err)
 			return res
 		}
-		for _, m := range msgs {
-			var ev ct.Event
-			if err := ev.Unmarshal(m); err != nil {
-				errs = append(errs, fmt.Errorf("decode entry: %w", err))
-				continue
-			}
-			f := ev.Flow
-			if uint8(proto) != f.TupleOrig.Proto.Protocol || familyOf(f.TupleOrig.IP.DestinationAddress) != fam {
-				continue // a kernel older than 5.8 does not filter
-			}
-			res.Entries++
-			e := Entry{
-				Proto:    proto,
-				OrigDst:  netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress, f.TupleOrig.Proto.DestinationPort),
-				ReplySrc: netip.AddrPortFrom(f.TupleReply.IP.SourceAddress, f.TupleReply.Proto.SourcePort),
-			}
-			if !Stale(e, r.Frontends, nodeIPs) {
-				continue
-			}
-			// Only the tuples and the zone identify an entry for deletion.
-			err := del.Delete(ct.Flow{TupleOrig: f.TupleOrig, TupleReply: f.TupleReply, Zone: f.Zone})
-			switch {
-			case err == nil:
-				res.Deleted++
-			case !errors.Is(err, unix.ENOENT):
-				errs = append(errs, fmt.Errorf("delete %s: %w", f.TupleOrig, err))
-			}
+	}
+	for _, e := range stale {
+		// Only the tuples and the zone identify an entry for deletion.
+		err := del.Delete(ct.Flow{TupleOrig: e.orig, TupleReply: e.reply, Zone: e.zone})
+		switch {
+		case err == nil:
+			res.Deleted++
+		case !errors.Is(err, unix.ENOENT):
+			errs = append(errs, fmt.Errorf("delete %s: %w", e.orig, err))
 		}
 	}
 	if len(errs) > 0 {
@@ -180,21 +185,63 @@ func reconcileFamily(dump *netfilter.Conn, del *ct.Conn, r *Rules, nodeIPs map[n
 	return res
 }
 
-// ctnetlink attributes and flags the dump filter uses (linux/netfilter/nfnetlink_conntrack.h),
-// which ti-mo/conntrack v0.6.0's Filter does not offer.
+// ctnetlink attributes and flags the dump and its decoding use
+// (linux/netfilter/nfnetlink_conntrack.h); ti-mo/conntrack v0.6.0's Filter does not offer
+// the dump filter.
 const (
 	ctaTupleOrig             = 1
-	ctaTupleProto            = 2
-	ctaProtoNum              = 1
+	ctaTupleReply            = 2
+	ctaZone                  = 18
 	ctaFilter                = 25
+	ctaTupleIP               = 1
+	ctaTupleProto            = 2
+	ctaTupleZone             = 3
+	ctaIPv4Src               = 1
+	ctaIPv4Dst               = 2
+	ctaIPv6Src               = 3
+	ctaIPv6Dst               = 4
+	ctaProtoNum              = 1
+	ctaProtoSrcPort          = 2
+	ctaProtoDstPort          = 3
 	ctaFilterOrigFlags       = 1
 	ctaFilterFlagCtaProtoNum = 1 << 3
 	ipctnlMsgCtGet           = 1
+	ipctnlMsgCtNew           = 0
 )
 
+// recvBufSize is the receive buffer for the dump. Passing the kernel a buffer of at least
+// 32 KiB makes it fill each part of the dump up to about 32 KiB instead of one page: fewer
+// parts, fewer system calls and restarts of the dump in the kernel.
+const recvBufSize = 64 << 10
+
+// dumpConn is a ctnetlink socket for dumps, read in place: every message is handed over
+// as it arrives, in a buffer reused for the next datagram.
+type dumpConn struct {
+	sock *netlink.Conn
+	raw  syscall.RawConn
+	buf  []byte
+}
+
+// dialDump opens a dumpConn as cfg says.
+func dialDump(cfg *netlink.Config) (*dumpConn, error) {
+	sock, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := sock.SyscallConn()
+	if err != nil {
+		sock.Close()
+		return nil, err
+	}
+	return &dumpConn{sock: sock, raw: raw, buf: make([]byte, recvBufSize)}, nil
+}
+
+func (c *dumpConn) Close() error { return c.sock.Close() }
+
 // dumpProto dumps the entries of family fam whose original tuple has protocol proto,
-// filtered in the kernel.
-func dumpProto(conn *netfilter.Conn, fam netfilter.ProtoFamily, proto model.Protocol) ([]netlink.Message, error) {
+// filtered in the kernel, and calls fn with the attributes of each entry (after its
+// nfgenmsg header). attrs is only valid during the call.
+func (c *dumpConn) dumpProto(fam netfilter.ProtoFamily, proto model.Protocol, fn func(attrs []byte)) error {
 	flags := make([]byte, 4)
 	binary.NativeEndian.PutUint32(flags, ctaFilterFlagCtaProtoNum)
 	req, err := netfilter.MarshalNetlink(netfilter.Header{
@@ -213,10 +260,207 @@ func dumpProto(conn *netfilter.Conn, fam netfilter.ProtoFamily, proto model.Prot
 		}},
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return conn.Query(req)
+	sent, err := c.sock.Send(req)
+	if err != nil {
+		return fmt.Errorf("send request: %w", err)
+	}
+	for {
+		n, err := c.recv()
+		if err != nil {
+			return err
+		}
+		if done, err := parseDump(c.buf[:n], sent.Header.Sequence, fn); done || err != nil {
+			return err
+		}
+	}
 }
+
+// parseDump hands fn the entries in one datagram of the reply to the dump request seq,
+// and reports whether the reply is complete: then err is the kernel's error, if any.
+func parseDump(b []byte, seq uint32, fn func(attrs []byte)) (done bool, err error) {
+	for len(b) >= unix.NLMSG_HDRLEN {
+		length := int(binary.NativeEndian.Uint32(b[0:4]))
+		if length < unix.NLMSG_HDRLEN || length > len(b) {
+			return true, fmt.Errorf("netlink reply of %d bytes claims %d", len(b), length)
+		}
+		mtype := binary.NativeEndian.Uint16(b[4:6])
+		mseq := binary.NativeEndian.Uint32(b[8:12])
+		data := b[unix.NLMSG_HDRLEN:length]
+		b = b[min(len(b), nlAlign(length)):]
+		if mseq != seq {
+			continue // a late reply to an earlier request
+		}
+		switch mtype {
+		case unix.NLMSG_ERROR, unix.NLMSG_DONE:
+			if len(data) >= 4 {
+				if errno := int32(binary.NativeEndian.Uint32(data)); errno != 0 {
+					return true, syscall.Errno(-errno)
+				}
+			}
+			return true, nil
+		case unix.NFNL_SUBSYS_CTNETLINK<<8 | ipctnlMsgCtNew:
+			if len(data) >= 4 { // struct nfgenmsg
+				fn(data[4:])
+			}
+		}
+	}
+	return false, nil
+}
+
+// recv reads one datagram into c.buf.
+func (c *dumpConn) recv() (int, error) {
+	var n, flags int
+	var rerr error
+	err := c.raw.Read(func(fd uintptr) bool {
+		for {
+			n, _, flags, _, rerr = unix.Recvmsg(int(fd), c.buf, nil, unix.MSG_DONTWAIT)
+			if rerr != unix.EINTR {
+				break
+			}
+		}
+		return rerr != unix.EAGAIN
+	})
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("receive netlink reply: %w", err)
+	}
+	if flags&unix.MSG_TRUNC != 0 {
+		return 0, errors.New("receive netlink reply: truncated")
+	}
+	return n, nil
+}
+
+// ctEntry is what a reconcile reads of a conntrack entry: its tuples and zone, enough to
+// decide it and to delete it.
+type ctEntry struct {
+	orig, reply ct.Tuple
+	zone        uint16
+}
+
+// decode fills e from the attributes of a ctnetlink entry message, reading only
+// CTA_TUPLE_ORIG, CTA_TUPLE_REPLY and CTA_ZONE and skipping the rest.
+func (e *ctEntry) decode(b []byte) error {
+	*e = ctEntry{}
+	for len(b) > 0 {
+		typ, v, rest, err := nextAttr(b)
+		if err != nil {
+			return err
+		}
+		b = rest
+		switch typ {
+		case ctaTupleOrig:
+			err = decodeTuple(v, &e.orig)
+		case ctaTupleReply:
+			err = decodeTuple(v, &e.reply)
+		case ctaZone:
+			e.zone, err = attrUint16(v)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// decodeTuple decodes the children of a CTA_TUPLE_ORIG or CTA_TUPLE_REPLY attribute.
+func decodeTuple(b []byte, t *ct.Tuple) error {
+	for len(b) > 0 {
+		typ, v, rest, err := nextAttr(b)
+		if err != nil {
+			return err
+		}
+		b = rest
+		switch typ {
+		case ctaTupleIP:
+			err = decodeIPTuple(v, &t.IP)
+		case ctaTupleProto:
+			err = decodeProtoTuple(v, &t.Proto)
+		case ctaTupleZone:
+			t.Zone, err = attrUint16(v)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func decodeIPTuple(b []byte, t *ct.IPTuple) error {
+	for len(b) > 0 {
+		typ, v, rest, err := nextAttr(b)
+		if err != nil {
+			return err
+		}
+		b = rest
+		var dst *netip.Addr
+		switch typ {
+		case ctaIPv4Src, ctaIPv6Src:
+			dst = &t.SourceAddress
+		case ctaIPv4Dst, ctaIPv6Dst:
+			dst = &t.DestinationAddress
+		default:
+			continue
+		}
+		var ok bool
+		if *dst, ok = netip.AddrFromSlice(v); !ok {
+			return fmt.Errorf("address attribute of %d bytes", len(v))
+		}
+	}
+	return nil
+}
+
+func decodeProtoTuple(b []byte, t *ct.ProtoTuple) error {
+	for len(b) > 0 {
+		typ, v, rest, err := nextAttr(b)
+		if err != nil {
+			return err
+		}
+		b = rest
+		switch typ {
+		case ctaProtoNum:
+			if len(v) < 1 {
+				return errors.New("empty protocol attribute")
+			}
+			t.Protocol = v[0]
+		case ctaProtoSrcPort:
+			t.SourcePort, err = attrUint16(v)
+		case ctaProtoDstPort:
+			t.DestinationPort, err = attrUint16(v)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nextAttr splits the first netlink attribute off b: its type (without the nested and
+// byte order flags), its payload and what follows it.
+func nextAttr(b []byte) (typ uint16, payload, rest []byte, err error) {
+	if len(b) < unix.NLA_HDRLEN {
+		return 0, nil, nil, fmt.Errorf("%d trailing bytes after the attributes", len(b))
+	}
+	length := int(binary.NativeEndian.Uint16(b[0:2]))
+	if length < unix.NLA_HDRLEN || length > len(b) {
+		return 0, nil, nil, fmt.Errorf("attribute claims %d bytes of %d", length, len(b))
+	}
+	typ = binary.NativeEndian.Uint16(b[2:4]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
+	return typ, b[unix.NLA_HDRLEN:length], b[min(len(b), nlAlign(length)):], nil
+}
+
+// attrUint16 reads a big-endian 16-bit attribute (ports and zones).
+func attrUint16(v []byte) (uint16, error) {
+	if len(v) != 2 {
+		return 0, fmt.Errorf("16-bit attribute of %d bytes", len(v))
+	}
+	return binary.BigEndian.Uint16(v), nil
+}
+
+func nlAlign(n int) int { return (n + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1) }
 
 // openNS returns a descriptor of the namespace at c.netnsPath (0, the current namespace,
 // when it is "") and the function that closes it.
