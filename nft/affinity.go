@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -25,6 +26,44 @@ type AffinityEntry struct {
 	Dst      netip.AddrPort
 	Proto    model.Protocol
 	Endpoint netip.AddrPort
+	// Expires is the time the entry has left when listed, 0 when the kernel did not say.
+	Expires time.Duration
+}
+
+// AffinityEntries lists fam's affinity map: the clients the packet path remembers, with
+// the time each entry has left. A missing table or map is an error (ENOENT).
+func (n *Netlink) AffinityEntries(fam model.Family) ([]AffinityEntry, error) {
+	var out []AffinityEntry
+	err := n.control(func(c *conn) error {
+		out = nil
+		return listAffinity(c, fam, func(e AffinityEntry, _ []byte) { out = append(out, e) })
+	})
+	return out, err
+}
+
+// listAffinity lists fam's affinity map over c, calling fn with each entry and its key bytes,
+// which alias the conn's buffer (the next message reuses it).
+func listAffinity(c *conn, fam model.Family, fn func(e AffinityEntry, key []byte)) error {
+	addrLen := model.KeyFieldLen(fam, model.KeyAddr, false)
+	ae := newAttrs()
+	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
+	ae.String(unix.NFTA_SET_ELEM_LIST_SET, model.MapAffinity)
+	err := c.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, nfproto(fam), ae, func(data []byte) error {
+		return eachElement(data, func(elem []byte) error {
+			key, value := elementKeyData(elem)
+			e, ok := decodeAffinity(key, value, addrLen)
+			if !ok {
+				return fmt.Errorf("affinity element %x : %x: %w", key, value, ErrIncompatible)
+			}
+			e.Expires = elementExpiration(elem)
+			fn(e, key)
+			return nil
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("list %s affinity map: %w", fam, err)
+	}
+	return nil
 }
 
 // PruneAffinity deletes the entries of fam's affinity map for which keep returns false and
@@ -46,27 +85,15 @@ func (n *Netlink) PruneAffinity(fam model.Family, keep func(AffinityEntry) bool)
 // pruneAffinity is PruneAffinity over c.
 // With destroy the kernel has NFT_MSG_DESTROYSETELEM.
 func pruneAffinity(c *conn, fam model.Family, keep func(AffinityEntry) bool, destroy bool) (int, error) {
-	addrLen := model.KeyFieldLen(fam, model.KeyAddr, false)
 	var drop []wireElement
-	ae := newAttrs()
-	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
-	ae.String(unix.NFTA_SET_ELEM_LIST_SET, model.MapAffinity)
-	err := c.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, nfproto(fam), ae, func(data []byte) error {
-		return eachElement(data, func(elem []byte) error {
-			key, value := elementKeyData(elem)
-			e, ok := decodeAffinity(key, value, addrLen)
-			if !ok {
-				return fmt.Errorf("affinity element %x : %x: %w", key, value, ErrIncompatible)
-			}
-			if !keep(e) {
-				// The key aliases the conn's buffer, which the next message reuses.
-				drop = append(drop, wireElement{key: slices.Clone(key)})
-			}
-			return nil
-		})
+	err := listAffinity(c, fam, func(e AffinityEntry, key []byte) {
+		if !keep(e) {
+			// The key aliases the conn's buffer, which the next message reuses.
+			drop = append(drop, wireElement{key: slices.Clone(key)})
+		}
 	})
 	if err != nil {
-		return 0, fmt.Errorf("list %s affinity map: %w", fam, err)
+		return 0, err
 	}
 	if len(drop) == 0 {
 		return 0, nil
@@ -97,6 +124,18 @@ func elementKeyData(b []byte) (key, data []byte) {
 		}
 	}
 	return key, data
+}
+
+// elementExpiration returns the time a dumped set element has left
+// (NFTA_SET_ELEM_EXPIRATION, milliseconds), or 0 when it carries none.
+func elementExpiration(b []byte) time.Duration {
+	it := attrIter{b: b}
+	for it.next() {
+		if it.typ == unix.NFTA_SET_ELEM_EXPIRATION && len(it.data) == 8 {
+			return time.Duration(binary.BigEndian.Uint64(it.data)) * time.Millisecond
+		}
+	}
+	return 0
 }
 
 // decodeAffinity decodes an affinity map element: key client . address . protocol . port

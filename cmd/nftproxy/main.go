@@ -5,6 +5,7 @@
 //	nftproxy run --manifests DIR [flags]     ... or with manifests in a directory
 //	nftproxy render [flags]                  print the rules run would program (--manifests or a cluster)
 //	nftproxy diff [flags]                    compare them with the kernel's, by Service
+//	nftproxy services [flags] [NS/NAME]      list the Services the kernel's tables hold
 //	nftproxy cleanup [--kube-proxy]          remove nftproxy's tables (and kube-proxy's)
 //	nftproxy version                         print the version
 package main
@@ -45,6 +46,8 @@ Usage:
                                            from --manifests DIR or the cluster (no root needed)
   nftproxy diff [flags]                    compare it with the tables the kernel holds, by
                                            Service; exit status 1 when they differ
+  nftproxy services [flags] [NS/NAME]      list the Service ports the kernel's tables hold:
+                                           frontends, endpoints, policy, affinity (--output json)
   nftproxy cleanup [--kube-proxy]          remove nftproxy's tables (ip and ip6 nftproxy); with
                                            --kube-proxy also kube-proxy's (ip and ip6 kube-proxy),
                                            and report its iptables mode's KUBE- chains
@@ -83,6 +86,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runRender(ctx, args[1:], stdout, stderr)
 	case "diff":
 		return runDiff(ctx, args[1:], stdout, stderr)
+	case "services":
+		return runServices(ctx, args[1:], stdout, stderr)
 	case "cleanup":
 		return runCleanup(args[1:], stdout, stderr)
 	case "version":
@@ -100,39 +105,46 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // them with the logger and node name they select. --help prints the flags, in sections, to
 // stdout.
 func setup(name string, args []string, stdout, stderr io.Writer) (*daemon.Options, *slog.Logger, string, error) {
+	o, log, node, _, err := setupArgs(name, args, 0, stdout, stderr)
+	return o, log, node, err
+}
+
+// setupArgs is setup for a command that takes up to maxArgs arguments besides the flags
+// (services), which it returns.
+func setupArgs(name string, args []string, maxArgs int, stdout, stderr io.Writer) (*daemon.Options, *slog.Logger, string, []string, error) {
 	run := name == "run"
 	o, fs, err := daemon.Parse(args, run, stderr)
 	if errors.Is(err, pflag.ErrHelp) {
 		fmt.Fprintf(stdout, "Usage:\n  nftproxy %s [flags]\n", name)
 		daemon.PrintUsage(stdout, run)
-		return nil, nil, "", err
+		return nil, nil, "", nil, err
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "Run \"nftproxy %s --help\" for the flags.\n", name)
-		return nil, nil, "", err
+		return nil, nil, "", nil, err
 	}
 	if o.Version {
 		fmt.Fprintln(stdout, "nftproxy", version)
-		return nil, nil, "", flag.ErrHelp
+		return nil, nil, "", nil, flag.ErrHelp
 	}
-	if fs.NArg() > 0 {
-		return nil, nil, "", fmt.Errorf("unexpected arguments: %v", fs.Args())
+	if fs.NArg() > maxArgs {
+		return nil, nil, "", nil, fmt.Errorf("unexpected arguments: %v", fs.Args()[maxArgs:])
 	}
 	if err := o.Validate(); err != nil {
-		return nil, nil, "", err
+		return nil, nil, "", nil, err
 	}
 	log, err := o.Logger(stderr)
 	if err != nil {
-		return nil, nil, "", err
+		return nil, nil, "", nil, err
 	}
 	for _, w := range o.Warnings() {
 		log.Warn(w)
 	}
 	node, err := o.NodeName()
 	if err != nil {
-		return nil, nil, "", err
+		return nil, nil, "", nil, err
 	}
-	return o, log, node, nil
+	return o, log, node, fs.Args(), nil
 }
 
 func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
