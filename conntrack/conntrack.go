@@ -25,6 +25,7 @@ import (
 	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
 
+	"github.com/nftproxy/nftproxy/internal/nlrecv"
 	"github.com/nftproxy/nftproxy/model"
 )
 
@@ -310,29 +311,7 @@ func parseDump(b []byte, seq uint32, fn func(attrs []byte)) (done bool, err erro
 }
 
 // recv reads one datagram into c.buf.
-func (c *dumpConn) recv() (int, error) {
-	var n, flags int
-	var rerr error
-	err := c.raw.Read(func(fd uintptr) bool {
-		for {
-			n, _, flags, _, rerr = unix.Recvmsg(int(fd), c.buf, nil, unix.MSG_DONTWAIT)
-			if rerr != unix.EINTR {
-				break
-			}
-		}
-		return rerr != unix.EAGAIN
-	})
-	if err == nil {
-		err = rerr
-	}
-	if err != nil {
-		return 0, fmt.Errorf("receive netlink reply: %w", err)
-	}
-	if flags&unix.MSG_TRUNC != 0 {
-		return 0, errors.New("receive netlink reply: truncated")
-	}
-	return n, nil
-}
+func (c *dumpConn) recv() (int, error) { return nlrecv.Recv(c.raw, c.buf) }
 
 // ctEntry is what a reconcile reads of a conntrack entry: its tuples and zone, enough to
 // decide it and to delete it.

@@ -10,6 +10,8 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nftproxy/nftproxy/internal/nlrecv"
 )
 
 // readTimeout bounds the wait for each reply while reading.
@@ -226,26 +228,4 @@ func (p *replyParser) parse(b []byte) (done bool, err error) {
 func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
 // recv reads one datagram into buf.
-func (c *conn) recv(buf []byte) (int, error) {
-	var n, flags int
-	var rerr error
-	err := c.raw.Read(func(fd uintptr) bool {
-		for {
-			n, _, flags, _, rerr = unix.Recvmsg(int(fd), buf, nil, unix.MSG_DONTWAIT)
-			if rerr != unix.EINTR {
-				break
-			}
-		}
-		return rerr != unix.EAGAIN
-	})
-	if err == nil {
-		err = rerr
-	}
-	if err != nil {
-		return 0, fmt.Errorf("receive netlink reply: %w", err)
-	}
-	if flags&unix.MSG_TRUNC != 0 {
-		return 0, errors.New("receive netlink reply: truncated")
-	}
-	return n, nil
-}
+func (c *conn) recv(buf []byte) (int, error) { return nlrecv.Recv(c.raw, buf) }

@@ -174,6 +174,22 @@ func runRender(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
+// desiredHere takes a snapshot of the cluster the options name and builds the rulesets run
+// would program from it on this machine (with its addresses), warning about what it skips.
+func desiredHere(ctx context.Context, o *daemon.Options, node string, log *slog.Logger) (cluster.Objects, []*model.Ruleset, error) {
+	objs, err := snapshot(ctx, o, node, log)
+	if err != nil {
+		return cluster.Objects{}, nil, err
+	}
+	addrs, err := daemon.LocalAddresses()
+	if err != nil {
+		return cluster.Objects{}, nil, err
+	}
+	desired, bad := o.Config.Desired(objs, node, addrs)
+	warnBad(log, bad)
+	return objs, desired, nil
+}
+
 // runDiff prints, group by group, how the tables of the current network namespace differ from
 // what the cluster asks for, built as run builds them (with this machine's addresses).
 func runDiff(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -181,16 +197,10 @@ func runDiff(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	objs, err := snapshot(ctx, o, node, log)
+	_, desired, err := desiredHere(ctx, o, node, log)
 	if err != nil {
 		return err
 	}
-	addrs, err := daemon.LocalAddresses()
-	if err != nil {
-		return err
-	}
-	desired, bad := o.Config.Desired(objs, node, addrs)
-	warnBad(log, bad)
 	backend := nft.NewNetlink("")
 	defer backend.Close()
 	differ := false

@@ -16,7 +16,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/nftproxy/nftproxy/cluster"
-	"github.com/nftproxy/nftproxy/daemon"
 	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
 )
@@ -441,16 +440,10 @@ func runServices(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		only = rest[0]
 	}
-	objs, err := snapshot(ctx, o, node, log)
+	objs, desired, err := desiredHere(ctx, o, node, log)
 	if err != nil {
 		return err
 	}
-	addrs, err := daemon.LocalAddresses()
-	if err != nil {
-		return err
-	}
-	desired, bad := o.Config.Desired(objs, node, addrs)
-	warnBad(log, bad)
 	services, _ := cluster.Convert(objs, cluster.ConvertOptions{ServiceProxyName: o.Config.ServiceProxyName})
 	external := externalKinds(services)
 	backend := nft.NewNetlink("")
