@@ -100,19 +100,26 @@ func ParseTriggerTime(es *discoveryv1.EndpointSlice) (time.Time, bool) {
 	return t, true
 }
 
+// sliceFamily returns the IP family of a slice's addresses; false for FQDN and unknown
+// address types.
+func sliceFamily(es *discoveryv1.EndpointSlice) (model.Family, bool) {
+	switch es.AddressType {
+	case discoveryv1.AddressTypeIPv4:
+		return model.IPv4, true
+	case discoveryv1.AddressTypeIPv6:
+		return model.IPv6, true
+	}
+	return 0, false
+}
+
 // sliceTriggers adds to out the trigger times of the slices in now that are not in prev.
 func (c *Converter) sliceTriggers(now, prev []*discoveryv1.EndpointSlice, out map[model.Family][]time.Time) map[model.Family][]time.Time {
 	for _, es := range now {
 		if slices.Contains(prev, es) {
 			continue
 		}
-		var fam model.Family
-		switch es.AddressType {
-		case discoveryv1.AddressTypeIPv4:
-			fam = model.IPv4
-		case discoveryv1.AddressTypeIPv6:
-			fam = model.IPv6
-		default:
+		fam, ok := sliceFamily(es)
+		if !ok {
 			continue
 		}
 		t, ok := ParseTriggerTime(es)
@@ -447,15 +454,11 @@ func parseSlices(list []*discoveryv1.EndpointSlice, bad *[]BadObject) []parsedSl
 func parseSlice(es *discoveryv1.EndpointSlice) (parsedSlice, error) {
 	var ps parsedSlice
 	var errs []error
-	var family model.Family
-	switch es.AddressType {
-	case discoveryv1.AddressTypeIPv4:
-		family = model.IPv4
-	case discoveryv1.AddressTypeIPv6:
-		family = model.IPv6
-	case discoveryv1.AddressTypeFQDN:
+	family, ok := sliceFamily(es)
+	switch {
+	case es.AddressType == discoveryv1.AddressTypeFQDN:
 		return ps, nil
-	default:
+	case !ok:
 		return ps, fmt.Errorf("unknown addressType %q", es.AddressType)
 	}
 	for i, p := range es.Ports {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/nftproxy/nftproxy/cluster"
 	"github.com/nftproxy/nftproxy/model"
@@ -221,39 +222,35 @@ func TestMetrics(t *testing.T) {
 // bounds under le.
 func histogramBelow(t *testing.T, reg *prometheus.Registry, name string, le float64) uint64 {
 	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	base, labels, _ := strings.Cut(name, "{")
-	for _, f := range families {
-		if f.GetName() != base {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			var ls []string
-			for _, l := range m.GetLabel() {
-				ls = append(ls, l.GetName()+`="`+l.GetValue()+`"`)
-			}
-			if labels != "" && strings.Join(ls, ",")+"}" != labels {
-				continue
-			}
-			var n uint64
-			for _, b := range m.GetHistogram().GetBucket() {
-				if b.GetUpperBound() < le {
-					n = b.GetCumulativeCount()
-				}
-			}
-			return n
+	var n uint64
+	for _, b := range findMetric(t, reg, name).GetHistogram().GetBucket() {
+		if b.GetUpperBound() < le {
+			n = b.GetCumulativeCount()
 		}
 	}
-	t.Fatalf("histogram %s not found", name)
-	return 0
+	return n
 }
 
 // metricValue returns a counter's or gauge's value, or a histogram's sample count. name may
 // carry labels as Prometheus prints them.
 func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	m := findMetric(t, reg, name)
+	switch {
+	case m.GetCounter() != nil:
+		return m.GetCounter().GetValue()
+	case m.GetGauge() != nil:
+		return m.GetGauge().GetValue()
+	case m.GetHistogram() != nil:
+		return float64(m.GetHistogram().GetSampleCount())
+	}
+	t.Fatalf("metric %s has no value", name)
+	return 0
+}
+
+// findMetric returns the metric named name (with labels as Prometheus prints them, if any)
+// from reg, failing the test when there is none.
+func findMetric(t *testing.T, reg *prometheus.Registry, name string) *dto.Metric {
 	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
@@ -269,21 +266,13 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 			for _, l := range m.GetLabel() {
 				ls = append(ls, l.GetName()+`="`+l.GetValue()+`"`)
 			}
-			if labels != "" && strings.Join(ls, ",")+"}" != labels {
-				continue
-			}
-			switch {
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
-			case m.GetHistogram() != nil:
-				return float64(m.GetHistogram().GetSampleCount())
+			if labels == "" || strings.Join(ls, ",")+"}" == labels {
+				return m
 			}
 		}
 	}
 	t.Fatalf("metric %s not found", name)
-	return 0
+	return nil
 }
 
 // TestHealth checks /livez's notion of health: unhealthy until the first sync succeeded;
