@@ -138,16 +138,7 @@ func (n *Netlink) commit(b *batch, genID uint32) error {
 // Replace implements Backend. The batch first makes sure each table exists (so deleting it
 // cannot fail), deletes it, and creates it anew with its whole content.
 func (n *Netlink) Replace(rulesets ...*model.Ruleset) error {
-	b := &batch{}
-	for _, rs := range rulesets {
-		fam := nfproto(rs.Family)
-		b.addTable(fam, model.TableName)
-		b.delTable(fam, model.TableName)
-		if err := newEncoder(b, rs.Family).addAll(rs); err != nil {
-			return fmt.Errorf("encode %s table: %w", rs.Family, err)
-		}
-	}
-	if err := n.commit(b, 0); err != nil {
+	if err := n.Apply(&Transaction{Replace: rulesets}, 0); err != nil {
 		return fmt.Errorf("replace nftproxy tables: %w", err)
 	}
 	return nil
