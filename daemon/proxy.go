@@ -149,7 +149,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.mu.Lock()
 	p.started = time.Now()
 	p.mu.Unlock()
-	prefetch(p.Backend)
 	changed := p.signal()
 	period := p.SyncPeriod
 	if period <= 0 {
@@ -190,20 +189,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 			// Stale chains are deleted by the next commit.
 			retry = time.After(max(p.MinSyncPeriod, minRetryDelay))
 		}
-	}
-}
-
-// prefetch has backend start reading the endpoint maps of both tables, the bulk of what the
-// first (full) sync reads back, while the sources are still listing the cluster. A restarted
-// proxy finds its tables in place; the first sync uses what was read if nothing committed
-// since.
-func prefetch(backend nft.Backend) {
-	pf, ok := backend.(nft.Prefetcher)
-	if !ok {
-		return
-	}
-	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
-		pf.Prefetch(fam, model.EndpointMaps(fam))
 	}
 }
 

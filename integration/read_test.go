@@ -3,6 +3,7 @@ package integration
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -455,43 +456,70 @@ func TestCommitsAfterRejectedBatches(t *testing.T) {
 	}
 }
 
-// TestReadWithPrefetch checks that a read that follows Prefetch returns the table as it is: the
-// prefetched endpoint maps when nothing was committed in between, and freshly read ones when
-// another socket replaced the table after the prefetch.
-func TestReadWithPrefetch(t *testing.T) {
+// TestReadEndpointMapsByKey checks that the endpoint maps, which Read looks up by key
+// rather than dumping, read back as the kernel holds them whatever the desired table says:
+// frontends with fewer desired slots than the kernel has (one with 40 more, found over
+// several rounds of probes), frontends only the kernel has, frontends only the desired table
+// has, other endpoints in the same slots, and no desired table at all.
+func TestReadEndpointMapsByKey(t *testing.T) {
 	topology.RequirePrivileged(t)
-	ns := topology.NewNetNS(t, "rd-prefetch")
+	ns := topology.NewNetNS(t, "rd-bykey")
 	be := kernelBackend(t, ns)
 	cfg := model.NodeConfig{Family: model.IPv4}
-	a := model.Build(scale.Services(300, 4), cfg)
-	var svcB []model.Service
-	for i := range 300 {
-		svcB = append(svcB, scale.Service(i, 4, 1)) // other endpoint ports, same chains
+	var inKernel, desired []model.Service
+	for i := range 200 {
+		m := 1 + i%7
+		if i == 7 {
+			m = 42
+		}
+		if i < 150 {
+			inKernel = append(inKernel, scale.Service(i, m, 0))
+		}
+		switch {
+		case i < 50: // fewer desired slots (at least one)
+			desired = append(desired, scale.Service(i, max(1, m/3), 0))
+		case i < 100: // same slots, other endpoints
+			desired = append(desired, scale.Service(i, m, 1))
+		case i < 150: // only in the kernel
+		default: // only desired
+			desired = append(desired, scale.Service(i, m, 0))
+		}
 	}
-	b := model.Build(svcB, cfg)
-	endpointMaps := model.EndpointMaps(model.IPv4)
-	if err := be.Replace(a); err != nil {
+	have := model.Build(inKernel, cfg)
+	if err := be.Replace(have); err != nil {
 		t.Fatal(err)
 	}
+	// An endpoint for a slot past the frontend's last (as an operator's nft command could
+	// add) is found; one whose frontend no map names is not: no packet reaches it.
+	ns.Run(t, "nft", "add element ip nftproxy service-endpoints { "+
+		scale.ClusterIP(3).String()+" . tcp . 80 . 4 : 10.9.9.9 . 80 }")
+	ns.Run(t, "nft", "add element ip nftproxy service-endpoints { 10.8.8.8 . tcp . 80 . 0 : 10.9.9.9 . 80 }")
+	haveSet := have.Set("service-endpoints")
+	haveSet.Elements = append(haveSet.Elements, model.Element{Addr: scale.ClusterIP(3), Proto: model.TCP,
+		Port: 80, Slot: 4, Endpoint: netip.MustParseAddrPort("10.9.9.9:80")})
+	slices.SortFunc(haveSet.Elements, model.CompareElements)
 
-	be.Prefetch(model.IPv4, endpointMaps)
-	got, _, err := be.Read(model.IPv4, a)
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name string
+		want *model.Ruleset
+	}{
+		{"desired table differs", model.Build(desired, cfg)},
+		{"no desired elements", model.Skeleton(cfg)},
+	} {
+		got, _, err := be.Read(model.IPv4, tc.want)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		for _, name := range []string{"service-endpoints", "nodeport-endpoints"} {
+			w, g := renderSet(have.Set(name)), renderSet(got.Set(name))
+			if w != g {
+				t.Errorf("%s: map %s read back:\n%s", tc.name, name, scenario.LineDiff(w, g))
+			}
+		}
 	}
-	if g, want := model.Render(got), model.Render(a); g != want {
-		t.Errorf("read after a prefetch:\n%s", scenario.LineDiff(want, g))
-	}
+}
 
-	be.Prefetch(model.IPv4, endpointMaps)
-	if err := kernelBackend(t, ns).Replace(b); err != nil {
-		t.Fatal(err)
-	}
-	got, _, err = be.Read(model.IPv4, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if g, want := model.Render(got), model.Render(b); g != want {
-		t.Errorf("read after a prefetch and another commit:\n%s", scenario.LineDiff(want, g))
-	}
+// renderSet is the nft text of one set.
+func renderSet(s *model.Set) string {
+	return model.Render(&model.Ruleset{Family: model.IPv4, Sets: []*model.Set{s}})
 }

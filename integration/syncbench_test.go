@@ -15,19 +15,30 @@ import (
 	"github.com/nftproxy/nftproxy/sync"
 )
 
-// Kernel benchmarks of the syncer: N Services x 10 endpoints (every tenth a NodePort, see
-// internal/scale) programmed into a fresh network namespace. `make bench` runs them.
-var kernelBenchSizes = []int{1000, 10000}
+// Kernel benchmarks of the syncer: N Services x M endpoints (every tenth a NodePort, see
+// internal/scale) programmed into a fresh network namespace. `make bench` runs them. The
+// largest shape holds a million endpoints (1,100,000 elements in the endpoint maps).
+var kernelBenchShapes = []benchShape{{1000, 10}, {10000, 10}, {10000, 100}}
 
-const benchEndpoints = 10
+// benchShape is a number of Services and of endpoints per Service.
+type benchShape struct{ services, endpoints int }
 
-func benchServices(n int) map[model.ServiceName]*model.Service {
-	out := make(map[model.ServiceName]*model.Service, n)
-	for i := range n {
-		svc := scale.Service(i, benchEndpoints, 0)
+func (sh benchShape) String() string {
+	return fmt.Sprintf("services=%d/endpoints=%d", sh.services, sh.endpoints)
+}
+
+func (sh benchShape) build() map[model.ServiceName]*model.Service {
+	out := make(map[model.ServiceName]*model.Service, sh.services)
+	for i := range sh.services {
+		svc := scale.Service(i, sh.endpoints, 0)
 		out[svc.Name] = &svc
 	}
 	return out
+}
+
+// benchServices returns n Services of 10 endpoints.
+func benchServices(n int) map[model.ServiceName]*model.Service {
+	return benchShape{n, 10}.build()
 }
 
 // benchNode is the node the benchmarks run as: node 0 of internal/scale's 100.
@@ -52,9 +63,9 @@ func liveHeapMB() float64 {
 // Services to the committed transaction, and the heap the syncer keeps afterwards.
 func BenchmarkKernelColdSync(b *testing.B) {
 	topology.RequirePrivileged(b)
-	for _, n := range kernelBenchSizes {
-		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
-			services := benchServices(n)
+	for _, sh := range kernelBenchShapes {
+		b.Run(sh.String(), func(b *testing.B) {
+			services := sh.build()
 			var s *sync.Syncer
 			objects := 0
 			for b.Loop() {
@@ -80,9 +91,9 @@ func BenchmarkKernelColdSync(b *testing.B) {
 // date: it reads them back, finds nothing to change and writes nothing.
 func BenchmarkKernelRestart(b *testing.B) {
 	topology.RequirePrivileged(b)
-	for _, n := range kernelBenchSizes {
-		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
-			services := benchServices(n)
+	for _, sh := range kernelBenchShapes {
+		b.Run(sh.String(), func(b *testing.B) {
+			services := sh.build()
 			ns := topology.NewNetNS(b, "bench")
 			be := kernelBackend(b, ns)
 			if _, err := newBenchSyncer(be, services).Sync(); err != nil {
@@ -105,18 +116,19 @@ func BenchmarkKernelRestart(b *testing.B) {
 // one Service (the last one, by a new address that keeps its slot), with N Services in place.
 func BenchmarkKernelOneEndpointChange(b *testing.B) {
 	topology.RequirePrivileged(b)
-	for _, n := range kernelBenchSizes {
-		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+	for _, sh := range kernelBenchShapes {
+		b.Run(sh.String(), func(b *testing.B) {
+			n := sh.services
 			ns := topology.NewNetNS(b, "bench")
-			s := newBenchSyncer(kernelBackend(b, ns), benchServices(n))
+			s := newBenchSyncer(kernelBackend(b, ns), sh.build())
 			if _, err := s.Sync(); err != nil {
 				b.Fatal(err)
 			}
 			i, objects := 0, 0
 			for b.Loop() {
-				svc := scale.Service(i%n, benchEndpoints, 0)
+				svc := scale.Service(i%n, sh.endpoints, 0)
 				if i/n%2 == 0 {
-					svc.Ports[0].Endpoints[benchEndpoints-1].Addr = netip.MustParseAddr("10.255.255.254")
+					svc.Ports[0].Endpoints[sh.endpoints-1].Addr = netip.MustParseAddr("10.255.255.254")
 				}
 				s.Update(map[model.ServiceName]*model.Service{svc.Name: &svc}, time.Now())
 				res, err := s.Sync()

@@ -19,11 +19,10 @@ type Backend interface {
 	// ErrGenerationChanged and changes nothing.
 	Apply(tx *Transaction, genID uint32) error
 	// ReadTable returns the table of fam as it is, decoded against the layout nftproxy would
-	// write (the sets given, and the chains that chains returns; it is called once, maybe
-	// after the sets' elements were read, and may block), and the generation it was read at;
-	// nil when there is no table. A table in another layout gives an error matching
-	// ErrIncompatible.
-	ReadTable(fam model.Family, sets []*model.Set, chains func() []*model.Chain) (*model.Ruleset, uint32, error)
+	// write (the sets given, and what expected returns: it is called once, maybe after some
+	// sets' elements were read, and may block), and the generation it was read at; nil when
+	// there is no table. A table in another layout gives an error matching ErrIncompatible.
+	ReadTable(fam model.Family, sets []*model.Set, expected func() Expected) (*model.Ruleset, uint32, error)
 	// Generation returns the current ruleset generation, which every commit by anyone
 	// changes.
 	Generation() (uint32, error)
@@ -51,19 +50,7 @@ type Netlink struct {
 
 	// destroy is whether the kernel can destroy set elements (Probe).
 	destroy destroySupport
-
-	// pmu guards prefetched, the element dumps Prefetch started, by family.
-	pmu        sync.Mutex
-	prefetched map[model.Family]*prefetch
 }
-
-// Prefetcher is implemented by backends that can read a table's largest sets ahead of the
-// ReadTable that needs them.
-type Prefetcher interface {
-	Prefetch(fam model.Family, sets []*model.Set)
-}
-
-var _ Prefetcher = (*Netlink)(nil)
 
 var _ Backend = (*Netlink)(nil)
 

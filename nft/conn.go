@@ -14,7 +14,7 @@ import (
 	"github.com/nftproxy/nftproxy/internal/nlrecv"
 )
 
-// readTimeout bounds the wait for each reply while reading.
+// readTimeout bounds each wait for a datagram of a reply.
 const readTimeout = 30 * time.Second
 
 // recvBufSize is the receive buffer for replies. Passing the kernel a buffer of at least 32 KiB
@@ -155,11 +155,12 @@ func (c *conn) request(typ uint16, flags netlink.HeaderFlags, family byte, attrs
 	if err != nil {
 		return fmt.Errorf("send request: %w", err)
 	}
-	if err := c.sock.SetReadDeadline(time.Now().Add(readTimeout)); err != nil {
-		return fmt.Errorf("set netlink read deadline: %w", err)
-	}
 	reply := replyParser{seq: req.Header.Sequence, dump: dump, fn: fn, interrupted: &c.interrupted}
 	for {
+		// The deadline bounds each wait, not the reply: a dump may take long in all.
+		if err := c.sock.SetReadDeadline(time.Now().Add(readTimeout)); err != nil {
+			return fmt.Errorf("set netlink read deadline: %w", err)
+		}
 		n, err := c.recv(c.buf)
 		if err != nil {
 			return err

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"iter"
 	"slices"
 	"strings"
 	"sync"
@@ -171,7 +172,7 @@ func decodeChain(data []byte) (name string, def chainDef, err error) {
 }
 
 // readTable reads the table of exp's family, or returns nil when it does not exist.
-func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error) {
+func (c *conn) readTable(exp *expectation) (*model.Ruleset, error) {
 	fam := exp.nfproto
 	// The table.
 	ae := newAttrs()
@@ -241,31 +242,44 @@ func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error)
 			Dynamic: s.Dynamic, Size: s.Size})
 	}
 	// The elements, each set over a socket of its own while this one reads the chains and
-	// rules: the kernel's cost of a set dump grows with the square of the set's size, and
-	// concurrent dumps share it out over the CPUs.
+	// rules; the endpoint maps once the others are read, by key (lookup.go).
 	setErrs := make([]error, len(out.Sets))
 	var wg sync.WaitGroup
 	for i, s := range out.Sets {
-		if s.Dynamic {
-			// The packet path owns its elements.
-			continue
-		}
-		if elems, ok := pf.elements(s.Name, exp.sets[s.Name]); ok {
-			s.Elements = elems
+		if s.Dynamic || isEndpointMap(s) {
+			// The packet path owns a dynamic set's elements.
 			continue
 		}
 		wg.Go(func() {
-			setErrs[i] = c.readElementsApart(exp, s, len(exp.want.Sets[i].Elements))
+			setErrs[i] = c.readElementsApart(exp, s, 0)
 		})
 	}
 	var rs *model.Ruleset
-	if exp.pendingChains != nil {
-		err = exp.pendingChains()
+	if exp.pending != nil {
+		err = exp.pending()
 	}
 	if err == nil {
 		rs, err = c.readChains(exp, out)
 	}
 	wg.Wait()
+	if err == nil {
+		for i, s := range out.Sets {
+			if setErrs[i] != nil || !isEndpointMap(s) {
+				continue
+			}
+			var keys iter.Seq[model.Key]
+			if exp.keys != nil {
+				keys = exp.keys(s.Name)
+			}
+			fronts := slices.DeleteFunc(slices.Clone(out.Sets), func(f *model.Set) bool {
+				return f.Dynamic || !slices.Equal(f.Key, s.Key[:len(s.Key)-1])
+			})
+			wg.Go(func() {
+				setErrs[i] = c.lookupEndpointMap(exp, s, keys, fronts)
+			})
+		}
+		wg.Wait()
+	}
 	for i, err := range setErrs {
 		if err != nil {
 			return nil, fmt.Errorf("read set %s: %w", out.Sets[i].Name, err)

@@ -33,5 +33,7 @@
 //   - definition (setDef, chainDef): the properties of a set or chain as a NEWSET or NEWCHAIN
 //     message carries them, compared between the expectation and the kernel. A spec
 //     (setSpec, chainSpec) is what the batch writes such a message from.
-//   - prefetch: set element dumps started ahead of the read that needs them.
+//   - lookup: a request for set elements by key (NFT_MSG_GETSETELEM without NLM_F_DUMP).
+//     The endpoint maps, keyed by a frontend and a slot, are read by lookups of the keys
+//     expected and of the slots past them, not dumped: a dump is quadratic in the kernel.
 package nft

@@ -3,6 +3,7 @@ package nft
 import (
 	"encoding/binary"
 	"fmt"
+	"iter"
 
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
@@ -24,8 +25,11 @@ type expectation struct {
 	rules map[string]map[string]model.Rule
 	// verdicts maps the netlink verdict codes nftproxy writes to the model's verdict kinds.
 	verdicts map[int32]model.VerdictKind
-	// pendingChains, when set, completes the chains and rules before they are needed.
-	pendingChains func() error
+	// pending, when set, completes the chains and rules, and sets keys, before they are
+	// needed.
+	pending func() error
+	// keys yields the keys expected in an endpoint map (nil: none).
+	keys func(set string) iter.Seq[model.Key]
 }
 
 func newExpectation(fam model.Family, want *model.Ruleset) (*expectation, error) {

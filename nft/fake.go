@@ -260,8 +260,8 @@ func (f *Fake) Replace(rulesets ...*model.Ruleset) error {
 
 // ReadTable implements Backend. The Fake always holds tables in the layout it was given, so
 // it never reports ErrIncompatible.
-func (f *Fake) ReadTable(fam model.Family, _ []*model.Set, chains func() []*model.Chain) (*model.Ruleset, uint32, error) {
-	chains()
+func (f *Fake) ReadTable(fam model.Family, _ []*model.Set, expected func() Expected) (*model.Ruleset, uint32, error) {
+	expected()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	t := f.tables[fam]

@@ -3,7 +3,7 @@ package nft
 import (
 	"errors"
 	"fmt"
-	"slices"
+	"iter"
 	"sync"
 
 	"github.com/nftproxy/nftproxy/model"
@@ -23,6 +23,17 @@ func (n *Netlink) Generation() (uint32, error) {
 	return gen, err
 }
 
+// Expected is what ReadTable compares the kernel's table with beyond the sets' definitions,
+// given once the caller knows it.
+type Expected struct {
+	// Chains are the chains the table should have, in order.
+	Chains []*model.Chain
+	// Keys yields the keys of the elements the endpoint map named set should hold; it may
+	// be nil, or return nil for none. ReadTable looks those up rather than dump the map
+	// (see lookup.go).
+	Keys func(set string) iter.Seq[model.Key]
+}
+
 // Read returns nftproxy's table of family fam as the kernel holds it, decoded against want
 // (the desired ruleset of that family), and the ruleset generation it was read at.
 // It returns (nil, gen, nil) when the table does not exist, and an error matching
@@ -30,13 +41,13 @@ func (n *Netlink) Generation() (uint32, error) {
 // want describes: a set or map missing, extra, or declared differently (flags, key type/len,
 // data type/len, user data), or a base chain with a different hook/priority/type.
 //
-// The returned ruleset has want's sets, in want's order, with the elements the kernel holds;
-// then those of want's chains that exist, in want's order, followed by the chains the kernel
-// has that want lacks, sorted by name. A rule equal to one of its chain's rules in want is
-// that model.Rule; any other rule is a Rule without expressions whose comment says it was not
-// recognized. The table is read at one generation: when the ruleset changes during the read,
-// Read starts over, and after a few attempts gives up with an error matching
-// ErrGenerationChanged.
+// The returned ruleset has want's sets, in want's order, with the elements the kernel holds
+// (of an endpoint map: those nftproxy can have written, see lookup.go); then those of want's
+// chains that exist, in want's order, followed by the chains the kernel has that want lacks,
+// sorted by name. A rule equal to one of its chain's rules in want is that model.Rule; any
+// other rule is a Rule without expressions whose comment says it was not recognized. The
+// table is read at one generation: when the ruleset changes during the read, Read starts
+// over, and after a few attempts gives up with an error matching ErrGenerationChanged.
 func (n *Netlink) Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, uint32, error) {
 	if want == nil {
 		want = &model.Ruleset{Family: fam}
@@ -44,22 +55,39 @@ func (n *Netlink) Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, u
 	if want.Family != fam {
 		return nil, 0, fmt.Errorf("read %s table: desired ruleset is of family %s", fam, want.Family)
 	}
-	return n.ReadTable(fam, want.Sets, func() []*model.Chain { return want.Chains })
+	return n.ReadTable(fam, want.Sets, func() Expected {
+		return Expected{Chains: want.Chains, Keys: func(set string) iter.Seq[model.Key] {
+			s := want.Set(set)
+			if s == nil {
+				return nil
+			}
+			return func(yield func(model.Key) bool) {
+				for _, e := range s.Elements {
+					if !yield(e.Key()) {
+						return
+					}
+				}
+			}
+		}}
+	})
 }
 
-// ReadTable implements Backend: it is Read with the desired chains supplied late. The set
-// element dumps (the bulk of the work, done by the kernel) start at once, and chains is
-// called, and may block, before the chains are read, so that the caller can build them
-// meanwhile.
-func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, chains func() []*model.Chain) (*model.Ruleset, uint32, error) {
+// ReadTable implements Backend: it is Read with the desired chains and endpoint map keys
+// supplied late. The dumps of the other sets start at once, and expected is called, and may
+// block, before the chains are read, so that the caller can build them meanwhile.
+func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, expected func() Expected) (*model.Ruleset, uint32, error) {
 	exp, err := newSetExpectation(fam, sets)
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
 	}
 	var chainErr error
 	var once sync.Once
-	exp.pendingChains = func() error {
-		once.Do(func() { chainErr = exp.addChains(chains()) })
+	exp.pending = func() error {
+		once.Do(func() {
+			want := expected()
+			exp.keys = want.Keys
+			chainErr = exp.addChains(want.Chains)
+		})
 		return chainErr
 	}
 	c, err := n.openConn()
@@ -69,9 +97,9 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, chains func() [
 	defer c.sock.Close()
 	for range readAttempts {
 		var rs *model.Ruleset
-		gen, readErr, err := c.atOneGeneration(func(gen uint32) error {
+		gen, readErr, err := c.atOneGeneration(func(uint32) error {
 			var err error
-			rs, err = c.readTable(exp, n.takePrefetch(fam, gen))
+			rs, err = c.readTable(exp)
 			return err
 		})
 		switch {
@@ -86,97 +114,4 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, chains func() [
 		return rs, gen, nil
 	}
 	return nil, 0, fmt.Errorf("read %s table: %w during each of %d attempts", fam, ErrGenerationChanged, readAttempts)
-}
-
-// prefetch holds the elements of some sets of one table, dumped ahead of the ReadTable that
-// needs them, and the generation they were dumped at.
-type prefetch struct {
-	done chan struct{}
-	// gen is the generation of the dump; ok is set when it is consistent.
-	gen uint32
-	ok  bool
-	// sets are the sets read, with their elements, and defs their definitions.
-	sets map[string]*model.Set
-	defs map[string]setDef
-}
-
-// Prefetch starts dumping the elements of sets of fam's table in the background, for the
-// next ReadTable of fam to use instead of dumping them itself if nothing was committed in
-// between. A restarted proxy reads its largest maps this way while it is still listing the
-// cluster's objects. The sets' elements must not refer to chains (endpoint maps do not).
-func (n *Netlink) Prefetch(fam model.Family, sets []*model.Set) {
-	pf := &prefetch{done: make(chan struct{}), sets: map[string]*model.Set{}, defs: map[string]setDef{}}
-	n.pmu.Lock()
-	if n.prefetched == nil {
-		n.prefetched = map[model.Family]*prefetch{}
-	}
-	n.prefetched[fam] = pf
-	n.pmu.Unlock()
-	go func() {
-		defer close(pf.done)
-		pf.ok = pf.read(n, fam, sets) == nil
-	}()
-}
-
-// read dumps the sets' elements at one generation.
-func (pf *prefetch) read(n *Netlink, fam model.Family, sets []*model.Set) error {
-	exp, err := newSetExpectation(fam, sets)
-	if err != nil {
-		return err
-	}
-	c, err := n.openConn()
-	if err != nil {
-		return err
-	}
-	defer c.sock.Close()
-	gen, readErr, err := c.atOneGeneration(func(uint32) error {
-		errs := make([]error, len(sets))
-		var wg sync.WaitGroup
-		for i, def := range sets {
-			s := &model.Set{Name: def.Name, Key: slices.Clone(def.Key), Data: def.Data}
-			pf.sets[s.Name], pf.defs[s.Name] = s, exp.sets[s.Name]
-			wg.Go(func() { errs[i] = c.readElementsApart(exp, s, 0) })
-		}
-		wg.Wait()
-		return errors.Join(errs...)
-	})
-	if err != nil {
-		return err
-	}
-	if readErr != nil {
-		return readErr // no table yet, typically
-	}
-	pf.gen = gen
-	return nil
-}
-
-// takePrefetch returns fam's prefetched sets if they were dumped at generation gen (nothing
-// was committed since), waiting for a dump in progress, or nil. Either way the prefetch is
-// used up.
-func (n *Netlink) takePrefetch(fam model.Family, gen uint32) *prefetch {
-	n.pmu.Lock()
-	pf := n.prefetched[fam]
-	delete(n.prefetched, fam)
-	n.pmu.Unlock()
-	if pf == nil {
-		return nil
-	}
-	<-pf.done
-	if !pf.ok || pf.gen != gen {
-		return nil
-	}
-	return pf
-}
-
-// elements returns the prefetched elements of the set name if it was read with the
-// definition def.
-func (pf *prefetch) elements(name string, def setDef) ([]model.Element, bool) {
-	if pf == nil {
-		return nil, false
-	}
-	s, ok := pf.sets[name]
-	if !ok || !pf.defs[name].equal(def) {
-		return nil, false
-	}
-	return s.Elements, true
 }

@@ -383,9 +383,9 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			t.buildAll(s.services)
 			chains = t.desiredChains()
 		}()
-		have, g, err := s.Backend.ReadTable(fam, t.skeleton.Sets, func() []*model.Chain {
+		have, g, err := s.Backend.ReadTable(fam, t.skeleton.Sets, func() nft.Expected {
 			<-built
-			return chains
+			return nft.Expected{Chains: chains, Keys: t.claimedKeys}
 		})
 		<-built
 		switch {

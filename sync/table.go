@@ -1,6 +1,7 @@
 package sync
 
 import (
+	"iter"
 	"maps"
 	"runtime"
 	"slices"
@@ -213,6 +214,11 @@ func (t *table) wantElement(set string, k model.Key) (model.Element, bool) {
 		return *c.elem, true
 	}
 	return model.Element{}, false
+}
+
+// claimedKeys yields the keys of set that some Service claims.
+func (t *table) claimedKeys(set string) iter.Seq[model.Key] {
+	return maps.Keys(t.claims[set])
 }
 
 // desired returns the whole desired ruleset: the skeleton with every claimed element and

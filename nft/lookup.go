@@ -1,0 +1,327 @@
+package nft
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"iter"
+	"runtime"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nftproxy/nftproxy/internal/nlrecv"
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// The endpoint maps are read by key, not dumped. A dump of a set is quadratic in the kernel:
+// each part of it (about 32 KiB, some 300 elements) walks the set from its start and skips
+// the elements sent before. Reading 100,000 endpoints that way took 0.6 s, 200,000 took
+// 3.7 s, 400,000 took 24 s, and a million never finished. A lookup (NFT_MSG_GETSETELEM
+// without NLM_F_DUMP) finds one element by its key in constant time, and the kernel takes
+// many of them in one datagram, answering each with a message of its own.
+//
+// Which keys: every key the caller expects the map to hold, and, for every frontend of the
+// table (a key of a map keyed like the endpoint map without its slot, as the kernel holds
+// it, or a frontend the caller expects), the slots after the last expected one until one is
+// missing. nftproxy writes the slots of a frontend as 0 to n-1 in the same commit as the
+// frontend, so this finds every element nftproxy wrote. What it cannot find is an element
+// whose frontend no map names or that lies beyond a missing slot: one only someone else can
+// have added, and one no packet reaches, since the picking chains draw slots below n and
+// the frontend maps lead to them.
+
+// lookupBatch is how many lookups go to the kernel in one datagram. The kernel answers each
+// found element with a buffer of its own of one page (NLMSG_GOODSIZE), all queued on the
+// socket before the datagram's send returns: lookupRcvBuf must hold them all.
+const lookupBatch = 512
+
+// lookupRcvBuf is the receive buffer of a socket that looks elements up (SO_RCVBUFFORCE; the
+// kernel doubles it).
+const lookupRcvBuf = 8 << 20
+
+// isEndpointMap reports whether s is read by key: a map of the table whose key ends in a
+// slot.
+func isEndpointMap(s *model.Set) bool {
+	return !s.Dynamic && len(s.Key) > 1 && s.Key[len(s.Key)-1] == model.KeySlot
+}
+
+// frontendKey is k without its slot.
+func frontendKey(k model.Key) model.Key {
+	k.Slot = 0
+	return k
+}
+
+// slotKey is the key of slot of frontend f.
+func slotKey(f model.Key, slot uint32) model.Key {
+	f.Slot = slot
+	return f
+}
+
+// lookupEndpointMap reads the elements of the endpoint map s by key, over sockets of its
+// own: the keys want yields (nil: none), and, from the frontends of those keys and of the
+// elements of frontendSets (the table's maps keyed like s without its slot, already read),
+// the slots after the last wanted one until one is missing. s.Elements gets what the kernel
+// holds, sorted.
+func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[model.Key], frontendSets []*model.Set) error {
+	// next is, per frontend, the first slot past the wanted ones.
+	next := map[model.Key]uint32{}
+	var keys []model.Key
+	if want != nil {
+		for k := range want {
+			keys = append(keys, k)
+			f := frontendKey(k)
+			next[f] = max(next[f], k.Slot+1)
+		}
+	}
+	for _, fs := range frontendSets {
+		for _, e := range fs.Elements {
+			f := frontendKey(e.Key())
+			if _, ok := next[f]; !ok {
+				next[f] = 0
+			}
+		}
+	}
+	l, err := c.newLookuper(exp, s, len(keys))
+	if err != nil {
+		return err
+	}
+	defer l.close()
+	// Round 1: the wanted keys and one slot past them for every frontend. Then, for each
+	// frontend whose last probe was found, twice as many slots after it, until none is.
+	probe := make(map[model.Key]uint32, len(next)) // frontend: the first slot probed
+	for f, n := range next {
+		probe[f] = n
+		keys = append(keys, slotKey(f, n))
+	}
+	var elems []model.Element
+	width := uint32(1)
+	for len(keys) > 0 {
+		found, err := l.lookup(keys)
+		if err != nil {
+			return err
+		}
+		elems = append(elems, found...)
+		var more []model.Key
+		for _, e := range found {
+			k := e.Key()
+			f := frontendKey(k)
+			if from, ok := probe[f]; ok && k.Slot == from+width-1 {
+				more = append(more, f)
+			}
+		}
+		keys = keys[:0]
+		for _, f := range more {
+			from := probe[f] + width
+			probe[f] = from
+			for slot := from; slot < from+2*width; slot++ {
+				keys = append(keys, slotKey(f, slot))
+			}
+		}
+		width *= 2
+	}
+	slices.SortFunc(elems, model.CompareElements)
+	if hasDuplicateKeys(elems) {
+		return fmt.Errorf("set %s: the kernel returned an element twice", s.Name)
+	}
+	s.Elements = elems
+	return nil
+}
+
+// lookuper looks up elements of one set over sockets of its own, one per worker.
+type lookuper struct {
+	exp     *expectation
+	set     *model.Set
+	workers []*lookupWorker
+}
+
+type lookupWorker struct {
+	c  *conn
+	rb *nlrecv.Batch
+	d  *elemDecoder
+}
+
+// lookupWorkers is how many sockets look elements up at once: the kernel's work is done in
+// the sending thread, so more CPUs share it.
+func lookupWorkers() int { return min(runtime.GOMAXPROCS(0), 4) }
+
+// newLookuper returns a lookuper of elements of s, about n in all.
+func (c *conn) newLookuper(exp *expectation, s *model.Set, n int) (*lookuper, error) {
+	l := &lookuper{exp: exp, set: s}
+	for range lookupWorkers() {
+		sock, err := c.dial()
+		if err != nil {
+			l.close()
+			return nil, err
+		}
+		sub, err := newConn(sock, c.dial)
+		if err == nil {
+			err = sub.growReceiveBuffer()
+		}
+		if err != nil {
+			sock.Close()
+			l.close()
+			return nil, err
+		}
+		l.workers = append(l.workers, &lookupWorker{c: sub, rb: nlrecv.NewBatch(64, 4096),
+			d: newElemDecoder(exp, s, n/lookupWorkers())})
+	}
+	return l, nil
+}
+
+func (l *lookuper) close() {
+	for _, w := range l.workers {
+		w.c.sock.Close()
+	}
+}
+
+// lookup returns the elements of the set that have the given keys; the workers share them.
+// The result is valid until the next lookup.
+func (l *lookuper) lookup(keys []model.Key) ([]model.Element, error) {
+	workers := l.workers
+	if len(keys) < 4*lookupBatch {
+		workers = workers[:1]
+	}
+	per := (len(keys) + len(workers) - 1) / len(workers)
+	errs := make([]error, len(workers))
+	var wg sync.WaitGroup
+	for i, w := range workers {
+		chunk := keys[min(len(keys), i*per):min(len(keys), (i+1)*per)]
+		w.d.elems = w.d.elems[:0]
+		wg.Go(func() { errs[i] = w.c.lookupElements(l.exp, l.set.Name, chunk, w.rb, w.d) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	var found []model.Element
+	for _, w := range workers {
+		found = append(found, w.d.elems...)
+	}
+	return found, nil
+}
+
+// growReceiveBuffer sets the socket's receive buffer to lookupRcvBuf.
+func (c *conn) growReceiveBuffer() error {
+	var serr error
+	err := c.raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, lookupRcvBuf)
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("set the receive buffer of a netlink socket: %w", err)
+	}
+	return nil
+}
+
+// lookupElements looks the keys up in set, lookupBatch to a datagram, and has d decode the
+// elements found; a key the set lacks is skipped.
+func (c *conn) lookupElements(exp *expectation, set string, keys []model.Key, rb *nlrecv.Batch, d *elemDecoder) error {
+	var msgs []byte
+	var key []byte
+	for start := 0; start < len(keys); start += lookupBatch {
+		batch := keys[start:min(len(keys), start+lookupBatch)]
+		msgs = msgs[:0]
+		// Each lookup is a message of its own: the kernel stops at the first missing key of a
+		// message, but goes on with the next message of the datagram after an error.
+		first := batchSeq.Add(uint32(len(batch)+1)) - uint32(len(batch))
+		for i, k := range batch {
+			m := len(msgs)
+			msgs = appendNlmsghdr(msgs, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETSETELEM, netlink.Request)
+			msgs = append(msgs, exp.nfproto, unix.NFNETLINK_V0, 0, 0)
+			msgs = appendNLAString(msgs, unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
+			msgs = appendNLAString(msgs, unix.NFTA_SET_ELEM_LIST_SET, set)
+			list := len(msgs)
+			msgs = appendNLAHeader(msgs, unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_LIST_ELEMENTS)
+			elem := len(msgs)
+			msgs = appendNLAHeader(msgs, unix.NLA_F_NESTED|1)
+			kn := len(msgs)
+			msgs = appendNLAHeader(msgs, unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_KEY)
+			key = model.AppendElementKey(key[:0], exp.fam, d.set.Key, model.Element{Addr: k.Addr, Proto: k.Proto, Port: k.Port, Slot: k.Slot})
+			msgs = appendNLA(msgs, unix.NFTA_DATA_VALUE, key)
+			msgs = endNested(msgs, kn)
+			msgs = endNested(msgs, elem)
+			msgs = endNested(msgs, list)
+			binary.NativeEndian.PutUint32(msgs[m:], uint32(len(msgs)-m))
+			binary.NativeEndian.PutUint32(msgs[m+8:], first+uint32(i))
+		}
+		// The last message asks for the generation: its answer ends the batch's.
+		last := first + uint32(len(batch))
+		m := len(msgs)
+		msgs = appendNlmsghdr(msgs, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETGEN, netlink.Request)
+		msgs = append(msgs, unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0)
+		binary.NativeEndian.PutUint32(msgs[m:], uint32(len(msgs)-m))
+		binary.NativeEndian.PutUint32(msgs[m+8:], last)
+		if err := sendBuffers(c.sock, [][]byte{msgs}); err != nil {
+			return fmt.Errorf("look up elements of set %s: %w", set, err)
+		}
+		if err := c.lookupReplies(set, batch, first, last, rb, d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lookupReplies reads the answers to one datagram of lookups, whose sequence numbers run
+// from first, up to the answer to its last message (sequence number last).
+func (c *conn) lookupReplies(set string, batch []model.Key, first, last uint32, rb *nlrecv.Batch, d *elemDecoder) error {
+	for {
+		if err := c.sock.SetReadDeadline(time.Now().Add(readTimeout)); err != nil {
+			return fmt.Errorf("set netlink read deadline: %w", err)
+		}
+		dgrams, err := rb.Recv(c.raw)
+		if err != nil {
+			return fmt.Errorf("look up elements of set %s: %w", set, err)
+		}
+		for _, b := range dgrams {
+			done, err := parseLookupReplies(b, set, batch, first, last, d)
+			if done || err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// parseLookupReplies handles the messages of one datagram of answers to lookups, and reports
+// whether it held the answer to the last message.
+func parseLookupReplies(b []byte, set string, batch []model.Key, first, last uint32, d *elemDecoder) (done bool, err error) {
+	for len(b) >= unix.NLMSG_HDRLEN {
+		length := int(binary.NativeEndian.Uint32(b[0:4]))
+		if length < unix.NLMSG_HDRLEN || length > len(b) {
+			return false, fmt.Errorf("look up elements of set %s: netlink reply of %d bytes claims %d", set, len(b), length)
+		}
+		mtype := binary.NativeEndian.Uint16(b[4:6])
+		seq := binary.NativeEndian.Uint32(b[8:12])
+		data := b[unix.NLMSG_HDRLEN:length]
+		b = b[min(len(b), nlmsgAlign(length)):]
+		i := seq - first
+		if i > last-first {
+			continue // a late reply to an earlier request
+		}
+		switch {
+		case i == last-first:
+			return true, nil
+		case mtype == unix.NLMSG_ERROR:
+			if len(data) < 4 {
+				return false, fmt.Errorf("look up elements of set %s: short error message", set)
+			}
+			errno := syscall.Errno(-int32(binary.NativeEndian.Uint32(data)))
+			if errno != 0 && errno != unix.ENOENT {
+				return false, fmt.Errorf("look up element %v of set %s: %w", batch[i], set, errno)
+			}
+		case mtype == unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWSETELEM:
+			if len(data) < 4 {
+				return false, fmt.Errorf("look up elements of set %s: reply without nfgenmsg header", set)
+			}
+			if err := d.decodeMessage(data[4:]); err != nil {
+				return false, fmt.Errorf("look up element %v of set %s: %w", batch[i], set, err)
+			}
+		}
+	}
+	return false, nil
+}
