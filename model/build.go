@@ -111,7 +111,9 @@ func (p *Part) Element(set string, k Key) *Element {
 func BuildPart(svc *Service, node NodeConfig) *Part {
 	b := &builder{node: node, part: &Part{}}
 	if n := partSize(svc, node); n > 0 {
-		b.part.Elements = make([]PartElement, 0, n)
+		// Some room over the guess: growing a Part of a Service with many endpoints copies
+		// all of them, and a full sync builds every Part.
+		b.part.Elements = make([]PartElement, 0, n+n/16+4)
 	}
 	b.service(svc)
 	// The guess is close for most Services but not all (externalTrafficPolicy Local adds

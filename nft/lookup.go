@@ -67,14 +67,25 @@ func slotKey(f model.Key, slot uint32) model.Key {
 // the slots after the last wanted one until one is missing. s.Elements gets what the kernel
 // holds, sorted.
 func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[model.Key], frontendSets []*model.Set) error {
-	// next is, per frontend, the first slot past the wanted ones.
+	l, err := c.newLookuper(exp, s)
+	if err != nil {
+		return err
+	}
+	defer l.close()
+	// The wanted keys, a chunk at a time; next is, per frontend, the first slot past them.
 	next := map[model.Key]uint32{}
-	var keys []model.Key
+	keys := make([]model.Key, 0, lookupChunk)
 	if want != nil {
 		for k := range want {
 			keys = append(keys, k)
 			f := frontendKey(k)
 			next[f] = max(next[f], k.Slot+1)
+			if len(keys) == lookupChunk {
+				if err := l.lookup(keys, nil); err != nil {
+					return err
+				}
+				keys = keys[:0]
+			}
 		}
 	}
 	for _, fs := range frontendSets {
@@ -85,33 +96,25 @@ func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[m
 			}
 		}
 	}
-	l, err := c.newLookuper(exp, s, len(keys))
-	if err != nil {
-		return err
-	}
-	defer l.close()
-	// Round 1: the wanted keys and one slot past them for every frontend. Then, for each
+	// With the last wanted keys, one slot past them for every frontend; then, for each
 	// frontend whose last probe was found, twice as many slots after it, until none is.
 	probe := make(map[model.Key]uint32, len(next)) // frontend: the first slot probed
 	for f, n := range next {
 		probe[f] = n
 		keys = append(keys, slotKey(f, n))
 	}
-	var elems []model.Element
 	width := uint32(1)
 	for len(keys) > 0 {
-		found, err := l.lookup(keys)
-		if err != nil {
-			return err
-		}
-		elems = append(elems, found...)
 		var more []model.Key
-		for _, e := range found {
+		err := l.lookup(keys, func(e *model.Element) {
 			k := e.Key()
 			f := frontendKey(k)
 			if from, ok := probe[f]; ok && k.Slot == from+width-1 {
 				more = append(more, f)
 			}
+		})
+		if err != nil {
+			return err
 		}
 		keys = keys[:0]
 		for _, f := range more {
@@ -123,6 +126,7 @@ func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[m
 		}
 		width *= 2
 	}
+	elems := l.elements()
 	slices.SortFunc(elems, model.CompareElements)
 	if hasDuplicateKeys(elems) {
 		return fmt.Errorf("set %s: the kernel returned an element twice", s.Name)
@@ -131,7 +135,11 @@ func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[m
 	return nil
 }
 
-// lookuper looks up elements of one set over sockets of its own, one per worker.
+// lookupChunk is how many wanted keys are looked up at a time.
+const lookupChunk = 32 << 10
+
+// lookuper looks up elements of one set over sockets of its own, one per worker, and keeps
+// what it finds.
 type lookuper struct {
 	exp     *expectation
 	set     *model.Set
@@ -148,8 +156,8 @@ type lookupWorker struct {
 // the sending thread, so more CPUs share it.
 func lookupWorkers() int { return min(runtime.GOMAXPROCS(0), 4) }
 
-// newLookuper returns a lookuper of elements of s, about n in all.
-func (c *conn) newLookuper(exp *expectation, s *model.Set, n int) (*lookuper, error) {
+// newLookuper returns a lookuper of elements of s.
+func (c *conn) newLookuper(exp *expectation, s *model.Set) (*lookuper, error) {
 	l := &lookuper{exp: exp, set: s}
 	for range lookupWorkers() {
 		sock, err := c.dial()
@@ -166,8 +174,7 @@ func (c *conn) newLookuper(exp *expectation, s *model.Set, n int) (*lookuper, er
 			l.close()
 			return nil, err
 		}
-		l.workers = append(l.workers, &lookupWorker{c: sub, rb: nlrecv.NewBatch(64, 4096),
-			d: newElemDecoder(exp, s, n/lookupWorkers())})
+		l.workers = append(l.workers, &lookupWorker{c: sub, rb: nlrecv.NewBatch(64, 4096), d: newElemDecoder(exp, s, 0)})
 	}
 	return l, nil
 }
@@ -178,30 +185,48 @@ func (l *lookuper) close() {
 	}
 }
 
-// lookup returns the elements of the set that have the given keys; the workers share them.
-// The result is valid until the next lookup.
-func (l *lookuper) lookup(keys []model.Key) ([]model.Element, error) {
+// lookup looks up the keys, which the workers share, and calls found (if not nil) with each
+// element found.
+func (l *lookuper) lookup(keys []model.Key, found func(*model.Element)) error {
 	workers := l.workers
 	if len(keys) < 4*lookupBatch {
 		workers = workers[:1]
 	}
 	per := (len(keys) + len(workers) - 1) / len(workers)
+	before := make([]int, len(workers))
 	errs := make([]error, len(workers))
 	var wg sync.WaitGroup
 	for i, w := range workers {
 		chunk := keys[min(len(keys), i*per):min(len(keys), (i+1)*per)]
-		w.d.elems = w.d.elems[:0]
+		before[i] = len(w.d.elems)
 		wg.Go(func() { errs[i] = w.c.lookupElements(l.exp, l.set.Name, chunk, w.rb, w.d) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return err
 	}
-	var found []model.Element
-	for _, w := range workers {
-		found = append(found, w.d.elems...)
+	if found != nil {
+		for i, w := range workers {
+			for j := before[i]; j < len(w.d.elems); j++ {
+				found(&w.d.elems[j])
+			}
+		}
 	}
-	return found, nil
+	return nil
+}
+
+// elements returns every element found, and lets the workers' copies go.
+func (l *lookuper) elements() []model.Element {
+	n := 0
+	for _, w := range l.workers {
+		n += len(w.d.elems)
+	}
+	out := make([]model.Element, 0, n)
+	for _, w := range l.workers {
+		out = append(out, w.d.elems...)
+		w.d.elems = nil
+	}
+	return out
 }
 
 // growReceiveBuffer sets the socket's receive buffer to lookupRcvBuf.
