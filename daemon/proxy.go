@@ -305,6 +305,9 @@ func (p *Proxy) logResult(res sync.SyncResult, took time.Duration) {
 	if res.DriftRepaired {
 		p.Log.Warn("nftproxy's tables were changed behind its back; repaired them", logkey.Objects, res.Objects)
 	}
+	for _, err := range res.ReplacedUnread {
+		p.Log.Error("replaced a table that could not be read back, session affinity entries included", logkey.Error, err)
+	}
 	if res.AffinityReleased > 0 {
 		p.Log.Info("released session affinity of clients whose endpoint went away", logkey.Entries, res.AffinityReleased)
 	}

@@ -28,6 +28,8 @@ type Fake struct {
 	Calls int
 	// Last holds the last successful transaction.
 	Last *Transaction
+	// FailReads is how many of the next ReadTable calls fail with ErrInjected.
+	FailReads int
 	// affinity holds the affinity entries AddAffinity stood in for the packet path with.
 	affinity map[model.Family][]AffinityEntry
 }
@@ -264,6 +266,10 @@ func (f *Fake) ReadTable(fam model.Family, _ []*model.Set, expected func() Expec
 	expected()
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.FailReads > 0 {
+		f.FailReads--
+		return nil, 0, ErrInjected
+	}
 	t := f.tables[fam]
 	if t == nil {
 		return nil, f.gen, nil

@@ -47,7 +47,14 @@ type Syncer struct {
 	// gen is the generation after the last commit, 0 when unknown.
 	gen      uint32
 	needFull bool
+	// readFailures counts the full syncs in a row that could not read a table back.
+	readFailures int
 }
+
+// replaceAfterReadFailures is how many full syncs in a row may fail to read a table back
+// before the next one replaces the tables unread: a node must be programmed even when its
+// tables cannot be read (session affinity entries are lost then).
+const replaceAfterReadFailures = 3
 
 type pendingChange struct {
 	svc   *model.Service
@@ -75,6 +82,9 @@ type SyncResult struct {
 	// DriftRepaired is set when a full sync found the kernel different from what the
 	// syncer had committed.
 	DriftRepaired bool
+	// ReplacedUnread holds the read errors of the tables a full sync replaced without
+	// reading them, after replaceAfterReadFailures syncs in a row failed to read them.
+	ReplacedUnread []error
 	// Elements counts the elements of each set and map after the sync, per family.
 	Elements map[model.Family]map[string]int
 	// AffinityReleased counts the session affinity entries deleted because their endpoint
@@ -388,10 +398,16 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			return nft.Expected{Chains: chains, Keys: t.claimedKeys}
 		})
 		<-built
+		unread := err != nil && !errors.Is(err, nft.ErrIncompatible)
+		if unread {
+			if s.readFailures+1 < replaceAfterReadFailures {
+				s.readFailures++
+				s.restorePending(changes, old)
+				return res, fmt.Errorf("read %s table: %w", fam, err)
+			}
+			res.ReplacedUnread = append(res.ReplacedUnread, fmt.Errorf("read %s table: %w", fam, err))
+		}
 		switch {
-		case err != nil && !errors.Is(err, nft.ErrIncompatible):
-			s.restorePending(changes, old)
-			return res, fmt.Errorf("read %s table: %w", fam, err)
 		case err != nil || have == nil:
 			// No table, or one in another layout: replace it whole. Only this case needs
 			// every element as a list; the diff looks elements up in the claims.
@@ -404,12 +420,16 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			}
 			t.diffAll(chains, tx)
 		}
-		if i > 0 && g != gen {
+		if i > 0 && g != gen && res.ReplacedUnread == nil {
 			s.restorePending(changes, old)
 			return res, fmt.Errorf("read tables: %w", nft.ErrGenerationChanged)
 		}
 		gen = g
 		tables[fam] = t
+	}
+	if res.ReplacedUnread != nil {
+		// Whatever the kernel holds, the transaction replaces it.
+		gen = 0
 	}
 	res.Objects = tx.Objects()
 	s.gen = gen
@@ -432,6 +452,9 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 	if err != nil {
 		s.restorePending(changes, old)
 		return res, err
+	}
+	if res.ReplacedUnread == nil {
+		s.readFailures = 0
 	}
 	s.tables = tables
 	// The diff's chain operations are recorded as they went (the flushed chains are deleted

@@ -1,6 +1,7 @@
 package sync_test
 
 import (
+	"errors"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -193,6 +194,51 @@ func TestDriftRepair(t *testing.T) {
 		if got := fake.Render(model.IPv4); got != want {
 			t.Errorf("%s: not repaired:\n%s", name, scenario.LineDiff(want, got))
 		}
+	}
+}
+
+// TestReplaceUnreadable checks that a node whose tables cannot be read back is programmed
+// anyway: the third full sync in a row that fails to read replaces the tables unread, and
+// once reads work again the syncer adopts the tables as usual.
+func TestReplaceUnreadable(t *testing.T) {
+	fake := nft.NewFake(1)
+	newScaleSyncer(t, fake, 20, 3)
+	want := fake.Render(model.IPv4)
+	fake.Tamper(model.IPv4, func(rs *model.Ruleset) {
+		set := rs.Set(model.MapServiceEndpoints)
+		set.Elements = set.Elements[1:]
+	})
+	restarted := sync.NewSyncer(fake, model.IPv4)
+	restarted.SetNode(map[model.Family]model.NodeConfig{model.IPv4: scaleNode})
+	changes := map[model.ServiceName]*model.Service{}
+	for i := range 20 {
+		svc := scale.Service(i, 3, 0)
+		changes[svc.Name] = &svc
+	}
+	restarted.Update(changes, time.Now())
+	fake.FailReads = 1000
+	for i := range 2 {
+		if _, err := restarted.Sync(); !errors.Is(err, nft.ErrInjected) {
+			t.Fatalf("sync %d with the read failing: %v, want the read's error", i+1, err)
+		}
+	}
+	res, err := restarted.Sync()
+	if err != nil {
+		t.Fatalf("third sync with the read failing: %v", err)
+	}
+	if len(res.ReplacedUnread) != 1 || !errors.Is(res.ReplacedUnread[0], nft.ErrInjected) {
+		t.Errorf("ReplacedUnread = %v, want the one read error", res.ReplacedUnread)
+	}
+	if got := fake.Render(model.IPv4); got != want {
+		t.Errorf("tables after the replacement:\n%s", scenario.LineDiff(want, got))
+	}
+	// Reads work again: the generation moved, so the next sync reads and adopts.
+	fake.FailReads = 0
+	fake.Tamper(model.IPv4, func(*model.Ruleset) {})
+	res, err = restarted.Sync()
+	if err != nil || !res.Full || res.ReplacedUnread != nil || res.Objects != 0 {
+		t.Errorf("sync once reads work: full=%v replaced=%v objects=%d err=%v, want a full sync that adopts",
+			res.Full, res.ReplacedUnread, res.Objects, err)
 	}
 }
 
