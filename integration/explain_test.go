@@ -13,7 +13,8 @@ package integration
 // endpoints reached directly), the test reads the live table and affinity map, explains the
 // tuple with package explain, connects, and checks:
 //
-//   - forward: every reply comes from a predicted endpoint, and its source is masqueraded
+//   - forward: every reply comes from a predicted endpoint, every predicted endpoint answers
+//     one of up to 60 connections when each has a chance of 1/4 or more, and a reply's source is masqueraded
 //     exactly when predicted (seen as node1's address towards the endpoint, see
 //     masqueradeSource; not checked when that is the client's own address);
 //   - with session affinity, after the first connection the kernel's entry makes explain
@@ -33,6 +34,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -408,7 +410,17 @@ func (w *explainWorld) check(t *testing.T, tu explainTuple) {
 				return
 			}
 		}
+		// Enough connections to see every predicted endpoint when each has a chance of at
+		// least 1/4 (a miss in 60 tries: 3e-8), else a few to check the ones seen.
+		sample := ex.Affinity == nil
+		for _, o := range ex.Outcomes {
+			sample = sample && o.Probability >= 0.25
+		}
 		n := min(2*len(masq), 8)
+		if sample {
+			n = 60
+		}
+		seen := map[netip.AddrPort]bool{}
 		for i := range n {
 			r, err := dialBound(tu.src.ns, network, tu.src.addr, tu.dst, dialTimeout)
 			if err != nil {
@@ -420,6 +432,7 @@ func (w *explainWorld) check(t *testing.T, tu explainTuple) {
 				t.Errorf("%s: answered by %s, not among the predicted endpoints: %s", tu, r.Server, summarize(ex))
 				return
 			}
+			seen[r.Server] = true
 			if ms := masqueradeSource(r.Server.Addr()); ms != tu.src.addr {
 				if got := r.Source.Addr() == ms; got != want {
 					t.Errorf("%s: %s saw source %s (masqueraded %t), predicted masquerade %t: %s", tu, r.Server, r.Source.Addr(), got, want, summarize(ex))
@@ -438,6 +451,12 @@ func (w *explainWorld) check(t *testing.T, tu explainTuple) {
 				}
 				masq = map[netip.AddrPort]bool{r.Server: want}
 			}
+			if sample && len(seen) == len(masq) {
+				break
+			}
+		}
+		if sample && len(seen) != len(masq) {
+			t.Errorf("%s: predicted %s, but %d connections reached only %v", tu, summarize(ex), n, slices.SortedFunc(maps.Keys(seen), netip.AddrPort.Compare))
 		}
 	case explain.Reject:
 		_, err := dialBound(tu.src.ns, network, tu.src.addr, tu.dst, dialTimeout)
