@@ -304,7 +304,7 @@ func printExplanation(w io.Writer, ex explain.Explanation, source string) {
 			width = max(width, len(o.Endpoint))
 		}
 		for _, o := range ex.Outcomes {
-			chance := o.Chance
+			chance := "affinity"
 			if o.Of > 0 {
 				chance = fmt.Sprintf("%d/%d slots", o.Slots, o.Of)
 			}
