@@ -45,3 +45,42 @@ func TestRenderFromCluster(t *testing.T) {
 		t.Errorf("render --kubeconfig %s: error %v, want one about the client configuration naming the file", missing, err)
 	}
 }
+
+// TestExplainHelpAndOffline: explain is in the command list, `explain --help` names its
+// arguments, and --offline explains a golden scenario's packet as an operator reads it.
+func TestExplainHelpAndOffline(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	_ = run(context.Background(), []string{"help"}, &stdout, &stderr)
+	if !strings.Contains(stdout.String(), "nftproxy explain [flags] SRC DST:PORT") {
+		t.Errorf("help does not list explain:\n%s", stdout.String())
+	}
+	stdout.Reset()
+	_ = run(context.Background(), []string{"explain", "--help"}, &stdout, &stderr)
+	for _, want := range []string{"DST:PORT[/PROTO]", "--from string", "--offline", "--manifests string"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("explain --help does not print %q:\n%s", want, stdout.String())
+		}
+	}
+	stdout.Reset()
+	args := []string{"explain", "--offline", "--manifests", "../../testdata/traffic-policy-local", "--hostname-override", "node1",
+		"--cluster-cidr", "10.244.0.0/16", "--from", "external", "203.0.113.2", "198.51.100.70:80"}
+	if err := run(context.Background(), args, &stdout, &stderr); err != nil {
+		t.Fatalf("%v: %v\n%s", args, err, stderr.String())
+	}
+	for _, want := range []string{"service        default/local-lb:http (LoadBalancer IP)", "forward to 1 endpoint",
+		"100.0%  10.244.1.70:8080", "source kept: externalTrafficPolicy Local"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("explain %v does not print %q:\n%s", args[1:], want, stdout.String())
+		}
+	}
+	for _, bad := range [][]string{
+		{"explain", "--offline", "10.244.1.5"},
+		{"explain", "--offline", "10.244.1.5", "10.96.0.1:80/icmp"},
+		{"explain", "--offline", "10.244.1.5", "[fd00::1]:80"},
+		{"explain", "--offline", "--from", "moon", "10.244.1.5", "10.96.0.1:80"},
+	} {
+		if err := run(context.Background(), bad, io.Discard, io.Discard); err == nil {
+			t.Errorf("%v: no error", bad)
+		}
+	}
+}

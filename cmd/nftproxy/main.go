@@ -6,6 +6,7 @@
 //	nftproxy render [flags]                  print the rules run would program (--manifests or a cluster)
 //	nftproxy diff [flags]                    compare them with the kernel's, by Service
 //	nftproxy services [flags] [NS/NAME]      list the Services the kernel's tables hold
+//	nftproxy explain [flags] SRC DST:PORT    what the rules do with a new connection
 //	nftproxy cleanup [--kube-proxy]          remove nftproxy's tables (and kube-proxy's)
 //	nftproxy version                         print the version
 package main
@@ -48,6 +49,11 @@ Usage:
                                            Service; exit status 1 when they differ
   nftproxy services [flags] [NS/NAME]      list the Service ports the kernel's tables hold:
                                            frontends, endpoints, policy, affinity (--output json)
+  nftproxy explain [flags] SRC DST:PORT[/PROTO]
+                                           what the kernel's rules (or, --offline, the cluster's)
+                                           do with a new connection from SRC (a pod, --from node
+                                           or external): Service, endpoints and their chances,
+                                           masquerade, affinity, or reject/drop and why
   nftproxy cleanup [--kube-proxy]          remove nftproxy's tables (ip and ip6 nftproxy); with
                                            --kube-proxy also kube-proxy's (ip and ip6 kube-proxy),
                                            and report its iptables mode's KUBE- chains
@@ -88,6 +94,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runDiff(ctx, args[1:], stdout, stderr)
 	case "services":
 		return runServices(ctx, args[1:], stdout, stderr)
+	case "explain":
+		return runExplain(ctx, args[1:], stdout, stderr)
 	case "cleanup":
 		return runCleanup(args[1:], stdout, stderr)
 	case "version":
