@@ -39,7 +39,8 @@ func fetchDaemonStatus(ctx context.Context, base string) (*daemon.DebugServices,
 	defer client.CloseIdleConnections()
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("get %s: %w", url, err)
+		// A *url.Error: it names the method and the URL.
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -109,7 +110,8 @@ func printDaemonStatus(w io.Writer, url string, d *daemon.DebugServices) {
 		if o.Namespace != "" {
 			name = o.Namespace + "/" + o.Name
 		}
-		fmt.Fprintf(w, "      %s %s: %s\n", o.Kind, name, o.Reason)
+		// A reason may hold several lines (one per bad entry of a slice): indent them all.
+		fmt.Fprintf(w, "      %s %s: %s\n", o.Kind, name, strings.ReplaceAll(o.Reason, "\n", "\n        "))
 	}
 	if sk.Omitted > 0 {
 		fmt.Fprintf(w, "     %s\n", more(sk.Omitted))

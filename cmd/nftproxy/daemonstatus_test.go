@@ -31,7 +31,7 @@ const failingDaemon = `{
   "pending": {"since": "2026-11-29T04:00:00Z", "serviceChanges": 1, "endpointSliceChanges": 0,
     "services": ["default/api", "default/web"], "nextSync": "retry", "nextSyncAt": "2026-11-29T04:00:12Z"},
   "skipped": {"total": 3, "objects": [
-    {"kind": "EndpointSlice", "namespace": "default", "name": "web-abc12", "reason": "endpoints[0].addresses[0] \"abc\": not an IPv4 address"},
+    {"kind": "EndpointSlice", "namespace": "default", "name": "web-abc12", "reason": "endpoints[0]: ParseAddr(\"abc\"): unable to parse IP\nendpoints[2]: address fd00::1 is not IPv4"},
     {"kind": "Service", "namespace": "default", "name": "broken", "reason": "spec.clusterIPs: ParseAddr(\"10.96.0.300\"): IPv4 field has value >255"}
   ], "omitted": 1}
 }`
@@ -60,7 +60,8 @@ func TestDaemonStatus(t *testing.T) {
   pending    1 Service change, 2 Services not programmed, waiting for 10s; next sync: retry in 2s
       default/api default/web
   skipped    3 objects that cannot be turned into rules
-      EndpointSlice default/web-abc12: endpoints[0].addresses[0] "abc": not an IPv4 address
+      EndpointSlice default/web-abc12: endpoints[0]: ParseAddr("abc"): unable to parse IP
+        endpoints[2]: address fd00::1 is not IPv4
       Service default/broken: spec.clusterIPs: ParseAddr("10.96.0.300"): IPv4 field has value >255
       (and 1 more)
 `
@@ -77,7 +78,7 @@ func TestDaemonStatus(t *testing.T) {
 		t.Errorf("a server without /debug/services: %v, want a 404 error", err)
 	}
 	srv.Close()
-	if _, err := fetchDaemonStatus(t.Context(), srv.URL); err == nil || !strings.Contains(err.Error(), srv.URL+daemon.DebugServicesPath) {
+	if _, err := fetchDaemonStatus(t.Context(), srv.URL); err == nil || !strings.Contains(err.Error(), srv.URL+daemon.DebugServicesPath+`": dial tcp`) {
 		t.Errorf("no server: %v, want an error naming the URL", err)
 	}
 }
