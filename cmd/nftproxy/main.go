@@ -47,7 +47,9 @@ Usage:
   nftproxy diff [flags]                    compare it with the tables the kernel holds, by
                                            Service; exit status 1 when they differ
   nftproxy services [flags] [NS/NAME]      list the Service ports the kernel's tables hold:
-                                           frontends, endpoints, policy, affinity (--output json)
+                                           frontends, endpoints, policy, affinity (--output json),
+                                           and the daemon's last sync, pending changes and
+                                           skipped objects (--daemon URL)
   nftproxy cleanup [--kube-proxy]          remove nftproxy's tables (ip and ip6 nftproxy); with
                                            --kube-proxy also kube-proxy's (ip and ip6 kube-proxy),
                                            and report its iptables mode's KUBE- chains
