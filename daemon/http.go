@@ -12,11 +12,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// MetricsHandler serves /metrics from reg and, with profiling, the runtime profiles under
-// /debug/pprof/ as kube-proxy's enableProfiling does.
-func MetricsHandler(reg *prometheus.Registry, profiling bool) http.Handler {
+// MetricsHandler serves /metrics from reg, /debug/services from p (DebugServices; when p is
+// not nil) and, with profiling, the runtime profiles under /debug/pprof/ as kube-proxy's
+// enableProfiling does.
+func MetricsHandler(reg *prometheus.Registry, p *Proxy, profiling bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if p != nil {
+		mux.Handle(DebugServicesPath, DebugServicesHandler(p))
+	}
 	if profiling {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

@@ -20,7 +20,7 @@ func TestMetricsHandlerProfiling(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "probe_total", Help: "probe"}))
 	for _, profiling := range []bool{false, true} {
-		h := MetricsHandler(reg, profiling)
+		h := MetricsHandler(reg, nil, profiling)
 		get := func(path string) (int, string) {
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))

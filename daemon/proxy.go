@@ -79,6 +79,8 @@ type Proxy struct {
 		nodeKnown    bool
 		nodeEligible bool
 	}
+	// debug is what /debug/services reports.
+	debug debugState
 }
 
 // families are the IP families the proxy programs, both in every commit.
@@ -122,6 +124,7 @@ func (p *Proxy) Update(objs cluster.Objects) {
 	p.objsAt = now
 	// Under mu: a sync taking the snapshot checks these changes out.
 	p.Metrics.queued(families, objs.Events)
+	p.recordChanges(objs.Events)
 	p.mu.Unlock()
 	p.health.Lock()
 	if p.health.pendingSince.IsZero() {
@@ -156,10 +159,16 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	periodic := time.NewTicker(period)
 	defer periodic.Stop()
+	nextPeriodic := time.Now().Add(period)
 	delay := minRetryDelay
 	var retry <-chan time.Time
-	var lastSync time.Time
+	var retryAt, lastSync time.Time
 	for {
+		if retry != nil {
+			p.schedule(NextSyncRetry, retryAt)
+		} else {
+			p.schedule(NextSyncNone, nextPeriodic)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -167,27 +176,31 @@ func (p *Proxy) Run(ctx context.Context) error {
 		case <-retry:
 		case <-periodic.C:
 			p.conntrackDue = true
+			nextPeriodic = time.Now().Add(period)
 		}
 		retry = nil
 		// Rate limit: changes arriving meanwhile are folded into this sync.
 		if wait := p.MinSyncPeriod - time.Since(lastSync); !lastSync.IsZero() && wait > 0 {
+			p.schedule(NextSyncRateLimited, lastSync.Add(p.MinSyncPeriod))
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-time.After(wait):
 			}
 		}
+		p.schedule(NextSyncNow, time.Time{})
 		lastSync = time.Now()
 		if err := p.SyncOnce(); err != nil {
 			p.Log.Error("sync failed; will retry with a full sync", logkey.Error, err, logkey.RetryIn, delay)
-			retry = time.After(delay)
+			retry, retryAt = time.After(delay), time.Now().Add(delay)
 			delay = min(2*delay, maxRetryDelay)
 			continue
 		}
 		delay = minRetryDelay
 		if p.syncer != nil && p.syncer.Pending() {
 			// Stale chains are deleted by the next commit.
-			retry = time.After(max(p.MinSyncPeriod, minRetryDelay))
+			wait := max(p.MinSyncPeriod, minRetryDelay)
+			retry, retryAt = time.After(wait), time.Now().Add(wait)
 		}
 	}
 }
@@ -208,6 +221,7 @@ func (p *Proxy) SyncOnce() error {
 	objs, at, started := p.objs, p.objsAt, p.started
 	if objs != nil {
 		p.Metrics.checkedOut()
+		p.recordCheckout()
 	}
 	p.mu.Unlock()
 	if objs == nil {
@@ -224,11 +238,13 @@ func (p *Proxy) SyncOnce() error {
 		p.conntrackDue = false
 	}
 	if err := p.prepare(objs, at); err != nil {
+		p.recordSync(time.Now(), 0, false, sync.SyncResult{}, err)
 		return err
 	}
 	start := time.Now()
 	res, err := p.syncer.Sync()
 	took := time.Since(start)
+	p.recordSync(start.Add(took), took, true, res, err)
 	p.reportSideEffects()
 	if err != nil {
 		p.Metrics.failed(families)
@@ -334,6 +350,7 @@ func (p *Proxy) reportBad(bad []cluster.BadObject) {
 		}
 	}
 	p.warned = now
+	p.recordSkipped(bad)
 	if p.Metrics != nil {
 		p.Metrics.SkippedObjects.Set(float64(len(bad)))
 	}

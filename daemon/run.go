@@ -147,7 +147,7 @@ func serveHTTP(o *Options, reg *prometheus.Registry, proxy *Proxy, recorder Even
 		addr, flag, reason string
 		handler            http.Handler
 	}{
-		{o.MetricsAddress, "--metrics-bind-address", ReasonFailedToStartMetricServer, MetricsHandler(reg, o.Profiling)},
+		{o.MetricsAddress, "--metrics-bind-address", ReasonFailedToStartMetricServer, MetricsHandler(reg, proxy, o.Profiling)},
 		{o.HealthzAddress, "--healthz-bind-address", ReasonFailedToStartProxierHealthcheck, HealthHandler(proxy)},
 	} {
 		if s.addr == "" {

@@ -1,11 +1,19 @@
 package integration
 
 import (
+	"encoding/json"
 	"errors"
 	"os/exec"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/nftproxy/nftproxy/daemon"
 	"github.com/nftproxy/nftproxy/integration/topology"
 	"github.com/nftproxy/nftproxy/internal/scenario"
 )
@@ -69,4 +77,122 @@ func exitCode(exit *exec.ExitError) int {
 		return 0
 	}
 	return exit.ExitCode()
+}
+
+// servicesStatus is what `nftproxy services --output json` prints, as much as the tests read.
+type servicesStatus struct {
+	Services []struct {
+		Service string `json:"service"`
+	} `json:"services"`
+	Daemon      *daemon.DebugServices `json:"daemon"`
+	DaemonError string                `json:"daemonError"`
+}
+
+// TestDiffKubeconfig runs `nftproxy diff --kubeconfig` in node1 against a real API server: it
+// exits 1 while a change of an EndpointSlice is not programmed (nftproxy not running) and
+// names the slot under its Service, and 0 once a daemon has synced, as the daemon's
+// /debug/services says (read by `nftproxy services --output json`, which notes an absent
+// daemon without failing).
+func TestDiffKubeconfig(t *testing.T) {
+	k := newKubeHarness(t)
+	ctx := t.Context()
+	svc, err := k.admin.CoreV1().Services("default").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default"},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP,
+			Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create service: %v", err)
+	}
+	epSlices := k.admin.DiscoveryV1().EndpointSlices("default")
+	if _, err := epSlices.Create(ctx, readySlice("web", "10.244.1.10", nodeName, "10.244.2.10", node2Name), metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create slice: %v", err)
+	}
+	// The flags of startKillable, so that diff builds the rules the daemon programs.
+	inNode1 := func(args ...string) *exec.Cmd {
+		return exec.Command("ip", slices.Concat([]string{"netns", "exec", k.tp.Node1.Name, proxyBin}, args,
+			k.source, []string{"--hostname-override", nodeName, "--cluster-cidr", clusterCIDRs})...)
+	}
+	diff := func(t *testing.T) (string, int) {
+		t.Helper()
+		out, err := inNode1("diff").Output()
+		var exit *exec.ExitError
+		if err != nil && (!errors.As(err, &exit) || exit.ExitCode() != 1) {
+			t.Fatalf("nftproxy diff --kubeconfig: %v\n%s", err, stderrOf(err))
+		}
+		return string(out), exitCode(exit)
+	}
+	status := func(t *testing.T) servicesStatus {
+		t.Helper()
+		out, err := inNode1("services", "--output", "json").Output()
+		if err != nil {
+			t.Fatalf("nftproxy services --output json: %v\n%s", err, stderrOf(err))
+		}
+		var s servicesStatus
+		if err := json.Unmarshal(out, &s); err != nil {
+			t.Fatalf("nftproxy services --output json: %v\n%s", err, out)
+		}
+		return s
+	}
+	// waitSynced waits until the daemon reports a successful sync and nothing pending.
+	waitSynced := func(t *testing.T) {
+		t.Helper()
+		deadline := time.Now().Add(readyTimeout)
+		for {
+			s := status(t)
+			if d := s.Daemon; d != nil && d.Families[0].LastSuccess != nil && d.Pending.Since == nil {
+				return
+			}
+			k.checkProxy(t)
+			if time.Now().After(deadline) {
+				t.Fatalf("the daemon did not report a sync with nothing pending within %v: %+v", readyTimeout, s)
+			}
+			time.Sleep(pollInterval)
+		}
+	}
+
+	if out, code := diff(t); code != 1 || !strings.Contains(out, "=== ip (skeleton)") {
+		t.Errorf("before nftproxy ever ran: exit %d, output:\n%s\nwant exit 1 and the whole table missing", code, out)
+	}
+
+	first := k.startKillable("first", "--min-sync-period=0")
+	waitSynced(t)
+	if out, code := diff(t); code != 0 || out != "" {
+		t.Errorf("after the daemon synced: exit %d, output:\n%s\nwant exit 0 and nothing", code, out)
+	}
+
+	first.kill(t)
+	es, err := epSlices.Get(ctx, "web-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	es.Endpoints[1].Addresses = []string{"10.244.2.11"}
+	if _, err := epSlices.Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("update slice: %v", err)
+	}
+	slot := `element ip nftproxy service-endpoints { ` + svc.Spec.ClusterIP + ` . tcp . 80 . 1 comment "default/web:http" : `
+	out, code := diff(t)
+	for _, want := range []string{"=== ip default/web\n", "\n-" + slot + "10.244.2.11 . 8080 }\n", "\n+" + slot + "10.244.2.10 . 8080 }\n"} {
+		if code != 1 || !strings.Contains(out, want) {
+			t.Errorf("with the slice changed and no daemon: exit %d, output:\n%s\nwant exit 1 and %q", code, out, want)
+		}
+	}
+	if s := status(t); s.Daemon != nil || !strings.Contains(s.DaemonError, "127.0.0.1:10249") || len(s.Services) == 0 {
+		t.Errorf("services without a daemon: %+v, want the kernel's Services and a note naming the daemon's address", s)
+	}
+
+	k.startKillable("second", "--min-sync-period=0")
+	waitSynced(t)
+	if out, code := diff(t); code != 0 || out != "" {
+		t.Errorf("after the restarted daemon synced: exit %d, output:\n%s\nwant exit 0 and nothing", code, out)
+	}
+}
+
+// stderrOf returns the standard error of a command that exited with an error.
+func stderrOf(err error) []byte {
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exit.Stderr
+	}
+	return nil
 }

@@ -65,6 +65,12 @@ func newKubeHarness(t *testing.T, apiserverArgs ...string) *kubeHarness {
 // permission missing there fails the test.
 func (k *kubeHarness) applyDeployRBAC(t *testing.T) {
 	t.Helper()
+	applyDeployRBAC(t, k.admin)
+}
+
+// applyDeployRBAC creates the ClusterRole and ClusterRoleBinding of deploy/ with admin.
+func applyDeployRBAC(t *testing.T, admin kubernetes.Interface) {
+	t.Helper()
 	for _, name := range []string{"clusterrole.yaml", "clusterrolebinding.yaml"} {
 		data, err := os.ReadFile(filepath.Join("..", "deploy", name))
 		if err != nil {
@@ -76,9 +82,9 @@ func (k *kubeHarness) applyDeployRBAC(t *testing.T) {
 		}
 		switch o := obj.(type) {
 		case *rbacv1.ClusterRole:
-			_, err = k.admin.RbacV1().ClusterRoles().Create(t.Context(), o, metav1.CreateOptions{})
+			_, err = admin.RbacV1().ClusterRoles().Create(t.Context(), o, metav1.CreateOptions{})
 		case *rbacv1.ClusterRoleBinding:
-			_, err = k.admin.RbacV1().ClusterRoleBindings().Create(t.Context(), o, metav1.CreateOptions{})
+			_, err = admin.RbacV1().ClusterRoleBindings().Create(t.Context(), o, metav1.CreateOptions{})
 		default:
 			t.Fatalf("deploy/%s holds a %T", name, obj)
 		}

@@ -91,111 +91,114 @@ func TestServicesCommand(t *testing.T) {
 }
 
 // TestServicesCommandJSON checks `nftproxy services --output json` for a LoadBalancer
-// Service with source ranges, one port with endpoints and one without.
+// Service with source ranges, one port with endpoints and one without (without asking a
+// daemon: --daemon=).
 func TestServicesCommandJSON(t *testing.T) {
 	topology.RequirePrivileged(t)
 	_, services := servicesScenario(t, "source-ranges")
-	out := services("--output", "json", "default/restricted")
+	out := services("--output", "json", "--daemon=", "default/restricted")
 	var v any
 	if err := json.Unmarshal([]byte(out), &v); err != nil {
 		t.Fatalf("nftproxy services --output json: %v\n%s", err, out)
 	}
-	want := `[
-  {
-    "family": "ip",
-    "service": "default/restricted",
-    "port": "http",
-    "protocol": "tcp",
-    "frontends": [
-      {
-        "kind": "ClusterIP",
-        "address": "10.96.0.95",
-        "port": 80,
-        "chain": "cluster-tcp-2",
-        "policy": "Cluster",
-        "endpoints": [
-          {
-            "slot": 0,
-            "endpoint": "10.244.1.95:8080"
-          },
-          {
-            "slot": 1,
-            "endpoint": "10.244.2.95:8080"
-          }
-        ]
-      },
-      {
-        "kind": "LoadBalancer",
-        "address": "198.51.100.95",
-        "port": 80,
-        "chain": "external-tcp-2",
-        "policy": "Cluster",
-        "sourceRanges": [
-          "192.0.2.0/28",
-          "203.0.113.0/24"
-        ],
-        "endpoints": [
-          {
-            "slot": 0,
-            "endpoint": "10.244.1.95:8080"
-          },
-          {
-            "slot": 1,
-            "endpoint": "10.244.2.95:8080"
-          }
-        ]
-      },
-      {
-        "kind": "NodePort",
-        "port": 30095,
-        "chain": "nodeport-tcp-2",
-        "policy": "Cluster",
-        "endpoints": [
-          {
-            "slot": 0,
-            "endpoint": "10.244.1.95:8080"
-          },
-          {
-            "slot": 1,
-            "endpoint": "10.244.2.95:8080"
-          }
-        ]
-      }
-    ]
-  },
-  {
-    "family": "ip",
-    "service": "default/restricted",
-    "port": "https",
-    "protocol": "tcp",
-    "frontends": [
-      {
-        "kind": "ClusterIP",
-        "address": "10.96.0.95",
-        "port": 443,
-        "chain": "reject-chain",
-        "noEndpoints": "reject"
-      },
-      {
-        "kind": "LoadBalancer",
-        "address": "198.51.100.95",
-        "port": 443,
-        "chain": "reject-chain",
-        "noEndpoints": "reject",
-        "sourceRanges": [
-          "192.0.2.0/28",
-          "203.0.113.0/24"
-        ]
-      },
-      {
-        "kind": "NodePort",
-        "port": 30096,
-        "chain": "reject-chain",
-        "noEndpoints": "reject"
-      }
-    ]
-  }
-]
+	want := `{
+  "services": [
+    {
+      "family": "ip",
+      "service": "default/restricted",
+      "port": "http",
+      "protocol": "tcp",
+      "frontends": [
+        {
+          "kind": "ClusterIP",
+          "address": "10.96.0.95",
+          "port": 80,
+          "chain": "cluster-tcp-2",
+          "policy": "Cluster",
+          "endpoints": [
+            {
+              "slot": 0,
+              "endpoint": "10.244.1.95:8080"
+            },
+            {
+              "slot": 1,
+              "endpoint": "10.244.2.95:8080"
+            }
+          ]
+        },
+        {
+          "kind": "LoadBalancer",
+          "address": "198.51.100.95",
+          "port": 80,
+          "chain": "external-tcp-2",
+          "policy": "Cluster",
+          "sourceRanges": [
+            "192.0.2.0/28",
+            "203.0.113.0/24"
+          ],
+          "endpoints": [
+            {
+              "slot": 0,
+              "endpoint": "10.244.1.95:8080"
+            },
+            {
+              "slot": 1,
+              "endpoint": "10.244.2.95:8080"
+            }
+          ]
+        },
+        {
+          "kind": "NodePort",
+          "port": 30095,
+          "chain": "nodeport-tcp-2",
+          "policy": "Cluster",
+          "endpoints": [
+            {
+              "slot": 0,
+              "endpoint": "10.244.1.95:8080"
+            },
+            {
+              "slot": 1,
+              "endpoint": "10.244.2.95:8080"
+            }
+          ]
+        }
+      ]
+    },
+    {
+      "family": "ip",
+      "service": "default/restricted",
+      "port": "https",
+      "protocol": "tcp",
+      "frontends": [
+        {
+          "kind": "ClusterIP",
+          "address": "10.96.0.95",
+          "port": 443,
+          "chain": "reject-chain",
+          "noEndpoints": "reject"
+        },
+        {
+          "kind": "LoadBalancer",
+          "address": "198.51.100.95",
+          "port": 443,
+          "chain": "reject-chain",
+          "noEndpoints": "reject",
+          "sourceRanges": [
+            "192.0.2.0/28",
+            "203.0.113.0/24"
+          ]
+        },
+        {
+          "kind": "NodePort",
+          "port": 30096,
+          "chain": "reject-chain",
+          "noEndpoints": "reject"
+        }
+      ]
+    }
+  ]
+}
 `
 	if out != want {
 		t.Errorf("nftproxy services --output json default/restricted:\n%s\nwant:\n%s", out, scenario.LineDiff(want, out))

@@ -70,19 +70,22 @@ type killableProxy struct {
 	killed bool
 }
 
-// startKillable runs `nftproxy run` in node1 as harness.start does and makes it h.proxy (so
-// that waitReply and checkProxy watch it). At cleanup a daemon the test has not killed must
-// still run and is stopped with SIGTERM; if the test failed, the daemon's output is logged
-// under name.
+// startKillable runs `nftproxy run` in node1 as harness.start does (with h.source, or
+// --manifests) and makes it h.proxy (so that waitReply and checkProxy watch it). At cleanup a
+// daemon the test has not killed must still run and is stopped with SIGTERM; if the test
+// failed, the daemon's output is logged under name.
 func (h *harness) startKillable(name string, flags ...string) *killableProxy {
 	h.t.Helper()
 	t := h.t
-	args := append([]string{"netns", "exec", h.tp.Node1.Name, proxyBin, "run",
-		"--manifests", h.dir,
+	source := h.source
+	if source == nil {
+		source = []string{"--manifests", h.dir}
+	}
+	args := slices.Concat([]string{"netns", "exec", h.tp.Node1.Name, proxyBin, "run"}, source, []string{
 		"--hostname-override", nodeName,
 		"--cluster-cidr", clusterCIDRs,
 		"-v", "2",
-	}, flags...)
+	}, flags)
 	p := &killableProxy{
 		proxyProcess: &proxyProcess{cmd: exec.Command("ip", args...), done: make(chan struct{})},
 		name:         name,

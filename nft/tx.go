@@ -52,28 +52,37 @@ func (tx *Transaction) Empty() bool { return len(tx.Replace) == 0 && len(tx.Ops)
 // elements created, changed or deleted (a flush counts once).
 func (tx *Transaction) Objects() int {
 	n := 0
+	for _, c := range tx.ObjectsByFamily() {
+		n += c
+	}
+	return n
+}
+
+// ObjectsByFamily counts the objects of Objects per family of the table they are in. The
+// map is the caller's; a family the transaction does not touch is absent.
+func (tx *Transaction) ObjectsByFamily() map[model.Family]int {
+	out := map[model.Family]int{}
 	for _, rs := range tx.Replace {
-		n++
+		n := 1
 		for _, s := range rs.Sets {
 			n += 1 + len(s.Elements)
 		}
 		for _, c := range rs.Chains {
 			n += 1 + len(c.Rules)
 		}
+		out[rs.Family] += n
 	}
 	for _, op := range tx.Ops {
 		switch op.Kind {
 		case AddElements, DeleteElements:
-			n += len(op.Set.Elements)
-		case AddChain:
-			n += 1 + len(op.Chain.Rules)
-		case RewriteChain:
-			n += 1 + len(op.Chain.Rules)
+			out[op.Family] += len(op.Set.Elements)
+		case AddChain, RewriteChain:
+			out[op.Family] += 1 + len(op.Chain.Rules)
 		case FlushChain, DeleteChain:
-			n++
+			out[op.Family]++
 		}
 	}
-	return n
+	return out
 }
 
 // encode adds the transaction's messages to b.

@@ -69,6 +69,8 @@ type SyncResult struct {
 	Full bool
 	// Objects counts the kernel objects the transaction wrote (0 when nothing changed).
 	Objects int
+	// FamilyObjects counts them per family (a family without any is absent).
+	FamilyObjects map[model.Family]int
 	// Services counts the Services the sync rebuilt.
 	Services int
 	// Oldest is the time of the oldest change this sync programmed (zero if none).
@@ -172,6 +174,14 @@ func (s *Syncer) Pending() bool {
 		}
 	}
 	return false
+}
+
+// PendingServices returns the Services with a change not yet programmed (after a failed
+// sync: the ones the next sync retries), sorted by name.
+func (s *Syncer) PendingServices() []model.ServiceName {
+	out := slices.Collect(maps.Keys(s.pending))
+	slices.SortFunc(out, model.CompareNames)
+	return out
 }
 
 // RequestFull makes the next sync a full one.
@@ -314,6 +324,7 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 		t.diffTouched(touched, tx)
 		t.cleanStale(tx)
 	}
+	res.FamilyObjects = tx.ObjectsByFamily()
 	res.Objects = tx.Objects()
 	if err := s.commit(tx); err != nil {
 		for _, u := range undos {
@@ -431,6 +442,7 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 		// Whatever the kernel holds, the transaction replaces it.
 		gen = 0
 	}
+	res.FamilyObjects = tx.ObjectsByFamily()
 	res.Objects = tx.Objects()
 	s.gen = gen
 	// Once committed, every table holds exactly the desired elements: index them from the

@@ -48,7 +48,9 @@ Usage:
   nftproxy diff [flags]                    compare it with the tables the kernel holds, by
                                            Service; exit status 1 when they differ
   nftproxy services [flags] [NS/NAME]      list the Service ports the kernel's tables hold:
-                                           frontends, endpoints, policy, affinity (--output json)
+                                           frontends, endpoints, policy, affinity (--output json),
+                                           and the daemon's last sync, pending changes and
+                                           skipped objects (--daemon URL)
   nftproxy explain [flags] SRC DST:PORT[/PROTO]
                                            what the kernel's rules (or, --offline, the cluster's)
                                            do with a new connection from SRC (a pod, --from node

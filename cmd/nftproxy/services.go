@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/nftproxy/nftproxy/cluster"
+	"github.com/nftproxy/nftproxy/daemon"
 	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
 )
@@ -391,31 +392,54 @@ func frontendAddr(f frontend) string {
 
 // splitOutputFlag takes --output (-o) FORMAT out of args, which go to the flags of run.
 func splitOutputFlag(args []string) (rest []string, format string, err error) {
-	format = "table"
+	rest, format, found, err := takeFlag(args, "--output", "-o")
+	if err != nil {
+		return nil, "", err
+	}
+	if !found {
+		format = "table"
+	}
+	if format != "table" && format != "json" {
+		return nil, "", fmt.Errorf("--output %q: want table or json", format)
+	}
+	return rest, format, nil
+}
+
+// takeFlag takes the flag called by one of names, with its value (as --name=value or
+// --name value; the last one given counts), out of args, which go to the flags of run.
+func takeFlag(args []string, names ...string) (rest []string, value string, found bool, err error) {
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		if a == "--" {
 			rest = append(rest, args[i:]...)
 			break
 		}
-		name, value, hasValue := strings.Cut(a, "=")
-		if name != "--output" && name != "-o" {
+		name, v, hasValue := strings.Cut(a, "=")
+		if !slices.Contains(names, name) {
 			rest = append(rest, a)
 			continue
 		}
 		if !hasValue {
 			if i+1 == len(args) {
-				return nil, "", fmt.Errorf("flag needs an argument: %s", name)
+				return nil, "", false, fmt.Errorf("flag needs an argument: %s", name)
 			}
 			i++
-			value = args[i]
+			v = args[i]
 		}
-		format = value
+		value, found = v, true
 	}
-	if format != "table" && format != "json" {
-		return nil, "", fmt.Errorf("--output %q: want table or json", format)
-	}
-	return rest, format, nil
+	return rest, value, found, nil
+}
+
+// servicesOutput is what `services --output json` prints.
+type servicesOutput struct {
+	// Services are the Service ports the kernel's tables hold.
+	Services []servicePort `json:"services"`
+	// Daemon is what the daemon at --daemon reported (its /debug/services): the last sync,
+	// what is pending and the skipped objects. Absent with --daemon= or when it cannot be
+	// reached; DaemonError then says why (absent with --daemon=).
+	Daemon      *daemon.DebugServices `json:"daemon,omitempty"`
+	DaemonError string                `json:"daemonError,omitempty"`
 }
 
 // runServices prints the Service ports the kernel's tables hold, read against the rules the
@@ -424,6 +448,13 @@ func runServices(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	args, format, err := splitOutputFlag(args)
 	if err != nil {
 		return err
+	}
+	args, daemonURL, given, err := takeFlag(args, "--daemon")
+	if err != nil {
+		return err
+	}
+	if !given {
+		daemonURL = defaultDaemonURL
 	}
 	o, log, node, rest, err := setupArgs("services", args, 1, stdout, stderr)
 	if err != nil {
@@ -448,7 +479,7 @@ func runServices(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	external := externalKinds(services)
 	backend := nft.NewNetlink("")
 	defer backend.Close()
-	var all []servicePort
+	out := servicesOutput{Services: []servicePort{}}
 	for _, want := range desired {
 		got, _, err := backend.Read(want.Family, want)
 		if err != nil {
@@ -461,21 +492,38 @@ func runServices(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if err != nil {
 			return err
 		}
-		all = append(all, kernelServices(got, entries, external, only)...)
+		out.Services = append(out.Services, kernelServices(got, entries, external, only)...)
 	}
-	if only != "" && len(all) == 0 {
-		return fmt.Errorf("the kernel's tables hold no Service %s", only)
+	if daemonURL != "" {
+		// Not being able to ask the daemon is a note: the kernel's view stands on its own.
+		if out.Daemon, err = fetchDaemonStatus(ctx, daemonURL); err != nil {
+			out.DaemonError = err.Error()
+		}
+	}
+	var missing error
+	if only != "" && len(out.Services) == 0 {
+		missing = fmt.Errorf("the kernel's tables hold no Service %s", only)
 	}
 	if format == "json" {
-		if all == nil {
-			all = []servicePort{}
+		if missing != nil {
+			return missing
 		}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(all)
+		return enc.Encode(out)
 	}
-	printServices(stdout, all)
-	return nil
+	printServices(stdout, out.Services)
+	if out.Daemon != nil {
+		// Also when the Service is missing: the daemon may say it skips it, and why.
+		if len(out.Services) > 0 {
+			fmt.Fprintln(stdout)
+		}
+		printDaemonStatus(stdout, daemonURL, out.Daemon)
+	}
+	if out.DaemonError != "" {
+		fmt.Fprintf(stderr, "note: no status from the daemon (--daemon=%s): %s\n", daemonURL, out.DaemonError)
+	}
+	return missing
 }
 
 // servicesUsage follows run's flags in `services --help`.
@@ -483,4 +531,7 @@ const servicesUsage = `
 Arguments and flags of services:
   NAMESPACE/NAME         show only this Service
   -o, --output string    table or json (default table)
+      --daemon URL       also show the running daemon's last sync, pending changes and
+                         skipped objects, from its /debug/services on the metrics address
+                         (default http://127.0.0.1:10249; empty: don't ask)
 `

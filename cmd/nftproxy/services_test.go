@@ -102,3 +102,16 @@ func TestSplitOutputFlag(t *testing.T) {
 		t.Error("-o without a value: no error")
 	}
 }
+
+func TestTakeFlag(t *testing.T) {
+	rest, url, found, err := takeFlag([]string{"--daemon=", "-o", "json", "--daemon", "http://[::1]:10249"}, "--daemon")
+	if err != nil || !found || url != "http://[::1]:10249" || !slices.Equal(rest, []string{"-o", "json"}) {
+		t.Errorf("takeFlag: %q, %q, %v, %v; want the last --daemon", rest, url, found, err)
+	}
+	if _, url, found, _ := takeFlag([]string{"--daemon="}, "--daemon"); !found || url != "" {
+		t.Errorf("--daemon= (don't ask): %q, %v", url, found)
+	}
+	if rest, _, found, _ := takeFlag([]string{"--", "--daemon=x"}, "--daemon"); found || len(rest) != 2 {
+		t.Errorf("--daemon after --: taken (%v), rest %q", found, rest)
+	}
+}
