@@ -59,7 +59,7 @@ func TestProxySyncOnce(t *testing.T) {
 		t.Fatalf("before any snapshot: err=%v, %d commits; want nothing", err, fake.Calls)
 	}
 
-	p.Update(proxyObjects("10.244.1.2"))
+	p.Update(cluster.FullDelta(proxyObjects("10.244.1.2")))
 	fake.FailRate = 1
 	if err := p.SyncOnce(); err == nil {
 		t.Fatal("a failed commit was not reported")
@@ -80,7 +80,7 @@ func TestProxySyncOnce(t *testing.T) {
 		t.Errorf("a sync with nothing changed committed again (err=%v, commits %d -> %d)", err, calls, fake.Calls)
 	}
 
-	p.Update(proxyObjects("10.244.1.3"))
+	p.Update(cluster.FullDelta(proxyObjects("10.244.1.3")))
 	if err := p.SyncOnce(); err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func TestMinSyncPeriod(t *testing.T) {
 			last := ""
 			for i := range 100 {
 				last = netip.AddrFrom4([4]byte{10, 244, 1, byte(i + 2)}).String()
-				p.Update(proxyObjects(last))
+				p.Update(cluster.FullDelta(proxyObjects(last)))
 				time.Sleep(20 * time.Millisecond)
 				synctest.Wait()
 			}
@@ -144,7 +144,7 @@ func TestRetryBackoff(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		go func() { _ = p.Run(ctx) }()
-		p.Update(proxyObjects("10.244.1.2"))
+		p.Update(cluster.FullDelta(proxyObjects("10.244.1.2")))
 		synctest.Wait()
 		// Attempts at 0, 0.5, 1.5, 3.5 and 7.5 s.
 		time.Sleep(4 * time.Second)
@@ -171,7 +171,7 @@ func TestMetrics(t *testing.T) {
 	p.Metrics = NewMetrics(reg)
 	first := proxyObjects("10.244.1.2")
 	first.Events = cluster.Events{Services: 1, EndpointSlices: 1}
-	p.Update(first)
+	p.Update(cluster.FullDelta(first))
 	if got := metricValue(t, reg, "kubeproxy_sync_proxy_rules_endpoint_changes_pending"); got != 1 {
 		t.Errorf("endpoint changes pending before the sync = %v, want 1", got)
 	}
@@ -188,7 +188,7 @@ func TestMetrics(t *testing.T) {
 	stamped.EndpointSlices[0].Annotations = map[string]string{
 		"endpoints.kubernetes.io/last-change-trigger-time": time.Now().Add(-9 * time.Second).Format(time.RFC3339Nano)}
 	stamped.Events = cluster.Events{EndpointSlices: 1}
-	p.Update(stamped)
+	p.Update(cluster.FullDelta(stamped))
 	if err := p.SyncOnce(); err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +290,7 @@ func TestHealth(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		go func() { _ = p.Run(ctx) }()
-		p.Update(proxyObjects("10.244.1.2"))
+		p.Update(cluster.FullDelta(proxyObjects("10.244.1.2")))
 		synctest.Wait()
 		if ok, _ := p.Health(time.Now()); ok {
 			t.Error("healthy before the first sync succeeded")
@@ -302,7 +302,7 @@ func TestHealth(t *testing.T) {
 			t.Fatalf("after the first successful sync: healthy=%v, last success %v", ok, last)
 		}
 		fake.SetFailRate(1)
-		p.Update(proxyObjects("10.244.1.3"))
+		p.Update(cluster.FullDelta(proxyObjects("10.244.1.3")))
 		time.Sleep(19 * time.Second)
 		synctest.Wait()
 		if ok, _ := p.Health(time.Now()); !ok {
@@ -330,12 +330,12 @@ func TestInterfaceChurn(t *testing.T) {
 	p.Metrics = NewMetrics(reg)
 	addrs := []netip.Addr{netip.MustParseAddr("192.168.0.2")}
 	p.LocalAddresses = func() ([]netip.Addr, error) { return addrs, nil }
-	p.Update(proxyObjects("10.244.1.2"))
+	p.Update(cluster.FullDelta(proxyObjects("10.244.1.2")))
 	if err := p.SyncOnce(); err != nil {
 		t.Fatal(err)
 	}
 	addrs = append(addrs, netip.MustParseAddr("10.244.1.1"))
-	p.Update(proxyObjects("10.244.1.3"))
+	p.Update(cluster.FullDelta(proxyObjects("10.244.1.3")))
 	if err := p.SyncOnce(); err != nil {
 		t.Fatal(err)
 	}
