@@ -89,6 +89,52 @@ func TestProxySyncOnce(t *testing.T) {
 	}
 }
 
+// TestProxyConvertsNamedServices checks that after the first, Full delivery a sync converts
+// the Services the Deltas folded since the last sync name, and only those: a change the
+// source has not named yet waits for its Delta.
+func TestProxyConvertsNamedServices(t *testing.T) {
+	fake := nft.NewFake(1)
+	p := newTestProxy(fake)
+	web := model.ServiceName{Namespace: "default", Name: "web"}
+	api := model.ServiceName{Namespace: "default", Name: "api"}
+	p.Update(cluster.FullDelta(proxyObjects("10.244.1.2")))
+	if err := p.SyncOnce(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The store now has web's endpoint moved and a Service api, but only web is named.
+	objs := proxyObjects("10.244.1.3")
+	moreObjs := cluster.DecodeManifest("api.yaml", []byte(`
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: api}
+spec: {clusterIP: 10.96.0.11, clusterIPs: [10.96.0.11], ports: [{name: http, protocol: TCP, port: 80}]}
+`))
+	objs.Services = append(objs.Services, moreObjs.Services...)
+	store := cluster.NewSnapshot(objs)
+	p.Update(cluster.Delta{Store: store, Services: map[model.ServiceName]struct{}{web: {}}})
+	if err := p.SyncOnce(); err != nil {
+		t.Fatal(err)
+	}
+	got := fake.Render(model.IPv4)
+	if !strings.Contains(got, endpointSlot("10.244.1.3")) {
+		t.Errorf("web was named but its new endpoint is not programmed:\n%s", got)
+	}
+	if strings.Contains(got, "10.96.0.11") {
+		t.Errorf("api was not named but is programmed:\n%s", got)
+	}
+
+	// Two Deltas folded before one sync: api named, then nothing new.
+	p.Update(cluster.Delta{Store: store, Services: map[model.ServiceName]struct{}{api: {}}})
+	p.Update(cluster.Delta{Store: store})
+	if err := p.SyncOnce(); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.Render(model.IPv4); !strings.Contains(got, "10.96.0.11") {
+		t.Errorf("api was named in a folded Delta but is not programmed:\n%s", got)
+	}
+}
+
 // TestMinSyncPeriod runs the loop under a storm of changes (one every 20 ms for 2 s) and
 // checks that it commits at most once per --min-sync-period, that the last change is
 // programmed, and that with a period of 0 every change is.
