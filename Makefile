@@ -55,6 +55,7 @@ test-kernel-6.1:
 # (sync/) and against the kernel in a network namespace (integration/, needs root).
 BENCHFLAGS ?= -run '^$$' -benchtime 5x -timeout 30m
 bench:
+	$(GO) test $(BENCHFLAGS) -benchtime 20000x -bench EndpointChange -benchmem ./cluster
 	$(GO) test $(BENCHFLAGS) -bench . ./sync
 	$(GO) test $(BENCHFLAGS) -bench 'Kernel' ./integration
 

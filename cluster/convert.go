@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
 	"runtime"
@@ -36,51 +37,195 @@ type ConvertOptions struct {
 
 // Convert turns Services and their EndpointSlices into model Services, sorted by
 // namespace/name with ports in spec order, and returns the objects it skipped because they
-// cannot be turned into rules. Services the proxy must ignore (ExternalName, headless, owned by
+// cannot be turned into rules: first objs.Bad and the duplicate Services, then those of each
+// Service in name order. Services the proxy must ignore (ExternalName, headless, owned by
 // another proxy) are dropped without a BadObject. Convert performs no I/O.
 func Convert(objs Objects, opts ConvertOptions) ([]model.Service, []BadObject) {
-	var c Converter
-	c.Options = opts
-	out, _, bad := c.convert(objs, true)
-	return out, bad
+	snap := NewSnapshot(objs)
+	c := Converter{Options: opts}
+	c.Update(Delta{Store: snap, Full: true})
+	return c.Services(), append(slices.Clone(snap.Bad()), c.Bad()...)
 }
 
-// Converter converts snapshots incrementally. A Service whose object and EndpointSlices are
-// the very objects of the previous snapshot (informer caches hand out the same pointers until
-// an object changes) is not converted again, which keeps a snapshot of 10,000 Services with one
-// changed slice from costing 10,000 conversions.
+// Converter converts the Services a Delta names, and keeps each Service's conversion: the
+// cost of a change is that of the Services it names, however many others there are. A
+// Service whose object and EndpointSlices are the very objects of its last conversion
+// (informer caches hand out the same pointers until an object changes) is not converted
+// again.
 type Converter struct {
 	Options ConvertOptions
 	// TriggerTimesAfter is the proxy's start: EndpointSlice trigger times not after it are
 	// ignored (kube-proxy's trackerStartTime), since a proxy that starts programs everything
 	// and a latency measured from before it started says nothing about it.
 	TriggerTimesAfter time.Time
-	prev              map[model.ServiceName]*converted
-	triggers          map[model.ServiceName]map[model.Family][]time.Time
+	// cache holds the last conversion of every Service in the store.
+	cache map[model.ServiceName]*converted
+	// bad names the cached Services with bad objects.
+	bad map[model.ServiceName]struct{}
+	// opts are the Options of the cached conversions.
+	opts     ConvertOptions
+	triggers map[model.ServiceName]map[model.Family][]time.Time
 }
 
 // converted is one Service's conversion and the objects it came from.
 type converted struct {
 	svc    *corev1.Service
-	slices []*discoveryv1.EndpointSlice
-	out    *model.Service // nil when ignored or bad
+	slices []*discoveryv1.EndpointSlice // sorted by name
+	out    *model.Service               // nil when ignored or bad
 	bad    []BadObject
 }
 
-// Changes converts a snapshot and returns the Services that differ from the previous
-// snapshot's (nil for the ones gone, ignored or bad now) and every object that cannot be
-// turned into rules.
-func (c *Converter) Changes(objs Objects) (map[model.ServiceName]*model.Service, []BadObject) {
-	_, changes, bad := c.convert(objs, false)
-	return changes, bad
+// Update converts the Services d names (every Service of d.Store, and every one converted
+// before, when d is Full or the Options changed) and returns those whose conversion differs
+// from the previous one: nil for the ones gone, ignored or bad now.
+func (c *Converter) Update(d Delta) map[model.ServiceName]*model.Service {
+	force := c.cache != nil && c.Options != c.opts
+	if c.cache == nil {
+		c.cache = map[model.ServiceName]*converted{}
+		c.bad = map[model.ServiceName]struct{}{}
+	}
+	c.opts = c.Options
+	var todo []model.ServiceName
+	if d.Full || force {
+		objs := d.Store.Objects()
+		todo = make([]model.ServiceName, 0, len(objs.Services)+len(c.cache))
+		seen := make(map[model.ServiceName]bool, len(objs.Services)+len(c.cache))
+		for _, s := range objs.Services {
+			if s == nil {
+				continue
+			}
+			name := model.ServiceName{Namespace: s.Namespace, Name: s.Name}
+			if !seen[name] {
+				seen[name] = true
+				todo = append(todo, name)
+			}
+		}
+		for name := range c.cache {
+			if !seen[name] {
+				todo = append(todo, name)
+			}
+		}
+	} else {
+		todo = make([]model.ServiceName, 0, len(d.Services))
+		for name := range d.Services {
+			todo = append(todo, name)
+		}
+	}
+
+	// Look up and convert on every CPU when there are many (a start has thousands). The
+	// cache is only read meanwhile.
+	fresh := make([]*converted, len(todo))
+	workers := min(runtime.GOMAXPROCS(0), 8, len(todo)/64+1)
+	one := func(i int) { fresh[i] = c.lookup(d.Store, todo[i], force) }
+	if workers == 1 {
+		for i := range todo {
+			one(i)
+		}
+	} else {
+		var wg gosync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for i := w; i < len(todo); i += workers {
+					one(i)
+				}
+			})
+		}
+		wg.Wait()
+	}
+
+	changes := make(map[model.ServiceName]*model.Service, len(todo))
+	c.triggers = map[model.ServiceName]map[model.Family][]time.Time{}
+	for i, name := range todo {
+		cv := fresh[i]
+		if cv == nil {
+			continue // the very objects of the last conversion
+		}
+		prev := c.cache[name]
+		if cv.svc == nil {
+			delete(c.cache, name)
+			delete(c.bad, name)
+			if prev != nil && prev.out != nil {
+				changes[name] = nil
+			}
+			continue
+		}
+		c.cache[name] = cv
+		if len(cv.bad) > 0 {
+			c.bad[name] = struct{}{}
+		} else {
+			delete(c.bad, name)
+		}
+		if prev != nil && equalConverted(prev.out, cv.out) {
+			continue
+		}
+		if prev == nil && cv.out == nil {
+			continue // new, but ignored or bad: nothing to program or remove
+		}
+		changes[name] = cv.out
+		var before []*discoveryv1.EndpointSlice
+		if prev != nil {
+			before = prev.slices
+		}
+		if ts := c.sliceTriggers(cv.slices, before, nil); ts != nil {
+			c.triggers[name] = ts
+		}
+	}
+	return changes
 }
 
-// TriggerTimes returns, for the Services the last Changes reported as changed, the trigger
+// lookup reads name's Service and slices from store and converts them; nil when they are the
+// objects of the cached conversion (and force is not set), a conversion without svc when the
+// Service is gone.
+func (c *Converter) lookup(store Store, name model.ServiceName, force bool) *converted {
+	prev := c.cache[name]
+	svc := store.Service(name)
+	if svc == nil {
+		if prev == nil {
+			return nil
+		}
+		return &converted{}
+	}
+	esl := slices.Clone(store.EndpointSlices(name))
+	slices.SortFunc(esl, func(a, b *discoveryv1.EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
+	if !force && prev != nil && prev.svc == svc && slices.Equal(prev.slices, esl) {
+		return nil
+	}
+	return convertOne(svc, esl, c.opts)
+}
+
+// Services returns the converted Services, sorted by name. It costs as much as their number.
+func (c *Converter) Services() []model.Service {
+	out := make([]model.Service, 0, len(c.cache))
+	for _, cv := range c.cache {
+		if cv.out != nil {
+			out = append(out, *cv.out)
+		}
+	}
+	slices.SortFunc(out, func(a, b model.Service) int {
+		return cmp.Or(cmp.Compare(a.Name.Namespace, b.Name.Namespace), cmp.Compare(a.Name.Name, b.Name.Name))
+	})
+	return out
+}
+
+// Bad returns the objects of the converted Services that cannot be turned into rules, by
+// Service name. It costs as much as the number of Services with bad objects.
+func (c *Converter) Bad() []BadObject {
+	names := slices.SortedFunc(maps.Keys(c.bad), func(a, b model.ServiceName) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	var out []BadObject
+	for _, name := range names {
+		out = append(out, c.cache[name].bad...)
+	}
+	return out
+}
+
+// TriggerTimes returns, for the Services the last Update reported as changed, the trigger
 // times (annotation endpoints.kubernetes.io/last-change-trigger-time) of their EndpointSlices
-// that are new or changed since the previous snapshot, by the slices' address family. A slice
-// without the annotation, with a value that does not parse as RFC 3339, or stamped before
-// TriggerTimesAfter gives none; so does a removed slice (its stamp is from its last update,
-// not the removal). The map is the caller's.
+// that are new or changed since their previous conversion, by the slices' address family. A
+// slice without the annotation, with a value that does not parse as RFC 3339, or stamped
+// before TriggerTimesAfter gives none; so does a removed slice (its stamp is from its last
+// update, not the removal). The map is the caller's.
 func (c *Converter) TriggerTimes() map[model.ServiceName]map[model.Family][]time.Time {
 	return c.triggers
 }
@@ -132,101 +277,6 @@ func (c *Converter) sliceTriggers(now, prev []*discoveryv1.EndpointSlice, out ma
 		out[fam] = append(out[fam], t)
 	}
 	return out
-}
-
-// convert converts a snapshot; with sorted it also returns the Services sorted by name (and
-// reports bad objects in that order), which costs a sort a change set does not need.
-func (c *Converter) convert(objs Objects, sorted bool) ([]model.Service, map[model.ServiceName]*model.Service, []BadObject) {
-	bad := slices.Clone(objs.Bad)
-	opts := c.Options
-
-	// Index slices by the Service they belong to, in name order so output is deterministic.
-	slicesByService := make(map[model.ServiceName][]*discoveryv1.EndpointSlice)
-	for _, es := range objs.EndpointSlices {
-		if es == nil {
-			continue
-		}
-		svc, ok := es.Labels[discoveryv1.LabelServiceName]
-		if !ok || svc == "" {
-			continue
-		}
-		key := model.ServiceName{Namespace: es.Namespace, Name: svc}
-		slicesByService[key] = append(slicesByService[key], es)
-	}
-
-	services := make([]*corev1.Service, 0, len(objs.Services))
-	for _, s := range objs.Services {
-		if s != nil {
-			services = append(services, s)
-		}
-	}
-	if sorted {
-		slices.SortStableFunc(services, func(a, b *corev1.Service) int {
-			return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-		})
-	}
-
-	// Convert the new and changed Services first, on every CPU: a start has thousands.
-	fresh := make([]*converted, len(services))
-	var todo []int
-	for i, s := range services {
-		name := model.ServiceName{Namespace: s.Namespace, Name: s.Name}
-		prev := c.prev[name]
-		if prev == nil || prev.svc != s || !slices.Equal(prev.slices, slicesByService[name]) {
-			todo = append(todo, i)
-		}
-	}
-	workers := min(runtime.GOMAXPROCS(0), 8, len(todo)/64+1)
-	var wg gosync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for j := w; j < len(todo); j += workers {
-				s := services[todo[j]]
-				fresh[todo[j]] = convertOne(s, slicesByService[model.ServiceName{Namespace: s.Namespace, Name: s.Name}], opts)
-			}
-		})
-	}
-	wg.Wait()
-
-	var out []model.Service
-	now := make(map[model.ServiceName]*converted, len(services))
-	changes := map[model.ServiceName]*model.Service{}
-	c.triggers = map[model.ServiceName]map[model.Family][]time.Time{}
-	for i, s := range services {
-		name := model.ServiceName{Namespace: s.Namespace, Name: s.Name}
-		if now[name] != nil {
-			bad = append(bad, BadObject{Kind: KindService, Namespace: s.Namespace, Name: s.Name,
-				Err: errors.New("duplicate Service in snapshot, keeping the first")})
-			continue
-		}
-		prev := c.prev[name]
-		cv := prev
-		if fresh[i] != nil {
-			cv = fresh[i]
-			if prev == nil || !equalConverted(prev.out, cv.out) {
-				changes[name] = cv.out
-				var before []*discoveryv1.EndpointSlice
-				if prev != nil {
-					before = prev.slices
-				}
-				if ts := c.sliceTriggers(cv.slices, before, nil); ts != nil {
-					c.triggers[name] = ts
-				}
-			}
-		}
-		now[name] = cv
-		bad = append(bad, cv.bad...)
-		if sorted && cv.out != nil {
-			out = append(out, *cv.out)
-		}
-	}
-	for name, prev := range c.prev {
-		if now[name] == nil && prev.out != nil {
-			changes[name] = nil
-		}
-	}
-	c.prev = now
-	return out, changes, bad
 }
 
 // convertOne converts one Service with its EndpointSlices.

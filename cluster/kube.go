@@ -5,24 +5,24 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
 
-// KubeSource delivers snapshots of the cluster from the Kubernetes API: shared informers on
-// Services, EndpointSlices and this node's Node object. It delivers nothing before every
+// KubeSource delivers the cluster from the Kubernetes API: shared informers on Services,
+// EndpointSlices (indexed by Service) and this node's Node object, whose caches are the
+// Deltas' Store. Its event handlers name the Service each event is about, so that a change
+// costs the same however many Services did not change. It delivers nothing before every
 // cache has synced, so that a starting proxy never programs a partial view of the cluster.
 // When the API server goes away the informers keep retrying and the rules stay as they are;
-// when it returns they relist and the next snapshot catches up.
+// when it returns they relist and the events of the relist catch up.
 type KubeSource struct {
 	Client kubernetes.Interface
 	// NodeName is this node's name, whose Node object is watched.
@@ -34,9 +34,10 @@ type KubeSource struct {
 	Resync time.Duration
 }
 
-// Run calls onChange with a full snapshot once the caches have synced and then after every
-// change (coalesced: a burst of events gives one snapshot), until ctx is done.
-func (k *KubeSource) Run(ctx context.Context, onChange func(Objects)) error {
+// Run calls onChange with a Full Delta once the caches have synced and then with a Delta after
+// every change (coalesced: a burst of events gives one Delta naming every Service it touched),
+// until ctx is done.
+func (k *KubeSource) Run(ctx context.Context, onChange func(Delta)) error {
 	if k.Client == nil {
 		return errors.New("kubernetes source: no client")
 	}
@@ -49,27 +50,24 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Objects)) error {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", k.NodeName).String()
 		}))
-	services := all.Core().V1().Services()
-	slices := all.Discovery().V1().EndpointSlices()
-	nodes := node.Core().V1().Nodes()
+	services := all.Core().V1().Services().Informer()
+	slices := all.Discovery().V1().EndpointSlices().Informer()
+	nodes := node.Core().V1().Nodes().Informer()
+	if err := slices.AddIndexers(sliceIndexers); err != nil {
+		return fmt.Errorf("kubernetes source: index endpointslices: %w", err)
+	}
 
 	changed := make(chan struct{}, 1)
-	// Informer events since the last snapshot, per kind (the Node's are not counted).
-	var serviceEvents, sliceEvents, nodeEvents atomic.Int64
-	notify := func(count *atomic.Int64) cache.ResourceEventHandlerFuncs {
-		return cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { count.Add(1); signal(changed) },
-			UpdateFunc: func(any, any) { count.Add(1); signal(changed) },
-			DeleteFunc: func(any) { count.Add(1); signal(changed) },
-		}
-	}
-	for inf, count := range map[cache.SharedIndexInformer]*atomic.Int64{
-		services.Informer(): &serviceEvents, slices.Informer(): &sliceEvents, nodes.Informer(): &nodeEvents,
+	var t tracker
+	h := eventHandlers{t: &t, after: func() { signal(changed) }}
+	for inf, handler := range map[cache.SharedIndexInformer]cache.ResourceEventHandlerFuncs{
+		services: h.services(), slices: h.slices(), nodes: h.nodes(),
 	} {
-		if _, err := inf.AddEventHandler(notify(count)); err != nil {
+		if _, err := inf.AddEventHandler(handler); err != nil {
 			return fmt.Errorf("kubernetes source: add event handler: %w", err)
 		}
 	}
+	store := informerStore{services: services.GetIndexer(), slices: slices.GetIndexer(), nodes: nodes.GetIndexer()}
 	all.Start(ctx.Done())
 	node.Start(ctx.Done())
 	defer all.Shutdown()
@@ -87,26 +85,22 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Objects)) error {
 		}
 	}
 	log.Info("Kubernetes caches synced")
-	signal(changed)
+	// Taken before anything is read: an event taken here is in the store, and a later one
+	// is in a later Delta.
+	_, _, events := t.take()
+	onChange(Delta{Store: store, Full: true, Events: events})
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
 		}
-		// Counted before listing: an event counted here is in the lists below.
-		objs := Objects{Events: Events{Services: int(serviceEvents.Swap(0)), EndpointSlices: int(sliceEvents.Swap(0))}}
-		var err error
-		if objs.Services, err = services.Lister().List(labels.Everything()); err != nil {
-			return fmt.Errorf("kubernetes source: list services: %w", err)
+		d := Delta{Store: store}
+		d.Services, d.Node, d.Events = t.take()
+		if len(d.Services) == 0 && !d.Node && d.Events == (Events{}) {
+			continue // taken by the previous Delta
 		}
-		if objs.EndpointSlices, err = slices.Lister().List(labels.Everything()); err != nil {
-			return fmt.Errorf("kubernetes source: list endpointslices: %w", err)
-		}
-		if objs.Nodes, err = nodes.Lister().List(labels.Everything()); err != nil {
-			return fmt.Errorf("kubernetes source: list nodes: %w", err)
-		}
-		onChange(objs)
+		onChange(d)
 	}
 }
 

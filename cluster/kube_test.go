@@ -38,8 +38,10 @@ func webObjects(endpoint string) Objects {
 	}
 }
 
-// TestKubeSource checks that the source delivers a full snapshot once its caches synced,
-// another after a change, and only this node's Node object.
+// TestKubeSource checks that the source delivers a Full Delta once its caches synced, whose
+// store holds only this node's Node object; then Deltas naming the Services an event touched:
+// a new Service, and the Service of an updated EndpointSlice, whose slices the store finds
+// through its index.
 func TestKubeSource(t *testing.T) {
 	objs := webObjects("10.244.1.2")
 	client := fake.NewClientset(objs.Services[0], objs.EndpointSlices[0],
@@ -48,50 +50,73 @@ func TestKubeSource(t *testing.T) {
 	src := &KubeSource{Client: client, NodeName: "node1", Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	snapshots := make(chan Objects, 10)
-	go func() { _ = src.Run(ctx, func(o Objects) { snapshots <- o }) }()
+	deltas := make(chan Delta, 10)
+	go func() { _ = src.Run(ctx, func(d Delta) { deltas <- d }) }()
 
-	next := func() Objects {
+	next := func() Delta {
 		t.Helper()
 		select {
-		case o := <-snapshots:
-			return o
+		case d := <-deltas:
+			return d
 		case <-time.After(10 * time.Second):
-			t.Fatal("no snapshot within 10 s")
-			return Objects{}
+			t.Fatal("no delivery within 10 s")
+			return Delta{}
+		}
+	}
+	// waitFor merges deliveries until Services names name and Events counts want.
+	var merged Delta
+	waitFor := func(what string, name model.ServiceName, want Events) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			merged.Merge(next())
+			if _, ok := merged.Services[name]; ok && merged.Events == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %s never named, or events %+v, want %+v", what, name, merged.Events, want)
+			}
 		}
 	}
 	first := next()
-	if len(first.Services) != 1 || len(first.EndpointSlices) != 1 {
-		t.Fatalf("first snapshot has %d Services and %d EndpointSlices, want 1 and 1", len(first.Services), len(first.EndpointSlices))
+	web := model.ServiceName{Namespace: "default", Name: "web"}
+	if o := first.Store.Objects(); !first.Full || len(o.Services) != 1 || len(o.EndpointSlices) != 1 {
+		t.Fatalf("first delivery: full %v, %d Services and %d EndpointSlices, want full, 1 and 1", first.Full, len(o.Services), len(o.EndpointSlices))
 	}
-	// Informer events reach the handlers after the caches synced, so the initial adds may
-	// be counted in a later snapshot: add them up.
-	events := first.Events
+	if esl := first.Store.EndpointSlices(web); len(esl) != 1 || esl[0].Name != "web-1" {
+		t.Errorf("the store's slices of %s: %v, want web-1", web, esl)
+	}
 	// The field selector is applied by the API server, which the fake client does not do;
 	// FindNode still picks this node's object by name.
-	if _, ok := FindNode(first.Nodes, "node1"); !ok {
-		t.Errorf("the snapshot lacks this node's Node object")
+	if _, ok := FindNode(first.Store.Nodes(), "node1"); !ok {
+		t.Errorf("the store lacks this node's Node object")
 	}
+	// Informer events reach the handlers after the caches synced, so the initial adds may
+	// be counted in a later delivery: add them up.
+	merged.Events = first.Events
 
 	svc := objs.Services[0].DeepCopy()
 	svc.Name = "web2"
 	if _, err := client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		o := next()
-		events.Services += o.Events.Services
-		events.EndpointSlices += o.Events.EndpointSlices
-		if len(o.Services) == 2 && events.Services == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the new Service never showed in a snapshot, or its add was not counted: events %+v", events)
-		}
+	web2 := model.ServiceName{Namespace: "default", Name: "web2"}
+	waitFor("a Service added", web2, Events{Services: 2, EndpointSlices: 1})
+	if merged.Store.Service(web2) == nil {
+		t.Errorf("the store lacks the new Service %s", web2)
 	}
-	if events.EndpointSlices != 1 {
-		t.Errorf("%d EndpointSlice events counted, want the one initial add", events.EndpointSlices)
+
+	merged = Delta{}
+	es := objs.EndpointSlices[0].DeepCopy()
+	es.Endpoints[0].Addresses = []string{"10.244.1.3"}
+	if _, err := client.DiscoveryV1().EndpointSlices("default").Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("an EndpointSlice updated", web, Events{EndpointSlices: 1})
+	if esl := merged.Store.EndpointSlices(web); len(esl) != 1 || esl[0].Endpoints[0].Addresses[0] != "10.244.1.3" {
+		t.Errorf("after the update the store's slices of %s are %v", web, esl)
+	}
+	if merged.Full || len(merged.Services) != 1 {
+		t.Errorf("an EndpointSlice updated: full %v, Services %v; want only %s", merged.Full, merged.Services, web)
 	}
 }
 
@@ -105,26 +130,26 @@ func TestConverterChanges(t *testing.T) {
 	b.EndpointSlices[0].Labels = map[string]string{"kubernetes.io/service-name": "api"}
 	snap := Objects{Services: append(a.Services, b.Services...), EndpointSlices: append(a.EndpointSlices, b.EndpointSlices...)}
 	var c Converter
-	if ch, _ := c.Changes(snap); len(ch) != 2 {
+	if ch := c.Update(FullDelta(snap)); len(ch) != 2 {
 		t.Fatalf("first snapshot: %d changes, want 2", len(ch))
 	}
-	if ch, _ := c.Changes(snap); len(ch) != 0 {
+	if ch := c.Update(FullDelta(snap)); len(ch) != 0 {
 		t.Errorf("same objects again: %d changes, want none", len(ch))
 	}
 	snap.EndpointSlices[0] = snap.EndpointSlices[0].DeepCopy()
-	if ch, _ := c.Changes(snap); len(ch) != 0 {
+	if ch := c.Update(FullDelta(snap)); len(ch) != 0 {
 		t.Errorf("a copy with the same content: %d changes, want none", len(ch))
 	}
 	moved := snap.EndpointSlices[1].DeepCopy()
 	moved.Endpoints[0].Addresses = []string{"10.244.1.9"}
 	snap.EndpointSlices[1] = moved
-	ch, _ := c.Changes(snap)
+	ch := c.Update(FullDelta(snap))
 	api := ch[model.ServiceName{Namespace: "default", Name: "api"}]
 	if len(ch) != 1 || api == nil || api.Ports[0].Endpoints[0].Addr != netip.MustParseAddr("10.244.1.9") {
 		t.Errorf("an endpoint of api moved: changes %v", ch)
 	}
 	snap.Services = snap.Services[:1]
-	ch, _ = c.Changes(snap)
+	ch = c.Update(FullDelta(snap))
 	if gone, ok := ch[model.ServiceName{Namespace: "default", Name: "api"}]; len(ch) != 1 || !ok || gone != nil {
 		t.Errorf("api deleted: changes %v, want only api as nil", ch)
 	}
@@ -146,7 +171,8 @@ func TestConverterManyServices(t *testing.T) {
 		snap.EndpointSlices = append(snap.EndpointSlices, o.EndpointSlices...)
 	}
 	var c Converter
-	ch, bad := c.Changes(snap)
+	ch := c.Update(FullDelta(snap))
+	bad := c.Bad()
 	if len(ch) != n || len(bad) != 0 {
 		t.Fatalf("%d changes and %v, want %d changes", len(ch), bad, n)
 	}
@@ -160,7 +186,7 @@ func TestConverterManyServices(t *testing.T) {
 	moved := snap.EndpointSlices[321].DeepCopy()
 	moved.Endpoints[0].Addresses = []string{"10.244.9.9"}
 	snap.EndpointSlices[321] = moved
-	ch, _ = c.Changes(snap)
+	ch = c.Update(FullDelta(snap))
 	if svc := ch[model.ServiceName{Namespace: "default", Name: "web-321"}]; len(ch) != 1 || svc == nil ||
 		svc.Ports[0].Endpoints[0].Addr != netip.MustParseAddr("10.244.9.9") {
 		t.Errorf("one endpoint moved: changes %v, want only web-321's", ch)
@@ -264,7 +290,7 @@ func TestTriggerTimes(t *testing.T) {
 	c := Converter{TriggerTimesAfter: start}
 
 	objs.EndpointSlices = []*discoveryv1.EndpointSlice{stamp(objs.EndpointSlices[0], "2026-11-24T09:59:59.5Z"), stamp(v6, "2026-11-24T10:00:01.25Z")}
-	c.Changes(objs)
+	c.Update(FullDelta(objs))
 	want := map[model.ServiceName]map[model.Family][]time.Time{web: {model.IPv6: {start.Add(1250 * time.Millisecond)}}}
 	if got := c.TriggerTimes(); !reflect.DeepEqual(got, want) {
 		t.Errorf("first snapshot, IPv4 slice stamped before the start: trigger times %v, want %v", got, want)
@@ -274,7 +300,7 @@ func TestTriggerTimes(t *testing.T) {
 	v4 := stamp(objs.EndpointSlices[0], "2026-11-24T10:00:09.000000001Z")
 	v4.Endpoints[0].Addresses = []string{"10.244.1.3"}
 	objs.EndpointSlices[0] = v4
-	c.Changes(objs)
+	c.Update(FullDelta(objs))
 	want = map[model.ServiceName]map[model.Family][]time.Time{web: {model.IPv4: {start.Add(9*time.Second + 1)}}}
 	if got := c.TriggerTimes(); !reflect.DeepEqual(got, want) {
 		t.Errorf("one slice changed: trigger times %v, want %v", got, want)
@@ -283,7 +309,7 @@ func TestTriggerTimes(t *testing.T) {
 	bad := stamp(v4, "yesterday")
 	bad.Endpoints[0].Addresses = []string{"10.244.1.4"}
 	objs.EndpointSlices[0] = bad
-	if ch, _ := c.Changes(objs); ch[web] == nil {
+	if ch := c.Update(FullDelta(objs)); ch[web] == nil {
 		t.Fatalf("a slice with a bad stamp did not change the Service: %v", ch)
 	}
 	if got := c.TriggerTimes(); len(got) != 0 {

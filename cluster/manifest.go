@@ -254,8 +254,8 @@ func isListOfKnown(kind string) bool {
 	return slices.Contains([]string{"ServiceList", "EndpointSliceList", "NodeList"}, kind)
 }
 
-// ManifestSource watches a directory and delivers a fresh snapshot whenever its content
-// changes. It stands in for the API server in tests and on machines without a cluster.
+// ManifestSource watches a directory and delivers a fresh Snapshot whenever its content
+// changes, with the Services that differ from the previous reading's. It stands in for the API server in tests and on machines without a cluster.
 type ManifestSource struct {
 	// Dir is the directory holding the manifests.
 	Dir string
@@ -265,12 +265,13 @@ type ManifestSource struct {
 	Log *slog.Logger
 }
 
-// Run calls onChange with the first snapshot at once and then after each change (detected by
-// polling a hash of file names, sizes, mtimes and contents, and delivered once the new content
-// has been stable for one poll) until ctx is done, then returns nil. Documents that cannot be
-// read travel in the snapshot's Bad list. An unreadable directory is logged and retried, and
-// no snapshot is delivered until it can be read.
-func (s *ManifestSource) Run(ctx context.Context, onChange func(Objects)) error {
+// Run calls onChange with a Full Delta of the first reading at once and then, after each
+// change (detected by polling a hash of file names, sizes, mtimes and contents, and delivered
+// once the new content has been stable for one poll), a Delta naming the Services whose
+// objects differ from the previous reading's, until ctx is done; then it returns nil.
+// Documents that cannot be read travel in the Delta's Bad list. An unreadable directory is
+// logged and retried, and nothing is delivered until it can be read.
+func (s *ManifestSource) Run(ctx context.Context, onChange func(Delta)) error {
 	if s.Dir == "" {
 		return errors.New("manifest source: no directory")
 	}
@@ -293,7 +294,7 @@ func (s *ManifestSource) Run(ctx context.Context, onChange func(Objects)) error 
 		pending     bool
 		pendingHash [sha256.Size]byte
 		lastErr     string
-		last        Objects
+		last        *Snapshot
 	)
 	poll := func() {
 		files, err := readManifestDir(s.Dir)
@@ -324,12 +325,18 @@ func (s *ManifestSource) Run(ctx context.Context, onChange func(Objects)) error 
 		pending = false
 		objs, bad := parseManifests(files)
 		objs.Bad = bad
-		objs.Events = Events{Services: countChanged(last.Services, objs.Services),
-			EndpointSlices: countChanged(last.EndpointSlices, objs.EndpointSlices)}
-		last = objs
+		snap := NewSnapshot(objs)
+		var d Delta
+		if last == nil {
+			d = Delta{Store: snap, Full: true, Bad: snap.Bad(),
+				Events: Events{Services: len(objs.Services), EndpointSlices: len(objs.EndpointSlices)}}
+		} else {
+			d = snap.Diff(last)
+		}
+		last = snap
 		log.Debug("manifests changed", logkey.Count, len(objs.Services)+len(objs.EndpointSlices)+len(objs.Nodes))
 		delivered, lastHash = true, sum
-		onChange(objs)
+		onChange(d)
 	}
 
 	poll()

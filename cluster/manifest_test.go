@@ -3,12 +3,15 @@ package cluster
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nftproxy/nftproxy/model"
 )
 
 // Manifests use the conventions at the top of convert_test.go.
@@ -190,11 +193,11 @@ func TestManifestSourceRun(t *testing.T) {
 	// The directory does not exist at first: Run must retry until it does.
 	dir := filepath.Join(t.TempDir(), "manifests")
 	src := &ManifestSource{Dir: dir, Interval: 5 * time.Millisecond, Log: slog.New(slog.NewTextHandler(t.Output(), nil))}
-	snapshots := make(chan Objects, 16)
+	snapshots := make(chan Delta, 16)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
-		done <- src.Run(ctx, func(o Objects) { snapshots <- o })
+		done <- src.Run(ctx, func(d Delta) { snapshots <- d })
 	}()
 	defer func() {
 		cancel()
@@ -208,21 +211,27 @@ func TestManifestSourceRun(t *testing.T) {
 		}
 	}()
 
-	// next waits for a snapshot holding only Service want. Snapshots of a half-written file
-	// are possible in principle and skipped.
-	next := func(want string) Objects {
+	// next waits for a delivery holding only Service want. Deliveries of a half-written
+	// file, or of the directory before the file, are possible and skipped.
+	// The first delivery of all must be Full (it may be of the empty directory).
+	first := true
+	next := func(want string) Delta {
 		t.Helper()
 		timeout := time.After(wait)
 		for {
 			select {
-			case o := <-snapshots:
-				if len(o.Services) == 1 && o.Services[0].Name == want {
-					return o
+			case d := <-snapshots:
+				if first && !d.Full {
+					t.Errorf("the first delivery is not Full: %+v", d)
 				}
-				t.Logf("skipping snapshot with services %v", o.Services)
+				first = false
+				if o := d.Store.Objects(); len(o.Services) == 1 && o.Services[0].Name == want {
+					return d
+				}
+				t.Logf("skipping delivery with services %v", d.Store.Objects().Services)
 			case <-timeout:
-				t.Fatalf("no snapshot with %s within %v", want, wait)
-				return Objects{}
+				t.Fatalf("no delivery with %s within %v", want, wait)
+				return Delta{}
 			}
 		}
 	}
@@ -235,14 +244,19 @@ func TestManifestSourceRun(t *testing.T) {
 
 	// Same size, different content: the Service first goes, secnd comes.
 	writeFile(t, dir, "svc.yaml", strings.ReplaceAll(serviceDoc, "%s", "secnd"))
-	if o := next("secnd"); o.Events != (Events{Services: 2}) {
-		t.Errorf("a Service replaced by another counts %+v, want 2 Service changes", o.Events)
+	d := next("secnd")
+	if d.Events != (Events{Services: 2}) {
+		t.Errorf("a Service replaced by another counts %+v, want 2 Service changes", d.Events)
+	}
+	wantNames := map[model.ServiceName]struct{}{{Namespace: "default", Name: "first"}: {}, {Namespace: "default", Name: "secnd"}: {}}
+	if d.Full || !maps.Equal(d.Services, wantNames) {
+		t.Errorf("a Service replaced by another: full %v, Services %v; want %v", d.Full, d.Services, wantNames)
 	}
 
-	// No change, no snapshot.
+	// No change, no delivery.
 	select {
-	case o := <-snapshots:
-		t.Fatalf("unexpected snapshot without change: %v", o.Services)
+	case d := <-snapshots:
+		t.Fatalf("unexpected delivery without change: %v", d.Store.Objects().Services)
 	case <-time.After(50 * time.Millisecond):
 	}
 }

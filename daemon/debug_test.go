@@ -85,7 +85,7 @@ func TestDebugServices(t *testing.T) {
 		t.Errorf("before anything: %+v", d)
 	}
 
-	p.Update(withBad("10.244.1.2", cluster.Events{Services: 2, EndpointSlices: 1}, "broken"))
+	p.Update(cluster.FullDelta(withBad("10.244.1.2", cluster.Events{Services: 2, EndpointSlices: 1}, "broken")))
 	d = getDebugServices(t, h)
 	if d.Pending.ServiceChanges != 2 || d.Pending.EndpointSliceChanges != 1 || d.Pending.Since == nil || d.Pending.NextSync != NextSyncNow {
 		t.Errorf("a snapshot not yet synced: pending %+v, want 2 Service and 1 EndpointSlice changes since now, sync now", d.Pending)
@@ -126,7 +126,7 @@ func TestDebugServices(t *testing.T) {
 		t.Errorf("after a successful sync: pending %+v, want nothing", pe)
 	}
 
-	p.Update(withBad("10.244.1.3", cluster.Events{EndpointSlices: 1}, "broken"))
+	p.Update(cluster.FullDelta(withBad("10.244.1.3", cluster.Events{EndpointSlices: 1}, "broken")))
 	if err := p.SyncOnce(); err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestDebugServicesBounded(t *testing.T) {
 	for i := range 250 {
 		names = append(names, fmt.Sprintf("bad-%03d", i))
 	}
-	p.Update(withBad("10.244.1.2", cluster.Events{}, names...))
+	p.Update(cluster.FullDelta(withBad("10.244.1.2", cluster.Events{}, names...)))
 	if err := p.SyncOnce(); err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,7 @@ func TestDebugServicesSchedule(t *testing.T) {
 		defer cancel()
 		start := time.Now()
 		go func() { _ = p.Run(ctx) }()
-		p.Update(proxyObjects("10.244.1.2"))
+		p.Update(cluster.FullDelta(proxyObjects("10.244.1.2")))
 		synctest.Wait()
 		check := func(when, next string, at time.Duration) {
 			t.Helper()

@@ -22,7 +22,7 @@ func TestBadServiceEvent(t *testing.T) {
 	}
 	sync := func(objs cluster.Objects) {
 		t.Helper()
-		p.Update(objs)
+		p.Update(cluster.FullDelta(objs))
 		if err := p.SyncOnce(); err != nil {
 			t.Fatal(err)
 		}

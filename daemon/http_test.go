@@ -80,20 +80,20 @@ func TestHealthHandler(t *testing.T) {
 	}
 
 	check("before any snapshot", 503, 503, true)
-	p.Update(node("}"))
+	p.Update(cluster.FullDelta(node("}")))
 	check("before the first sync", 503, 503, true)
 	if err := p.SyncOnce(); err != nil {
 		t.Fatal(err)
 	}
 	check("after the first sync", 200, 200, true)
-	p.Update(node("}\nspec: {taints: [{key: ToBeDeletedByClusterAutoscaler, value: '1700000000', effect: NoSchedule}]}"))
+	p.Update(cluster.FullDelta(node("}\nspec: {taints: [{key: ToBeDeletedByClusterAutoscaler, value: '1700000000', effect: NoSchedule}]}")))
 	check("tainted ToBeDeletedByClusterAutoscaler", 503, 200, false)
-	p.Update(node(", deletionTimestamp: '2026-11-24T00:00:00Z'}"))
+	p.Update(cluster.FullDelta(node(", deletionTimestamp: '2026-11-24T00:00:00Z'}")))
 	check("with a deletionTimestamp", 503, 200, false)
-	p.Update(node("}"))
+	p.Update(cluster.FullDelta(node("}")))
 	check("back to normal", 200, 200, true)
 	p.NodeRequired = true
-	p.Update(proxyObjects("10.244.1.2"))
+	p.Update(cluster.FullDelta(proxyObjects("10.244.1.2")))
 	check("no Node object, with the API server as source", 503, 200, false)
 
 	for name, want := range map[string]float64{

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"slices"
 	gosync "sync"
 	"time"
 
@@ -26,7 +27,7 @@ const (
 	DefaultSyncPeriod    = time.Minute
 )
 
-// Proxy is the sync loop: it turns the snapshots of objects that a source delivers into
+// Proxy is the sync loop: it converts the Services that the Deltas of a source name into
 // changed Services for a sync.Syncer, and runs the sync.Syncer no more often than MinSyncPeriod, at
 // least every SyncPeriod (to repair drift), and with exponential backoff after a failure.
 type Proxy struct {
@@ -55,9 +56,10 @@ type Proxy struct {
 	// Events, when set, receives the events about Services that cannot be proxied.
 	Events EventRecorder
 
-	mu      gosync.Mutex
-	objs    *cluster.Objects
-	objsAt  time.Time
+	mu gosync.Mutex
+	// delta folds the Deltas not yet taken by a sync; its Store is nil before the first.
+	delta   cluster.Delta
+	deltaAt time.Time
 	changed chan struct{}
 	// conntrackDue is set by the periodic tick: the next sync reconciles conntrack.
 	conntrackDue bool
@@ -115,22 +117,25 @@ func (p *Proxy) NodeEligible() bool {
 	return p.health.nodeEligible
 }
 
-// Update hands the proxy a new full snapshot of objects. It never blocks.
-func (p *Proxy) Update(objs cluster.Objects) {
+// Update hands the proxy what a source delivered. It never blocks, and costs as much as the
+// Services d names.
+func (p *Proxy) Update(d cluster.Delta) {
 	now := time.Now()
-	node, known := cluster.FindNode(objs.Nodes, p.NodeName)
 	p.mu.Lock()
-	p.objs = &objs
-	p.objsAt = now
-	// Under mu: a sync taking the snapshot checks these changes out.
-	p.Metrics.queued(families, objs.Events)
-	p.recordChanges(objs.Events)
+	p.delta.Merge(d)
+	p.deltaAt = now
+	// Under mu: a sync taking the delta checks these changes out.
+	p.Metrics.queued(families, d.Events)
+	p.recordChanges(d.Events)
 	p.mu.Unlock()
 	p.health.Lock()
 	if p.health.pendingSince.IsZero() {
 		p.health.pendingSince = now
 	}
-	p.health.nodeKnown, p.health.nodeEligible = known, node.Eligible()
+	if d.Full || d.Node {
+		node, known := cluster.FindNode(d.Store.Nodes(), p.NodeName)
+		p.health.nodeKnown, p.health.nodeEligible = known, node.Eligible()
+	}
 	p.health.Unlock()
 	select {
 	case p.signal() <- struct{}{}:
@@ -214,21 +219,16 @@ func (p *Proxy) NodePortIPs() []netip.Addr {
 	return append(cfgs[model.IPv4].NodePortIPs(), cfgs[model.IPv6].NodePortIPs()...)
 }
 
-// SyncOnce converts the latest snapshot, tells the syncer what changed and syncs. Before the
-// first snapshot it does nothing.
+// SyncOnce converts the Services changed since the last sync, tells the syncer what changed
+// and syncs. Before the first delivery it does nothing.
 func (p *Proxy) SyncOnce() error {
 	p.mu.Lock()
-	objs, at, started := p.objs, p.objsAt, p.started
-	if objs != nil {
-		p.Metrics.checkedOut()
-		p.recordCheckout()
-	}
+	store := p.delta.Store
 	p.mu.Unlock()
-	if objs == nil {
+	if store == nil {
 		return nil
 	}
 	if p.syncer == nil {
-		p.converter.TriggerTimesAfter = started
 		p.syncer = sync.NewSyncer(p.Backend, families...)
 		p.syncer.Conntrack = p.Conntrack
 	}
@@ -237,7 +237,8 @@ func (p *Proxy) SyncOnce() error {
 		p.syncer.RequestConntrackReconcile()
 		p.conntrackDue = false
 	}
-	if err := p.prepare(objs, at); err != nil {
+	at, err := p.prepare()
+	if err != nil {
 		p.recordSync(time.Now(), 0, false, sync.SyncResult{}, err)
 		return err
 	}
@@ -256,21 +257,29 @@ func (p *Proxy) SyncOnce() error {
 	return nil
 }
 
-// prepare converts a snapshot taken at, works out this node's configuration, and hands both
-// to the syncer and the health check servers.
-func (p *Proxy) prepare(objs *cluster.Objects, at time.Time) error {
+// prepare takes the Deltas delivered so far, converts the Services they name, works out this
+// node's configuration, and hands both to the syncer and the health check servers. It returns
+// when the last Delta it took arrived.
+func (p *Proxy) prepare() (time.Time, error) {
 	list := p.LocalAddresses
 	if list == nil {
 		list = LocalAddresses
 	}
 	addrs, err := list()
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
+	p.mu.Lock()
+	d, at, started := p.delta, p.deltaAt, p.started
+	p.delta = cluster.Delta{Store: d.Store, Bad: d.Bad}
+	p.Metrics.checkedOut()
+	p.recordCheckout()
+	p.mu.Unlock()
+	p.converter.TriggerTimesAfter = started
 	p.converter.Options = cluster.ConvertOptions{ServiceProxyName: p.Config.ServiceProxyName}
-	changes, bad := p.converter.Changes(*objs)
-	p.reportBad(bad)
-	node, _ := cluster.FindNode(objs.Nodes, p.NodeName)
+	changes := p.converter.Update(d)
+	p.reportBad(append(slices.Clone(d.Bad), p.converter.Bad()...))
+	node, _ := cluster.FindNode(d.Store.Nodes(), p.NodeName)
 	cfgs := map[model.Family]model.NodeConfig{
 		model.IPv4: p.Config.NodeConfig(model.IPv4, p.NodeName, node, addrs),
 		model.IPv6: p.Config.NodeConfig(model.IPv6, p.NodeName, node, addrs),
@@ -284,7 +293,7 @@ func (p *Proxy) prepare(objs *cluster.Objects, at time.Time) error {
 	p.syncer.SetNode(cfgs)
 	p.syncer.Update(changes, at)
 	p.syncer.AddTriggerTimes(p.converter.TriggerTimes())
-	return nil
+	return at, nil
 }
 
 // reportSideEffects logs (and counts) what failed after the last commit: releasing session
@@ -299,16 +308,16 @@ func (p *Proxy) reportSideEffects() {
 	}
 }
 
-// markSynced records for the health checks that the snapshot taken at is programmed.
+// markSynced records for the health checks that what was delivered up to at is programmed.
 func (p *Proxy) markSynced(at time.Time) {
 	p.mu.Lock()
-	latest := p.objsAt
+	latest := p.deltaAt
 	p.mu.Unlock()
 	p.health.Lock()
 	defer p.health.Unlock()
 	switch {
 	case latest.After(at):
-		// A newer snapshot arrived during the sync; it is what waits now.
+		// A Delta arrived during the sync; it is what waits now.
 		p.health.pendingSince = latest
 	case !p.syncer.Pending():
 		p.health.pendingSince = time.Time{}

@@ -59,7 +59,7 @@ func TestProxySyncOnce(t *testing.T) {
 		t.Fatalf("before any snapshot: err=%v, %d commits; want nothing", err, fake.Calls)
 	}
 
-	p.Update(proxyObjects("10.244.1.2"))
+	p.Update(cluster.FullDelta(proxyObjects("10.244.1.2")))
 	fake.FailRate = 1
 	if err := p.SyncOnce(); err == nil {
 		t.Fatal("a failed commit was not reported")
@@ -80,12 +80,58 @@ func TestProxySyncOnce(t *testing.T) {
 		t.Errorf("a sync with nothing changed committed again (err=%v, commits %d -> %d)", err, calls, fake.Calls)
 	}
 
-	p.Update(proxyObjects("10.244.1.3"))
+	p.Update(cluster.FullDelta(proxyObjects("10.244.1.3")))
 	if err := p.SyncOnce(); err != nil {
 		t.Fatal(err)
 	}
 	if got := fake.Render(model.IPv4); !strings.Contains(got, endpointSlot("10.244.1.3")) || strings.Contains(got, "10.244.1.2") {
 		t.Errorf("after the endpoint moved the table is:\n%s", got)
+	}
+}
+
+// TestProxyConvertsNamedServices checks that after the first, Full delivery a sync converts
+// the Services the Deltas folded since the last sync name, and only those: a change the
+// source has not named yet waits for its Delta.
+func TestProxyConvertsNamedServices(t *testing.T) {
+	fake := nft.NewFake(1)
+	p := newTestProxy(fake)
+	web := model.ServiceName{Namespace: "default", Name: "web"}
+	api := model.ServiceName{Namespace: "default", Name: "api"}
+	p.Update(cluster.FullDelta(proxyObjects("10.244.1.2")))
+	if err := p.SyncOnce(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The store now has web's endpoint moved and a Service api, but only web is named.
+	objs := proxyObjects("10.244.1.3")
+	moreObjs := cluster.DecodeManifest("api.yaml", []byte(`
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: api}
+spec: {clusterIP: 10.96.0.11, clusterIPs: [10.96.0.11], ports: [{name: http, protocol: TCP, port: 80}]}
+`))
+	objs.Services = append(objs.Services, moreObjs.Services...)
+	store := cluster.NewSnapshot(objs)
+	p.Update(cluster.Delta{Store: store, Services: map[model.ServiceName]struct{}{web: {}}})
+	if err := p.SyncOnce(); err != nil {
+		t.Fatal(err)
+	}
+	got := fake.Render(model.IPv4)
+	if !strings.Contains(got, endpointSlot("10.244.1.3")) {
+		t.Errorf("web was named but its new endpoint is not programmed:\n%s", got)
+	}
+	if strings.Contains(got, "10.96.0.11") {
+		t.Errorf("api was not named but is programmed:\n%s", got)
+	}
+
+	// Two Deltas folded before one sync: api named, then nothing new.
+	p.Update(cluster.Delta{Store: store, Services: map[model.ServiceName]struct{}{api: {}}})
+	p.Update(cluster.Delta{Store: store})
+	if err := p.SyncOnce(); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.Render(model.IPv4); !strings.Contains(got, "10.96.0.11") {
+		t.Errorf("api was named in a folded Delta but is not programmed:\n%s", got)
 	}
 }
 
@@ -110,7 +156,7 @@ func TestMinSyncPeriod(t *testing.T) {
 			last := ""
 			for i := range 100 {
 				last = netip.AddrFrom4([4]byte{10, 244, 1, byte(i + 2)}).String()
-				p.Update(proxyObjects(last))
+				p.Update(cluster.FullDelta(proxyObjects(last)))
 				time.Sleep(20 * time.Millisecond)
 				synctest.Wait()
 			}
@@ -144,7 +190,7 @@ func TestRetryBackoff(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		go func() { _ = p.Run(ctx) }()
-		p.Update(proxyObjects("10.244.1.2"))
+		p.Update(cluster.FullDelta(proxyObjects("10.244.1.2")))
 		synctest.Wait()
 		// Attempts at 0, 0.5, 1.5, 3.5 and 7.5 s.
 		time.Sleep(4 * time.Second)
@@ -171,7 +217,7 @@ func TestMetrics(t *testing.T) {
 	p.Metrics = NewMetrics(reg)
 	first := proxyObjects("10.244.1.2")
 	first.Events = cluster.Events{Services: 1, EndpointSlices: 1}
-	p.Update(first)
+	p.Update(cluster.FullDelta(first))
 	if got := metricValue(t, reg, "kubeproxy_sync_proxy_rules_endpoint_changes_pending"); got != 1 {
 		t.Errorf("endpoint changes pending before the sync = %v, want 1", got)
 	}
@@ -188,7 +234,7 @@ func TestMetrics(t *testing.T) {
 	stamped.EndpointSlices[0].Annotations = map[string]string{
 		"endpoints.kubernetes.io/last-change-trigger-time": time.Now().Add(-9 * time.Second).Format(time.RFC3339Nano)}
 	stamped.Events = cluster.Events{EndpointSlices: 1}
-	p.Update(stamped)
+	p.Update(cluster.FullDelta(stamped))
 	if err := p.SyncOnce(); err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +336,7 @@ func TestHealth(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		go func() { _ = p.Run(ctx) }()
-		p.Update(proxyObjects("10.244.1.2"))
+		p.Update(cluster.FullDelta(proxyObjects("10.244.1.2")))
 		synctest.Wait()
 		if ok, _ := p.Health(time.Now()); ok {
 			t.Error("healthy before the first sync succeeded")
@@ -302,7 +348,7 @@ func TestHealth(t *testing.T) {
 			t.Fatalf("after the first successful sync: healthy=%v, last success %v", ok, last)
 		}
 		fake.SetFailRate(1)
-		p.Update(proxyObjects("10.244.1.3"))
+		p.Update(cluster.FullDelta(proxyObjects("10.244.1.3")))
 		time.Sleep(19 * time.Second)
 		synctest.Wait()
 		if ok, _ := p.Health(time.Now()); !ok {
@@ -330,12 +376,12 @@ func TestInterfaceChurn(t *testing.T) {
 	p.Metrics = NewMetrics(reg)
 	addrs := []netip.Addr{netip.MustParseAddr("192.168.0.2")}
 	p.LocalAddresses = func() ([]netip.Addr, error) { return addrs, nil }
-	p.Update(proxyObjects("10.244.1.2"))
+	p.Update(cluster.FullDelta(proxyObjects("10.244.1.2")))
 	if err := p.SyncOnce(); err != nil {
 		t.Fatal(err)
 	}
 	addrs = append(addrs, netip.MustParseAddr("10.244.1.1"))
-	p.Update(proxyObjects("10.244.1.3"))
+	p.Update(cluster.FullDelta(proxyObjects("10.244.1.3")))
 	if err := p.SyncOnce(); err != nil {
 		t.Fatal(err)
 	}

@@ -11,17 +11,18 @@ import (
 	"github.com/nftproxy/nftproxy/cluster"
 )
 
-// FirstSnapshot runs src until it delivers its first snapshot and returns that snapshot: a
-// one-shot look at the cluster for the commands that do not keep watching (render, diff).
+// FirstSnapshot runs src until its first delivery and returns every object of it: a one-shot
+// look at the cluster for the commands that do not keep watching (render, diff).
 // It fails when src ends, or ctx is done, before it has one.
 func FirstSnapshot(ctx context.Context, src cluster.Source) (cluster.Objects, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var objs cluster.Objects
 	got := false
-	err := src.Run(ctx, func(o cluster.Objects) {
+	err := src.Run(ctx, func(d cluster.Delta) {
 		if !got {
-			objs, got = o, true
+			// Listed now: the store may be gone once Run returns.
+			objs, got = d.Store.Objects(), true
 			cancel()
 		}
 	})

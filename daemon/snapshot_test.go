@@ -36,7 +36,7 @@ func TestFirstSnapshot(t *testing.T) {
 // silentSource delivers nothing until its context ends.
 type silentSource struct{}
 
-func (silentSource) Run(ctx context.Context, _ func(cluster.Objects)) error {
+func (silentSource) Run(ctx context.Context, _ func(cluster.Delta)) error {
 	<-ctx.Done()
 	return nil
 }

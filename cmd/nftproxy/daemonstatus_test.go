@@ -101,7 +101,7 @@ spec: {clusterIP: 10.96.0.11, clusterIPs: [10.96.0.11], ports: [{name: http, pro
 	p := &daemon.Proxy{Config: &daemon.Config{}, NodeName: "node1", Backend: nft.NewFake(1),
 		Log:            slog.New(slog.NewTextHandler(io.Discard, nil)),
 		LocalAddresses: func() ([]netip.Addr, error) { return nil, nil }}
-	p.Update(objs)
+	p.Update(cluster.FullDelta(objs))
 	if err := p.SyncOnce(); err != nil {
 		t.Fatal(err)
 	}
