@@ -111,9 +111,7 @@ func (p *Part) Element(set string, k Key) *Element {
 func BuildPart(svc *Service, node NodeConfig) *Part {
 	b := &builder{node: node, part: &Part{}}
 	if n := partSize(svc, node); n > 0 {
-		// Some room over the guess: growing a Part of a Service with many endpoints copies
-		// all of them, and a full sync builds every Part.
-		b.part.Elements = make([]PartElement, 0, n+n/16+4)
+		b.part.Elements = make([]PartElement, 0, n)
 	}
 	b.service(svc)
 	// The guess is close for most Services but not all (externalTrafficPolicy Local adds
@@ -126,7 +124,7 @@ func BuildPart(svc *Service, node NodeConfig) *Part {
 
 // partSize guesses how many elements svc's Part of node's family holds: per port, each of its
 // keys (ClusterIP, ExternalIPs, LoadBalancer IPs, NodePort) and a slot per endpoint under
-// each, and a hairpin element per endpoint that may be on this node; 0 for a Service of the
+// each, and two hairpin elements per endpoint that may be on this node; 0 for a Service of the
 // other family.
 func partSize(svc *Service, node NodeConfig) int {
 	if !slices.ContainsFunc(svc.ClusterIPs, node.Family.Contains) {
@@ -143,7 +141,9 @@ func partSize(svc *Service, node NodeConfig) int {
 			if node.Family.Contains(ep.Addr) {
 				eps++
 				if ep.NodeName == "" || ep.NodeName == node.NodeName {
-					n++
+					// Its hairpin element, once as an endpoint of the cluster and once
+					// of this node (the claims keep one).
+					n += 2
 				}
 			}
 		}

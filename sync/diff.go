@@ -9,12 +9,10 @@ import (
 	"github.com/nftproxy/nftproxy/nft"
 )
 
-// tableIndex is the content of one table, indexed by set and key and by chain name: what
-// was committed, or what a full sync read back.
+// tableIndex is the content of one table as read back, indexed by set and key and by chain
+// name.
 type tableIndex struct {
-	// elems points at the committed elements: in the Parts, in the transactions that
-	// wrote them or in the tables read back, which never change once built. Pointers
-	// rather than copies keep a third of a large table's elements out of the heap.
+	// elems points at the elements of the table read back, which never change once built.
 	elems  map[string]map[model.Key]*model.Element
 	chains map[string]*model.Chain
 }
@@ -33,7 +31,7 @@ func (t *table) newElementDiff() *elementDiff {
 
 // element makes the committed element of set with key k equal want (absent when !ok).
 func (o *elementDiff) element(set string, k model.Key, want model.Element, ok bool) {
-	have, had := o.t.committed.elems[set][k]
+	have, had := o.t.committedElement(set, k)
 	switch {
 	case had && ok && *have == want:
 	case had && ok:
@@ -85,7 +83,7 @@ func withElements(def *model.Set, elems []model.Element) *model.Set {
 // chainOp returns the operation that makes the committed chain name equal want (nil: the
 // chain is not wanted), if any.
 func (t *table) chainOp(name string, want *model.Chain) (nft.Op, bool) {
-	have, had := t.committed.chains[name]
+	have, had := t.committedChains[name]
 	switch {
 	case want == nil && had && len(have.Rules) > 0:
 		return nft.Op{Kind: nft.FlushChain, Family: t.fam, Chain: &model.Chain{Name: name}}, true
@@ -125,7 +123,7 @@ func (t *table) cleanStale(tx *nft.Transaction) {
 		if t.chainDefs[name] != nil || t.isSkeletonChain(name) {
 			continue
 		}
-		if c := t.committed.chains[name]; c != nil && len(c.Rules) == 0 {
+		if c := t.committedChains[name]; c != nil && len(c.Rules) == 0 {
 			tx.Ops = append(tx.Ops, nft.Op{Kind: nft.DeleteChain, Family: t.fam, Chain: &model.Chain{Name: name}})
 		}
 	}
@@ -142,7 +140,7 @@ func (t *table) diffAll(want []*model.Chain, tx *nft.Transaction) {
 	for _, sk := range t.skeleton.Sets {
 		claims := t.claims[sk.Name]
 		fixed := sk.ByKey()
-		for k := range t.committed.elems[sk.Name] {
+		for k := range t.readBack[sk.Name] {
 			if _, ok := fixed[k]; !ok && claims[k] == nil {
 				ops.element(sk.Name, k, model.Element{}, false)
 			}
@@ -164,7 +162,7 @@ func (t *table) diffAll(want []*model.Chain, tx *nft.Transaction) {
 			chainOps = append(chainOps, op)
 		}
 	}
-	for _, name := range slices.Sorted(maps.Keys(t.committed.chains)) {
+	for _, name := range slices.Sorted(maps.Keys(t.committedChains)) {
 		if !wanted[name] {
 			if op, ok := t.chainOp(name, nil); ok {
 				chainOps = append(chainOps, op)
@@ -191,45 +189,33 @@ func indexRuleset(rs *model.Ruleset) *tableIndex {
 	return ts
 }
 
-// indexClaims returns the desired table as committed state: the skeleton's elements and the
-// claimed ones, pointing into the skeleton and the Parts.
-func (t *table) indexClaims() *tableIndex {
-	ts := &tableIndex{elems: map[string]map[model.Key]*model.Element{}, chains: map[string]*model.Chain{}}
-	for _, set := range t.skeleton.Sets {
-		claims := t.claims[set.Name]
-		m := make(map[model.Key]*model.Element, len(set.Elements)+len(claims))
-		for i := range set.Elements {
-			e := &set.Elements[i]
-			m[e.Key()] = e
-		}
-		for k, c := range claims {
-			m[k] = c.elem
-		}
-		ts.elems[set.Name] = m
-	}
+// desiredChainIndex returns the desired chains by name.
+func (t *table) desiredChainIndex() map[string]*model.Chain {
+	out := map[string]*model.Chain{}
 	for _, c := range t.desiredChains() {
-		ts.chains[c.Name] = c
+		out[c.Name] = c
 	}
-	return ts
+	return out
 }
 
-func (ts *tableIndex) equal(o *tableIndex) bool {
-	if len(ts.chains) != len(o.chains) || len(ts.elems) != len(o.elems) {
+// holds reports whether rb, a table read back, holds exactly what t committed last.
+func (t *table) holds(rb *tableIndex) bool {
+	if len(t.committedChains) != len(rb.chains) {
 		return false
 	}
-	for name, c := range ts.chains {
-		oc, ok := o.chains[name]
+	for name, c := range t.committedChains {
+		oc, ok := rb.chains[name]
 		if !ok || !reflect.DeepEqual(c.Rules, oc.Rules) {
 			return false
 		}
 	}
-	for name, m := range ts.elems {
-		om := o.elems[name]
-		if len(m) != len(om) {
+	counts := t.committedCounts()
+	for name, m := range rb.elems {
+		if len(m) != counts[name] {
 			return false
 		}
 		for k, e := range m {
-			if oe, ok := om[k]; !ok || *oe != *e {
+			if have, ok := t.committedElement(name, k); !ok || *have != *e {
 				return false
 			}
 		}

@@ -6,7 +6,6 @@ import (
 	"maps"
 	"reflect"
 	"slices"
-	gosync "sync"
 	"time"
 
 	"github.com/nftproxy/nftproxy/conntrack"
@@ -218,10 +217,7 @@ func (s *Syncer) Sync() (SyncResult, error) {
 	res.NoLocalInternal, res.NoLocalExternal = map[model.Family]int{}, map[model.Family]int{}
 	for fam, t := range s.tables {
 		res.NoLocalInternal[fam], res.NoLocalExternal[fam] = t.noLocalInternal, t.noLocalExternal
-		res.Elements[fam] = map[string]int{}
-		for name, m := range t.committed.elems {
-			res.Elements[fam][name] = len(m)
-		}
+		res.Elements[fam] = t.committedCounts()
 	}
 	return res, nil
 }
@@ -331,6 +327,8 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 			for name, p := range u.parts {
 				u.t.setPart(name, p, nil)
 			}
+			// The claims are the committed elements again.
+			clear(u.t.prior)
 		}
 		s.restorePending(changes, old)
 		return res, err
@@ -356,32 +354,25 @@ func (s *Syncer) commit(tx *nft.Transaction) error {
 	return nil
 }
 
-// afterCommit records a committed transaction in the families' committed state.
+// afterCommit records a committed transaction in the families' committed state: the
+// chains it wrote; the elements are the claimed ones once committed (table.markCommitted).
 func (s *Syncer) afterCommit(tx *nft.Transaction) {
 	for _, op := range tx.Ops {
 		t := s.tables[op.Family]
 		switch op.Kind {
-		case nft.AddElements:
-			m := t.committed.elems[op.Set.Name]
-			for i := range op.Set.Elements {
-				e := &op.Set.Elements[i]
-				m[e.Key()] = e
-			}
-		case nft.DeleteElements:
-			m := t.committed.elems[op.Set.Name]
-			for _, e := range op.Set.Elements {
-				delete(m, e.Key())
-			}
 		case nft.AddChain, nft.RewriteChain:
-			t.committed.chains[op.Chain.Name] = op.Chain
+			t.committedChains[op.Chain.Name] = op.Chain
 			delete(t.staleChains, op.Chain.Name)
 		case nft.FlushChain:
-			t.committed.chains[op.Chain.Name] = &model.Chain{Name: op.Chain.Name}
+			t.committedChains[op.Chain.Name] = &model.Chain{Name: op.Chain.Name}
 			t.staleChains[op.Chain.Name] = true
 		case nft.DeleteChain:
-			delete(t.committed.chains, op.Chain.Name)
+			delete(t.committedChains, op.Chain.Name)
 			delete(t.staleChains, op.Chain.Name)
 		}
+	}
+	for _, t := range s.tables {
+		t.markCommitted()
 	}
 }
 
@@ -425,8 +416,9 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			tx.Replace = append(tx.Replace, t.desired(false))
 			replaced[t] = true
 		default:
-			t.committed = indexRuleset(have)
-			if prev := s.tables[fam]; prev != nil && prev.committed != nil && !prev.committed.equal(t.committed) {
+			rb := indexRuleset(have)
+			t.readBack, t.committedChains = rb.elems, rb.chains
+			if prev := s.tables[fam]; prev != nil && prev.committed && !prev.holds(rb) {
 				res.DriftRepaired = true
 			}
 			t.diffAll(chains, tx)
@@ -445,22 +437,10 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 	res.FamilyObjects = tx.ObjectsByFamily()
 	res.Objects = tx.Objects()
 	s.gen = gen
-	// Once committed, every table holds exactly the desired elements: index them from the
-	// claims (pointers into the Parts) while the kernel commits, so that neither a copy of
-	// the elements nor the tables read back outlive the sync.
-	next := make(map[*table]*tableIndex, len(tables))
-	var mu gosync.Mutex
-	var wg gosync.WaitGroup
-	for _, t := range tables {
-		wg.Go(func() {
-			ts := t.indexClaims()
-			mu.Lock()
-			next[t] = ts
-			mu.Unlock()
-		})
+	for t := range replaced {
+		t.committedChains = t.desiredChainIndex()
 	}
 	err := s.commit(tx)
-	wg.Wait()
 	if err != nil {
 		s.restorePending(changes, old)
 		return res, err
@@ -470,15 +450,9 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 	}
 	s.tables = tables
 	// The diff's chain operations are recorded as they went (the flushed chains are deleted
-	// by the next commit); afterCommit ignores Replace, whose tables take the index whole.
+	// by the next commit); afterCommit ignores Replace, whose tables hold the desired chains.
+	// Every table now holds exactly the desired elements, and the ones read back go.
 	s.afterCommit(tx)
-	for t, ts := range next {
-		if replaced[t] {
-			t.committed = ts
-		} else {
-			t.committed.elems = ts.elems
-		}
-	}
 	// A full sync cannot tell what changed since the last commit (at start: anything, while
 	// the daemon was down): check every entry. The rule keeps what is not stale.
 	s.conntrackDue = true
@@ -491,13 +465,16 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 // Committed returns the rulesets the syncer believes the kernel holds, for tests.
 func (s *Syncer) Committed(fam model.Family) *model.Ruleset {
 	t := s.tables[fam]
-	if t == nil || t.committed == nil {
+	if t == nil || !t.committed {
 		return nil
 	}
 	rs := t.desired(true)
 	for _, set := range rs.Sets {
 		set.Elements = set.Elements[:0]
-		for _, e := range t.committed.elems[set.Name] {
+		for _, e := range t.claims[set.Name] {
+			set.Elements = append(set.Elements, *e.elem)
+		}
+		for _, e := range t.fixed[set.Name] {
 			set.Elements = append(set.Elements, *e)
 		}
 		slices.SortFunc(set.Elements, model.CompareElements)

@@ -25,8 +25,18 @@ type table struct {
 	// content (identical in every Part that holds it).
 	chainClaims map[string]int
 	chainDefs   map[string]*model.Chain
-	// committed is what the table holds after the last commit.
-	committed *tableIndex
+	// committedChains are the table's chains after the last commit.
+	committedChains map[string]*model.Chain
+	// The committed elements are not kept apart: after every commit they are the claimed
+	// ones and the skeleton's (fixed). Until the next commit, prior holds, for each key
+	// whose claim changed since, the committed element (nil: none). During a full sync,
+	// readBack holds the elements read back from the kernel instead.
+	fixed    map[string]map[model.Key]*model.Element
+	prior    map[string]map[model.Key]*model.Element
+	readBack map[string]map[model.Key]*model.Element
+	// committed is set once the table was committed: from then on, changed claims record
+	// their prior elements.
+	committed bool
 	// staleChains were flushed by an earlier commit and are deleted by the next one.
 	staleChains map[string]bool
 	// noLocalInternal and noLocalExternal sum the Parts' counts of the same names.
@@ -54,14 +64,78 @@ func newTable(fam model.Family, node model.NodeConfig) *table {
 		chainClaims: map[string]int{},
 		chainDefs:   map[string]*model.Chain{},
 		staleChains: map[string]bool{},
+		fixed:       map[string]map[model.Key]*model.Element{},
+		prior:       map[string]map[model.Key]*model.Element{},
 	}
 	for _, set := range sk.Sets {
 		def := *set
 		def.Elements = nil
 		t.setDefs[set.Name] = &def
 		t.claims[set.Name] = map[model.Key]*claim{}
+		fixed := make(map[model.Key]*model.Element, len(set.Elements))
+		for i := range set.Elements {
+			e := &set.Elements[i]
+			fixed[e.Key()] = e
+		}
+		t.fixed[set.Name] = fixed
 	}
 	return t
+}
+
+// committedElement returns the element of set with key k that the kernel holds (as of the
+// last commit, or as read back during a full sync).
+func (t *table) committedElement(set string, k model.Key) (*model.Element, bool) {
+	if t.readBack != nil {
+		e, ok := t.readBack[set][k]
+		return e, ok
+	}
+	if e, ok := t.prior[set][k]; ok {
+		return e, e != nil
+	}
+	if e, ok := t.fixed[set][k]; ok {
+		return e, true
+	}
+	if c := t.claims[set][k]; c != nil {
+		return c.elem, true
+	}
+	return nil, false
+}
+
+// notePrior records the committed element of set with key k before its claim changes.
+func (t *table) notePrior(set string, k model.Key) {
+	if !t.committed {
+		return
+	}
+	m := t.prior[set]
+	if _, ok := m[k]; ok {
+		return
+	}
+	if m == nil {
+		m = map[model.Key]*model.Element{}
+		t.prior[set] = m
+	}
+	var e *model.Element
+	if c := t.claims[set][k]; c != nil {
+		e = c.elem
+	}
+	m[k] = e
+}
+
+// markCommitted records that the kernel now holds the desired table: the claims, the
+// skeleton's elements and the desired chains.
+func (t *table) markCommitted() {
+	t.committed = true
+	t.readBack = nil
+	clear(t.prior)
+}
+
+// committedCounts returns how many elements each set holds after the last commit.
+func (t *table) committedCounts() map[string]int {
+	out := map[string]int{}
+	for name := range t.setDefs {
+		out[name] = len(t.fixed[name]) + len(t.claims[name])
+	}
+	return out
 }
 
 // buildAll sets the Parts of all services, sizing the claim maps first.
@@ -130,6 +204,7 @@ func (t *table) setPart(name model.ServiceName, part *model.Part, touched *dirty
 		t.noLocalExternal -= old.NoLocalExternal
 		for _, pe := range old.Elements {
 			k := pe.Element.Key()
+			t.notePrior(pe.Set, k)
 			t.unclaim(pe.Set, k, name)
 			if touched != nil {
 				touched.element(pe.Set, k)
@@ -154,6 +229,7 @@ func (t *table) setPart(name model.ServiceName, part *model.Part, touched *dirty
 	for i := range part.Elements {
 		pe := &part.Elements[i]
 		k := pe.Element.Key()
+		t.notePrior(pe.Set, k)
 		t.claim(pe.Set, k, name, &pe.Element)
 		if touched != nil {
 			touched.element(pe.Set, k)
