@@ -268,14 +268,15 @@ func (c *conn) readTable(exp *expectation) (*model.Ruleset, error) {
 				continue
 			}
 			var keys iter.Seq[model.Key]
+			n := 0
 			if exp.keys != nil {
-				keys = exp.keys(s.Name)
+				keys, n = exp.keys(s.Name)
 			}
 			fronts := slices.DeleteFunc(slices.Clone(out.Sets), func(f *model.Set) bool {
 				return f.Dynamic || !slices.Equal(f.Key, s.Key[:len(s.Key)-1])
 			})
 			wg.Go(func() {
-				setErrs[i] = c.lookupEndpointMap(exp, s, keys, fronts)
+				setErrs[i] = c.lookupEndpointMap(exp, s, keys, n, fronts)
 			})
 		}
 		wg.Wait()

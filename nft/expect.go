@@ -29,7 +29,7 @@ type expectation struct {
 	// needed.
 	pending func() error
 	// keys yields the keys expected in an endpoint map (nil: none).
-	keys func(set string) iter.Seq[model.Key]
+	keys func(set string) (iter.Seq[model.Key], int)
 }
 
 func newExpectation(fam model.Family, want *model.Ruleset) (*expectation, error) {

@@ -62,12 +62,12 @@ func slotKey(f model.Key, slot uint32) model.Key {
 }
 
 // lookupEndpointMap reads the elements of the endpoint map s by key, over sockets of its
-// own: the keys want yields (nil: none), and, from the frontends of those keys and of the
+// own: the keys want yields (nil: none; about n of them), and, from the frontends of those keys and of the
 // elements of frontendSets (the table's maps keyed like s without its slot, already read),
 // the slots after the last wanted one until one is missing. s.Elements gets what the kernel
 // holds, sorted.
-func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[model.Key], frontendSets []*model.Set) error {
-	l, err := c.newLookuper(exp, s)
+func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[model.Key], n int, frontendSets []*model.Set) error {
+	l, err := c.newLookuper(exp, s, n)
 	if err != nil {
 		return err
 	}
@@ -156,8 +156,8 @@ type lookupWorker struct {
 // the sending thread, so more CPUs share it.
 func lookupWorkers() int { return min(runtime.GOMAXPROCS(0), 4) }
 
-// newLookuper returns a lookuper of elements of s.
-func (c *conn) newLookuper(exp *expectation, s *model.Set) (*lookuper, error) {
+// newLookuper returns a lookuper of about n elements of s.
+func (c *conn) newLookuper(exp *expectation, s *model.Set, n int) (*lookuper, error) {
 	l := &lookuper{exp: exp, set: s}
 	for range lookupWorkers() {
 		sock, err := c.dial()
@@ -174,7 +174,7 @@ func (c *conn) newLookuper(exp *expectation, s *model.Set) (*lookuper, error) {
 			l.close()
 			return nil, err
 		}
-		l.workers = append(l.workers, &lookupWorker{c: sub, rb: nlrecv.NewBatch(64, 4096), d: newElemDecoder(exp, s, 0)})
+		l.workers = append(l.workers, &lookupWorker{c: sub, rb: nlrecv.NewBatch(64, 4096), d: newElemDecoder(exp, s, n/lookupWorkers()+lookupBatch)})
 	}
 	return l, nil
 }

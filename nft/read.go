@@ -28,10 +28,10 @@ func (n *Netlink) Generation() (uint32, error) {
 type Expected struct {
 	// Chains are the chains the table should have, in order.
 	Chains []*model.Chain
-	// Keys yields the keys of the elements the endpoint map named set should hold; it may
-	// be nil, or return nil for none. ReadTable looks those up rather than dump the map
-	// (see lookup.go).
-	Keys func(set string) iter.Seq[model.Key]
+	// Keys yields the keys of the elements the endpoint map named set should hold, and
+	// how many there are; it may be nil, or return nil for none. ReadTable looks those up
+	// rather than dump the map (see lookup.go).
+	Keys func(set string) (iter.Seq[model.Key], int)
 }
 
 // Read returns nftproxy's table of family fam as the kernel holds it, decoded against want
@@ -56,10 +56,10 @@ func (n *Netlink) Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, u
 		return nil, 0, fmt.Errorf("read %s table: desired ruleset is of family %s", fam, want.Family)
 	}
 	return n.ReadTable(fam, want.Sets, func() Expected {
-		return Expected{Chains: want.Chains, Keys: func(set string) iter.Seq[model.Key] {
+		return Expected{Chains: want.Chains, Keys: func(set string) (iter.Seq[model.Key], int) {
 			s := want.Set(set)
 			if s == nil {
-				return nil
+				return nil, 0
 			}
 			return func(yield func(model.Key) bool) {
 				for _, e := range s.Elements {
@@ -67,7 +67,7 @@ func (n *Netlink) Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, u
 						return
 					}
 				}
-			}
+			}, len(s.Elements)
 		}}
 	})
 }

@@ -292,9 +292,9 @@ func (t *table) wantElement(set string, k model.Key) (model.Element, bool) {
 	return model.Element{}, false
 }
 
-// claimedKeys yields the keys of set that some Service claims.
-func (t *table) claimedKeys(set string) iter.Seq[model.Key] {
-	return maps.Keys(t.claims[set])
+// claimedKeys yields the keys of set that some Service claims, and their number.
+func (t *table) claimedKeys(set string) (iter.Seq[model.Key], int) {
+	return maps.Keys(t.claims[set]), len(t.claims[set])
 }
 
 // desired returns the whole desired ruleset: the skeleton with every claimed element and
