@@ -17,5 +17,10 @@
 //     the ruleset: drift).
 //   - claim: a Service's hold on one element of one set; when two Services claim the same key,
 //     the first by name wins.
-//   - committed: the syncer's view of what the kernel holds, by set and key and by chain.
+//   - committed: the syncer's view of what the kernel holds: the committed chains by name, and
+//     as elements the claimed ones and the skeleton's (what every commit leaves), except the
+//     keys whose claims changed since the last commit (prior: their committed elements), or,
+//     during a full sync, the elements read back.
+//   - unread replacement: after replaceAfterReadFailures full syncs in a row that could not
+//     read a table back, the next replaces the tables without reading them.
 package sync
