@@ -519,6 +519,52 @@ func TestReadEndpointMapsByKey(t *testing.T) {
 	}
 }
 
+// TestReadWithPrefetch checks that a read that follows Prefetch returns the endpoint maps as
+// the kernel holds them: the prefetched ones (all the frontends' slots, whatever the desired
+// table) when nothing was committed in between, and freshly read ones when another socket
+// replaced the table after the prefetch.
+func TestReadWithPrefetch(t *testing.T) {
+	topology.RequirePrivileged(t)
+	ns := topology.NewNetNS(t, "rd-prefetch")
+	be := kernelBackend(t, ns)
+	cfg := model.NodeConfig{Family: model.IPv4}
+	var svcA, svcB []model.Service
+	for i := range 300 {
+		svcA = append(svcA, scale.Service(i, 1+i%6, 0))
+		svcB = append(svcB, scale.Service(i, 2, 1)) // other slots and endpoint ports
+	}
+	a, b := model.Build(svcA, cfg), model.Build(svcB, cfg)
+	if err := be.Replace(a); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name        string
+		commitAfter *model.Ruleset
+		want, have  *model.Ruleset
+	}{
+		{"prefetched, desired alike", nil, a, a},
+		{"prefetched, desired other", nil, b, a},
+		{"another commit after the prefetch", b, b, b},
+	} {
+		be.Prefetch(model.IPv4)
+		if tc.commitAfter != nil {
+			if err := kernelBackend(t, ns).Replace(tc.commitAfter); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, _, err := be.Read(model.IPv4, tc.want)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		for _, name := range []string{"service-endpoints", "nodeport-endpoints"} {
+			w, g := renderSet(tc.have.Set(name)), renderSet(got.Set(name))
+			if w != g {
+				t.Errorf("%s: map %s read back:\n%s", tc.name, name, scenario.LineDiff(w, g))
+			}
+		}
+	}
+}
+
 // renderSet is the nft text of one set.
 func renderSet(s *model.Set) string {
 	return model.Render(&model.Ruleset{Family: model.IPv4, Sets: []*model.Set{s}})

@@ -50,6 +50,10 @@ type Netlink struct {
 
 	// destroy is whether the kernel can destroy set elements (Probe).
 	destroy destroySupport
+
+	// pmu guards prefetched, the endpoint map reads Prefetch started, by family.
+	pmu        sync.Mutex
+	prefetched map[model.Family]*prefetch
 }
 
 var _ Backend = (*Netlink)(nil)

@@ -172,7 +172,7 @@ func decodeChain(data []byte) (name string, def chainDef, err error) {
 }
 
 // readTable reads the table of exp's family, or returns nil when it does not exist.
-func (c *conn) readTable(exp *expectation) (*model.Ruleset, error) {
+func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error) {
 	fam := exp.nfproto
 	// The table.
 	ae := newAttrs()
@@ -242,7 +242,8 @@ func (c *conn) readTable(exp *expectation) (*model.Ruleset, error) {
 			Dynamic: s.Dynamic, Size: s.Size})
 	}
 	// The elements, each set over a socket of its own while this one reads the chains and
-	// rules; the endpoint maps once the others are read, by key (lookup.go).
+	// rules; the endpoint maps once the others are read, by key (lookup.go), unless they
+	// were prefetched at the same generation.
 	setErrs := make([]error, len(out.Sets))
 	var wg sync.WaitGroup
 	for i, s := range out.Sets {
@@ -272,9 +273,11 @@ func (c *conn) readTable(exp *expectation) (*model.Ruleset, error) {
 			if exp.keys != nil {
 				keys, n = exp.keys(s.Name)
 			}
-			fronts := slices.DeleteFunc(slices.Clone(out.Sets), func(f *model.Set) bool {
-				return f.Dynamic || !slices.Equal(f.Key, s.Key[:len(s.Key)-1])
-			})
+			if elems, ok := pf.elements(s.Name, exp.sets[s.Name]); ok {
+				s.Elements = elems
+				continue
+			}
+			fronts := slices.DeleteFunc(slices.Clone(out.Sets), func(f *model.Set) bool { return !isFrontendSet(f, s) })
 			wg.Go(func() {
 				setErrs[i] = c.lookupEndpointMap(exp, s, keys, n, fronts)
 			})

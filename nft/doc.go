@@ -36,4 +36,6 @@
 //   - lookup: a request for set elements by key (NFT_MSG_GETSETELEM without NLM_F_DUMP).
 //     The endpoint maps, keyed by a frontend and a slot, are read by lookups of the keys
 //     expected and of the slots past them, not dumped: a dump is quadratic in the kernel.
+//   - prefetch: the endpoint maps read ahead of the read that needs them, by walking the slots
+//     of the frontends the table holds.
 package nft

@@ -49,6 +49,12 @@ func isEndpointMap(s *model.Set) bool {
 	return !s.Dynamic && len(s.Key) > 1 && s.Key[len(s.Key)-1] == model.KeySlot
 }
 
+// isFrontendSet reports whether f holds frontends of the endpoint map m: keyed like m without
+// its slot.
+func isFrontendSet(f, m *model.Set) bool {
+	return !f.Dynamic && !isEndpointMap(f) && slices.Equal(f.Key, m.Key[:len(m.Key)-1])
+}
+
 // frontendKey is k without its slot.
 func frontendKey(k model.Key) model.Key {
 	k.Slot = 0

@@ -97,9 +97,9 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, expected func()
 	defer c.sock.Close()
 	for range readAttempts {
 		var rs *model.Ruleset
-		gen, readErr, err := c.atOneGeneration(func(uint32) error {
+		gen, readErr, err := c.atOneGeneration(func(gen uint32) error {
 			var err error
-			rs, err = c.readTable(exp)
+			rs, err = c.readTable(exp, n.takePrefetch(fam, gen))
 			return err
 		})
 		switch {

@@ -1,0 +1,143 @@
+package nft
+
+import (
+	"errors"
+	"slices"
+	"sync"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// Prefetcher is implemented by backends that can read a table's endpoint maps ahead of the
+// ReadTable that needs them.
+type Prefetcher interface {
+	Prefetch(fam model.Family)
+}
+
+var _ Prefetcher = (*Netlink)(nil)
+
+// prefetch holds the endpoint maps of one table, read ahead of the ReadTable that needs them,
+// and the generation they were read at.
+type prefetch struct {
+	done chan struct{}
+	// gen is the generation of the read; ok is set when it is consistent.
+	gen uint32
+	ok  bool
+	// sets are the endpoint maps read, with their elements, and defs their definitions.
+	sets map[string]*model.Set
+	defs map[string]setDef
+}
+
+// Prefetch starts reading the endpoint maps of fam's table in the background, for the next
+// ReadTable of fam to use instead of looking their elements up itself if nothing was
+// committed in between. Without the keys a caller expects, it walks the slots of every
+// frontend the table's maps hold (lookup.go): all that nftproxy wrote. A restarted proxy
+// reads its largest maps this way while it is still listing the cluster.
+func (n *Netlink) Prefetch(fam model.Family) {
+	pf := &prefetch{done: make(chan struct{}), sets: map[string]*model.Set{}, defs: map[string]setDef{}}
+	n.pmu.Lock()
+	if n.prefetched == nil {
+		n.prefetched = map[model.Family]*prefetch{}
+	}
+	n.prefetched[fam] = pf
+	n.pmu.Unlock()
+	go func() {
+		defer close(pf.done)
+		pf.ok = pf.read(n, fam) == nil
+	}()
+}
+
+// read reads the endpoint maps at one generation: first the maps of their frontends, then
+// the maps themselves, by key.
+func (pf *prefetch) read(n *Netlink, fam model.Family) error {
+	defs := model.Skeleton(model.NodeConfig{Family: fam}).Sets
+	exp, err := newSetExpectation(fam, defs)
+	if err != nil {
+		return err
+	}
+	c, err := n.openConn()
+	if err != nil {
+		return err
+	}
+	defer c.sock.Close()
+	gen, readErr, err := c.atOneGeneration(func(uint32) error {
+		var maps, fronts []*model.Set
+		for _, def := range defs {
+			s := &model.Set{Name: def.Name, Key: slices.Clone(def.Key), Data: def.Data}
+			switch {
+			case isEndpointMap(def):
+				maps = append(maps, s)
+			case !def.Dynamic:
+				fronts = append(fronts, s)
+			}
+		}
+		for _, m := range maps {
+			pf.sets[m.Name] = m
+		}
+		fronts = slices.DeleteFunc(fronts, func(f *model.Set) bool {
+			return !slices.ContainsFunc(maps, func(m *model.Set) bool { return isFrontendSet(f, m) })
+		})
+		if err := readAll(fronts, func(s *model.Set) error { return c.readElementsApart(exp, s, 0) }); err != nil {
+			return err
+		}
+		return readAll(maps, func(s *model.Set) error {
+			ff := slices.DeleteFunc(slices.Clone(fronts), func(f *model.Set) bool { return !isFrontendSet(f, s) })
+			return c.lookupEndpointMap(exp, s, nil, 0, ff)
+		})
+	})
+	if err != nil {
+		return err
+	}
+	if readErr != nil {
+		return readErr // no table yet, typically
+	}
+	for _, def := range defs {
+		if isEndpointMap(def) {
+			pf.defs[def.Name] = exp.sets[def.Name]
+		}
+	}
+	pf.gen = gen
+	return nil
+}
+
+// readAll calls read for each set at once, and joins the errors.
+func readAll(sets []*model.Set, read func(*model.Set) error) error {
+	errs := make([]error, len(sets))
+	var wg sync.WaitGroup
+	for i, s := range sets {
+		wg.Go(func() { errs[i] = read(s) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// takePrefetch returns fam's prefetched maps if they were read at generation gen (nothing
+// was committed since), waiting for a read in progress, or nil. Either way the prefetch is
+// used up.
+func (n *Netlink) takePrefetch(fam model.Family, gen uint32) *prefetch {
+	n.pmu.Lock()
+	pf := n.prefetched[fam]
+	delete(n.prefetched, fam)
+	n.pmu.Unlock()
+	if pf == nil {
+		return nil
+	}
+	<-pf.done
+	if !pf.ok || pf.gen != gen {
+		return nil
+	}
+	return pf
+}
+
+// elements returns the prefetched elements of the endpoint map name if it was read with the
+// definition def.
+func (pf *prefetch) elements(name string, def setDef) ([]model.Element, bool) {
+	if pf == nil {
+		return nil, false
+	}
+	s, ok := pf.sets[name]
+	if !ok || !pf.defs[name].equal(def) {
+		return nil, false
+	}
+	return s.Elements, true
+}
