@@ -457,10 +457,12 @@ func TestCommitsAfterRejectedBatches(t *testing.T) {
 }
 
 // TestReadEndpointMapsByKey checks that the endpoint maps, which Read looks up by key
-// rather than dumping, read back as the kernel holds them whatever the desired table says:
-// frontends with fewer desired slots than the kernel has (one with 40 more, found over
-// several rounds of probes), frontends only the kernel has, frontends only the desired table
-// has, other endpoints in the same slots, and no desired table at all.
+// rather than dumping when they are larger than DumpMax, read back as the kernel holds them
+// whatever the desired table says: frontends with fewer desired slots than the kernel has
+// (one with 40 more, found over several rounds of probes), frontends only the kernel has,
+// frontends only the desired table has, other endpoints in the same slots, and no desired
+// table at all; and that a map dumped because it was expected small is looked up by key once
+// the dump passes twice DumpMax.
 func TestReadEndpointMapsByKey(t *testing.T) {
 	topology.RequirePrivileged(t)
 	ns := topology.NewNetNS(t, "rd-bykey")
@@ -499,19 +501,35 @@ func TestReadEndpointMapsByKey(t *testing.T) {
 		Port: 80, Slot: 4, Endpoint: netip.MustParseAddrPort("10.9.9.9:80")})
 	slices.SortFunc(haveSet.Elements, model.CompareElements)
 
+	// The dump (below DumpMax) also finds the element no frontend names.
+	dumped := slices.Clone(haveSet.Elements)
+	orphan := model.Element{Addr: netip.MustParseAddr("10.8.8.8"), Proto: model.TCP, Port: 80,
+		Endpoint: netip.MustParseAddrPort("10.9.9.9:80")}
+	dumped = append(dumped, orphan)
+	slices.SortFunc(dumped, model.CompareElements)
+
 	for _, tc := range []struct {
-		name string
-		want *model.Ruleset
+		name    string
+		dumpMax int
+		want    *model.Ruleset
+		dumped  bool
 	}{
-		{"desired table differs", model.Build(desired, cfg)},
-		{"no desired elements", model.Skeleton(cfg)},
+		{"by key, desired table differs", -1, model.Build(desired, cfg), false},
+		{"by key, no desired elements", -1, model.Skeleton(cfg), false},
+		{"dumped", 0, model.Build(desired, cfg), true},
+		{"dump past twice DumpMax, then by key", 100, model.Skeleton(cfg), false},
 	} {
+		be.DumpMax = tc.dumpMax
 		got, _, err := be.Read(model.IPv4, tc.want)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		for _, name := range []string{"service-endpoints", "nodeport-endpoints"} {
-			w, g := renderSet(have.Set(name)), renderSet(got.Set(name))
+			want := have.Set(name)
+			if tc.dumped && name == "service-endpoints" {
+				want = &model.Set{Name: want.Name, Key: want.Key, Data: want.Data, Comment: want.Comment, Elements: dumped}
+			}
+			w, g := renderSet(want), renderSet(got.Set(name))
 			if w != g {
 				t.Errorf("%s: map %s read back:\n%s", tc.name, name, scenario.LineDiff(w, g))
 			}

@@ -35,6 +35,12 @@ type Backend interface {
 
 // Netlink is the Backend that talks to the kernel over netlink.
 type Netlink struct {
+	// DumpMax is the largest endpoint map, in expected elements, that a read dumps rather
+	// than looks up by key (0: 32,768; negative: none). A dump costs the kernel time that
+	// grows with the square of the map's size, a lookup a constant time per element, but
+	// the lookups' round trips cost more below this size.
+	DumpMax int
+
 	// netnsPath is the network namespace to program ("" for the caller's own).
 	netnsPath string
 

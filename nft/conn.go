@@ -131,7 +131,8 @@ func (c *conn) barrier() error {
 // request sends an nftables request of type typ (NFT_MSG_GET*) and calls fn with the
 // attributes of each reply message (after its nfgenmsg header). A dump request lists every
 // object; others get one reply. Once fn fails, the rest of the reply is read and discarded, so
-// that the socket stays usable, and fn's error is returned.
+// that the socket stays usable, and fn's error is returned; except errDumpTooLarge, returned at
+// once.
 func (c *conn) request(typ uint16, flags netlink.HeaderFlags, family byte, attrs *netlink.AttributeEncoder, fn func(data []byte) error) error {
 	var payload []byte
 	if attrs != nil {
@@ -167,6 +168,10 @@ func (c *conn) request(typ uint16, flags netlink.HeaderFlags, family byte, attrs
 		}
 		if done, err := reply.parse(c.buf[:n]); done || err != nil {
 			return err
+		}
+		if errors.Is(reply.fnErr, errDumpTooLarge) {
+			// The rest of the dump would cost more than what it stopped for.
+			return reply.fnErr
 		}
 	}
 }

@@ -252,7 +252,7 @@ func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error)
 			continue
 		}
 		wg.Go(func() {
-			setErrs[i] = c.readElementsApart(exp, s, 0)
+			setErrs[i] = c.readElementsApart(exp, s, 0, 0)
 		})
 	}
 	var rs *model.Ruleset
@@ -279,6 +279,14 @@ func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error)
 			}
 			fronts := slices.DeleteFunc(slices.Clone(out.Sets), func(f *model.Set) bool { return !isFrontendSet(f, s) })
 			wg.Go(func() {
+				if n <= exp.dumpMax {
+					// Small enough to dump, unless the kernel holds far more than expected.
+					err := c.readElementsApart(exp, s, n, 2*exp.dumpMax)
+					if !errors.Is(err, errDumpTooLarge) {
+						setErrs[i] = err
+						return
+					}
+				}
 				setErrs[i] = c.lookupEndpointMap(exp, s, keys, n, fronts)
 			})
 		}

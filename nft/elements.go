@@ -2,6 +2,7 @@ package nft
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -12,8 +13,9 @@ import (
 	"github.com/nftproxy/nftproxy/model"
 )
 
-// readElementsApart reads the elements of s over a new socket.
-func (c *conn) readElementsApart(exp *expectation, s *model.Set, sizeHint int) error {
+// readElementsApart reads the elements of s over a new socket; with limit > 0, it gives up
+// with errDumpTooLarge after that many.
+func (c *conn) readElementsApart(exp *expectation, s *model.Set, sizeHint, limit int) error {
 	sock, err := c.dial()
 	if err != nil {
 		return err
@@ -23,20 +25,33 @@ func (c *conn) readElementsApart(exp *expectation, s *model.Set, sizeHint int) e
 	if err != nil {
 		return err
 	}
-	err = sub.readElements(exp, s, sizeHint)
+	err = sub.readElements(exp, s, sizeHint, limit)
 	if sub.interrupted.Load() {
 		c.interrupted.Store(true)
 	}
 	return err
 }
 
-// readElements dumps the elements of set s into s.Elements, sorted.
-func (c *conn) readElements(exp *expectation, s *model.Set, sizeHint int) error {
+// errDumpTooLarge stops a dump that went past its limit; the socket is unusable after it.
+var errDumpTooLarge = errors.New("set dump past its limit")
+
+// readElements dumps the elements of set s into s.Elements, sorted; with limit > 0, it gives
+// up with errDumpTooLarge after that many.
+func (c *conn) readElements(exp *expectation, s *model.Set, sizeHint, limit int) error {
 	d := newElemDecoder(exp, s, sizeHint)
 	ae := newAttrs()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, model.TableName)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, s.Name)
-	if err := c.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, exp.nfproto, ae, d.decodeMessage); err != nil {
+	decode := func(data []byte) error {
+		if err := d.decodeMessage(data); err != nil {
+			return err
+		}
+		if limit > 0 && len(d.elems) > limit {
+			return errDumpTooLarge
+		}
+		return nil
+	}
+	if err := c.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, exp.nfproto, ae, decode); err != nil {
 		return err
 	}
 	slices.SortFunc(d.elems, model.CompareElements)

@@ -28,6 +28,8 @@ type expectation struct {
 	// pending, when set, completes the chains and rules, and sets keys, before they are
 	// needed.
 	pending func() error
+	// dumpMax is Netlink.DumpMax, defaulted.
+	dumpMax int
 	// keys yields the keys expected in an endpoint map (nil: none).
 	keys func(set string) (iter.Seq[model.Key], int)
 }

@@ -77,7 +77,7 @@ func (pf *prefetch) read(n *Netlink, fam model.Family) error {
 		fronts = slices.DeleteFunc(fronts, func(f *model.Set) bool {
 			return !slices.ContainsFunc(maps, func(m *model.Set) bool { return isFrontendSet(f, m) })
 		})
-		if err := readAll(fronts, func(s *model.Set) error { return c.readElementsApart(exp, s, 0) }); err != nil {
+		if err := readAll(fronts, func(s *model.Set) error { return c.readElementsApart(exp, s, 0, 0) }); err != nil {
 			return err
 		}
 		return readAll(maps, func(s *model.Set) error {

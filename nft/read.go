@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"iter"
@@ -80,6 +81,7 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, expected func()
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
 	}
+	exp.dumpMax = cmp.Or(n.DumpMax, dumpMax)
 	var chainErr error
 	var once sync.Once
 	exp.pending = func() error {
