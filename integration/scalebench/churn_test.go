@@ -92,11 +92,7 @@ func runChurn(t *testing.T, cc churnConfig, cfg config, proxies []proxyKind) *ch
 	srv := apiserver.Start(t, apiserver.Options{NetNS: apiNS})
 	cs := clientset(srv)
 	setup(t, cs)
-	cr := &churnRun{cfg: cc, res: map[string]*churnResult{}, populat: &population{Services: cc.n, Endpoints: cc.n * cc.m}}
-	begin := time.Now()
-	populate(t, srv, cc.n, cc.m)
-	cr.populat.Took = time.Since(begin)
-	t.Logf("created %d Services and EndpointSlices (x%d endpoints) in %v", cc.n, cc.m, cr.populat.Took.Round(time.Millisecond))
+	cr := &churnRun{cfg: cc, res: map[string]*churnResult{}, populat: populateMeasured(t, srv, apiNS, cc.n, cc.m)}
 	var next atomic.Int64 // the churn's addresses, one after the other across proxies
 	for i, pk := range proxies {
 		r := &churnResult{}
@@ -108,8 +104,7 @@ func runChurn(t *testing.T, cc churnConfig, cfg config, proxies []proxyKind) *ch
 		}
 		t.Logf("%s churn: sent %d (failed %d), %.0f syncs, %.0f endpoint changes, %.2f CPU-s/min", pk.name, r.Sent, r.Failed, r.Syncs, r.EndpointChgs, r.cpuPerMinute())
 	}
-	_, cr.populat.EtcdPeak = serverMemory(apiNS, "etcd")
-	_, cr.populat.APIPeak = serverMemory(apiNS, "kube-apiserver")
+	cr.populat.peaks(apiNS)
 	return cr
 }
 

@@ -295,15 +295,7 @@ func runN(t *testing.T, n, m int, cfg config, proxies []proxyKind) (map[string]*
 		one[pk.name] = client
 	}
 
-	pop := &population{Services: n, Endpoints: n * m}
-	begin := time.Now()
-	populate(t, srv, n, m)
-	pop.Took = time.Since(begin)
-	pop.EtcdRSS, _ = serverMemory(apiNS, "etcd")
-	pop.APIRSS, _ = serverMemory(apiNS, "kube-apiserver")
-	pop.EtcdDB = etcdDBSize(t, srv)
-	t.Logf("created %d Services and EndpointSlices (x%d endpoints) in %v; etcd RSS %s (db %s), kube-apiserver RSS %s",
-		n, m, pop.Took.Round(time.Millisecond), mb(pop.EtcdRSS), mb(pop.EtcdDB), mb(pop.APIRSS))
+	pop := populateMeasured(t, srv, apiNS, n, m)
 
 	for i, pk := range proxies {
 		r := res[pk.name]
@@ -316,9 +308,29 @@ func runN(t *testing.T, n, m int, cfg config, proxies []proxyKind) (map[string]*
 		}
 		t.Logf("%s N=%d: %+v", pk.name, n, *r)
 	}
-	_, pop.EtcdPeak = serverMemory(apiNS, "etcd")
-	_, pop.APIPeak = serverMemory(apiNS, "kube-apiserver")
+	pop.peaks(apiNS)
 	return res, pop
+}
+
+// populateMeasured populates srv (running in apiNS) with n Services x m endpoints and returns
+// how long that took and the servers' memory right after.
+func populateMeasured(t *testing.T, srv *apiserver.Server, apiNS *topology.NetNS, n, m int) *population {
+	pop := &population{Services: n, Endpoints: n * m}
+	begin := time.Now()
+	populate(t, srv, n, m)
+	pop.Took = time.Since(begin)
+	pop.EtcdRSS, _ = serverMemory(apiNS, "etcd")
+	pop.APIRSS, _ = serverMemory(apiNS, "kube-apiserver")
+	pop.EtcdDB = etcdDBSize(t, srv)
+	t.Logf("created %d Services and EndpointSlices (x%d endpoints) in %v; etcd RSS %s (db %s), kube-apiserver RSS %s",
+		n, m, pop.Took.Round(time.Millisecond), mb(pop.EtcdRSS), mb(pop.EtcdDB), mb(pop.APIRSS))
+	return pop
+}
+
+// peaks records the servers' peak RSS so far.
+func (p *population) peaks(apiNS *topology.NetNS) {
+	_, p.EtcdPeak = serverMemory(apiNS, "etcd")
+	_, p.APIPeak = serverMemory(apiNS, "kube-apiserver")
 }
 
 // clientset returns an admin client of srv that may send many requests at once.
