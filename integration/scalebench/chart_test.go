@@ -63,9 +63,9 @@ var (
 // charts returns the charts of the runs: time and RSS against N, and the churn's when it ran.
 func charts(runs []*shapeRun, churn *churnRun) []chart {
 	timeC := chart{file: "sync-time", title: "Cold sync and restart time vs number of Services", xLabel: "Services (N)",
-		yLabel: "time (log scale)", logY: true, yFormat: func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) + " s" }}
+		yLabel: "time (log scale)", logY: true, yFormat: func(v float64) string { return xLabel(v) + " s" }}
 	rssC := chart{file: "rss", title: "Peak RSS vs number of Services", xLabel: "Services (N)", yLabel: "peak RSS (MB)",
-		yFormat: func(v float64) string { return fmt.Sprintf("%g", v) }}
+		yFormat: xLabel}
 	ticks := map[int]bool{}
 	for si, sr := range runs {
 		for _, name := range proxyNames {
@@ -106,13 +106,13 @@ func charts(runs []*shapeRun, churn *churnRun) []chart {
 	mins := churn.cfg.dur.Minutes()
 	step := niceStep(mins / 6)
 	var mticks []float64
-	for v := 0.0; v <= mins+step/2; v += step {
-		mticks = append(mticks, v)
+	for i := 0.0; i*step <= mins+step/2; i++ {
+		mticks = append(mticks, i*step)
 	}
 	churnRSS := chart{file: "churn-rss", title: "RSS under churn", xLabel: "minutes", yLabel: "RSS (MB)", xTicks: mticks,
-		yFormat: func(v float64) string { return fmt.Sprintf("%g", v) }}
+		yFormat: xLabel}
 	churnCPU := chart{file: "churn-cpu", title: "CPU time under churn (cumulative)", xLabel: "minutes", yLabel: "CPU time (s)", xTicks: mticks,
-		yFormat: func(v float64) string { return fmt.Sprintf("%g", v) }}
+		yFormat: xLabel}
 	for _, name := range churn.names {
 		r := churn.res[name]
 		rs := series{label: churnLabels[name], color: churnColors[name]}
@@ -184,8 +184,8 @@ func (c chart) axes() axes {
 // axis spans ≤ 2 decades); on a linear one every step, all labelled.
 func (a axes) gridValues() (vals []float64, labelled []bool) {
 	if !a.log {
-		for v := a.lo; v <= a.hi+a.step/2; v += a.step {
-			vals = append(vals, v)
+		for i := 0.0; a.lo+i*a.step <= a.hi+a.step/2; i++ {
+			vals = append(vals, a.lo+i*a.step)
 			labelled = append(labelled, true)
 		}
 		return vals, labelled
@@ -204,8 +204,8 @@ func (a axes) gridValues() (vals []float64, labelled []bool) {
 	return vals, labelled
 }
 
-// xLabel formats an x grid value.
-func xLabel(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+// xLabel formats a grid value.
+func xLabel(v float64) string { return strconv.FormatFloat(v, 'g', 6, 64) }
 
 // markersUpTo is the number of points up to which a series gets a marker at each point.
 const markersUpTo = 20
