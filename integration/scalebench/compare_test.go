@@ -286,7 +286,7 @@ func runN(t *testing.T, n, m int, cfg config, proxies []proxyKind) (map[string]*
 		if pk.changeOnly {
 			continue
 		}
-		client, err := programOne(t, srv, pk, cfg)
+		client, err := programOne(t, srv, pk)
 		if err != nil {
 			res[pk.name].Err = err.Error()
 			t.Errorf("%s, 1 Service: %v", pk.name, err)

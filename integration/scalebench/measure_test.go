@@ -35,10 +35,14 @@ func dnfLimit(err error) (time.Duration, bool) {
 	return 0, false
 }
 
+// oneServiceTimeout bounds programOne's wait: a proxy that cannot program one Service in this
+// long is broken, whatever $SCALEBENCH_SYNC_TIMEOUT allows at N.
+const oneServiceTimeout = 2 * time.Minute
+
 // programOne runs a fresh proxy in a fresh namespace (with the pods) while the API server holds
 // only the probe Service, waits until the probe answers through it, and kills it: its rules stay
 // in the namespace. It returns the namespace's client pod.
-func programOne(t *testing.T, srv *apiserver.Server, pk proxyKind, cfg config) (*topology.NetNS, error) {
+func programOne(t *testing.T, srv *apiserver.Server, pk proxyKind) (*topology.NetNS, error) {
 	ns := proxyNS(t, pk.short[:2]+"1", srv)
 	client := attachPods(t, ns)
 	dir := t.TempDir()
@@ -47,7 +51,7 @@ func programOne(t *testing.T, srv *apiserver.Server, pk proxyKind, cfg config) (
 	start := time.Now()
 	p := startProc(t, ns, filepath.Join(dir, pk.short+"-1svc.log"), pk.bin, pk.args(kc)...)
 	defer p.kill()
-	if err := waitProbe(client, p, cfg.limit); err != nil {
+	if err := waitProbe(client, p, oneServiceTimeout); err != nil {
 		return nil, err
 	}
 	t.Logf("%s, 1 Service: probe reachable after %v", pk.name, time.Since(start).Round(time.Millisecond))
