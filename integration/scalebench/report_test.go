@@ -240,7 +240,8 @@ func cpuReport(b *strings.Builder, sr *shapeRun) {
 	}
 	b.WriteString("### CPU per change\n\n")
 	b.WriteString("The proxy's CPU time (utime+stime) over many endpoint changes made back to back, divided by their number\n")
-	b.WriteString("(the method above); syncs are those the proxy counted meanwhile.\n\n")
+	b.WriteString("(the method above); syncs are those the proxy counted meanwhile. /proc counts CPU time in 10 ms ticks, so\n")
+	b.WriteString("over k changes a figure is good to about 10/k ms.\n\n")
 	b.WriteString("| N | nftproxy | kube-proxy | ratio | changes (syncs), nftproxy | changes (syncs), kube-proxy |\n| --- | --- | --- | --- | --- | --- |\n")
 	get := func(n int, name string) *result {
 		if r := sr.res[n][name]; r != nil {

@@ -24,12 +24,18 @@
 //
 //	NFTPROXY_SCALEBENCH=1 SCALEBENCH_SHAPES=small,large SCALEBENCH_N=100,1000,5000,10000 \
 //	  SCALEBENCH_LARGE_N=10000 SCALEBENCH_CHURN=10m \
-//	  go test ./integration/scalebench -run TestScaleCompare -v -timeout 300m
+//	  go test ./integration/scalebench -run TestScaleCompare -v -timeout 240m
 //
-// SCALEBENCH_SHAPES picks the shapes (small, large; empty or "none" for neither) and
-// SCALEBENCH_CHURN=0 skips the churn. The results go to docs/benchmarks/results.md, with charts
-// in docs/benchmarks: sync-time (cold sync and restart against N), rss (peak RSS against N),
-// churn-rss and churn-cpu (RSS and CPU over the churn), each as .png and .svg.
+// SCALEBENCH_SHAPES picks the shapes (small, large, or none), SCALEBENCH_CHURN=0 skips the
+// churn, and SCALEBENCH_PROXIES=none runs no proxy: what is left is populating the API server,
+// which shows how long a million endpoints take to create and what etcd and kube-apiserver hold:
+//
+//	NFTPROXY_SCALEBENCH=1 SCALEBENCH_SHAPES=large SCALEBENCH_CHURN=0 SCALEBENCH_PROXIES=none \
+//	  SCALEBENCH_OUT=/tmp/pop go test ./integration/scalebench -run TestScaleCompare -v
+//
+// The results go to docs/benchmarks/results.md (or $SCALEBENCH_OUT), rewritten after each N,
+// with charts beside it: sync-time (cold sync and restart against N), rss (peak RSS against
+// N), churn-rss and churn-cpu (RSS and CPU over the churn), each as .png and .svg.
 package scalebench
 
 import (
