@@ -359,9 +359,9 @@ func churnReport(b *strings.Builder, cr *churnRun) {
 		populationRow(b, fmt.Sprint(p.Services), p)
 		b.WriteString("\n")
 	}
-	b.WriteString("| | ")
+	b.WriteString("| |")
 	for _, name := range cr.names {
-		fmt.Fprintf(b, "%s | ", name)
+		fmt.Fprintf(b, " %s |", name)
 	}
 	b.WriteString("\n|")
 	for range len(cr.names) + 1 {
@@ -389,6 +389,7 @@ func churnReport(b *strings.Builder, cr *churnRun) {
 	}
 	row("churn ran", func(r *churnResult) string { return secs(r.Dur.Round(time.Second)) })
 	row("changes sent (failed)", func(r *churnResult) string { return fmt.Sprintf("%d (%d)", r.Sent, r.Failed) })
+	row("changes a second, achieved", func(r *churnResult) string { return fmt.Sprintf("%.1f", float64(r.Sent)/r.Dur.Seconds()) })
 	row("CPU-seconds per minute", func(r *churnResult) string { return fmt.Sprintf("%.2f", r.cpuPerMinute()) })
 	row("RSS at minute 1", func(r *churnResult) string { x, _ := r.rssAt(time.Minute); return mb(x) })
 	row("RSS at the end", func(r *churnResult) string { return mb(r.Samples[len(r.Samples)-1].RSS) })
