@@ -59,15 +59,31 @@ bench:
 	$(GO) test $(BENCHFLAGS) -bench . ./sync
 	$(GO) test $(BENCHFLAGS) -bench 'Kernel' ./integration
 
-# Side by side with kube-proxy v1.37 (nftables mode) against a real API server, N Services x M
-# endpoints for each N of NS (root, network namespaces): cold sync, restart, single changes
-# (nftproxy also at its default --min-sync-period), RSS, CPU, and pod-to-ClusterIP connect time
-# with 1 vs N Services; writes docs/benchmarks/results.md, sync-time.png and sync-time.svg.
+# Side by side with kube-proxy v1.37 (nftables mode) against a real API server (root, network
+# namespaces), two shapes in one report: N Services x M endpoints for each N of NS, and large
+# Services, N x LARGE_M endpoints for each N of LARGE_NS; SHAPES picks them (small, large, or
+# none). At each N: populating the API server, cold sync, restart, single changes (nftproxy also
+# at its default --min-sync-period), CPU per change, RSS, CPU, and pod-to-ClusterIP connect
+# time with 1 vs N Services. Then CHURN (a duration; 0 skips it) of 20 endpoint changes a second
+# at CHURN_N x M for each proxy, CPU and RSS sampled every 10 s. Each wait for a proxy is bounded
+# by SYNC_TIMEOUT; one that runs out is reported as "did not finish", not failed. Writes
+# docs/benchmarks/results.md and the charts beside it (sync-time, rss, churn-rss, churn-cpu;
+# .png and .svg). See integration/scalebench's package doc for the rest of its knobs. The full
+# run takes about 1.5 hours on 2 cores, up to 2 when kube-proxy runs out of its limits.
 N ?= 10000
 M ?= 10
-NS ?= 1000,5000,$(N)
+NS ?= 100,1000,5000,$(N)
+LARGE_M ?= 100
+LARGE_NS ?= $(N)
+SHAPES ?= small,large
+CHURN ?= 10m
+CHURN_N ?= $(N)
+SYNC_TIMEOUT ?= 10m
 bench-compare: k8s-bins
-	NFTPROXY_SCALEBENCH=1 SCALEBENCH_N=$(NS) SCALEBENCH_M=$(M) $(GO) test ./integration/scalebench -run TestScaleCompare -v -timeout 60m
+	NFTPROXY_SCALEBENCH=1 SCALEBENCH_SHAPES=$(SHAPES) SCALEBENCH_N=$(NS) SCALEBENCH_M=$(M) \
+	  SCALEBENCH_LARGE_N=$(LARGE_NS) SCALEBENCH_LARGE_M=$(LARGE_M) SCALEBENCH_CHURN=$(CHURN) \
+	  SCALEBENCH_CHURN_N=$(CHURN_N) SCALEBENCH_SYNC_TIMEOUT=$(SYNC_TIMEOUT) \
+	  $(GO) test ./integration/scalebench -run TestScaleCompare -v -timeout 240m
 
 demo: build
 	bash examples/demo.sh

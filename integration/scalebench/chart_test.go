@@ -8,74 +8,166 @@ import (
 	"image/draw"
 	"image/png"
 	"math"
+	"slices"
+	"strconv"
 	"strings"
 )
 
-// The charts: cold sync and restart time against N for both proxies, log scale on the time axis
-// (the proxies differ by orders of magnitude), linear in N. The same series go to an SVG
-// (hand-written) and a PNG (image/png with the bitmap font of font_test.go, so no
-// dependency beyond the standard library).
+// The charts: cold sync and restart time against N (log scale on the time axis: the proxies
+// differ by orders of magnitude) and peak RSS against N, both proxies and both shapes; RSS and
+// CPU time over the churn. Each goes to an SVG (hand-written) and a PNG (image/png with the
+// bitmap font of font_test.go, so no dependency beyond the standard library).
 
-const chartTitle = "Cold sync and restart time vs number of Services"
-
-// point is one measured time (seconds) at n Services.
-type point struct {
-	n int
-	s float64
-}
+// point is one value y at x (Services, or minutes).
+type point struct{ x, y float64 }
 
 // series is one line of a chart.
 type series struct {
 	label  string
 	color  color.RGBA
-	dashed bool // restart: dashed line, square markers
+	dashed bool // dashed line, square markers
 	pts    []point
 }
 
-var proxyColors = map[string]color.RGBA{
-	nftName:  {0x1f, 0x77, 0xb4, 0xff},
-	kubeName: {0xd6, 0x27, 0x28, 0xff},
+// chart is one chart: its series over an x axis with grid lines at xTicks, and a y axis in log
+// scale or linear from 0.
+type chart struct {
+	file          string // base name of the .svg and .png
+	title, xLabel string
+	yLabel        string
+	xTicks        []float64
+	logY          bool
+	yFormat       func(float64) string // a y grid value's label
+	series        []series
 }
 
-// chartSeries returns cold sync and restart of each proxy, over the Ns with a figure.
-func chartSeries(ns []int, all map[int]map[string]*result) []series {
-	var out []series
-	for _, name := range proxyNames {
-		cold := series{label: name + ", cold sync", color: proxyColors[name]}
-		restart := series{label: name + ", restart", color: proxyColors[name], dashed: true}
-		for _, n := range ns {
-			x := all[n][name]
-			if x == nil {
-				continue
+var (
+	blue   = color.RGBA{0x1f, 0x77, 0xb4, 0xff}
+	red    = color.RGBA{0xd6, 0x27, 0x28, 0xff}
+	green  = color.RGBA{0x2c, 0xa0, 0x2c, 0xff}
+	orange = color.RGBA{0xff, 0x7f, 0x0e, 0xff}
+)
+
+// shapeColors gives each proxy a colour per shape (by the shape's place in the run).
+var shapeColors = map[string][]color.RGBA{
+	nftName:  {blue, green},
+	kubeName: {red, orange},
+}
+
+// churnColors and churnLabels name the churn's proxies in its charts.
+var (
+	churnColors = map[string]color.RGBA{nftName: blue, kubeName: red, nftDefaultsName: green}
+	churnLabels = map[string]string{nftName: "nftproxy, min-sync 0", kubeName: "kube-proxy", nftDefaultsName: "nftproxy, min-sync 1 s"}
+)
+
+// charts returns the charts of the runs: time and RSS against N, and the churn's when it ran.
+func charts(runs []*shapeRun, churn *churnRun) []chart {
+	timeC := chart{file: "sync-time", title: "Cold sync and restart time vs number of Services", xLabel: "Services (N)",
+		yLabel: "time (log scale)", logY: true, yFormat: func(v float64) string { return xLabel(v) + " s" }}
+	rssC := chart{file: "rss", title: "Peak RSS vs number of Services", xLabel: "Services (N)", yLabel: "peak RSS (MB)",
+		yFormat: xLabel}
+	ticks := map[int]bool{}
+	for si, sr := range runs {
+		for _, name := range proxyNames {
+			col := shapeColors[name][si%2]
+			tag := fmt.Sprintf("%s x%d", name, sr.m)
+			cold := series{label: tag + ", cold sync", color: col}
+			restart := series{label: tag + ", restart", color: col, dashed: true}
+			rss := series{label: tag, color: col}
+			for _, n := range sr.done {
+				x := sr.res[n][name]
+				if x == nil {
+					continue
+				}
+				ticks[n] = true
+				if x.ColdSync > 0 {
+					cold.pts = append(cold.pts, point{float64(n), x.ColdSync.Seconds()})
+				}
+				if x.Restart > 0 {
+					restart.pts = append(restart.pts, point{float64(n), x.Restart.Seconds()})
+				}
+				if r := max(x.RSSCold, x.RSSRestart); r > 0 {
+					rss.pts = append(rss.pts, point{float64(n), float64(r) / 1e6})
+				}
 			}
-			if x.ColdSync > 0 {
-				cold.pts = append(cold.pts, point{n, x.ColdSync.Seconds()})
-			}
-			if x.Restart > 0 {
-				restart.pts = append(restart.pts, point{n, x.Restart.Seconds()})
-			}
+			timeC.series = append(timeC.series, cold, restart)
+			rssC.series = append(rssC.series, rss)
 		}
-		out = append(out, cold, restart)
 	}
-	return out
+	for n := range ticks {
+		timeC.xTicks = append(timeC.xTicks, float64(n))
+	}
+	slices.Sort(timeC.xTicks)
+	rssC.xTicks = timeC.xTicks
+	out := []chart{timeC, rssC}
+	if churn == nil {
+		return out
+	}
+	mins := churn.cfg.dur.Minutes()
+	step := niceStep(mins / 6)
+	var mticks []float64
+	for i := 0.0; i*step <= mins+step/2; i++ {
+		mticks = append(mticks, i*step)
+	}
+	churnRSS := chart{file: "churn-rss", title: "RSS under churn", xLabel: "minutes", yLabel: "RSS (MB)", xTicks: mticks,
+		yFormat: xLabel}
+	churnCPU := chart{file: "churn-cpu", title: "CPU time under churn (cumulative)", xLabel: "minutes", yLabel: "CPU time (s)", xTicks: mticks,
+		yFormat: xLabel}
+	for _, name := range churn.names {
+		r := churn.res[name]
+		rs := series{label: churnLabels[name], color: churnColors[name]}
+		cs := rs
+		for _, sm := range r.Samples {
+			rs.pts = append(rs.pts, point{sm.At.Minutes(), float64(sm.RSS) / 1e6})
+			cs.pts = append(cs.pts, point{sm.At.Minutes(), sm.CPU})
+		}
+		churnRSS.series = append(churnRSS.series, rs)
+		churnCPU.series = append(churnCPU.series, cs)
+	}
+	return append(out, churnRSS, churnCPU)
 }
 
-// axes holds the value ranges of a chart: N from 0 to maxN, time from lo to hi (powers of ten).
+// niceStep returns the smallest of 1, 2 and 5 times a power of ten that is at least v.
+func niceStep(v float64) float64 {
+	if v <= 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+		return 1
+	}
+	p := math.Pow(10, math.Floor(math.Log10(v)))
+	for _, f := range []float64{1, 2, 5, 10} {
+		if f*p >= v*0.999 {
+			return f * p
+		}
+	}
+	return 10 * p
+}
+
+// axes holds the value ranges of a chart: x from 0 to maxX, y from lo to hi (powers of ten on a
+// log axis; 0 and a multiple of step on a linear one).
 type axes struct {
-	ns     []int
-	maxN   int
+	maxX   float64
 	lo, hi float64
+	log    bool
+	step   float64
 }
 
-func chartAxes(ns []int, ss []series) axes {
-	a := axes{ns: ns, maxN: 1, lo: math.Inf(1), hi: math.Inf(-1)}
-	for _, n := range ns {
-		a.maxN = max(a.maxN, n)
+func (c chart) axes() axes {
+	a := axes{maxX: 1, lo: math.Inf(1), hi: math.Inf(-1), log: c.logY}
+	for _, x := range c.xTicks {
+		a.maxX = max(a.maxX, x)
 	}
-	for _, s := range ss {
+	for _, s := range c.series {
 		for _, p := range s.pts {
-			a.lo, a.hi = math.Min(a.lo, p.s), math.Max(a.hi, p.s)
+			a.lo, a.hi = math.Min(a.lo, p.y), math.Max(a.hi, p.y)
+			a.maxX = max(a.maxX, p.x)
 		}
+	}
+	if !a.log {
+		if math.IsInf(a.hi, 0) || a.hi <= 0 {
+			a.hi = 1
+		}
+		a.step = niceStep(a.hi / 5)
+		a.lo, a.hi = 0, a.step*math.Ceil(a.hi/a.step)
+		return a
 	}
 	if math.IsInf(a.lo, 0) {
 		a.lo, a.hi = 0.1, 10
@@ -87,9 +179,17 @@ func chartAxes(ns []int, ss []series) axes {
 	return a
 }
 
-// gridValues returns the time axis' grid lines: 1, 2 and 5 times each power of ten in range, and
-// whether each gets a label (every power of ten; 2 and 5 too when the axis spans ≤ 2 decades).
+// gridValues returns the y axis' grid lines and whether each gets a label: on a log axis 1, 2
+// and 5 times each power of ten in range, labelled at every power of ten (2 and 5 too when the
+// axis spans ≤ 2 decades); on a linear one every step, all labelled.
 func (a axes) gridValues() (vals []float64, labelled []bool) {
+	if !a.log {
+		for i := 0.0; a.lo+i*a.step <= a.hi+a.step/2; i++ {
+			vals = append(vals, a.lo+i*a.step)
+			labelled = append(labelled, true)
+		}
+		return vals, labelled
+	}
 	few := math.Log10(a.hi/a.lo) <= 2.01
 	for d := a.lo; d <= a.hi*1.001; d *= 10 {
 		for _, f := range []float64{1, 2, 5} {
@@ -104,10 +204,11 @@ func (a axes) gridValues() (vals []float64, labelled []bool) {
 	return vals, labelled
 }
 
-// timeLabel formats a grid value of the time axis.
-func timeLabel(v float64) string {
-	return strings.TrimSuffix(fmt.Sprintf("%.3g", v), ".0") + " s"
-}
+// xLabel formats a grid value.
+func xLabel(v float64) string { return strconv.FormatFloat(v, 'g', 6, 64) }
+
+// markersUpTo is the number of points up to which a series gets a marker at each point.
+const markersUpTo = 20
 
 // frame maps values to pixels within a plot area.
 type frame struct {
@@ -115,40 +216,53 @@ type frame struct {
 	left, right, top, bottom float64
 }
 
-func (f frame) x(n int) float64 {
-	return f.left + (f.right-f.left)*float64(n)/(float64(f.a.maxN)*1.04)
+func (f frame) x(v float64) float64 {
+	return f.left + (f.right-f.left)*v/(f.a.maxX*1.04)
 }
 
-func (f frame) y(s float64) float64 {
-	return f.top + (f.bottom-f.top)*(1-(math.Log10(s)-math.Log10(f.a.lo))/(math.Log10(f.a.hi)-math.Log10(f.a.lo)))
+func (f frame) y(v float64) float64 {
+	if !f.a.log {
+		return f.top + (f.bottom-f.top)*(1-(v-f.a.lo)/(f.a.hi-f.a.lo))
+	}
+	return f.top + (f.bottom-f.top)*(1-(math.Log10(v)-math.Log10(f.a.lo))/(math.Log10(f.a.hi)-math.Log10(f.a.lo)))
 }
 
-// svgChart draws the chart as SVG.
-func svgChart(ns []int, all map[int]map[string]*result) string {
-	const w, h = 790, 420
-	ss := chartSeries(ns, all)
-	f := frame{a: chartAxes(ns, ss), left: 70, right: w - 200, top: 40, bottom: h - 50}
+// legendChars returns the length of the longest series label.
+func (c chart) legendChars() int {
+	n := 0
+	for _, s := range c.series {
+		n = max(n, len([]rune(s.label)))
+	}
+	return n
+}
+
+// svg draws the chart as SVG.
+func (c chart) svg() string {
+	legend := 60 + 7*float64(c.legendChars())
+	w, h := 590+legend, 420.0
+	f := frame{a: c.axes(), left: 70, right: w - legend, top: 40, bottom: h - 50}
 	var b strings.Builder
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", w, h)
-	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
-	fmt.Fprintf(&b, `<text x="%.0f" y="20" text-anchor="middle" font-size="14">%s</text>`+"\n", (f.left+f.right)/2, chartTitle)
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="12">`+"\n", w, h)
+	fmt.Fprintf(&b, `<rect width="%.0f" height="%.0f" fill="white"/>`+"\n", w, h)
+	fmt.Fprintf(&b, `<text x="%.0f" y="20" text-anchor="middle" font-size="14">%s</text>`+"\n", (f.left+f.right)/2, c.title)
+	fmt.Fprintf(&b, `<text x="%.0f" y="%.0f">%s</text>`+"\n", 8.0, f.top-12, c.yLabel)
 	vals, labelled := f.a.gridValues()
 	for i, v := range vals {
 		y := f.y(v)
 		fmt.Fprintf(&b, `<line x1="%.0f" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#e4e4e4"/>`+"\n", f.left, y, f.right, y)
 		if labelled[i] {
-			fmt.Fprintf(&b, `<text x="%.0f" y="%.1f" text-anchor="end">%s</text>`+"\n", f.left-6, y+4, timeLabel(v))
+			fmt.Fprintf(&b, `<text x="%.0f" y="%.1f" text-anchor="end">%s</text>`+"\n", f.left-6, y+4, c.yFormat(v))
 		}
 	}
-	for _, n := range ns {
-		x := f.x(n)
+	for _, v := range c.xTicks {
+		x := f.x(v)
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.0f" x2="%.1f" y2="%.0f" stroke="#e4e4e4"/>`+"\n", x, f.top, x, f.bottom)
-		fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" text-anchor="middle">%d</text>`+"\n", x, f.bottom+18, n)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" text-anchor="middle">%s</text>`+"\n", x, f.bottom+18, xLabel(v))
 	}
 	fmt.Fprintf(&b, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="black"/>`+"\n", f.left, f.bottom, f.right, f.bottom)
 	fmt.Fprintf(&b, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="black"/>`+"\n", f.left, f.top, f.left, f.bottom)
-	fmt.Fprintf(&b, `<text x="%.0f" y="%d" text-anchor="middle">Services (N)</text>`+"\n", (f.left+f.right)/2, h-12)
-	for i, s := range ss {
+	fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="middle">%s</text>`+"\n", (f.left+f.right)/2, h-12, c.xLabel)
+	for i, s := range c.series {
 		col := fmt.Sprintf("#%02x%02x%02x", s.color.R, s.color.G, s.color.B)
 		dash := ""
 		if s.dashed {
@@ -156,7 +270,7 @@ func svgChart(ns []int, all map[int]map[string]*result) string {
 		}
 		var pts []string
 		for _, p := range s.pts {
-			pts = append(pts, fmt.Sprintf("%.1f,%.1f", f.x(p.n), f.y(p.s)))
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", f.x(p.x), f.y(p.y)))
 		}
 		if len(pts) > 0 {
 			fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>`+"\n", col, dash, strings.Join(pts, " "))
@@ -169,7 +283,9 @@ func svgChart(ns []int, all map[int]map[string]*result) string {
 			}
 		}
 		for _, p := range s.pts {
-			marker(f.x(p.n), f.y(p.s))
+			if len(s.pts) <= markersUpTo {
+				marker(f.x(p.x), f.y(p.y))
+			}
 		}
 		y := f.top + 20 + 22*float64(i)
 		fmt.Fprintf(&b, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="%s" stroke-width="2"%s/>`+"\n", f.right+12, y, f.right+42, y, col, dash)
@@ -180,49 +296,52 @@ func svgChart(ns []int, all map[int]map[string]*result) string {
 	return b.String()
 }
 
-// pngChart draws the chart as a PNG image.
-func pngChart(ns []int, all map[int]map[string]*result) ([]byte, error) {
-	const w, h, ts = 1080, 580, 2 // ts: text scale (the font's pixels are ts x ts)
-	ss := chartSeries(ns, all)
-	f := frame{a: chartAxes(ns, ss), left: 100, right: w - 330, top: 84, bottom: h - 80}
-	c := newCanvas(w, h)
+// png draws the chart as a PNG image.
+func (c chart) png() ([]byte, error) {
+	const ts = 2 // text scale (the font's pixels are ts x ts)
+	legend := 90 + float64((glyphW+1)*ts*c.legendChars())
+	w, h := int(750+legend), 580
+	f := frame{a: c.axes(), left: 100, right: float64(w) - legend, top: 84, bottom: float64(h) - 80}
+	cv := newCanvas(w, h)
 	black := color.RGBA{0, 0, 0, 0xff}
 	grid := color.RGBA{0xe4, 0xe4, 0xe4, 0xff}
-	c.text((f.left+f.right)/2, 18, chartTitle, ts, black, 0)
+	cv.text((f.left+f.right)/2, 18, c.title, ts, black, 0)
 	vals, labelled := f.a.gridValues()
 	for i, v := range vals {
 		y := math.Round(f.y(v))
-		c.fillRect(f.left, y, f.right, y+1, grid)
+		cv.fillRect(f.left, y, f.right, y+1, grid)
 		if labelled[i] {
-			c.text(f.left-10, y-7, timeLabel(v), ts, black, 1)
+			cv.text(f.left-10, y-7, c.yFormat(v), ts, black, 1)
 		}
 	}
-	for _, n := range ns {
-		x := math.Round(f.x(n))
-		c.fillRect(x, f.top, x+1, f.bottom, grid)
-		c.fillRect(x, f.bottom, x+1, f.bottom+6, black)
-		c.text(x, f.bottom+12, fmt.Sprint(n), ts, black, 0)
+	for _, v := range c.xTicks {
+		x := math.Round(f.x(v))
+		cv.fillRect(x, f.top, x+1, f.bottom, grid)
+		cv.fillRect(x, f.bottom, x+1, f.bottom+6, black)
+		cv.text(x, f.bottom+12, xLabel(v), ts, black, 0)
 	}
-	c.fillRect(f.left, f.bottom, f.right, f.bottom+2, black)
-	c.fillRect(f.left-1, f.top, f.left+1, f.bottom+2, black)
-	c.text((f.left+f.right)/2, h-34, "Services (N)", ts, black, 0)
-	c.text(f.left-60, f.top-34, "time (log scale)", ts, black, -1)
-	for i, s := range ss {
+	cv.fillRect(f.left, f.bottom, f.right, f.bottom+2, black)
+	cv.fillRect(f.left-1, f.top, f.left+1, f.bottom+2, black)
+	cv.text((f.left+f.right)/2, float64(h)-34, c.xLabel, ts, black, 0)
+	cv.text(f.left-60, f.top-34, c.yLabel, ts, black, -1)
+	for i, s := range c.series {
 		for j := 1; j < len(s.pts); j++ {
 			p, q := s.pts[j-1], s.pts[j]
-			c.line(f.x(p.n), f.y(p.s), f.x(q.n), f.y(q.s), 2.5, s.color, s.dashed)
+			cv.line(f.x(p.x), f.y(p.y), f.x(q.x), f.y(q.y), 2.5, s.color, s.dashed)
 		}
 		for _, p := range s.pts {
-			c.marker(f.x(p.n), f.y(p.s), s.color, s.dashed)
+			if len(s.pts) <= markersUpTo {
+				cv.marker(f.x(p.x), f.y(p.y), s.color, s.dashed)
+			}
 		}
 		y := f.top + 24 + 30*float64(i)
-		c.line(f.right+16, y, f.right+56, y, 2.5, s.color, s.dashed)
-		c.marker(f.right+36, y, s.color, s.dashed)
-		c.text(f.right+66, y-7, s.label, ts, black, -1)
+		cv.line(f.right+16, y, f.right+56, y, 2.5, s.color, s.dashed)
+		cv.marker(f.right+36, y, s.color, s.dashed)
+		cv.text(f.right+66, y-7, s.label, ts, black, -1)
 	}
 	var buf bytes.Buffer
-	if err := png.Encode(&buf, c.img); err != nil {
-		return nil, fmt.Errorf("encode chart: %w", err)
+	if err := png.Encode(&buf, cv.img); err != nil {
+		return nil, fmt.Errorf("encode chart %s: %w", c.file, err)
 	}
 	return buf.Bytes(), nil
 }

@@ -3,6 +3,7 @@ package scalebench
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,13 +32,29 @@ type result struct {
 	RSSCold, RSSRestart  int64   // peak RSS (VmHWM) of the first process and of the restarted one
 	CPUCold, CPURestart  float64 // CPU seconds of the first process and of the restarted one
 	Samples              int
+	// CPU per change: CPU seconds (utime+stime) of the restarted process over CPUChanges
+	// changes made back to back, and the syncs it counted meanwhile.
+	CPUBurst   float64
+	CPUChanges int
+	CPUSyncs   float64
 	// Connect times from a pod to the probe Service's ClusterIP (median and p90), through the
 	// rules of a proxy that saw only the probe Service and through those with all N+1 Services;
 	// Connects timed of each.
 	ConnOne, ConnOneP90 time.Duration
 	ConnN, ConnNP90     time.Duration
 	Connects            int
-	Err                 string
+	// Time limits a step ran out of: the step did not finish (and the steps after it that need
+	// it were not run). Zero: finished or not run.
+	ColdDNF, RestartDNF, ChangeDNF time.Duration
+	Err                            string
+}
+
+// cpuPerChange returns the CPU seconds per change of the back-to-back run, or NaN.
+func (r *result) cpuPerChange() float64 {
+	if r == nil || r.CPUChanges == 0 {
+		return math.NaN()
+	}
+	return r.CPUBurst / float64(r.CPUChanges)
 }
 
 // proxyKind is one proxy configuration under test.
@@ -61,17 +78,68 @@ const (
 
 // config holds the run's parameters.
 type config struct {
-	m        int // endpoints per Service
-	samples  int // single changes per proxy
-	connects int // timed connects per data-plane measurement
+	samples    int // single changes per proxy
+	cpuChanges int // back-to-back changes for CPU per change
+	connects   int // timed connects per data-plane measurement
+	limit      time.Duration
 	// kubeProxy is what `kube-proxy --version` prints (integration/k8s pins the release).
 	kubeProxy string
+}
+
+// goal holds the issue's targets for nftproxy at one shape, stated for n Services.
+type goal struct {
+	n             int
+	cold, restart time.Duration
+	coldFactor    float64 // cold sync at least this many times faster than kube-proxy; 0: no such target
+	change        time.Duration
+	rss           int64
+	connect       float64 // connect median at N at most this many times the 1-Service one
+}
+
+// shape is a form of cluster, N Services x m endpoints, measured at each N of ns.
+type shape struct {
+	name  string // in SCALEBENCH_SHAPES
+	title string
+	m     int
+	ns    []int
+	goal  goal
+}
+
+// shapeRun holds a shape's results: by N (those in done finished), then by proxy name.
+type shapeRun struct {
+	shape
+	done []int
+	res  map[int]map[string]*result
+	pop  map[int]*population
+}
+
+// population holds what populating the API server took at one N.
+type population struct {
+	Services, Endpoints int
+	Took                time.Duration
+	// RSS of etcd and kube-apiserver right after, their peak (VmHWM) at the end of the N's run,
+	// and etcd's database size after.
+	EtcdRSS, APIRSS, EtcdPeak, APIPeak, EtcdDB int64
+}
+
+// The shapes of the issue, with its targets for nftproxy.
+func shapes(smallNs, largeNs []int, smallM, largeM int) []shape {
+	return []shape{
+		{name: "small", title: "Services x %d endpoints", m: smallM, ns: smallNs,
+			goal: goal{n: 10000, cold: time.Second, restart: time.Second, coldFactor: 20, change: 50 * time.Millisecond, rss: 150e6, connect: 1.1}},
+		{name: "large", title: "Services x %d endpoints (large Services)", m: largeM, ns: largeNs,
+			goal: goal{n: 10000, cold: 5 * time.Second, restart: 5 * time.Second, change: 50 * time.Millisecond, rss: 1e9, connect: 1.1}},
+	}
 }
 
 // changeGap is the pause after each single change's sync is seen, before the next change: more
 // than twice the default --min-sync-period (1 s) of both proxies, so each change finds the proxy
 // idle (nftproxy at its default syncs again up to 1 s after a change to delete stale chains).
 const changeGap = 2500 * time.Millisecond
+
+// cpuBudget bounds the back-to-back changes for CPU per change: fewer than
+// $SCALEBENCH_CPU_CHANGES when a proxy takes long per change.
+const cpuBudget = 2 * time.Minute
 
 // connectWarmup untimed connects from each client pod precede a data-plane measurement.
 const connectWarmup = 200
@@ -81,26 +149,47 @@ func TestScaleCompare(t *testing.T) {
 		t.Skipf("set %s=1 to run the side-by-side scale benchmark (make bench-compare)", enableEnv)
 	}
 	topology.RequirePrivileged(t)
-	ns, err := envInts(nEnv, []int{1000, 5000, 10000})
+	env := func(v []int, err error) []int {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	one := func(v int, err error) int {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	smallNs := env(envInts(nEnv, []int{100, 1000, 5000, 10000}))
+	largeNs := env(envInts(largeNEnv, []int{10000}))
+	all := shapes(smallNs, largeNs, one(envInt(mEnv, 10)), one(envInt(largeMEnv, 100)))
+	cfg := config{samples: one(envInt(samplesEnv, 20)), cpuChanges: one(envInt(cpuChangesEnv, 100)),
+		connects: one(envInt(connectsEnv, 2000))}
+	var err error
+	if cfg.limit, err = envDuration(timeoutEnv, 10*time.Minute); err != nil || cfg.limit == 0 {
+		t.Fatalf("%s: want a positive duration (%v)", timeoutEnv, err)
+	}
+	if cfg.samples > 1000 || cfg.cpuChanges > 1000 {
+		t.Fatalf("%s and %s: at most 1000 each (the changes' addresses)", samplesEnv, cpuChangesEnv)
+	}
+	churnFor, err := envDuration(churnEnv, 10*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ms, err := envInts(mEnv, []int{10})
-	if err != nil {
-		t.Fatal(err)
+	cc := churnConfig{n: one(envInt(churnNEnv, 10000)), m: all[0].m, rate: one(envInt(churnRateEnv, 20)), dur: churnFor}
+	want := strings.Split(os.Getenv(shapesEnv), ",")
+	if os.Getenv(shapesEnv) == "" {
+		want = []string{"small", "large"}
 	}
-	samples, err := envInts(samplesEnv, []int{20})
-	if err != nil {
-		t.Fatal(err)
+	for _, w := range want {
+		if w != "none" && !slices.ContainsFunc(all, func(s shape) bool { return s.name == w }) {
+			t.Fatalf("%s=%q: unknown shape %q (want small, large or none)", shapesEnv, os.Getenv(shapesEnv), w)
+		}
 	}
-	connects, err := envInts(connectsEnv, []int{2000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := config{m: ms[0], samples: samples[0], connects: connects[0]}
-	if cfg.samples > 1000 {
-		t.Fatalf("%s=%d: at most 1000 (the single changes' addresses)", samplesEnv, cfg.samples)
-	}
+	all = slices.DeleteFunc(all, func(s shape) bool { return !slices.Contains(want, s.name) })
 	out := os.Getenv(outEnv)
 	if out == "" {
 		out = filepath.Join(repoRoot(), "docs", "benchmarks")
@@ -131,41 +220,58 @@ func TestScaleCompare(t *testing.T) {
 		{name: nftDefaultsName, short: "nftproxy-defaults", table: "nftproxy", bin: nftBin, args: nftArgs(), changeOnly: true},
 	}
 	if only := os.Getenv(proxiesEnv); only != "" {
-		// A partial run, for looking into one proxy; the report then lacks the others.
+		// A partial run, for looking into one proxy; the report then lacks the others. "none"
+		// only populates the API server (its time and memory).
 		proxies = slices.DeleteFunc(proxies, func(pk proxyKind) bool { return !slices.Contains(strings.Split(only, ","), pk.short) })
 	}
 
-	all := map[int]map[string]*result{}
-	var done []int
-	for _, n := range ns {
-		ok := t.Run(fmt.Sprintf("N=%d", n), func(t *testing.T) {
-			all[n] = runN(t, n, cfg, proxies)
+	var runs []*shapeRun
+	var churn *churnRun
+	write := func() {
+		writeFile(t, filepath.Join(out, "results.md"), []byte(report(cfg, runs, churn)))
+		for _, c := range charts(runs, churn) {
+			writeFile(t, filepath.Join(out, c.file+".svg"), []byte(c.svg()))
+			img, err := c.png()
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, filepath.Join(out, c.file+".png"), img)
+		}
+	}
+	for _, sh := range all {
+		sr := &shapeRun{shape: sh, res: map[int]map[string]*result{}, pop: map[int]*population{}}
+		runs = append(runs, sr)
+		for _, n := range sh.ns {
+			ok := t.Run(fmt.Sprintf("%s/N=%d", sh.name, n), func(t *testing.T) {
+				sr.res[n], sr.pop[n] = runN(t, n, sh.m, cfg, proxies)
+			})
+			if sr.res[n] != nil {
+				sr.done = append(sr.done, n)
+			}
+			write()
+			if !ok {
+				return
+			}
+		}
+	}
+	if cc.dur > 0 {
+		t.Run(fmt.Sprintf("churn/N=%d", cc.n), func(t *testing.T) {
+			churn = runChurn(t, cc, cfg, proxies)
 		})
-		if all[n] != nil {
-			done = append(done, n)
-		}
-		writeFile(t, filepath.Join(out, "results.md"), []byte(report(done, cfg, all)))
-		writeFile(t, filepath.Join(out, "sync-time.svg"), []byte(svgChart(done, all)))
-		img, err := pngChart(done, all)
-		if err != nil {
-			t.Fatal(err)
-		}
-		writeFile(t, filepath.Join(out, "sync-time.png"), img)
-		if !ok {
-			break
-		}
+		write()
 	}
 }
 
-func runN(t *testing.T, n int, cfg config, proxies []proxyKind) map[string]*result {
+func runN(t *testing.T, n, m int, cfg config, proxies []proxyKind) (map[string]*result, *population) {
 	if n > 65000 {
 		t.Fatalf("N=%d: the service CIDR %s holds ~65k ClusterIPs", n, apiserver.ServiceCIDR)
 	}
+	if n*m >= 1<<23-1<<16 {
+		t.Fatalf("N*M=%d: the endpoints' range 10.128.0.0/9 holds fewer (below the pods' 10.255.0.0/16)", n*m)
+	}
 	apiNS := topology.NewNetNS(t, "api")
 	srv := apiserver.Start(t, apiserver.Options{NetNS: apiNS})
-	rc := srv.AdminConfig()
-	rc.QPS, rc.Burst = 1000, 2000
-	cs := kubernetes.NewForConfigOrDie(rc)
+	cs := clientset(srv)
 	setup(t, cs)
 
 	res := map[string]*result{}
@@ -189,13 +295,11 @@ func runN(t *testing.T, n int, cfg config, proxies []proxyKind) map[string]*resu
 		one[pk.name] = client
 	}
 
-	begin := time.Now()
-	populate(t, cs, n, cfg.m)
-	t.Logf("created %d Services and EndpointSlices (x%d endpoints) in %v", n, cfg.m, time.Since(begin).Round(time.Millisecond))
+	pop := populateMeasured(t, srv, apiNS, n, m)
 
 	for i, pk := range proxies {
 		r := res[pk.name]
-		if err := measure(t, srv, cs, pk, n, i, cfg, one[pk.name], r); err != nil {
+		if err := measure(t, srv, cs, pk, n, m, i, cfg, one[pk.name], r); err != nil {
 			if r.Err != "" {
 				r.Err += "; "
 			}
@@ -204,7 +308,36 @@ func runN(t *testing.T, n int, cfg config, proxies []proxyKind) map[string]*resu
 		}
 		t.Logf("%s N=%d: %+v", pk.name, n, *r)
 	}
-	return res
+	pop.peaks(apiNS)
+	return res, pop
+}
+
+// populateMeasured populates srv (running in apiNS) with n Services x m endpoints and returns
+// how long that took and the servers' memory right after.
+func populateMeasured(t *testing.T, srv *apiserver.Server, apiNS *topology.NetNS, n, m int) *population {
+	pop := &population{Services: n, Endpoints: n * m}
+	begin := time.Now()
+	populate(t, srv, n, m)
+	pop.Took = time.Since(begin)
+	pop.EtcdRSS, _ = serverMemory(apiNS, "etcd")
+	pop.APIRSS, _ = serverMemory(apiNS, "kube-apiserver")
+	pop.EtcdDB = etcdDBSize(t, srv)
+	t.Logf("created %d Services and EndpointSlices (x%d endpoints) in %v; etcd RSS %s (db %s), kube-apiserver RSS %s",
+		n, m, pop.Took.Round(time.Millisecond), mb(pop.EtcdRSS), mb(pop.EtcdDB), mb(pop.APIRSS))
+	return pop
+}
+
+// peaks records the servers' peak RSS so far.
+func (p *population) peaks(apiNS *topology.NetNS) {
+	_, p.EtcdPeak = serverMemory(apiNS, "etcd")
+	_, p.APIPeak = serverMemory(apiNS, "kube-apiserver")
+}
+
+// clientset returns an admin client of srv that may send many requests at once.
+func clientset(srv *apiserver.Server) kubernetes.Interface {
+	rc := srv.AdminConfig()
+	rc.QPS, rc.Burst = 1000, 2000
+	return kubernetes.NewForConfigOrDie(rc)
 }
 
 // setup creates the benchmark Node and the probe Service with its EndpointSlice (one ready
@@ -249,10 +382,19 @@ func setup(t *testing.T, cs kubernetes.Interface) {
 	}
 }
 
-// populate creates the Namespaces and N Services with one EndpointSlice
-// of m ready endpoints each (internal/scale's addresses), with many requests in flight.
-func populate(t *testing.T, cs kubernetes.Interface, n, m int) {
+// populateWorkers is the number of creates populate keeps in flight.
+const populateWorkers = 64
+
+// populate creates the Namespaces and N Services with one EndpointSlice of m ready endpoints
+// each (internal/scale's addresses), populateWorkers requests in flight, in protobuf (as the
+// controllers that write them speak).
+func populate(t *testing.T, srv *apiserver.Server, n, m int) {
 	ctx := t.Context()
+	rc := srv.AdminConfig()
+	rc.QPS, rc.Burst = -1, 0 // no client-side rate limit
+	rc.ContentType = "application/vnd.kubernetes.protobuf"
+	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	cs := kubernetes.NewForConfigOrDie(rc)
 	for i := range min(n, 100) {
 		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("ns%d", i)}}, metav1.CreateOptions{})
 		if err != nil {
@@ -262,7 +404,7 @@ func populate(t *testing.T, cs kubernetes.Interface, n, m int) {
 	work := make(chan int)
 	errs := make(chan error, 1)
 	var wg sync.WaitGroup
-	for range 64 {
+	for range populateWorkers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -332,192 +474,4 @@ func slice(i, m, j int, addr string) *discoveryv1.EndpointSlice {
 			Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &node})
 	}
 	return es
-}
-
-// syncTimeout bounds each wait for a proxy's sync at N Services ($SCALEBENCH_SYNC_TIMEOUT).
-func syncTimeout(n int) time.Duration {
-	if d, err := time.ParseDuration(os.Getenv("SCALEBENCH_SYNC_TIMEOUT")); err == nil {
-		return d
-	}
-	return 10*time.Minute + time.Duration(n)*10*time.Millisecond
-}
-
-// programOne runs a fresh proxy in a fresh namespace (with the pods) while the API server holds
-// only the probe Service, waits until the probe answers through it, and kills it: its rules stay
-// in the namespace. It returns the namespace's client pod.
-func programOne(t *testing.T, srv *apiserver.Server, pk proxyKind) (*topology.NetNS, error) {
-	ns := proxyNS(t, pk.short[:2]+"1", srv)
-	client := attachPods(t, ns)
-	dir := t.TempDir()
-	kc := filepath.Join(dir, "kubeconfig")
-	srv.WriteKubeconfig(t, kc, apiserver.AdminUser)
-	start := time.Now()
-	p := startProc(t, ns, filepath.Join(dir, pk.short+"-1svc.log"), pk.bin, pk.args(kc)...)
-	defer p.kill()
-	if err := waitProbe(client, p, syncTimeout(1)); err != nil {
-		return nil, err
-	}
-	t.Logf("%s, 1 Service: probe reachable after %v", pk.name, time.Since(start).Round(time.Millisecond))
-	time.Sleep(2 * time.Second) // as after the cold sync at N: deferred work (stale chains) done
-	return client, nil
-}
-
-func dur(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
-
-// measure runs one proxy in a fresh namespace with all N+1 Services: cold sync, data plane
-// (against one, the client pod of programOne's namespace), restart, single changes; with
-// pk.changeOnly only the cold sync and the single changes. idx (the proxy's place in the list)
-// keeps the changes' addresses apart from the other proxies' (which changed the same
-// EndpointSlices before), so that each change is a real one.
-func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk proxyKind, n, idx int, cfg config, one *topology.NetNS, r *result) error {
-	ns := proxyNS(t, pk.short[:2], srv)
-	var client *topology.NetNS
-	if !pk.changeOnly {
-		client = attachPods(t, ns)
-	}
-	dir := t.TempDir()
-	kc := filepath.Join(dir, "kubeconfig")
-	srv.WriteKubeconfig(t, kc, apiserver.AdminUser)
-	logPath := filepath.Join(dir, pk.short+".log")
-	timeout := syncTimeout(n)
-
-	// 1. Cold sync.
-	start := time.Now()
-	p := startProc(t, ns, logPath, pk.bin, pk.args(kc)...)
-	at, err := waitSynced(ns, p, pk.table, n+1, start, timeout)
-	if err != nil {
-		return fmt.Errorf("cold sync: %w", err)
-	}
-	r.ColdSync = at.Sub(start)
-	if mm, err := metrics(ns); err == nil {
-		r.OwnCold = metric(mm, "kubeproxy_sync_proxy_rules_duration_seconds_sum")
-	}
-	t.Logf("%s: cold sync %v (own metric %.3fs)", pk.name, r.ColdSync, r.OwnCold)
-	time.Sleep(2 * time.Second) // let the proxy settle (deferred work, GC)
-
-	if pk.changeOnly {
-		r.Samples, r.ChangeMed, r.ChangeP90, r.OwnChange, err = changes(t, cs, ns, p, n, idx, cfg)
-		p.kill()
-		return err
-	}
-	hwm1, cpu1, _ := p.stats()
-
-	// 2. Data plane: with the proxy killed (its rules stay), connects through this namespace
-	// (N+1 Services) and through programOne's (1 Service), interleaved. Skipped when
-	// programOne failed (one is nil).
-	p.kill()
-	if one != nil {
-		if err := waitProbe(client, nil, time.Minute); err != nil {
-			return fmt.Errorf("N Services: %w", err)
-		}
-		d1, dn, err := connectPair(one, client, cfg.connects)
-		if err != nil {
-			return err
-		}
-		r.ConnOne, r.ConnOneP90 = dur(median(d1)), dur(quantile(d1, 0.9))
-		r.ConnN, r.ConnNP90 = dur(median(dn)), dur(quantile(dn, 0.9))
-		r.Connects = len(dn)
-		t.Logf("%s: connect median %v p90 %v (1 Service: %v %v)", pk.name, r.ConnN, r.ConnNP90, r.ConnOne, r.ConnOneP90)
-	}
-
-	// 3. Restart with the rules in place.
-	start = time.Now()
-	p = startProc(t, ns, logPath, pk.bin, pk.args(kc)...)
-	at, err = waitSynced(ns, p, pk.table, n+1, start, timeout)
-	if err != nil {
-		return fmt.Errorf("restart: %w", err)
-	}
-	r.Restart = at.Sub(start)
-	t.Logf("%s: restart %v", pk.name, r.Restart)
-	time.Sleep(2 * time.Second)
-
-	// 4. Single changes.
-	r.Samples, r.ChangeMed, r.ChangeP90, r.OwnChange, err = changes(t, cs, ns, p, n, idx, cfg)
-	if err != nil {
-		return err
-	}
-	hwm2, cpu2, err := p.stats()
-	if err != nil {
-		return err
-	}
-	r.RSSCold, r.RSSRestart = hwm1, hwm2
-	r.CPUCold, r.CPURestart = cpu1, cpu2
-	p.kill()
-	return nil
-}
-
-// changes replaces one endpoint of one EndpointSlice, cfg.samples times, each on another
-// Service, and measures from just before the API request until the namespace's ruleset
-// generation changes with the proxy's sync counter rising. It returns the number of samples,
-// their median and p90, and the median of the proxy's own sync duration per change.
-func changes(t *testing.T, cs kubernetes.Interface, ns *topology.NetNS, p *proc, n, idx int, cfg config) (int, time.Duration, time.Duration, float64, error) {
-	var lat, own []float64
-	ctx := t.Context()
-	for s := range cfg.samples {
-		i := (s*7919 + 13) % n
-		name := scale.Name(i)
-		addr := fmt.Sprintf("10.127.%d.%d", idx*4+s/250, s%250+1) // outside every other endpoint
-		before, err := metrics(ns)
-		if err != nil {
-			return 0, 0, 0, 0, err
-		}
-		gen0, err := generation(ns)
-		if err != nil {
-			return 0, 0, 0, 0, err
-		}
-		es := slice(i, cfg.m, s%cfg.m, addr)
-		es.Annotations = map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": time.Now().Format(time.RFC3339Nano)}
-		t0 := time.Now()
-		if _, err := cs.DiscoveryV1().EndpointSlices(name.Namespace).Update(ctx, es, metav1.UpdateOptions{}); err != nil {
-			return 0, 0, 0, 0, fmt.Errorf("update slice: %w", err)
-		}
-		var seen time.Time
-		deadline := t0.Add(2 * time.Minute)
-		gen := gen0
-		for time.Now().Before(deadline) {
-			g, err := generation(ns)
-			if err != nil {
-				return 0, 0, 0, 0, err
-			}
-			if g != gen {
-				seen = time.Now()
-				gen = g
-				// Confirm that it is the change's sync (not a periodic one): the proxy's
-				// sync counter must move within a moment.
-				if synced(ns, before, 500*time.Millisecond) {
-					break
-				}
-				seen = time.Time{}
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-		if seen.IsZero() {
-			return 0, 0, 0, 0, fmt.Errorf("change %d: no sync seen within 2m:\n%s", s, p.tail())
-		}
-		lat = append(lat, seen.Sub(t0).Seconds())
-		if after, err := metrics(ns); err == nil {
-			dc := metric(after, "kubeproxy_sync_proxy_rules_duration_seconds_count") - metric(before, "kubeproxy_sync_proxy_rules_duration_seconds_count")
-			ds := metric(after, "kubeproxy_sync_proxy_rules_duration_seconds_sum") - metric(before, "kubeproxy_sync_proxy_rules_duration_seconds_sum")
-			if dc > 0 {
-				own = append(own, ds/dc)
-			}
-		}
-		time.Sleep(changeGap)
-	}
-	return len(lat), dur(median(lat)), dur(quantile(lat, 0.9)), median(own), nil
-}
-
-// synced reports whether the proxy's sync-duration count rises above before's within d.
-func synced(ns *topology.NetNS, before map[string]float64, d time.Duration) bool {
-	key := "kubeproxy_sync_proxy_rules_duration_seconds_count"
-	deadline := time.Now().Add(d)
-	for {
-		if m, err := metrics(ns); err == nil && metric(m, key) > metric(before, key) {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }

@@ -3,7 +3,6 @@ package scalebench
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -307,34 +306,93 @@ func (p *proc) tail() string {
 
 // stats returns the peak RSS (VmHWM, bytes) and CPU seconds (utime+stime) of p so far.
 func (p *proc) stats() (hwm int64, cpu float64, err error) {
-	pid := p.cmd.Process.Pid
+	u, err := usageOf(p.cmd.Process.Pid)
+	return u.hwm, u.cpu, err
+}
+
+// usage is a process's memory and CPU time so far.
+type usage struct {
+	rss, hwm int64   // VmRSS and VmHWM, bytes
+	cpu      float64 // utime+stime, seconds
+}
+
+// usageOf reads the usage of process pid from /proc.
+func usageOf(pid int) (usage, error) {
+	var u usage
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0, err
+		return u, fmt.Errorf("read status: %w", err)
 	}
 	for _, l := range strings.Split(string(status), "\n") {
-		if strings.HasPrefix(l, "VmHWM:") {
-			f := strings.Fields(l)
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			hwm = kb * 1024
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmHWM:":
+			u.hwm = kb * 1024
+		case "VmRSS:":
+			u.rss = kb * 1024
 		}
 	}
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, 0, err
+		return u, fmt.Errorf("read stat: %w", err)
 	}
 	s := string(stat)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 	// Fields after the command: state(0) ... utime(11) stime(12).
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
-	return hwm, (ut + st) / 100, nil // USER_HZ is 100 on Linux
+	u.cpu = (ut + st) / 100 // USER_HZ is 100 on Linux
+	return u, nil
+}
+
+// serverMemory returns the RSS and peak RSS (VmHWM) of the process named comm (etcd,
+// kube-apiserver) that runs in network namespace ns, or zeros when there is none.
+func serverMemory(ns *topology.NetNS, comm string) (rss, hwm int64) {
+	var want syscall.Stat_t
+	if err := syscall.Stat(ns.Path(), &want); err != nil {
+		return 0, 0
+	}
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		c, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err != nil || strings.TrimSpace(string(c)) != comm {
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) != nil || st.Ino != want.Ino || st.Dev != want.Dev {
+			continue
+		}
+		if u, err := usageOf(pid); err == nil {
+			return u.rss, u.hwm
+		}
+	}
+	return 0, 0
+}
+
+// etcdDBSize returns the size of the database of srv's etcd (etcd_mvcc_db_total_size_in_bytes),
+// or 0 when it cannot be read.
+func etcdDBSize(t *testing.T, srv *apiserver.Server) int64 {
+	dial := srv.AdminConfig().Dial
+	m, err := scrape(srv.EtcdURL+"/metrics", dial)
+	if err != nil {
+		t.Logf("etcd metrics: %v", err)
+		return 0
+	}
+	return int64(m["etcd_mvcc_db_total_size_in_bytes"])
 }
 
 // metrics scrapes http://127.0.0.1:10249/metrics inside ns and returns the samples by their
 // full name with labels ("name{labels}" or "name").
 func metrics(ns *topology.NetNS) (map[string]float64, error) {
-	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return scrape("http://127.0.0.1:10249/metrics", func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := ns.Do(func() error {
 			var err error
@@ -342,9 +400,15 @@ func metrics(ns *topology.NetNS) (map[string]float64, error) {
 			return err
 		})
 		return c, err
-	}}
+	})
+}
+
+// scrape gets the Prometheus text at url, connecting with dial, and returns the samples by
+// their full name with labels.
+func scrape(url string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (map[string]float64, error) {
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: dial}
 	cl := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	resp, err := cl.Get("http://127.0.0.1:10249/metrics")
+	resp, err := cl.Get(url)
 	if err != nil {
 		return nil, err
 	}
@@ -427,7 +491,7 @@ func waitSynced(ns *topology.NetNS, p *proc, table string, n int, since time.Tim
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return time.Time{}, errors.New("timed out waiting for the sync:\n" + p.tail())
+	return time.Time{}, &dnfError{limit: timeout, tail: p.tail()}
 }
 
 func writeFile(t *testing.T, path string, data []byte) {
