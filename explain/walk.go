@@ -648,15 +648,10 @@ func firewallRanges(c *model.Chain) []string {
 	if c == nil {
 		return nil
 	}
+	allowed, _ := model.FirewallAllowed(c)
 	var out []string
-	for _, r := range c.Rules {
-		if len(r.Exprs) == 2 {
-			m, ok1 := r.Exprs[0].(model.MatchSaddr)
-			v, ok2 := r.Exprs[1].(model.Verdict)
-			if ok1 && ok2 && !m.Negate && v.Kind == model.Return {
-				out = append(out, m.Prefix.String())
-			}
-		}
+	for _, p := range allowed {
+		out = append(out, p.String())
 	}
 	return out
 }

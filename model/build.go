@@ -587,6 +587,28 @@ func (b *builder) firewall(svc *Service, lbIPs []netip.Addr) string {
 	return c.Name
 }
 
+// FirewallAllowed returns the sources a firewall chain (as firewall builds it) returns for,
+// that is lets through, and its rules that are neither such a return nor its final drop.
+func FirewallAllowed(c *Chain) (allowed []netip.Prefix, others []Rule) {
+	for _, r := range c.Rules {
+		if len(r.Exprs) == 2 {
+			m, ok1 := r.Exprs[0].(MatchSaddr)
+			v, ok2 := r.Exprs[1].(Verdict)
+			if ok1 && ok2 && !m.Negate && v.Kind == Return {
+				allowed = append(allowed, m.Prefix)
+				continue
+			}
+		}
+		if len(r.Exprs) == 1 {
+			if v, ok := r.Exprs[0].(Verdict); ok && v.Kind == Drop {
+				continue
+			}
+		}
+		others = append(others, r)
+	}
+	return allowed, others
+}
+
 // nodeInRanges reports whether one of this node's addresses lies in one of the prefixes.
 func (b *builder) nodeInRanges(ranges []netip.Prefix) bool {
 	for _, a := range b.node.NodeIPs {
