@@ -7,9 +7,9 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/nftproxy/nftproxy/model"
+	"github.com/nftproxy/nftproxy/nft"
 )
 
 // Origin is where a packet comes from, which decides the hooks it passes and what "fib saddr
@@ -40,16 +40,9 @@ type Packet struct {
 	InInterface string
 }
 
-// AffinityEntry is one entry of the kernel's affinity map: new connections from Client to
-// Dst (protocol Proto) go to Endpoint while it lives.
-type AffinityEntry struct {
-	Client   netip.Addr
-	Dst      netip.AddrPort
-	Proto    model.Protocol
-	Endpoint netip.AddrPort
-	// Expires is the time the entry had left when it was listed, 0 when unknown.
-	Expires time.Duration
-}
+// AffinityEntry is one entry of the kernel's affinity map, as nft lists it: new connections
+// from Client to Dst (protocol Proto) go to Endpoint while it lives.
+type AffinityEntry = nft.AffinityEntry
 
 // State is what the walk reads besides the packet.
 type State struct {

@@ -380,10 +380,7 @@ func (w *explainWorld) explain(tu explainTuple) (explain.Explanation, error) {
 	if err != nil {
 		return explain.Explanation{}, err
 	}
-	st := explain.State{Ruleset: rs, LocalAddrs: w.local}
-	for _, e := range entries {
-		st.Affinity = append(st.Affinity, explain.AffinityEntry{Client: e.Client, Dst: e.Dst, Proto: e.Proto, Endpoint: e.Endpoint, Expires: e.Expires})
-	}
+	st := explain.State{Ruleset: rs, LocalAddrs: w.local, Affinity: entries}
 	return explain.Explain(st, explain.Packet{Src: tu.src.addr, Dst: tu.dst, Proto: tu.proto, From: tu.src.from, InInterface: tu.src.iif})
 }
 

@@ -191,7 +191,7 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return fmt.Errorf("list the affinity map: %w", err)
 		}
-		st.Ruleset, st.Affinity = got, affinityEntries(entries)
+		st.Ruleset, st.Affinity = got, entries
 		if st.LocalAddrs, err = daemon.LocalAddresses(); err != nil {
 			return err
 		}
@@ -231,15 +231,6 @@ func frontendKinds(services []model.Service) map[netip.Addr]string {
 		if k == kindLoadBalancer {
 			out[a] = explain.FrontendLoadBalancer
 		}
-	}
-	return out
-}
-
-// affinityEntries converts the kernel's affinity entries.
-func affinityEntries(in []nft.AffinityEntry) []explain.AffinityEntry {
-	out := make([]explain.AffinityEntry, 0, len(in))
-	for _, e := range in {
-		out = append(out, explain.AffinityEntry{Client: e.Client, Dst: e.Dst, Proto: e.Proto, Endpoint: e.Endpoint, Expires: e.Expires})
 	}
 	return out
 }
