@@ -207,6 +207,7 @@ func TestTrimObject(t *testing.T) {
 	svc.Spec.Type = corev1.ServiceTypeNodePort
 	svc.Spec.Ports[0].NodePort = 30080
 	es.OwnerReferences = owner
+	es.Labels["app.kubernetes.io/name"] = "web" // copied from the Service by the EndpointSlice controller
 	es.Annotations = map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": "2026-11-24T00:00:00Z",
 		corev1.LastAppliedConfigAnnotation: `{"big":"json"}`}
 	host, node, zone := "pod-a", "node1", "zone-a"
@@ -257,8 +258,21 @@ func TestTrimObject(t *testing.T) {
 		tn.Status.Images != nil || tn.Status.Conditions != nil || tn.Annotations != nil {
 		t.Errorf("left in place: %+v\n%+v\n%+v", ts, tes, tn)
 	}
-	if ts.Labels == nil || tes.Labels[discoveryv1.LabelServiceName] != "web" || tn.Labels[corev1.LabelTopologyZone] != "zone-a" {
-		t.Errorf("labels the proxy reads were dropped: %v %v %v", ts.Labels, tes.Labels, tn.Labels)
+	if tes.Labels[discoveryv1.LabelServiceName] != "web" || tn.Labels[corev1.LabelTopologyZone] != "zone-a" {
+		t.Errorf("labels the proxy reads were dropped: %v %v", tes.Labels, tn.Labels)
+	}
+	if ts.Labels != nil || len(tes.Labels) != 1 {
+		t.Errorf("labels the proxy does not read were kept: %v %v", ts.Labels, tes.Labels)
+	}
+	headless := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "h", Labels: map[string]string{
+		LabelHeadless: "", LabelServiceProxyName: "other", "app": "h"}}}
+	if o, _ := trimObject(headless); !reflect.DeepEqual(o.(*corev1.Service).Labels,
+		map[string]string{LabelHeadless: "", LabelServiceProxyName: "other"}) {
+		t.Errorf("a Service's headless and service-proxy-name labels did not both survive: %v", o.(*corev1.Service).Labels)
+	}
+	if ep := tes.Endpoints[0]; ep.Zone == nil || *ep.Zone != zone || ep.NodeName == nil || *ep.NodeName != node ||
+		tes.UID != es.UID || tes.Name != es.Name || tes.Namespace != es.Namespace {
+		t.Errorf("the compacted slice lost what the proxy reads: %+v", tes)
 	}
 	if at, ok := ParseTriggerTime(tes); !ok || !at.Equal(time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)) {
 		t.Errorf("the slice's trigger time did not survive: annotations %v", tes.Annotations)
