@@ -583,10 +583,24 @@ func portEndpoints(sp model.ServicePort, eps []parsedSlice) []model.Endpoint {
 		addr netip.Addr
 		port uint16
 	}
-	index := make(map[key]int)
-	var out []model.Endpoint
+	portOf := func(ps parsedSlice) int {
+		return slices.IndexFunc(ps.ports, func(p slicePort) bool { return p.name == sp.Name && p.proto == sp.Protocol })
+	}
+	// Sized once: the conversions are kept, and an array grown by appending would keep up to
+	// half of it unused.
+	n := 0
 	for _, ps := range eps {
-		i := slices.IndexFunc(ps.ports, func(p slicePort) bool { return p.name == sp.Name && p.proto == sp.Protocol })
+		if portOf(ps) >= 0 {
+			n += len(ps.endpoints)
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	index := make(map[key]int, n)
+	out := make([]model.Endpoint, 0, n)
+	for _, ps := range eps {
+		i := portOf(ps)
 		if i < 0 {
 			continue
 		}
@@ -616,7 +630,7 @@ func portEndpoints(sp model.ServicePort, eps []parsedSlice) []model.Endpoint {
 	slices.SortFunc(out, func(a, b model.Endpoint) int {
 		return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
 	})
-	return out
+	return slices.Clip(out)
 }
 
 // better reports whether a should replace b as the copy of a duplicated endpoint: ready wins,
