@@ -58,7 +58,7 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Delta)) error {
 	changed := make(chan struct{}, 1)
 	var t tracker
 	h := eventHandlers{t: &t, after: func() { signal(changed) }}
-	for inf, handler := range map[cache.SharedIndexInformer]cache.ResourceEventHandlerFuncs{
+	for inf, handler := range map[cache.SharedIndexInformer]cache.ResourceEventHandler{
 		services: h.services(), slices: h.slices(), nodes: h.nodes(),
 	} {
 		if _, err := inf.AddEventHandler(handler); err != nil {

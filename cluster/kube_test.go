@@ -330,3 +330,28 @@ func TestTriggerTimes(t *testing.T) {
 		t.Errorf("a stamp that does not parse: trigger times %v, want none", got)
 	}
 }
+
+// TestInitialListNamesNothing checks that the adds of an informer's initial list are counted
+// but name no Service and wake nothing (the Full Delta converts every Service anyway), and
+// that later adds name theirs.
+func TestInitialListNamesNothing(t *testing.T) {
+	var tr tracker
+	woke := 0
+	h := eventHandlers{t: &tr, after: func() { woke++ }}
+	objs := webObjects("10.244.1.2")
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node1"}}
+	h.services().OnAdd(objs.Services[0], true)
+	h.slices().OnAdd(objs.EndpointSlices[0], true)
+	h.nodes().OnAdd(node, true)
+	names, nodeChanged, ev := tr.take()
+	if len(names) != 0 || nodeChanged || woke != 0 || ev != (Events{Services: 1, EndpointSlices: 1}) {
+		t.Errorf("initial list: names %v, node %v, woke %d, events %+v; want none, false, 0, 1 and 1",
+			names, nodeChanged, woke, ev)
+	}
+	h.slices().OnAdd(objs.EndpointSlices[0], false)
+	h.nodes().OnAdd(node, false)
+	names, nodeChanged, _ = tr.take()
+	if _, ok := names[model.ServiceName{Namespace: "default", Name: "web"}]; !ok || !nodeChanged || woke != 2 {
+		t.Errorf("later adds: names %v, node %v, woke %d; want default/web, true, 2", names, nodeChanged, woke)
+	}
+}
