@@ -511,6 +511,8 @@ func parseSlice(es *discoveryv1.EndpointSlice) (parsedSlice, error) {
 	case !ok:
 		return ps, fmt.Errorf("unknown addressType %q", es.AddressType)
 	}
+	ps.ports = make([]slicePort, 0, len(es.Ports))
+	ps.endpoints = make([]sliceEndpoint, 0, len(es.Endpoints))
 	for i, p := range es.Ports {
 		var sp slicePort
 		if p.Name != nil {
@@ -579,10 +581,6 @@ func parseSlice(es *discoveryv1.EndpointSlice) (parsedSlice, error) {
 // portEndpoints collects the endpoints serving sp from every slice with a port of the same
 // name and protocol, deduplicated by address and port and sorted.
 func portEndpoints(sp model.ServicePort, eps []parsedSlice) []model.Endpoint {
-	type key struct {
-		addr netip.Addr
-		port uint16
-	}
 	portOf := func(ps parsedSlice) int {
 		return slices.IndexFunc(ps.ports, func(p slicePort) bool { return p.name == sp.Name && p.proto == sp.Protocol })
 	}
@@ -597,7 +595,6 @@ func portEndpoints(sp model.ServicePort, eps []parsedSlice) []model.Endpoint {
 	if n == 0 {
 		return nil
 	}
-	index := make(map[key]int, n)
 	out := make([]model.Endpoint, 0, n)
 	for _, ps := range eps {
 		i := portOf(ps)
@@ -606,7 +603,7 @@ func portEndpoints(sp model.ServicePort, eps []parsedSlice) []model.Endpoint {
 		}
 		port := ps.ports[i].port
 		for _, se := range ps.endpoints {
-			ep := model.Endpoint{
+			out = append(out, model.Endpoint{
 				Addr:        se.addr,
 				Port:        port,
 				Ready:       se.ready,
@@ -615,22 +612,23 @@ func portEndpoints(sp model.ServicePort, eps []parsedSlice) []model.Endpoint {
 				NodeName:    se.nodeName,
 				ZoneHints:   se.zoneHints,
 				NodeHints:   se.nodeHints,
-			}
-			k := key{se.addr, port}
-			if j, ok := index[k]; ok {
-				if better(ep, out[j]) {
-					out[j] = ep
-				}
-				continue
-			}
-			index[k] = len(out)
-			out = append(out, ep)
+			})
 		}
 	}
-	slices.SortFunc(out, func(a, b model.Endpoint) int {
+	// Stable, so that the copies of a duplicated endpoint stay in the order they were seen.
+	slices.SortStableFunc(out, func(a, b model.Endpoint) int {
 		return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
 	})
-	return slices.Clip(out)
+	kept := out[:1]
+	for _, ep := range out[1:] {
+		last := &kept[len(kept)-1]
+		if ep.Addr != last.Addr || ep.Port != last.Port {
+			kept = append(kept, ep)
+		} else if better(ep, *last) {
+			*last = ep
+		}
+	}
+	return slices.Clip(kept)
 }
 
 // better reports whether a should replace b as the copy of a duplicated endpoint: ready wins,
