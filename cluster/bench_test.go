@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -103,4 +104,32 @@ func BenchmarkEndpointChange(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkFullConversion measures a proxy's first conversion: every Service of the informer
+// caches, as the Full Delta after the caches have synced asks for. It reports the heap the
+// Converter keeps afterwards (retained-B), what the daemon holds until the next change:
+//
+//	go test -run '^$' -bench FullConversion -benchmem ./cluster/
+func BenchmarkFullConversion(b *testing.B) {
+	bc := newBenchCluster(b, 10_000, 10)
+	store := informerStore{services: bc.services, slices: bc.slices, nodes: bc.nodes}
+	b.ReportAllocs()
+	var retained uint64
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		var c Converter
+		if ch := c.Update(Delta{Store: store, Full: true}); len(ch) != 10_000 {
+			b.Fatalf("%d Services converted, want 10000", len(ch))
+		}
+		b.StopTimer()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		retained = after.HeapAlloc - before.HeapAlloc
+		runtime.KeepAlive(&c)
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(retained), "retained-B")
 }

@@ -511,6 +511,8 @@ func parseSlice(es *discoveryv1.EndpointSlice) (parsedSlice, error) {
 	case !ok:
 		return ps, fmt.Errorf("unknown addressType %q", es.AddressType)
 	}
+	ps.ports = make([]slicePort, 0, len(es.Ports))
+	ps.endpoints = make([]sliceEndpoint, 0, len(es.Endpoints))
 	for i, p := range es.Ports {
 		var sp slicePort
 		if p.Name != nil {
@@ -579,20 +581,29 @@ func parseSlice(es *discoveryv1.EndpointSlice) (parsedSlice, error) {
 // portEndpoints collects the endpoints serving sp from every slice with a port of the same
 // name and protocol, deduplicated by address and port and sorted.
 func portEndpoints(sp model.ServicePort, eps []parsedSlice) []model.Endpoint {
-	type key struct {
-		addr netip.Addr
-		port uint16
+	portOf := func(ps parsedSlice) int {
+		return slices.IndexFunc(ps.ports, func(p slicePort) bool { return p.name == sp.Name && p.proto == sp.Protocol })
 	}
-	index := make(map[key]int)
-	var out []model.Endpoint
+	// Sized once: the conversions are kept, and an array grown by appending would keep up to
+	// half of it unused.
+	n := 0
 	for _, ps := range eps {
-		i := slices.IndexFunc(ps.ports, func(p slicePort) bool { return p.name == sp.Name && p.proto == sp.Protocol })
+		if portOf(ps) >= 0 {
+			n += len(ps.endpoints)
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]model.Endpoint, 0, n)
+	for _, ps := range eps {
+		i := portOf(ps)
 		if i < 0 {
 			continue
 		}
 		port := ps.ports[i].port
 		for _, se := range ps.endpoints {
-			ep := model.Endpoint{
+			out = append(out, model.Endpoint{
 				Addr:        se.addr,
 				Port:        port,
 				Ready:       se.ready,
@@ -601,22 +612,23 @@ func portEndpoints(sp model.ServicePort, eps []parsedSlice) []model.Endpoint {
 				NodeName:    se.nodeName,
 				ZoneHints:   se.zoneHints,
 				NodeHints:   se.nodeHints,
-			}
-			k := key{se.addr, port}
-			if j, ok := index[k]; ok {
-				if better(ep, out[j]) {
-					out[j] = ep
-				}
-				continue
-			}
-			index[k] = len(out)
-			out = append(out, ep)
+			})
 		}
 	}
-	slices.SortFunc(out, func(a, b model.Endpoint) int {
+	// Stable, so that the copies of a duplicated endpoint stay in the order they were seen.
+	slices.SortStableFunc(out, func(a, b model.Endpoint) int {
 		return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
 	})
-	return out
+	kept := out[:1]
+	for _, ep := range out[1:] {
+		last := &kept[len(kept)-1]
+		if ep.Addr != last.Addr || ep.Port != last.Port {
+			kept = append(kept, ep)
+		} else if better(ep, *last) {
+			*last = ep
+		}
+	}
+	return slices.Clip(kept)
 }
 
 // better reports whether a should replace b as the copy of a duplicated endpoint: ready wins,

@@ -330,6 +330,20 @@ func TestConvert(t *testing.T) {
 		want:    []model.Service{{}, webModel},
 		wantBad: []string{"Service default/web"},
 	}, {
+		name: "an endpoint in several slices is kept once: ready wins, else the first slice's",
+		objs: Objects{
+			Services: []*corev1.Service{webSvc},
+			EndpointSlices: []*discoveryv1.EndpointSlice{
+				slice("web-3", "web", v4, []discoveryv1.EndpointPort{sp("", 8080)}, ep("10.244.1.5", "node-c"), ep("10.244.1.6", "node-c")),
+				slice("web-1", "web", v4, []discoveryv1.EndpointPort{sp("", 8080)},
+					with3(ep("10.244.1.5", "node-a"), false), ep("10.244.1.6", "node-a")),
+				slice("web-2", "web", v4, []discoveryv1.EndpointPort{sp("", 8080)}, ep("10.244.1.5", "node-b"), ep("10.244.1.6", "node-b")),
+			},
+		},
+		want: []model.Service{{Name: name("web"), ClusterIPs: addrs("10.96.0.10"),
+			Ports: []model.ServicePort{{Protocol: model.TCP, Port: 80, Endpoints: []model.Endpoint{
+				ready("10.244.1.5", 8080, "node-b"), ready("10.244.1.6", 8080, "node-a")}}}}},
+	}, {
 		name: "slices in another namespace do not match",
 		objs: Objects{
 			Services: []*corev1.Service{webSvc},
@@ -364,6 +378,12 @@ func TestConvert(t *testing.T) {
 func with2(es *discoveryv1.EndpointSlice, f func(*discoveryv1.EndpointSlice)) *discoveryv1.EndpointSlice {
 	f(es)
 	return es
+}
+
+// with3 returns e with its ready condition set to r.
+func with3(e discoveryv1.Endpoint, r bool) discoveryv1.Endpoint {
+	e.Conditions.Ready = &r
+	return e
 }
 
 func dump(svcs []model.Service) string {

@@ -115,7 +115,7 @@ func (r *randomCluster) slice() *discoveryv1.EndpointSlice {
 
 // set adds or replaces obj in idx and calls the add or update handler; with same it replaces
 // the object by a copy with equal content, as a resync or a no-op update does.
-func (r *randomCluster) set(idx cache.Indexer, h cache.ResourceEventHandlerFuncs, obj any) {
+func (r *randomCluster) set(idx cache.Indexer, h cache.ResourceEventHandler, obj any) {
 	old, ok, err := idx.Get(obj)
 	if err != nil {
 		panic(err)
@@ -132,7 +132,7 @@ func (r *randomCluster) set(idx cache.Indexer, h cache.ResourceEventHandlerFuncs
 
 // remove deletes a random object of idx and calls the delete handler, sometimes with the
 // tombstone an informer hands over when it missed the deletion.
-func (r *randomCluster) remove(idx cache.Indexer, h cache.ResourceEventHandlerFuncs) {
+func (r *randomCluster) remove(idx cache.Indexer, h cache.ResourceEventHandler) {
 	keys := idx.ListKeys()
 	if len(keys) == 0 {
 		return

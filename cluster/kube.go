@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
@@ -60,7 +58,7 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Delta)) error {
 	changed := make(chan struct{}, 1)
 	var t tracker
 	h := eventHandlers{t: &t, after: func() { signal(changed) }}
-	for inf, handler := range map[cache.SharedIndexInformer]cache.ResourceEventHandlerFuncs{
+	for inf, handler := range map[cache.SharedIndexInformer]cache.ResourceEventHandler{
 		services: h.services(), slices: h.slices(), nodes: h.nodes(),
 	} {
 		if _, err := inf.AddEventHandler(handler); err != nil {
@@ -102,47 +100,6 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Delta)) error {
 		}
 		onChange(d)
 	}
-}
-
-// trimObject drops, before an object enters the informer caches, what the proxy never reads
-// and what makes up much of an object's size: managed fields, annotations (kubectl's copy of
-// the last applied configuration among them) but an EndpointSlice's last-change trigger time
-// (the network programming latency runs from it), owner references and finalizers; a
-// Service's selector; in EndpointSlices, each endpoint's reference to its Pod, hostname and
-// deprecated topology; in the Node, its image list and conditions. With 10,000 Services and
-// their slices this is tens of megabytes of cache. Labels stay (the proxy reads some of
-// them), and so do the Node's taints and deletion timestamp (health: a node on its way out
-// reports unhealthy) and every object's UID (events name it).
-func trimObject(obj any) (any, error) {
-	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		inner, err := trimObject(d.Obj)
-		d.Obj = inner
-		return d, err
-	}
-	if m, ok := obj.(metav1.Object); ok {
-		m.SetManagedFields(nil)
-		m.SetOwnerReferences(nil)
-		m.SetFinalizers(nil)
-		var keep map[string]string
-		if _, ok := obj.(*discoveryv1.EndpointSlice); ok {
-			if v, ok := m.GetAnnotations()[corev1.EndpointsLastChangeTriggerTime]; ok {
-				keep = map[string]string{corev1.EndpointsLastChangeTriggerTime: v}
-			}
-		}
-		m.SetAnnotations(keep)
-	}
-	switch o := obj.(type) {
-	case *corev1.Service:
-		o.Spec.Selector = nil
-	case *discoveryv1.EndpointSlice:
-		for i := range o.Endpoints {
-			ep := &o.Endpoints[i]
-			ep.TargetRef, ep.Hostname, ep.DeprecatedTopology = nil, nil, nil
-		}
-	case *corev1.Node:
-		o.Status.Images, o.Status.Conditions, o.Status.VolumesAttached, o.Status.VolumesInUse = nil, nil, nil, nil
-	}
-	return obj, nil
 }
 
 // signal wakes the reader of c without ever blocking.

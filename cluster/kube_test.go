@@ -207,6 +207,7 @@ func TestTrimObject(t *testing.T) {
 	svc.Spec.Type = corev1.ServiceTypeNodePort
 	svc.Spec.Ports[0].NodePort = 30080
 	es.OwnerReferences = owner
+	es.Labels["app.kubernetes.io/name"] = "web" // copied from the Service by the EndpointSlice controller
 	es.Annotations = map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": "2026-11-24T00:00:00Z",
 		corev1.LastAppliedConfigAnnotation: `{"big":"json"}`}
 	host, node, zone := "pod-a", "node1", "zone-a"
@@ -257,8 +258,21 @@ func TestTrimObject(t *testing.T) {
 		tn.Status.Images != nil || tn.Status.Conditions != nil || tn.Annotations != nil {
 		t.Errorf("left in place: %+v\n%+v\n%+v", ts, tes, tn)
 	}
-	if ts.Labels == nil || tes.Labels[discoveryv1.LabelServiceName] != "web" || tn.Labels[corev1.LabelTopologyZone] != "zone-a" {
-		t.Errorf("labels the proxy reads were dropped: %v %v %v", ts.Labels, tes.Labels, tn.Labels)
+	if tes.Labels[discoveryv1.LabelServiceName] != "web" || tn.Labels[corev1.LabelTopologyZone] != "zone-a" {
+		t.Errorf("labels the proxy reads were dropped: %v %v", tes.Labels, tn.Labels)
+	}
+	if ts.Labels != nil || len(tes.Labels) != 1 {
+		t.Errorf("labels the proxy does not read were kept: %v %v", ts.Labels, tes.Labels)
+	}
+	headless := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "h", Labels: map[string]string{
+		LabelHeadless: "", LabelServiceProxyName: "other", "app": "h"}}}
+	if o, _ := trimObject(headless); !reflect.DeepEqual(o.(*corev1.Service).Labels,
+		map[string]string{LabelHeadless: "", LabelServiceProxyName: "other"}) {
+		t.Errorf("a Service's headless and service-proxy-name labels did not both survive: %v", o.(*corev1.Service).Labels)
+	}
+	if ep := tes.Endpoints[0]; ep.Zone == nil || *ep.Zone != zone || ep.NodeName == nil || *ep.NodeName != node ||
+		tes.UID != es.UID || tes.Name != es.Name || tes.Namespace != es.Namespace {
+		t.Errorf("the compacted slice lost what the proxy reads: %+v", tes)
 	}
 	if at, ok := ParseTriggerTime(tes); !ok || !at.Equal(time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)) {
 		t.Errorf("the slice's trigger time did not survive: annotations %v", tes.Annotations)
@@ -314,5 +328,30 @@ func TestTriggerTimes(t *testing.T) {
 	}
 	if got := c.TriggerTimes(); len(got) != 0 {
 		t.Errorf("a stamp that does not parse: trigger times %v, want none", got)
+	}
+}
+
+// TestInitialListNamesNothing checks that the adds of an informer's initial list are counted
+// but name no Service and wake nothing (the Full Delta converts every Service anyway), and
+// that later adds name theirs.
+func TestInitialListNamesNothing(t *testing.T) {
+	var tr tracker
+	woke := 0
+	h := eventHandlers{t: &tr, after: func() { woke++ }}
+	objs := webObjects("10.244.1.2")
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node1"}}
+	h.services().OnAdd(objs.Services[0], true)
+	h.slices().OnAdd(objs.EndpointSlices[0], true)
+	h.nodes().OnAdd(node, true)
+	names, nodeChanged, ev := tr.take()
+	if len(names) != 0 || nodeChanged || woke != 0 || ev != (Events{Services: 1, EndpointSlices: 1}) {
+		t.Errorf("initial list: names %v, node %v, woke %d, events %+v; want none, false, 0, 1 and 1",
+			names, nodeChanged, woke, ev)
+	}
+	h.slices().OnAdd(objs.EndpointSlices[0], false)
+	h.nodes().OnAdd(node, false)
+	names, nodeChanged, _ = tr.take()
+	if _, ok := names[model.ServiceName{Namespace: "default", Name: "web"}]; !ok || !nodeChanged || woke != 2 {
+		t.Errorf("later adds: names %v, node %v, woke %d; want default/web, true, 2", names, nodeChanged, woke)
 	}
 }

@@ -153,14 +153,17 @@ func sliceServiceName(obj any) (model.ServiceName, bool) {
 }
 
 // eventHandlers record the informers' events in t and call after after each one (to wake
-// the source's loop).
+// the source's loop). The adds of an informer's initial list are counted but name nothing:
+// the source's first Delta is Full, and converts every Service of the caches, which hold
+// these objects before their handlers run; naming them again would have the proxy convert
+// and sync every Service a second time, right after the first sync.
 type eventHandlers struct {
 	t     *tracker
 	after func()
 }
 
 // services is the handler of the Service informer.
-func (h eventHandlers) services() cache.ResourceEventHandlerFuncs {
+func (h eventHandlers) services() cache.ResourceEventHandler {
 	one := func(obj any) {
 		name, ok := serviceName(obj)
 		if ok {
@@ -170,8 +173,14 @@ func (h eventHandlers) services() cache.ResourceEventHandlerFuncs {
 		}
 		h.after()
 	}
-	return cache.ResourceEventHandlerFuncs{
-		AddFunc:    one,
+	return cache.ResourceEventHandlerDetailedFuncs{
+		AddFunc: func(obj any, initial bool) {
+			if initial {
+				h.t.mark(false)
+				return
+			}
+			one(obj)
+		},
 		UpdateFunc: func(_, obj any) { one(obj) },
 		DeleteFunc: one,
 	}
@@ -179,7 +188,7 @@ func (h eventHandlers) services() cache.ResourceEventHandlerFuncs {
 
 // slices is the handler of the EndpointSlice informer: a slice whose service-name label
 // changed names both Services.
-func (h eventHandlers) slices() cache.ResourceEventHandlerFuncs {
+func (h eventHandlers) slices() cache.ResourceEventHandler {
 	names := func(objs ...any) []model.ServiceName {
 		var out []model.ServiceName
 		for _, o := range objs {
@@ -189,23 +198,35 @@ func (h eventHandlers) slices() cache.ResourceEventHandlerFuncs {
 		}
 		return out
 	}
-	return cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { h.t.mark(true, names(obj)...); h.after() },
+	return cache.ResourceEventHandlerDetailedFuncs{
+		AddFunc: func(obj any, initial bool) {
+			if initial {
+				h.t.mark(true)
+				return
+			}
+			h.t.mark(true, names(obj)...)
+			h.after()
+		},
 		UpdateFunc: func(old, obj any) { h.t.mark(true, names(old, obj)...); h.after() },
 		DeleteFunc: func(obj any) { h.t.mark(true, names(obj)...); h.after() },
 	}
 }
 
-// nodes is the handler of the Node informer; Node events are not counted.
-func (h eventHandlers) nodes() cache.ResourceEventHandlerFuncs {
+// nodes is the handler of the Node informer; Node events are not counted, and the initial
+// list's add is not recorded (the Full Delta reads the Node anyway).
+func (h eventHandlers) nodes() cache.ResourceEventHandler {
 	one := func(any) {
 		h.t.mu.Lock()
 		h.t.node = true
 		h.t.mu.Unlock()
 		h.after()
 	}
-	return cache.ResourceEventHandlerFuncs{
-		AddFunc:    one,
+	return cache.ResourceEventHandlerDetailedFuncs{
+		AddFunc: func(obj any, initial bool) {
+			if !initial {
+				one(obj)
+			}
+		},
 		UpdateFunc: func(_, obj any) { one(obj) },
 		DeleteFunc: one,
 	}

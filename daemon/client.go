@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"fmt"
+	"os"
 
+	clientfeatures "k8s.io/client-go/features"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -34,9 +36,37 @@ func (c ClientOptions) NewClient(userAgent string) (kubernetes.Interface, error)
 		cfg.AcceptContentTypes += ",application/json"
 	}
 	cfg.QPS, cfg.Burst = c.QPS, int(c.Burst)
+	if err := preferList(); err != nil {
+		return nil, err
+	}
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	return client, nil
+}
+
+// watchListEnv is client-go's environment variable for its WatchListClient feature.
+const watchListEnv = "KUBE_FEATURE_" + string(clientfeatures.WatchListClient)
+
+// preferList has the informers fill their caches with one LIST, as before client-go 1.35,
+// rather than with a WatchList stream (sendInitialEvents), unless $KUBE_FEATURE_WatchListClient
+// says otherwise. The API server serves the LIST from its watch cache in one response; the
+// stream costs it an encoded event per object. At 10,000 Services x 10 endpoints the API
+// server spent 0.8-1.3 s of CPU on the stream against 0.2-0.3 s on the LIST, and nftproxy
+// had its caches earlier. The feature gates are the process's: this holds for every client.
+func preferList() error {
+	if _, set := os.LookupEnv(watchListEnv); set {
+		return nil
+	}
+	gates, ok := clientfeatures.FeatureGates().(interface {
+		Set(clientfeatures.Feature, bool) error
+	})
+	if !ok {
+		return nil // gates replaced by someone else: theirs to decide
+	}
+	if err := gates.Set(clientfeatures.WatchListClient, false); err != nil {
+		return fmt.Errorf("kubernetes client: disable %s: %w", clientfeatures.WatchListClient, err)
+	}
+	return nil
 }

@@ -58,17 +58,9 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	}
 	backend := nft.NewNetlink("")
 	defer backend.Close()
-	if err := checkKernel(backend, log); err != nil {
-		return err
-	}
 	proxy := newProxy(o, node, backend, log, NewMetrics(reg), recorder)
 	proxy.NodeRequired = client != nil
 	defer proxy.ServiceHealth.Close()
-	closeServers, err := serveHTTP(o, reg, proxy, recorder)
-	if err != nil {
-		return err
-	}
-	defer closeServers()
 
 	var source cluster.Source
 	if o.Manifests != "" {
@@ -80,10 +72,28 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 		// kube-proxy's "birth cry".
 		nodeEvent(recorder, node, corev1.EventTypeNormal, ReasonStarting, "")
 	}
+	// The source starts first: listing the cluster takes longest, and the proxy only keeps
+	// what it delivers until its loop runs, after the kernel check.
+	sourceCtx, stopSource := context.WithCancel(ctx)
+	defer stopSource()
 	errc := make(chan error, 1)
-	go func() { errc <- source.Run(ctx, proxy.Update) }()
-	if err := proxy.Run(ctx); err != nil {
+	go func() { errc <- source.Run(sourceCtx, proxy.Update) }()
+	abort := func(err error) error {
+		stopSource()
+		<-errc
 		return err
+	}
+	if err := checkKernel(backend, log); err != nil {
+		return abort(err)
+	}
+	closeServers, err := serveHTTP(o, reg, proxy, recorder)
+	if err != nil {
+		return abort(err)
+	}
+	defer closeServers()
+
+	if err := proxy.Run(ctx); err != nil {
+		return abort(err)
 	}
 	if err := <-errc; err != nil {
 		return err
