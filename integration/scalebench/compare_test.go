@@ -126,7 +126,7 @@ type population struct {
 func shapes(smallNs, largeNs []int, smallM, largeM int) []shape {
 	return []shape{
 		{name: "small", title: "Services x %d endpoints", m: smallM, ns: smallNs,
-			goal: goal{n: 10000, cold: time.Second, restart: time.Second, coldFactor: 20, change: 50 * time.Millisecond, rss: 150e6, connect: 1.1}},
+			goal: goal{n: 10000, cold: 800 * time.Millisecond, restart: time.Second, coldFactor: 20, change: 20 * time.Millisecond, rss: 150e6, connect: 1.1}},
 		{name: "large", title: "Services x %d endpoints (large Services)", m: largeM, ns: largeNs,
 			goal: goal{n: 10000, cold: 5 * time.Second, restart: 5 * time.Second, change: 50 * time.Millisecond, rss: 1e9, connect: 1.1}},
 	}
