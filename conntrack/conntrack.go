@@ -324,12 +324,10 @@ type ctEntry struct {
 // CTA_TUPLE_ORIG, CTA_TUPLE_REPLY and CTA_ZONE and skipping the rest.
 func (e *ctEntry) decode(b []byte) error {
 	*e = ctEntry{}
-	for len(b) > 0 {
-		typ, v, rest, err := nextAttr(b)
-		if err != nil {
-			return err
-		}
-		b = rest
+	it := nlrecv.Attrs{B: b}
+	for it.Next() {
+		typ, v := it.Type, it.Data
+		var err error
 		switch typ {
 		case ctaTupleOrig:
 			err = decodeTuple(v, &e.orig)
@@ -342,17 +340,15 @@ func (e *ctEntry) decode(b []byte) error {
 			return err
 		}
 	}
-	return nil
+	return it.Err()
 }
 
 // decodeTuple decodes the children of a CTA_TUPLE_ORIG or CTA_TUPLE_REPLY attribute.
 func decodeTuple(b []byte, t *ct.Tuple) error {
-	for len(b) > 0 {
-		typ, v, rest, err := nextAttr(b)
-		if err != nil {
-			return err
-		}
-		b = rest
+	it := nlrecv.Attrs{B: b}
+	for it.Next() {
+		typ, v := it.Type, it.Data
+		var err error
 		switch typ {
 		case ctaTupleIP:
 			err = decodeIPTuple(v, &t.IP)
@@ -365,16 +361,13 @@ func decodeTuple(b []byte, t *ct.Tuple) error {
 			return err
 		}
 	}
-	return nil
+	return it.Err()
 }
 
 func decodeIPTuple(b []byte, t *ct.IPTuple) error {
-	for len(b) > 0 {
-		typ, v, rest, err := nextAttr(b)
-		if err != nil {
-			return err
-		}
-		b = rest
+	it := nlrecv.Attrs{B: b}
+	for it.Next() {
+		typ, v := it.Type, it.Data
 		var dst *netip.Addr
 		switch typ {
 		case ctaIPv4Src, ctaIPv6Src:
@@ -389,16 +382,14 @@ func decodeIPTuple(b []byte, t *ct.IPTuple) error {
 			return fmt.Errorf("address attribute of %d bytes", len(v))
 		}
 	}
-	return nil
+	return it.Err()
 }
 
 func decodeProtoTuple(b []byte, t *ct.ProtoTuple) error {
-	for len(b) > 0 {
-		typ, v, rest, err := nextAttr(b)
-		if err != nil {
-			return err
-		}
-		b = rest
+	it := nlrecv.Attrs{B: b}
+	for it.Next() {
+		typ, v := it.Type, it.Data
+		var err error
 		switch typ {
 		case ctaProtoNum:
 			if len(v) < 1 {
@@ -414,21 +405,7 @@ func decodeProtoTuple(b []byte, t *ct.ProtoTuple) error {
 			return err
 		}
 	}
-	return nil
-}
-
-// nextAttr splits the first netlink attribute off b: its type (without the nested and
-// byte order flags), its payload and what follows it.
-func nextAttr(b []byte) (typ uint16, payload, rest []byte, err error) {
-	if len(b) < unix.NLA_HDRLEN {
-		return 0, nil, nil, fmt.Errorf("%d trailing bytes after the attributes", len(b))
-	}
-	length := int(binary.NativeEndian.Uint16(b[0:2]))
-	if length < unix.NLA_HDRLEN || length > len(b) {
-		return 0, nil, nil, fmt.Errorf("attribute claims %d bytes of %d", length, len(b))
-	}
-	typ = binary.NativeEndian.Uint16(b[2:4]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
-	return typ, b[unix.NLA_HDRLEN:length], b[min(len(b), nlAlign(length)):], nil
+	return it.Err()
 }
 
 // attrUint16 reads a big-endian 16-bit attribute (ports and zones).
@@ -438,8 +415,6 @@ func attrUint16(v []byte) (uint16, error) {
 	}
 	return binary.BigEndian.Uint16(v), nil
 }
-
-func nlAlign(n int) int { return (n + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1) }
 
 // openNS returns a descriptor of the namespace at c.netnsPath (0, the current namespace,
 // when it is "") and the function that closes it.
@@ -527,3 +502,5 @@ func familyOf(a netip.Addr) netfilter.ProtoFamily {
 func unmapAddrPort(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
+
+func nlAlign(n int) int { return (n + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1) }

@@ -10,6 +10,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/nftproxy/nftproxy/internal/nlrecv"
 	"github.com/nftproxy/nftproxy/model"
 )
 
@@ -107,18 +108,18 @@ func pruneAffinity(c *conn, fam model.Family, keep func(AffinityEntry) bool, des
 
 // elementKeyData returns the key and data values of one dumped set element. They alias b.
 func elementKeyData(b []byte) (key, data []byte) {
-	it := attrIter{b: b}
-	for it.next() {
-		if it.typ != unix.NFTA_SET_ELEM_KEY && it.typ != unix.NFTA_SET_ELEM_DATA {
+	it := nlrecv.Attrs{B: b}
+	for it.Next() {
+		if it.Type != unix.NFTA_SET_ELEM_KEY && it.Type != unix.NFTA_SET_ELEM_DATA {
 			continue
 		}
-		v := attrIter{b: it.data}
-		for v.next() {
-			if v.typ == unix.NFTA_DATA_VALUE {
-				if it.typ == unix.NFTA_SET_ELEM_KEY {
-					key = v.data
+		v := nlrecv.Attrs{B: it.Data}
+		for v.Next() {
+			if v.Type == unix.NFTA_DATA_VALUE {
+				if it.Type == unix.NFTA_SET_ELEM_KEY {
+					key = v.Data
 				} else {
-					data = v.data
+					data = v.Data
 				}
 			}
 		}
@@ -129,10 +130,10 @@ func elementKeyData(b []byte) (key, data []byte) {
 // elementExpiration returns the time a dumped set element has left
 // (NFTA_SET_ELEM_EXPIRATION, milliseconds), or 0 when it carries none.
 func elementExpiration(b []byte) time.Duration {
-	it := attrIter{b: b}
-	for it.next() {
-		if it.typ == unix.NFTA_SET_ELEM_EXPIRATION && len(it.data) == 8 {
-			return time.Duration(binary.BigEndian.Uint64(it.data)) * time.Millisecond
+	it := nlrecv.Attrs{B: b}
+	for it.Next() {
+		if it.Type == unix.NFTA_SET_ELEM_EXPIRATION && len(it.Data) == 8 {
+			return time.Duration(binary.BigEndian.Uint64(it.Data)) * time.Millisecond
 		}
 	}
 	return 0

@@ -26,7 +26,6 @@ const (
 	nftaSetElemKeyEnd      = 10 // NFTA_SET_ELEM_KEY_END
 	nftaSetElemExpressions = 11 // NFTA_SET_ELEM_EXPRESSIONS
 	nftChainBase           = 1  // NFT_CHAIN_BASE, which the kernel reports in a base chain's flags
-	nlaTypeMask            = ^uint16(unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
 )
 
 // unrecognizedRule is the comment of a rule of the kernel that nftproxy would not have

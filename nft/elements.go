@@ -10,6 +10,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/nftproxy/nftproxy/internal/nlrecv"
 	"github.com/nftproxy/nftproxy/model"
 )
 
@@ -123,23 +124,23 @@ func (d *elemDecoder) decodeMessage(data []byte) error {
 
 // eachElement calls fn with the attributes of each element of one NEWSETELEM message.
 func eachElement(data []byte, fn func(elem []byte) error) error {
-	msg := attrIter{b: data}
-	for msg.next() {
-		if msg.typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+	msg := nlrecv.Attrs{B: data}
+	for msg.Next() {
+		if msg.Type != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
 			continue
 		}
 		// Each element is an NFTA_LIST_ELEM; like the kernel, ignore the attribute type.
-		list := attrIter{b: msg.data}
-		for list.next() {
-			if err := fn(list.data); err != nil {
+		list := nlrecv.Attrs{B: msg.Data}
+		for list.Next() {
+			if err := fn(list.Data); err != nil {
 				return err
 			}
 		}
-		if list.bad {
+		if list.Bad {
 			return errMalformed
 		}
 	}
-	if msg.bad {
+	if msg.Bad {
 		return errMalformed
 	}
 	return nil
@@ -153,54 +154,54 @@ func (d *elemDecoder) decodeElement(b []byte) error {
 	var verdictChain []byte
 	hasVerdict := false
 	bad := false
-	it := attrIter{b: b}
-	for it.next() {
-		switch it.typ {
+	it := nlrecv.Attrs{B: b}
+	for it.Next() {
+		switch it.Type {
 		case unix.NFTA_SET_ELEM_KEY:
-			k := attrIter{b: it.data}
-			for k.next() {
-				if k.typ == unix.NFTA_DATA_VALUE {
-					key = k.data
+			k := nlrecv.Attrs{B: it.Data}
+			for k.Next() {
+				if k.Type == unix.NFTA_DATA_VALUE {
+					key = k.Data
 				}
 			}
-			bad = bad || k.bad
+			bad = bad || k.Bad
 		case unix.NFTA_SET_ELEM_DATA:
-			da := attrIter{b: it.data}
-			for da.next() {
-				switch da.typ {
+			da := nlrecv.Attrs{B: it.Data}
+			for da.Next() {
+				switch da.Type {
 				case unix.NFTA_DATA_VALUE:
-					data = da.data
+					data = da.Data
 				case unix.NFTA_DATA_VERDICT:
 					hasVerdict = true
-					va := attrIter{b: da.data}
-					for va.next() {
-						switch va.typ {
+					va := nlrecv.Attrs{B: da.Data}
+					for va.Next() {
+						switch va.Type {
 						case unix.NFTA_VERDICT_CODE:
-							if len(va.data) == 4 {
-								verdictCode = int32(binary.BigEndian.Uint32(va.data))
+							if len(va.Data) == 4 {
+								verdictCode = int32(binary.BigEndian.Uint32(va.Data))
 							}
 						case unix.NFTA_VERDICT_CHAIN:
-							verdictChain = trimNUL(va.data)
+							verdictChain = trimNUL(va.Data)
 						}
 					}
-					bad = bad || va.bad
+					bad = bad || va.Bad
 				}
 			}
-			bad = bad || da.bad
+			bad = bad || da.Bad
 		case unix.NFTA_SET_ELEM_USERDATA:
-			if c, ok := udataString(it.data, udataElemComment); ok {
+			if c, ok := udataString(it.Data, udataElemComment); ok {
 				e.Comment = d.intern(c)
 			}
 		case unix.NFTA_SET_ELEM_FLAGS:
-			if len(it.data) == 4 && binary.BigEndian.Uint32(it.data) != 0 {
+			if len(it.Data) == 4 && binary.BigEndian.Uint32(it.Data) != 0 {
 				// An interval end or a catch-all element: nftproxy writes neither.
-				return fmt.Errorf("element with flags %#x: %w", binary.BigEndian.Uint32(it.data), ErrIncompatible)
+				return fmt.Errorf("element with flags %#x: %w", binary.BigEndian.Uint32(it.Data), ErrIncompatible)
 			}
 		case unix.NFTA_SET_ELEM_TIMEOUT, unix.NFTA_SET_ELEM_EXPR, unix.NFTA_SET_ELEM_OBJREF, nftaSetElemKeyEnd, nftaSetElemExpressions:
-			return fmt.Errorf("element with attribute %d: %w", it.typ, ErrIncompatible)
+			return fmt.Errorf("element with attribute %d: %w", it.Type, ErrIncompatible)
 		}
 	}
-	if bad || it.bad {
+	if bad || it.Bad {
 		return errMalformed
 	}
 	if len(key) != d.keyLen || !decodeKey(d.fam, d.set.Key, key, &e) {
@@ -299,33 +300,4 @@ func udataString(udata []byte, typ byte) ([]byte, bool) {
 		udata = udata[2+n:]
 	}
 	return nil, false
-}
-
-// attrIter walks the netlink attributes in b without copying or allocating: the levels of a
-// set element dump are walked for each of hundreds of thousands of elements per read, and a
-// netlink.AttributeDecoder allocates once per level and copies every attribute it steps on.
-type attrIter struct {
-	b []byte
-	// typ (flags masked off) and data are those of the current attribute; data aliases b.
-	typ  uint16
-	data []byte
-	// bad is set when the attributes' lengths do not add up; next then returns false.
-	bad bool
-}
-
-// next steps to the next attribute and reports whether there is one.
-func (it *attrIter) next() bool {
-	if len(it.b) < unix.NLA_HDRLEN {
-		it.bad = it.bad || len(it.b) != 0
-		return false
-	}
-	n := int(binary.NativeEndian.Uint16(it.b[0:2]))
-	if n < unix.NLA_HDRLEN || n > len(it.b) {
-		it.bad = true
-		return false
-	}
-	it.typ = binary.NativeEndian.Uint16(it.b[2:4]) & nlaTypeMask
-	it.data = it.b[unix.NLA_HDRLEN:n]
-	it.b = it.b[min(len(it.b), (n+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1)):]
-	return true
 }

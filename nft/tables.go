@@ -8,6 +8,8 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nftproxy/nftproxy/internal/nlrecv"
 )
 
 // TableRef names any nftables table of the namespace, nftproxy's or another program's
@@ -115,10 +117,10 @@ func (n *Netlink) DeleteTables(tables ...TableRef) error {
 
 // stringAttr returns the string attribute typ of a message's attributes.
 func stringAttr(data []byte, typ uint16) (string, bool) {
-	it := attrIter{b: data}
-	for it.next() {
-		if it.typ == typ {
-			return string(bytes.TrimRight(it.data, "\x00")), true
+	it := nlrecv.Attrs{B: data}
+	for it.Next() {
+		if it.Type == typ {
+			return string(bytes.TrimRight(it.Data, "\x00")), true
 		}
 	}
 	return "", false

@@ -1,6 +1,7 @@
-// Package nlrecv reads netlink datagrams straight into a caller's buffer, for the readers that
-// walk the kernel's replies in place (nftables dumps and acknowledgements, conntrack dumps)
-// rather than through a decoded message per reply.
+// Package nlrecv reads netlink datagrams straight into a caller's buffer (one at a time, or
+// many with recvmmsg) and walks their attributes in place, for the readers that decode the
+// kernel's replies without a decoded message per reply (nftables dumps, lookups and
+// acknowledgements, conntrack dumps).
 package nlrecv
 
 import (
