@@ -17,11 +17,26 @@ import (
 // socket's read deadline allows, and fails on a datagram larger than buf.
 func Recv(raw syscall.RawConn, buf []byte) (int, error) {
 	var n, flags int
+	err := read(raw, func(fd int) (err error) {
+		n, _, flags, _, err = unix.Recvmsg(fd, buf, nil, unix.MSG_DONTWAIT)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("receive netlink reply: %w", err)
+	}
+	if flags&unix.MSG_TRUNC != 0 {
+		return 0, errors.New("receive netlink reply: truncated")
+	}
+	return n, nil
+}
+
+// read runs recv on the socket raw until it succeeds or fails with other than EINTR,
+// waiting for data (EAGAIN) as the socket's read deadline allows.
+func read(raw syscall.RawConn, recv func(fd int) error) error {
 	var rerr error
 	err := raw.Read(func(fd uintptr) bool {
 		for {
-			n, _, flags, _, rerr = unix.Recvmsg(int(fd), buf, nil, unix.MSG_DONTWAIT)
-			if rerr != unix.EINTR {
+			if rerr = recv(int(fd)); rerr != unix.EINTR {
 				break
 			}
 		}
@@ -30,13 +45,7 @@ func Recv(raw syscall.RawConn, buf []byte) (int, error) {
 	if err == nil {
 		err = rerr
 	}
-	if err != nil {
-		return 0, fmt.Errorf("receive netlink reply: %w", err)
-	}
-	if flags&unix.MSG_TRUNC != 0 {
-		return 0, errors.New("receive netlink reply: truncated")
-	}
-	return n, nil
+	return err
 }
 
 // Batch receives many datagrams in one system call (recvmmsg), for replies of one message a
@@ -74,24 +83,15 @@ func NewBatch(n, size int) *Batch {
 // buffer.
 func (b *Batch) Recv(raw syscall.RawConn) ([][]byte, error) {
 	var n int
-	var rerr error
-	err := raw.Read(func(fd uintptr) bool {
-		for {
-			r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])),
-				uintptr(len(b.hdrs)), unix.MSG_DONTWAIT, 0, 0)
-			n, rerr = int(r), nil
-			if errno != 0 {
-				rerr = errno
-			}
-			if rerr != unix.EINTR {
-				break
-			}
+	err := read(raw, func(fd int) error {
+		r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.hdrs[0])),
+			uintptr(len(b.hdrs)), unix.MSG_DONTWAIT, 0, 0)
+		n = int(r)
+		if errno != 0 {
+			return errno
 		}
-		return rerr != unix.EAGAIN
+		return nil
 	})
-	if err == nil {
-		err = rerr
-	}
 	if err != nil {
 		return nil, fmt.Errorf("receive netlink replies: %w", err)
 	}
