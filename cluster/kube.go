@@ -58,12 +58,15 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Delta)) error {
 	changed := make(chan struct{}, 1)
 	var t tracker
 	h := eventHandlers{t: &t, after: func() { signal(changed) }}
+	var handled []cache.InformerSynced
 	for inf, handler := range map[cache.SharedIndexInformer]cache.ResourceEventHandler{
 		services: h.services(), slices: h.slices(), nodes: h.nodes(),
 	} {
-		if _, err := inf.AddEventHandler(handler); err != nil {
+		reg, err := inf.AddEventHandler(handler)
+		if err != nil {
 			return fmt.Errorf("kubernetes source: add event handler: %w", err)
 		}
+		handled = append(handled, reg.HasSynced)
 	}
 	store := informerStore{services: services.GetIndexer(), slices: slices.GetIndexer(), nodes: nodes.GetIndexer()}
 	all.Start(ctx.Done())
@@ -81,6 +84,13 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Delta)) error {
 		if !ok {
 			return fmt.Errorf("kubernetes source: %v cache did not sync: %w", typ, ctx.Err())
 		}
+	}
+	// A synced cache has not yet told its handlers about every object of its initial list:
+	// they hear of them from a queue of their own. Wait for that too, so that the first
+	// Delta counts the initial list (the changes metrics would otherwise count it late, as
+	// changes made after the first sync) and a later Delta holds only later events.
+	if !cache.WaitForCacheSync(ctx.Done(), handled...) {
+		return fmt.Errorf("kubernetes source: event handlers did not see the initial lists: %w", ctx.Err())
 	}
 	log.Info("Kubernetes caches synced")
 	// Taken before anything is read: an event taken here is in the store, and a later one
