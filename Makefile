@@ -64,12 +64,15 @@ bench:
 # Services, N x LARGE_M endpoints for each N of LARGE_NS; SHAPES picks them (small, large, or
 # none). At each N: populating the API server, cold sync, restart, single changes (nftproxy also
 # at its default --min-sync-period), CPU per change, RSS, CPU, and pod-to-ClusterIP connect
-# time with 1 vs N Services. Then CHURN (a duration; 0 skips it) of 20 endpoint changes a second
-# at CHURN_N x M for each proxy, CPU and RSS sampled every 10 s. Each wait for a proxy is bounded
-# by SYNC_TIMEOUT; one that runs out is reported as "did not finish", not failed. Writes
-# docs/benchmarks/results.md and the charts beside it (sync-time, rss, churn-rss, churn-cpu;
-# .png and .svg). See integration/scalebench's package doc for the rest of its knobs. The full
-# run takes about 1.5 hours on 2 cores, up to 2 when kube-proxy runs out of its limits.
+# time with 1 vs N Services; the cold sync and the restart RUNS times (each run after the first
+# in a fresh namespace, with only those two), reported as median and range. Then CHURN (a
+# duration; 0 skips it) of 20 endpoint changes a second at CHURN_N x M for each proxy, CPU and
+# RSS sampled every 10 s. Each wait for a proxy is bounded by SYNC_TIMEOUT; one that runs out is
+# reported as "did not finish", not failed. Writes docs/benchmarks/results.md and the charts
+# beside it (sync-time, rss, churn-rss, churn-cpu; .png and .svg). See integration/scalebench's
+# package doc for the rest of its knobs. The full run takes about 1.75 hours on 2 cores (RUNS=3
+# adds about 15 minutes, most of it kube-proxy's restarts at 10,000 x 100), up to 2.25 when
+# kube-proxy runs out of its limits.
 N ?= 10000
 M ?= 10
 NS ?= 100,1000,5000,$(N)
@@ -79,10 +82,11 @@ SHAPES ?= small,large
 CHURN ?= 10m
 CHURN_N ?= $(N)
 SYNC_TIMEOUT ?= 10m
+RUNS ?= 3
 bench-compare: k8s-bins
 	NFTPROXY_SCALEBENCH=1 SCALEBENCH_SHAPES=$(SHAPES) SCALEBENCH_N=$(NS) SCALEBENCH_M=$(M) \
-	  SCALEBENCH_LARGE_N=$(LARGE_NS) SCALEBENCH_LARGE_M=$(LARGE_M) SCALEBENCH_CHURN=$(CHURN) \
-	  SCALEBENCH_CHURN_N=$(CHURN_N) SCALEBENCH_SYNC_TIMEOUT=$(SYNC_TIMEOUT) \
+	  SCALEBENCH_LARGE_N=$(LARGE_NS) SCALEBENCH_LARGE_M=$(LARGE_M) SCALEBENCH_RUNS=$(RUNS) \
+	  SCALEBENCH_CHURN=$(CHURN) SCALEBENCH_CHURN_N=$(CHURN_N) SCALEBENCH_SYNC_TIMEOUT=$(SYNC_TIMEOUT) \
 	  $(GO) test ./integration/scalebench -run TestScaleCompare -v -timeout 240m
 
 demo: build

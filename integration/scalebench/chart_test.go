@@ -18,8 +18,26 @@ import (
 // CPU time over the churn. Each goes to an SVG (hand-written) and a PNG (image/png with the
 // bitmap font of font_test.go, so no dependency beyond the standard library).
 
-// point is one value y at x (Services, or minutes).
-type point struct{ x, y float64 }
+// point is one value y at x (Services, or minutes). When hi > lo, y is the median of values
+// from lo to hi (hi +Inf: one did not finish), drawn as a bar.
+type point struct{ x, y, lo, hi float64 }
+
+// medianPoint returns f's median at x, with its range as a bar, all scaled by scale.
+func medianPoint(f figure, x, scale float64) point {
+	return point{x: x, y: f.median() * scale, lo: f[0] * scale, hi: f[len(f)-1] * scale}
+}
+
+// bar returns the ends of p's range bar on axes a, and ok false when p has no range. A range up
+// to a run that did not finish ends at the top of the y axis without a cap (capped false).
+func (p point) bar(a axes) (lo, hi float64, capped, ok bool) {
+	if !(p.hi > p.lo) {
+		return 0, 0, false, false
+	}
+	if math.IsInf(p.hi, 1) {
+		return p.lo, a.hi, false, true
+	}
+	return p.lo, p.hi, true, true
+}
 
 // series is one line of a chart.
 type series struct {
@@ -60,7 +78,8 @@ var (
 	churnLabels = map[string]string{nftName: "nftproxy, min-sync 0", kubeName: "kube-proxy", nftDefaultsName: "nftproxy, min-sync 1 s"}
 )
 
-// charts returns the charts of the runs: time and RSS against N, and the churn's when it ran.
+// charts returns the charts of the runs: time and RSS against N (medians over the runs, with
+// their range), and the churn's when it ran.
 func charts(runs []*shapeRun, churn *churnRun) []chart {
 	timeC := chart{file: "sync-time", title: "Cold sync and restart time vs number of Services", xLabel: "Services (N)",
 		yLabel: "time (log scale)", logY: true, yFormat: func(v float64) string { return xLabel(v) + " s" }}
@@ -80,14 +99,19 @@ func charts(runs []*shapeRun, churn *churnRun) []chart {
 					continue
 				}
 				ticks[n] = true
-				if x.ColdSync > 0 {
-					cold.pts = append(cold.pts, point{float64(n), x.ColdSync.Seconds()})
+				if f := x.cold(); len(f) > 0 && !math.IsInf(f.median(), 1) {
+					cold.pts = append(cold.pts, medianPoint(f, float64(n), 1))
 				}
-				if x.Restart > 0 {
-					restart.pts = append(restart.pts, point{float64(n), x.Restart.Seconds()})
+				if f := x.restart(); len(f) > 0 && !math.IsInf(f.median(), 1) {
+					restart.pts = append(restart.pts, medianPoint(f, float64(n), 1))
 				}
-				if r := max(x.RSSCold, x.RSSRestart); r > 0 {
-					rss.pts = append(rss.pts, point{float64(n), float64(r) / 1e6})
+				// The process with the larger median, as the targets judge it.
+				f := x.rssCold()
+				if r := x.rssRestart(); r.median() > f.median() {
+					f = r
+				}
+				if len(f) > 0 {
+					rss.pts = append(rss.pts, medianPoint(f, float64(n), 1e-6))
 				}
 			}
 			timeC.series = append(timeC.series, cold, restart)
@@ -118,8 +142,8 @@ func charts(runs []*shapeRun, churn *churnRun) []chart {
 		rs := series{label: churnLabels[name], color: churnColors[name]}
 		cs := rs
 		for _, sm := range r.Samples {
-			rs.pts = append(rs.pts, point{sm.At.Minutes(), float64(sm.RSS) / 1e6})
-			cs.pts = append(cs.pts, point{sm.At.Minutes(), sm.CPU})
+			rs.pts = append(rs.pts, point{x: sm.At.Minutes(), y: float64(sm.RSS) / 1e6})
+			cs.pts = append(cs.pts, point{x: sm.At.Minutes(), y: sm.CPU})
 		}
 		churnRSS.series = append(churnRSS.series, rs)
 		churnCPU.series = append(churnCPU.series, cs)
@@ -158,6 +182,12 @@ func (c chart) axes() axes {
 	for _, s := range c.series {
 		for _, p := range s.pts {
 			a.lo, a.hi = math.Min(a.lo, p.y), math.Max(a.hi, p.y)
+			if p.hi > p.lo {
+				a.lo = math.Min(a.lo, p.lo)
+				if !math.IsInf(p.hi, 1) {
+					a.hi = math.Max(a.hi, p.hi)
+				}
+			}
 			a.maxX = max(a.maxX, p.x)
 		}
 	}
@@ -283,6 +313,14 @@ func (c chart) svg() string {
 			}
 		}
 		for _, p := range s.pts {
+			if lo, hi, capped, ok := p.bar(f.a); ok {
+				x, y0, y1 := f.x(p.x), f.y(lo), f.y(hi)
+				d := fmt.Sprintf("M%.1f %.1fV%.1fM%.1f %.1fh8", x, y0, y1, x-4, y0)
+				if capped {
+					d += fmt.Sprintf("M%.1f %.1fh8", x-4, y1)
+				}
+				fmt.Fprintf(&b, `<path d="%s" stroke="%s" stroke-width="1.5"/>`+"\n", d, col)
+			}
 			if len(s.pts) <= markersUpTo {
 				marker(f.x(p.x), f.y(p.y))
 			}
@@ -330,6 +368,14 @@ func (c chart) png() ([]byte, error) {
 			cv.line(f.x(p.x), f.y(p.y), f.x(q.x), f.y(q.y), 2.5, s.color, s.dashed)
 		}
 		for _, p := range s.pts {
+			if lo, hi, capped, ok := p.bar(f.a); ok {
+				x, y0, y1 := math.Round(f.x(p.x)), math.Round(f.y(lo)), math.Round(f.y(hi))
+				cv.fillRect(x-1, y1, x+1, y0+1, s.color)
+				cv.fillRect(x-6, y0-1, x+6, y0+1, s.color)
+				if capped {
+					cv.fillRect(x-6, y1-1, x+6, y1+1, s.color)
+				}
+			}
 			if len(s.pts) <= markersUpTo {
 				cv.marker(f.x(p.x), f.y(p.y), s.color, s.dashed)
 			}

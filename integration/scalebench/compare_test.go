@@ -26,11 +26,12 @@ import (
 
 // result holds one proxy's figures at one N.
 type result struct {
-	ColdSync, Restart    time.Duration
+	// Runs holds the cold sync and restart of each run, run 1 first (see measure). A run whose
+	// cold sync or restart ran out of its time limit (ColdDNF, RestartDNF) is the last one.
+	Runs                 []runResult
 	ChangeMed, ChangeP90 time.Duration
-	OwnCold, OwnChange   float64 // own sync-duration metric: cold sync, median per change (s)
-	RSSCold, RSSRestart  int64   // peak RSS (VmHWM) of the first process and of the restarted one
-	CPUCold, CPURestart  float64 // CPU seconds of the first process and of the restarted one
+	OwnChange            float64 // own sync-duration metric, median per change (s)
+	CPUCold, CPURestart  float64 // CPU seconds of run 1's first process and of its restarted one
 	Samples              int
 	// CPU per change: CPU seconds (utime+stime) of the restarted process over CPUChanges
 	// changes made back to back, and the syncs it counted meanwhile.
@@ -44,9 +45,91 @@ type result struct {
 	ConnN, ConnNP90     time.Duration
 	Connects            int
 	// Time limits a step ran out of: the step did not finish (and the steps after it that need
-	// it were not run). Zero: finished or not run.
+	// it were not run). Zero: finished or not run. ColdDNF and RestartDNF are of the last run.
 	ColdDNF, RestartDNF, ChangeDNF time.Duration
 	Err                            string
+}
+
+// runResult holds one run's cold sync and restart: their times, the peak RSS (VmHWM) of the
+// first process and of the restarted one, and the first process's own sync-duration metric
+// after its first sync (s). Zero: not measured (or did not finish).
+type runResult struct {
+	Cold, Restart       time.Duration
+	RSSCold, RSSRestart int64
+	OwnCold             float64
+}
+
+// figure is one measure over a proxy's runs, in ascending order: the value of each run that
+// has one, and +Inf for a run whose step did not finish.
+type figure []float64
+
+// figureOf returns the figure of get over r's runs: get's value of each run where it is not
+// zero, and +Inf for the last run when dnf.
+func (r *result) figureOf(get func(runResult) float64, dnf bool) figure {
+	var f figure
+	for _, x := range r.Runs {
+		if v := get(x); v != 0 {
+			f = append(f, v)
+		}
+	}
+	if dnf {
+		f = append(f, math.Inf(1))
+	}
+	slices.Sort(f)
+	return f
+}
+
+// cold returns the cold sync times over r's runs (s).
+func (r *result) cold() figure {
+	return r.figureOf(func(x runResult) float64 { return x.Cold.Seconds() }, r.ColdDNF > 0)
+}
+
+// restart returns the restart times over r's runs (s).
+func (r *result) restart() figure {
+	return r.figureOf(func(x runResult) float64 { return x.Restart.Seconds() }, r.RestartDNF > 0)
+}
+
+// ownCold returns the own sync-duration metric after the cold sync over r's runs (s).
+func (r *result) ownCold() figure {
+	return r.figureOf(func(x runResult) float64 { return x.OwnCold }, false)
+}
+
+// rssCold returns the peak RSS of the first process over r's runs (bytes).
+func (r *result) rssCold() figure {
+	return r.figureOf(func(x runResult) float64 { return float64(x.RSSCold) }, false)
+}
+
+// rssRestart returns the peak RSS of the restarted process over r's runs (bytes).
+func (r *result) rssRestart() figure {
+	return r.figureOf(func(x runResult) float64 { return float64(x.RSSRestart) }, false)
+}
+
+// rssPeak returns the larger peak RSS of each run's two processes (bytes).
+func (r *result) rssPeak() figure {
+	return r.figureOf(func(x runResult) float64 { return float64(max(x.RSSCold, x.RSSRestart)) }, false)
+}
+
+// median returns the median of f (the mean of the middle two of an even number), or 0 for
+// none.
+func (f figure) median() float64 {
+	switch {
+	case len(f) == 0:
+		return 0
+	case len(f)%2 == 1:
+		return f[len(f)/2]
+	}
+	return (f[len(f)/2-1] + f[len(f)/2]) / 2
+}
+
+// over returns how many of f's values exceed limit.
+func (f figure) over(limit float64) int {
+	k := 0
+	for _, v := range f {
+		if v > limit {
+			k++
+		}
+	}
+	return k
 }
 
 // cpuPerChange returns the CPU seconds per change of the back-to-back run, or NaN.
@@ -78,6 +161,7 @@ const (
 
 // config holds the run's parameters.
 type config struct {
+	runs       int // cold syncs and restarts per proxy and N
 	samples    int // single changes per proxy
 	cpuChanges int // back-to-back changes for CPU per change
 	connects   int // timed connects per data-plane measurement
@@ -166,7 +250,7 @@ func TestScaleCompare(t *testing.T) {
 	smallNs := env(envInts(nEnv, []int{100, 1000, 5000, 10000}))
 	largeNs := env(envInts(largeNEnv, []int{10000}))
 	all := shapes(smallNs, largeNs, one(envInt(mEnv, 10)), one(envInt(largeMEnv, 100)))
-	cfg := config{samples: one(envInt(samplesEnv, 20)), cpuChanges: one(envInt(cpuChangesEnv, 100)),
+	cfg := config{runs: one(envInt(runsEnv, 3)), samples: one(envInt(samplesEnv, 20)), cpuChanges: one(envInt(cpuChangesEnv, 100)),
 		connects: one(envInt(connectsEnv, 2000))}
 	var err error
 	if cfg.limit, err = envDuration(timeoutEnv, 10*time.Minute); err != nil || cfg.limit == 0 {

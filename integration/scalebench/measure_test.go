@@ -61,13 +61,37 @@ func programOne(t *testing.T, srv *apiserver.Server, pk proxyKind) (*topology.Ne
 
 func dur(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
-// measure runs one proxy in a fresh namespace with all N+1 Services of m endpoints: cold sync,
-// data plane (against one, the client pod of programOne's namespace), restart, single changes,
-// CPU per change; with pk.changeOnly only the cold sync and the single changes. idx (the
-// proxy's place in the list) keeps the changes' addresses apart from the other proxies' (which
-// changed the same EndpointSlices before), so that each change is a real one. A step that runs
-// out of cfg.limit is recorded in r (and the steps that need it are skipped), not returned.
+// measure measures one proxy with all N+1 Services of m endpoints in cfg.runs runs: run 1 by
+// measureFirst, then (unless pk.changeOnly, or run 1's cold sync or restart did not finish or
+// failed) each further run by measureRun, until one's cold sync or restart does not finish. A
+// step that runs out of cfg.limit is recorded in r (and the steps that need it are skipped),
+// not returned.
+//
+// Each run's namespace, with its rules, stays until the N's end, as run 1's does: the kernel
+// frees a deleted namespace's rules (up to a million endpoints') in the background, which
+// would overlap the next run's cold sync.
 func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk proxyKind, n, m, idx int, cfg config, one *topology.NetNS, r *result) error {
+	err := measureFirst(t, srv, cs, pk, n, m, idx, cfg, one, r)
+	if err != nil || pk.changeOnly || r.ColdDNF > 0 || r.RestartDNF > 0 {
+		return err
+	}
+	for k := 2; k <= cfg.runs && r.ColdDNF == 0 && r.RestartDNF == 0; k++ {
+		if err := measureRun(t, srv, pk, n, k, cfg, r); err != nil {
+			return fmt.Errorf("run %d: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// measureFirst runs one proxy in a fresh namespace with all N+1 Services of m endpoints (run 1,
+// appended to r.Runs): cold sync, data plane (against one, the client pod of programOne's
+// namespace), restart, single changes, CPU per change; with pk.changeOnly only the cold sync
+// and the single changes. idx (the proxy's place in the list) keeps the changes' addresses
+// apart from the other proxies' (which changed the same EndpointSlices before), so that each
+// change is a real one.
+func measureFirst(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk proxyKind, n, m, idx int, cfg config, one *topology.NetNS, r *result) error {
+	r.Runs = append(r.Runs, runResult{})
+	run := &r.Runs[len(r.Runs)-1]
 	ns := proxyNS(t, pk.short[:2], srv)
 	var client *topology.NetNS
 	if !pk.changeOnly {
@@ -98,11 +122,11 @@ func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk pr
 	} else if err != nil {
 		return fmt.Errorf("cold sync: %w", err)
 	}
-	r.ColdSync = at.Sub(start)
+	run.Cold = at.Sub(start)
 	if mm, err := metrics(ns); err == nil {
-		r.OwnCold = metric(mm, "kubeproxy_sync_proxy_rules_duration_seconds_sum")
+		run.OwnCold = metric(mm, syncSum)
 	}
-	t.Logf("%s: cold sync %v (own metric %.3fs)", pk.name, r.ColdSync, r.OwnCold)
+	t.Logf("%s: cold sync %v (own metric %.3fs)", pk.name, run.Cold, run.OwnCold)
 	time.Sleep(2 * time.Second) // let the proxy settle (deferred work, GC)
 
 	if pk.changeOnly {
@@ -114,7 +138,7 @@ func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk pr
 		return err
 	}
 	hwm1, cpu1, _ := p.stats()
-	r.RSSCold, r.CPUCold = hwm1, cpu1
+	run.RSSCold, r.CPUCold = hwm1, cpu1
 
 	// 2. Data plane: with the proxy killed (its rules stay), connects through this namespace
 	// (N+1 Services) and through programOne's (1 Service), interleaved. Skipped when
@@ -144,8 +168,8 @@ func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk pr
 	} else if err != nil {
 		return fmt.Errorf("restart: %w", err)
 	}
-	r.Restart = at.Sub(start)
-	t.Logf("%s: restart %v", pk.name, r.Restart)
+	run.Restart = at.Sub(start)
+	t.Logf("%s: restart %v", pk.name, run.Restart)
 	time.Sleep(2 * time.Second)
 
 	// 4. Single changes.
@@ -160,7 +184,7 @@ func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk pr
 	if err != nil {
 		return err
 	}
-	r.RSSRestart, r.CPURestart = hwm2, cpu2
+	run.RSSRestart, r.CPURestart = hwm2, cpu2
 
 	// 5. CPU per change: changes back to back, each sent when the previous one's sync is seen,
 	// the proxy's metrics scraped only before and after.
@@ -181,6 +205,64 @@ func measure(t *testing.T, srv *apiserver.Server, cs kubernetes.Interface, pk pr
 	r.CPUBurst, r.CPUChanges = cpu3-cpu2, len(burst.lat)
 	r.CPUSyncs = metric(after, syncCount) - metric(before, syncCount)
 	t.Logf("%s: CPU %.3fs over %d changes (%.0f syncs): %.2f ms per change", pk.name, r.CPUBurst, r.CPUChanges, r.CPUSyncs, 1e3*r.cpuPerChange())
+	return nil
+}
+
+// measureRun measures run k (k ≥ 2) of one proxy at N, appended to r.Runs: in a fresh namespace
+// (without pods), a cold sync, 2 s for the proxy to settle, its peak RSS and own sync-duration
+// metric, SIGKILL; then a restart with the rules in place, 2 s, its peak RSS, SIGKILL. A step
+// that runs out of cfg.limit sets r.ColdDNF or r.RestartDNF and ends the run.
+func measureRun(t *testing.T, srv *apiserver.Server, pk proxyKind, n, k int, cfg config, r *result) error {
+	r.Runs = append(r.Runs, runResult{})
+	run := &r.Runs[len(r.Runs)-1]
+	ns := proxyNS(t, fmt.Sprintf("%s%d", pk.short[:2], k), srv)
+	dir := t.TempDir()
+	kc := filepath.Join(dir, "kubeconfig")
+	srv.WriteKubeconfig(t, kc, apiserver.AdminUser)
+	logPath := filepath.Join(dir, fmt.Sprintf("%s-run%d.log", pk.short, k))
+	// startSynced starts the proxy and waits for its first sync: it returns the proxy and the
+	// time that took, or records in *dnf that it ran out of cfg.limit.
+	startSynced := func(step string, dnf *time.Duration) (*proc, time.Duration, error) {
+		start := time.Now()
+		p := startProc(t, ns, logPath, pk.bin, pk.args(kc)...)
+		at, err := waitSynced(ns, p, pk.table, n+1, start, cfg.limit)
+		if d, ok := dnfLimit(err); ok {
+			*dnf = d
+			t.Logf("%s: the %s of run %d did not finish in %v; no more runs", pk.name, step, k, d)
+			return p, 0, nil
+		} else if err != nil {
+			return p, 0, fmt.Errorf("%s: %w", step, err)
+		}
+		return p, at.Sub(start), nil
+	}
+
+	p, took, err := startSynced("cold sync", &r.ColdDNF)
+	defer p.kill()
+	if err != nil || r.ColdDNF > 0 {
+		return err
+	}
+	run.Cold = took
+	if mm, err := metrics(ns); err == nil {
+		run.OwnCold = metric(mm, syncSum)
+	}
+	time.Sleep(2 * time.Second) // as in run 1: deferred work, GC
+	if run.RSSCold, _, err = p.stats(); err != nil {
+		return err
+	}
+	p.kill()
+
+	p, took, err = startSynced("restart", &r.RestartDNF)
+	defer p.kill()
+	if err != nil || r.RestartDNF > 0 {
+		return err
+	}
+	run.Restart = took
+	time.Sleep(2 * time.Second)
+	if run.RSSRestart, _, err = p.stats(); err != nil {
+		return err
+	}
+	t.Logf("%s run %d: cold sync %v (own metric %.3fs, peak RSS %s), restart %v (peak RSS %s)",
+		pk.name, k, run.Cold, run.OwnCold, mb(run.RSSCold), run.Restart, mb(run.RSSRestart))
 	return nil
 }
 

@@ -30,7 +30,7 @@ func fsecs(s float64) string {
 }
 
 func ratio(a, b float64) string {
-	if a <= 0 || b <= 0 || math.IsNaN(a) || math.IsNaN(b) {
+	if a <= 0 || b <= 0 || math.IsNaN(a) || math.IsNaN(b) || math.IsInf(a, 0) || math.IsInf(b, 0) {
 		return "—"
 	}
 	return fmt.Sprintf("%.1fx", b/a)
@@ -79,6 +79,45 @@ func timed(d, dnf time.Duration) string {
 	return secs(d)
 }
 
+// spreadText formats a figure, each value with format: its median, and with more than one run
+// their range and number ("1.40 s (1.32–1.55 s, 3 runs)"). A run that did not finish in limit
+// reads "did not finish in 10 min" as the median, "over 10 min" as the end of the range.
+func spreadText(f figure, format func(float64) string, limit time.Duration) string {
+	med := valueText(f.median(), format, "did not finish in "+limitText(limit))
+	switch {
+	case len(f) == 0:
+		return "—"
+	case len(f) == 1:
+		return med
+	}
+	lo, hi := format(f[0]), valueText(f[len(f)-1], format, "over "+limitText(limit))
+	if lo == hi {
+		return fmt.Sprintf("%s (%d runs alike)", med, len(f))
+	}
+	return fmt.Sprintf("%s (%s, %d runs)", med, rangeText(lo, hi), len(f))
+}
+
+// valueText formats v with format, or as inf if it is +Inf (a run that did not finish).
+func valueText(v float64, format func(float64) string, inf string) string {
+	if math.IsInf(v, 1) {
+		return inf
+	}
+	return format(v)
+}
+
+// rangeText joins two formatted values into a range, with their unit once when they share it
+// ("1.32–1.55 s", "950.0 ms – 1.05 s").
+func rangeText(lo, hi string) string {
+	i, j := strings.LastIndex(lo, " "), strings.LastIndex(hi, " ")
+	if i > 0 && j > 0 && lo[i:] == hi[j:] {
+		return lo[:i] + "–" + hi
+	}
+	return lo + " – " + hi
+}
+
+// mbFigure formats a figure's value in bytes as mbOr does.
+func mbFigure(v float64) string { return mbOr(int64(v)) }
+
 // cpuMs formats CPU seconds per change in milliseconds.
 func cpuMs(s float64) string {
 	if s <= 0 || math.IsNaN(s) {
@@ -109,6 +148,15 @@ func report(cfg config, runs []*shapeRun, churn *churnRun) string {
 	b.WriteString("- **cold sync**: process start until its first sync is reported by its metrics (`kubeproxy_sync_proxy_rules_last_timestamp_seconds`)\n")
 	b.WriteString("  and the kernel's `service-ips` map holds ≥ N+1 elements (netlink dump), polled every 20 ms.\n")
 	b.WriteString("- **restart**: SIGKILL, start again with the rules in place, same detection.\n")
+	if cfg.runs > 1 {
+		fmt.Fprintf(&b, "- **runs**: the cold sync and the restart are measured %d times for each proxy at each N (nftproxy at defaults: once).\n", cfg.runs)
+		b.WriteString("  Run 1 is the one described here, and also does the data plane, the single changes and CPU per change; each\n")
+		b.WriteString("  further run is a fresh proxy in a fresh network namespace of its own (no pods): cold sync, 2 s, SIGKILL, restart\n")
+		b.WriteString("  with the rules in place, 2 s, SIGKILL. The tables give the median over the runs (the mean of the middle two of an\n")
+		b.WriteString("  even number) with their range and number, \"1.40 s (1.32–1.55 s, 3 runs)\", and ratios of medians; peak RSS of the\n")
+		b.WriteString("  restarted process is after the single changes in run 1, 2 s after the restart in the others. A cold sync or restart\n")
+		fmt.Fprintf(&b, "  of a later run that does not finish ends that proxy's runs and counts as its slowest (\"over %s\").\n", limitText(cfg.limit))
+	}
 	b.WriteString("- **single change**: one EndpointSlice updated (one endpoint address replaced, a new address for every change and\n")
 	b.WriteString("  every proxy) until the namespace's nftables ruleset generation changes (NFT_MSG_GETGEN polled every 2 ms),\n")
 	b.WriteString("  confirmed by the proxy's sync counter rising; from just before the API request, so it includes the API server\n")
@@ -136,7 +184,11 @@ func report(cfg config, runs []*shapeRun, churn *churnRun) string {
 	fmt.Fprintf(&b, "- **time limit**: every wait for a proxy (a sync, a change) is bounded by %s (`%s`). A proxy that runs out of it\n", limitText(cfg.limit), timeoutEnv)
 	b.WriteString("  is reported as \"did not finish\", and the steps that need that one are not run.\n")
 	b.WriteString("- ratio = kube-proxy / nftproxy.\n\n")
-	b.WriteString("The charts show both shapes (x10, x100: endpoints per Service); a step that did not finish has no point.\n\n")
+	b.WriteString("The charts show both shapes (x10, x100: endpoints per Service); a step that did not finish has no point.")
+	if cfg.runs > 1 {
+		b.WriteString(" A point is\nthe median over the runs, its bar their range (up to the top for a run that did not finish).")
+	}
+	b.WriteString("\n\n")
 	b.WriteString("![cold sync and restart time vs N](sync-time.png)\n\n")
 	b.WriteString("![peak RSS vs N](rss.png)\n\n")
 	b.WriteString("(Also as SVG: [sync-time.svg](sync-time.svg), [rss.svg](rss.svg).)\n\n")
@@ -172,18 +224,26 @@ func nReport(b *strings.Builder, n int, res map[string]*result) {
 	fmt.Fprintf(b, "### N = %d\n\n", n)
 	b.WriteString("| | nftproxy | kube-proxy | ratio |\n| --- | --- | --- | --- |\n")
 	row := func(name, x, y, r string) { fmt.Fprintf(b, "| %s | %s | %s | %s |\n", name, x, y, r) }
-	row("cold sync", timed(a.ColdSync, a.ColdDNF), timed(k.ColdSync, k.ColdDNF), ratio(a.ColdSync.Seconds(), k.ColdSync.Seconds()))
-	row("restart with rules in place", timed(a.Restart, a.RestartDNF), timed(k.Restart, k.RestartDNF), ratio(a.Restart.Seconds(), k.Restart.Seconds()))
+	// fig writes the row of a figure over the runs: medians, their ratio.
+	fig := func(name string, get func(*result) figure, format func(float64) string, limit func(*result) time.Duration) {
+		x, y := get(a), get(k)
+		row(name, spreadText(x, format, limit(a)), spreadText(y, format, limit(k)), ratio(x.median(), y.median()))
+	}
+	coldDNF := func(r *result) time.Duration { return r.ColdDNF }
+	restartDNF := func(r *result) time.Duration { return r.RestartDNF }
+	none := func(*result) time.Duration { return 0 }
+	fig("cold sync", (*result).cold, fsecs, coldDNF)
+	fig("restart with rules in place", (*result).restart, fsecs, restartDNF)
 	row(fmt.Sprintf("single change, median (%d/%d samples; nftproxy `--min-sync-period=0`)", a.Samples, k.Samples), timed(a.ChangeMed, a.ChangeDNF), timed(k.ChangeMed, k.ChangeDNF), ratio(a.ChangeMed.Seconds(), k.ChangeMed.Seconds()))
 	row("single change, p90", secs(a.ChangeP90), secs(k.ChangeP90), ratio(a.ChangeP90.Seconds(), k.ChangeP90.Seconds()))
 	row(fmt.Sprintf("single change at defaults, median (%d/%d samples; both `--min-sync-period` 1 s)", d.Samples, k.Samples), timed(d.ChangeMed, d.ChangeDNF), timed(k.ChangeMed, k.ChangeDNF), ratio(d.ChangeMed.Seconds(), k.ChangeMed.Seconds()))
 	row("single change at defaults, p90", secs(d.ChangeP90), secs(k.ChangeP90), ratio(d.ChangeP90.Seconds(), k.ChangeP90.Seconds()))
 	row(fmt.Sprintf("CPU per change (%d/%d changes back to back)", a.CPUChanges, k.CPUChanges), cpuMs(a.cpuPerChange()), cpuMs(k.cpuPerChange()), ratio(a.cpuPerChange(), k.cpuPerChange()))
-	row("own sync duration, cold", fsecs(a.OwnCold), fsecs(k.OwnCold), ratio(a.OwnCold, k.OwnCold))
+	fig("own sync duration, cold", (*result).ownCold, fsecs, none)
 	row("own sync duration, per change (median)", fsecs(a.OwnChange), fsecs(k.OwnChange), ratio(a.OwnChange, k.OwnChange))
 	row("own sync duration, per change at defaults (median)", fsecs(d.OwnChange), fsecs(k.OwnChange), ratio(d.OwnChange, k.OwnChange))
-	row("peak RSS, first process", mbOr(a.RSSCold), mbOr(k.RSSCold), ratio(float64(a.RSSCold), float64(k.RSSCold)))
-	row("peak RSS, restarted process", mbOr(a.RSSRestart), mbOr(k.RSSRestart), ratio(float64(a.RSSRestart), float64(k.RSSRestart)))
+	fig("peak RSS, first process", (*result).rssCold, mbFigure, none)
+	fig("peak RSS, restarted process", (*result).rssRestart, mbFigure, none)
 	cpu := func(x float64) string {
 		if x == 0 {
 			return "—"
@@ -203,12 +263,18 @@ func nReport(b *strings.Builder, n int, res map[string]*result) {
 		if x == nil {
 			continue
 		}
+		later := len(x.Runs) > 1 // the DNF is of a later run (the last)
 		switch {
+		case x.ColdDNF > 0 && later:
+			fmt.Fprintf(b, "\n%s: the cold sync of run %d did not finish in %s (the runs end there; it counts as the slowest).\n", name, len(x.Runs), limitText(x.ColdDNF))
+		case x.RestartDNF > 0 && later:
+			fmt.Fprintf(b, "\n%s: the restart of run %d did not finish in %s (the runs end there; it counts as the slowest).\n", name, len(x.Runs), limitText(x.RestartDNF))
 		case x.ColdDNF > 0:
 			fmt.Fprintf(b, "\n%s: the cold sync did not finish in %s; the data plane, restart and changes were not run.\n", name, limitText(x.ColdDNF))
 		case x.RestartDNF > 0:
 			fmt.Fprintf(b, "\n%s: the restart did not finish in %s; the changes were not run.\n", name, limitText(x.RestartDNF))
-		case x.ChangeDNF > 0:
+		}
+		if x.ChangeDNF > 0 {
 			fmt.Fprintf(b, "\n%s: a change was not programmed within %s; the changes after it were not made.\n", name, limitText(x.ChangeDNF))
 		}
 		if x.Err != "" {
@@ -311,7 +377,12 @@ func targets(b *strings.Builder, sr *shapeRun) {
 	if n < g.n {
 		b.WriteString(" (smaller than the targets' N, so this is indicative only)")
 	}
-	b.WriteString(". A figure that was not measured counts as missed.\n\n")
+	b.WriteString(". A figure that was not measured counts as missed.")
+	if len(a.Runs) > 1 {
+		b.WriteString(" Over more than one run a target is judged by the median (peak RSS: the larger of the two\n")
+		b.WriteString("processes' medians; the factor: nftproxy's median against kube-proxy's), the worst run shown beside it.")
+	}
+	b.WriteString("\n\n")
 	b.WriteString("| target | nftproxy | met? |\n| --- | --- | --- |\n")
 	verdict := func(ok, measured bool) string {
 		switch {
@@ -325,18 +396,54 @@ func targets(b *strings.Builder, sr *shapeRun) {
 	row := func(name, got string, ok, measured bool) {
 		fmt.Fprintf(b, "| %s | %s | %s |\n", name, got, verdict(ok, measured))
 	}
-	row("cold sync ≤ "+limitText(g.cold), timed(a.ColdSync, a.ColdDNF), a.ColdSync <= g.cold, a.ColdSync > 0 || a.ColdDNF > 0)
-	if g.coldFactor > 0 {
-		f := 0.0
-		if a.ColdSync > 0 {
-			f = k.ColdSync.Seconds() / a.ColdSync.Seconds()
+	// judge writes the row of a target on a figure of nftproxy's, lower being better: met when
+	// med (the figure's median, or what stands for it) is at most limit. With more than one run
+	// the worst stands beside it, and a verdict of met says how many runs are past limit ("over",
+	// or miss). dnf is the limit of a run that did not finish; note follows in brackets.
+	judge := func(name string, med float64, f figure, limit float64, format func(float64) string, dnf time.Duration, miss, note string) {
+		got := "—"
+		if len(f) > 0 {
+			got = valueText(med, format, "did not finish in "+limitText(dnf))
 		}
-		row(fmt.Sprintf("cold sync ≥ %.0fx faster than kube-proxy", g.coldFactor), fmt.Sprintf("%.1fx (kube-proxy %s)", f, timed(k.ColdSync, k.ColdDNF)), f >= g.coldFactor, a.ColdSync > 0 && k.ColdSync > 0)
+		var notes []string
+		if len(f) > 1 {
+			got += " median"
+			notes = append(notes, "worst "+valueText(f[len(f)-1], format, "run did not finish in "+limitText(dnf)))
+		}
+		if note != "" {
+			notes = append(notes, note)
+		}
+		if len(notes) > 0 {
+			got += " (" + strings.Join(notes, "; ") + ")"
+		}
+		v := verdict(med <= limit, len(f) > 0)
+		if k := f.over(limit); len(f) > 1 && med <= limit && k > 0 {
+			v += fmt.Sprintf(" (median; %d of %d runs %s)", k, len(f), miss)
+		}
+		fmt.Fprintf(b, "| %s | %s | %s |\n", name, got, v)
 	}
-	row("restart ≤ "+limitText(g.restart), timed(a.Restart, a.RestartDNF), a.Restart <= g.restart, a.Restart > 0 || a.RestartDNF > 0)
-	row("single change end to end ≤ "+limitText(g.change)+" median (`--min-sync-period=0`)", timed(a.ChangeMed, a.ChangeDNF), a.ChangeMed <= g.change, a.ChangeMed > 0 || a.ChangeDNF > 0)
-	rss := max(a.RSSCold, a.RSSRestart)
-	row("peak RSS ≤ "+sizeText(g.rss), mb(rss)+" (larger of first and restarted process)", rss <= g.rss, rss > 0)
+	ac, kc := a.cold(), k.cold()
+	judge("cold sync ≤ "+limitText(g.cold), ac.median(), ac, g.cold.Seconds(), fsecs, a.ColdDNF, "over", "")
+	if g.coldFactor > 0 {
+		// nftproxy's runs against kube-proxy's median: run i meets it when its cold sync is at
+		// most kube-proxy's median / coldFactor.
+		km := kc.median()
+		f := ac
+		if km <= 0 || math.IsInf(km, 1) || len(ac) == 0 || math.IsInf(ac.median(), 1) {
+			f = nil // not measured
+		}
+		note := "kube-proxy " + spreadText(kc, fsecs, k.ColdDNF)
+		if len(kc) > 1 {
+			note = "kube-proxy median " + spreadText(kc, fsecs, k.ColdDNF)
+		}
+		judge(fmt.Sprintf("cold sync ≥ %.0fx faster than kube-proxy", g.coldFactor), f.median(), f, km/g.coldFactor,
+			func(v float64) string { return fmt.Sprintf("%.1fx", km/v) }, a.ColdDNF, "short", note)
+	}
+	ar := a.restart()
+	judge("restart ≤ "+limitText(g.restart), ar.median(), ar, g.restart.Seconds(), fsecs, a.RestartDNF, "over", "")
+	row("single change end to end ≤ "+limitText(g.change)+" median (`--min-sync-period=0`)", timed(a.ChangeMed, a.ChangeDNF), a.ChangeDNF == 0 && a.ChangeMed <= g.change, a.ChangeMed > 0 || a.ChangeDNF > 0)
+	judge("peak RSS ≤ "+sizeText(g.rss), max(a.rssCold().median(), a.rssRestart().median()), a.rssPeak(), float64(g.rss),
+		mbFigure, 0, "over", "larger of first and restarted process")
 	pct := math.Round((g.connect - 1) * 100)
 	row(fmt.Sprintf("connect time at N within %.0f%% of 1 Service (median, %d vs 1 Service)", pct, n+1),
 		fmt.Sprintf("%s vs %s: %s", secs(a.ConnN), secs(a.ConnOne), growth(a.ConnOne, a.ConnN)),

@@ -11,6 +11,11 @@
 //     change over many changes back to back, peak RSS and CPU of each proxy, and the data
 //     plane: TCP connect time from a pod to a ClusterIP with 1 Service and with N Services
 //     programmed. Each shape has its own targets for nftproxy, judged at its largest N.
+//     The cold sync and the restart are measured SCALEBENCH_RUNS times (default 3) for each
+//     proxy at each N: run 1 as above, each further run in a fresh namespace of its own with
+//     only a cold sync and a restart. The report gives their median and range (the targets:
+//     the median, and the worst run beside it); nftproxy at its default --min-sync-period
+//     has one run.
 //   - churn: SCALEBENCH_CHURN_RATE (default 20) endpoint changes a second on random Services at
 //     SCALEBENCH_CHURN_N (default 10000) x 10 for SCALEBENCH_CHURN (default 10m), each proxy
 //     in turn; CPU and RSS sampled every 10 s.
@@ -23,7 +28,7 @@
 // Makefile's bench-compare target, whose variables set these):
 //
 //	NFTPROXY_SCALEBENCH=1 SCALEBENCH_SHAPES=small,large SCALEBENCH_N=100,1000,5000,10000 \
-//	  SCALEBENCH_LARGE_N=10000 SCALEBENCH_CHURN=10m \
+//	  SCALEBENCH_LARGE_N=10000 SCALEBENCH_RUNS=3 SCALEBENCH_CHURN=10m \
 //	  go test ./integration/scalebench -run TestScaleCompare -v -timeout 240m
 //
 // SCALEBENCH_SHAPES picks the shapes (small, large, or none), SCALEBENCH_CHURN=0 skips the
@@ -57,6 +62,7 @@ const (
 	mEnv          = "SCALEBENCH_M"            // small shape and churn: endpoints per Service (default 10)
 	largeNEnv     = "SCALEBENCH_LARGE_N"      // large shape: comma-separated list of N (default 10000)
 	largeMEnv     = "SCALEBENCH_LARGE_M"      // large shape: endpoints per Service (default 100)
+	runsEnv       = "SCALEBENCH_RUNS"         // cold sync and restart: runs per proxy and N (default 3)
 	samplesEnv    = "SCALEBENCH_SAMPLES"      // single-change samples per proxy (default 20, at most 1000)
 	cpuChangesEnv = "SCALEBENCH_CPU_CHANGES"  // back-to-back changes for CPU per change (default 100, at most 1000)
 	connectsEnv   = "SCALEBENCH_CONNECTS"     // timed TCP connects per data-plane measurement (default 2000)
