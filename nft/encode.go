@@ -2,6 +2,7 @@ package nft
 
 import (
 	"fmt"
+	"iter"
 	"net/netip"
 	"time"
 
@@ -54,9 +55,10 @@ func newEncoder(b *batch, fam model.Family) *encoder {
 	return &encoder{b: b, fam: nfproto(fam), family: fam, table: model.TableName}
 }
 
-// addAll adds the table, then every set, every chain, the sets' elements and every rule:
-// map elements and rules may refer to any chain, so all chains exist before either.
-func (e *encoder) addAll(rs *model.Ruleset) error {
+// addAll adds the table, then every set, every chain, the sets' elements (each set's own,
+// then those more gives for it) and every rule: map elements and rules may refer to any
+// chain, so all chains exist before either.
+func (e *encoder) addAll(rs *model.Ruleset, more func(model.Family, string) (iter.Seq[*model.Element], int)) error {
 	e.b.addTable(e.fam, e.table)
 	for _, s := range rs.Sets {
 		e.addSet(s)
@@ -65,7 +67,23 @@ func (e *encoder) addAll(rs *model.Ruleset) error {
 		e.addChain(c)
 	}
 	for _, s := range rs.Sets {
-		if err := e.addElements(s, s.Elements); err != nil {
+		elems, n := more(rs.Family, s.Name)
+		if len(s.Elements)+n == 0 {
+			continue
+		}
+		all := func(yield func(*model.Element) bool) {
+			for i := range s.Elements {
+				if !yield(&s.Elements[i]) {
+					return
+				}
+			}
+			for e := range elems {
+				if !yield(e) {
+					return
+				}
+			}
+		}
+		if err := e.writeElementSeq(unix.NFT_MSG_NEWSETELEM, s, all); err != nil {
 			return err
 		}
 	}
@@ -175,16 +193,27 @@ func (e *encoder) writeElements(typ uint16, s *model.Set, in []model.Element) er
 	if len(in) == 0 {
 		return nil
 	}
+	return e.writeElementSeq(typ, s, func(yield func(*model.Element) bool) {
+		for i := range in {
+			if !yield(&in[i]) {
+				return
+			}
+		}
+	})
+}
+
+// writeElementSeq is writeElements of the elements in yields.
+func (e *encoder) writeElementSeq(typ uint16, s *model.Set, in iter.Seq[*model.Element]) error {
 	// Each element is written at once, from one reused wire element: a full sync has hundreds
 	// of thousands.
 	ew := e.b.elemWriter(e.fam, typ, e.table, s.Name)
 	var w wireElement
 	var key, data []byte
-	for _, el := range in {
+	for el := range in {
 		if len(s.Key) > 0 && s.Key[0] == model.KeyAddr && !e.family.Contains(el.Addr) {
 			return fmt.Errorf("set %s: address %s is not %s", s.Name, el.Addr, e.family)
 		}
-		key = model.AppendElementKey(key[:0], e.family, s.Key, el)
+		key = model.AppendElementKey(key[:0], e.family, s.Key, *el)
 		w = wireElement{key: key, comment: el.Comment}
 		switch s.Data {
 		case model.VerdictData:

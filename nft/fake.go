@@ -157,9 +157,9 @@ func (f *Fake) Apply(tx *Transaction, genID uint32) error {
 			undo[i]()
 		}
 	}()
-	for _, rs := range tx.Replace {
+	for i, rs := range tx.Replace {
 		old, had := f.tables[rs.Family]
-		f.tables[rs.Family] = newFakeTable(rs)
+		f.tables[rs.Family] = newFakeTable(tx.Replaced(i))
 		undo = append(undo, func() {
 			if had {
 				f.tables[rs.Family] = old

@@ -2,6 +2,8 @@ package nft
 
 import (
 	"fmt"
+	"iter"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -42,7 +44,41 @@ type Op struct {
 // replaced wholesale, then Ops are applied in order.
 type Transaction struct {
 	Replace []*model.Ruleset
-	Ops     []Op
+	// More, when set, gives more elements of the replaced tables' sets: those it yields for
+	// a set of a Replace ruleset are written after the set's own Elements, n of them. A
+	// caller that keeps a large table elsewhere (the syncer's claims) streams it from there
+	// rather than copying every element into the Ruleset.
+	More func(fam model.Family, set string) (elems iter.Seq[*model.Element], n int)
+	Ops  []Op
+}
+
+// more returns what tx.More gives for set of fam, or nothing.
+func (tx *Transaction) more(fam model.Family, set string) (iter.Seq[*model.Element], int) {
+	if tx.More == nil {
+		return func(func(*model.Element) bool) {}, 0
+	}
+	return tx.More(fam, set)
+}
+
+// Replaced returns the i-th replaced table whole: Replace[i] with the elements More gives
+// appended to its sets (Replace[i] itself when there are none). It copies the table.
+func (tx *Transaction) Replaced(i int) *model.Ruleset {
+	rs := tx.Replace[i]
+	if tx.More == nil {
+		return rs
+	}
+	out := *rs
+	out.Sets = make([]*model.Set, len(rs.Sets))
+	for j, s := range rs.Sets {
+		c := *s
+		elems, n := tx.More(rs.Family, s.Name)
+		c.Elements = slices.Grow(slices.Clone(s.Elements), n)
+		for e := range elems {
+			c.Elements = append(c.Elements, *e)
+		}
+		out.Sets[j] = &c
+	}
+	return &out
 }
 
 // Empty reports whether the transaction changes nothing.
@@ -65,7 +101,8 @@ func (tx *Transaction) ObjectsByFamily() map[model.Family]int {
 	for _, rs := range tx.Replace {
 		n := 1
 		for _, s := range rs.Sets {
-			n += 1 + len(s.Elements)
+			_, more := tx.more(rs.Family, s.Name)
+			n += 1 + len(s.Elements) + more
 		}
 		for _, c := range rs.Chains {
 			n += 1 + len(c.Rules)
@@ -91,7 +128,7 @@ func (tx *Transaction) encode(b *batch) error {
 		fam := nfproto(rs.Family)
 		b.addTable(fam, model.TableName)
 		b.delTable(fam, model.TableName)
-		if err := newEncoder(b, rs.Family).addAll(rs); err != nil {
+		if err := newEncoder(b, rs.Family).addAll(rs, tx.more); err != nil {
 			return fmt.Errorf("encode %s table: %w", rs.Family, err)
 		}
 	}
@@ -150,10 +187,10 @@ func (n *Netlink) Apply(tx *Transaction, genID uint32) error {
 // would have been sent.
 func (tx *Transaction) String() string {
 	var b strings.Builder
-	for _, rs := range tx.Replace {
+	for i, rs := range tx.Replace {
 		fmt.Fprintf(&b, "add table %s %s\n", rs.Family, model.TableName)
 		fmt.Fprintf(&b, "delete table %s %s\n", rs.Family, model.TableName)
-		b.WriteString(model.Render(rs))
+		b.WriteString(model.Render(tx.Replaced(i)))
 	}
 	// As encode: the chains first, so that elements and rules may refer to them.
 	for _, op := range tx.Ops {

@@ -1,6 +1,8 @@
 package nft
 
 import (
+	"bytes"
+	"iter"
 	"net/netip"
 	"strings"
 	"testing"
@@ -138,4 +140,64 @@ func lineDiff(want, got string) string {
 		}
 	}
 	return b.String()
+}
+
+// TestReplaceMore checks that a replaced table whose elements come from More is the same
+// transaction as one that holds them: the same batch, byte for byte, the same object counts
+// and text, and the same table in the Fake.
+func TestReplaceMore(t *testing.T) {
+	for _, whole := range readTestRulesets() {
+		skeleton := &model.Ruleset{Family: whole.Family, Chains: whole.Chains}
+		rest := map[string][]model.Element{}
+		for _, s := range whole.Sets {
+			c := *s
+			// Keep one element in the Ruleset (where there are two), stream the others.
+			keep := min(len(s.Elements), 1)
+			c.Elements = s.Elements[:keep]
+			rest[s.Name] = s.Elements[keep:]
+			skeleton.Sets = append(skeleton.Sets, &c)
+		}
+		streamed := &Transaction{Replace: []*model.Ruleset{skeleton},
+			More: func(fam model.Family, set string) (iter.Seq[*model.Element], int) {
+				if fam != whole.Family {
+					t.Errorf("More asked for family %s, want %s", fam, whole.Family)
+				}
+				els := rest[set]
+				return func(yield func(*model.Element) bool) {
+					for i := range els {
+						if !yield(&els[i]) {
+							return
+						}
+					}
+				}, len(els)
+			}}
+		copied := &Transaction{Replace: []*model.Ruleset{whole}}
+
+		var bs, bc batch
+		if err := streamed.encode(&bs); err != nil {
+			t.Fatal(err)
+		}
+		if err := copied.encode(&bc); err != nil {
+			t.Fatal(err)
+		}
+		if bs.n != bc.n || !bytes.Equal(bytes.Join(append(bs.chunks, bs.buf), nil), bytes.Join(append(bc.chunks, bc.buf), nil)) {
+			t.Errorf("%s: streamed batch (%d messages) differs from the copied one (%d)", whole.Family, bs.n, bc.n)
+		}
+		if s, c := streamed.Objects(), copied.Objects(); s != c {
+			t.Errorf("%s: streamed transaction counts %d objects, copied %d", whole.Family, s, c)
+		}
+		if s, c := streamed.String(), copied.String(); s != c {
+			t.Errorf("%s: streamed transaction reads\n%s\nwant\n%s", whole.Family, s, c)
+		}
+		fs, fc := NewFake(1), NewFake(1)
+		if err := fs.Apply(streamed, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := fc.Apply(copied, 0); err != nil {
+			t.Fatal(err)
+		}
+		if s, c := fs.Render(whole.Family), fc.Render(whole.Family); s != c {
+			t.Errorf("%s: the Fake holds\n%s\nwant\n%s", whole.Family, s, c)
+		}
+	}
 }

@@ -297,10 +297,28 @@ func (t *table) claimedKeys(set string) (iter.Seq[model.Key], int) {
 	return maps.Keys(t.claims[set]), len(t.claims[set])
 }
 
-// desired returns the whole desired ruleset: the skeleton with every claimed element and
-// chain. It equals model.Build of the same Services, except that elements are sorted only
-// when sorted is set (the kernel does not care about their order).
-func (t *table) desired(sorted bool) *model.Ruleset {
+// desiredSkeleton returns the desired ruleset without the claimed elements: the skeleton's
+// sets with their fixed elements, and the desired chains. claimedElements gives the rest.
+func (t *table) desiredSkeleton() *model.Ruleset {
+	return &model.Ruleset{Family: t.fam, Sets: t.skeleton.Sets, Chains: t.desiredChains()}
+}
+
+// claimedElements returns the claimed elements of set (the first owner's of each key), and
+// how many there are.
+func (t *table) claimedElements(set string) (iter.Seq[*model.Element], int) {
+	claims := t.claims[set]
+	return func(yield func(*model.Element) bool) {
+		for _, c := range claims {
+			if !yield(c.elem) {
+				return
+			}
+		}
+	}, len(claims)
+}
+
+// desired returns the whole desired ruleset, as model.Build of the same Services gives it:
+// the skeleton with every claimed element (sorted) and chain.
+func (t *table) desired() *model.Ruleset {
 	rs := &model.Ruleset{Family: t.fam}
 	for _, set := range t.skeleton.Sets {
 		s := *set
@@ -310,9 +328,7 @@ func (t *table) desired(sorted bool) *model.Ruleset {
 		for _, c := range claims {
 			s.Elements = append(s.Elements, *c.elem)
 		}
-		if sorted {
-			slices.SortFunc(s.Elements, model.CompareElements)
-		}
+		slices.SortFunc(s.Elements, model.CompareElements)
 		rs.Sets = append(rs.Sets, &s)
 	}
 	rs.Chains = t.desiredChains()
