@@ -88,6 +88,11 @@ type elemDecoder struct {
 	// strs interns comments and chain names, which many elements share.
 	strs  map[string]string
 	elems []model.Element
+	// With chunk > 0, elems never grows past chunk elements: a full elems moves to full and
+	// a new one starts, so that the elements decoded are never copied as they accumulate (a
+	// lookup of a million-element map copied them over and over: 3.5 s of CPU).
+	chunk int
+	full  [][]model.Element
 }
 
 // newElemDecoder returns a decoder of the elements of s, a set of exp, with room for
@@ -230,8 +235,45 @@ func (d *elemDecoder) decodeElement(b []byte) error {
 		}
 		e.Endpoint = netip.AddrPortFrom(addr, binary.BigEndian.Uint16(data[n:]))
 	}
+	if d.chunk > 0 && len(d.elems) == cap(d.elems) && len(d.elems) > 0 {
+		d.full = append(d.full, d.elems)
+		d.elems = make([]model.Element, 0, d.chunk)
+	}
 	d.elems = append(d.elems, e)
 	return nil
+}
+
+// count returns how many elements d decoded.
+func (d *elemDecoder) count() int {
+	n := len(d.elems)
+	for _, c := range d.full {
+		n += len(c)
+	}
+	return n
+}
+
+// each calls fn with every element d decoded from the from-th on, in order.
+func (d *elemDecoder) each(from int, fn func(*model.Element)) {
+	for _, c := range append(d.full[:len(d.full):len(d.full)], d.elems) {
+		if from >= len(c) {
+			from -= len(c)
+			continue
+		}
+		for i := from; i < len(c); i++ {
+			fn(&c[i])
+		}
+		from = 0
+	}
+}
+
+// appendTo appends every element d decoded to dst, and forgets them.
+func (d *elemDecoder) appendTo(dst []model.Element) []model.Element {
+	for _, c := range d.full {
+		dst = append(dst, c...)
+	}
+	dst = append(dst, d.elems...)
+	d.full, d.elems = nil, nil
+	return dst
 }
 
 // decodeKey fills the key fields of e from a key as model.ElementKey writes it, and reports

@@ -196,8 +196,9 @@ func (l *lookuper) addWorker() error {
 		sock.Close()
 		return err
 	}
-	l.workers = append(l.workers, &lookupWorker{c: sub, rb: nlrecv.NewBatch(64, 4096),
-		d: newElemDecoder(l.exp, l.set, l.hint/lookupWorkers()+lookupBatch)})
+	d := newElemDecoder(l.exp, l.set, min(l.hint/lookupWorkers()+lookupBatch, lookupChunk))
+	d.chunk = lookupChunk
+	l.workers = append(l.workers, &lookupWorker{c: sub, rb: nlrecv.NewBatch(64, 4096), d: d})
 	return nil
 }
 
@@ -223,7 +224,7 @@ func (l *lookuper) lookup(keys []model.Key, found func(*model.Element)) error {
 	var wg sync.WaitGroup
 	for i, w := range workers {
 		chunk := keys[min(len(keys), i*per):min(len(keys), (i+1)*per)]
-		before[i] = len(w.d.elems)
+		before[i] = w.d.count()
 		wg.Go(func() { errs[i] = w.c.lookupElements(l.exp, l.set.Name, chunk, w.rb, w.d) })
 	}
 	wg.Wait()
@@ -232,9 +233,7 @@ func (l *lookuper) lookup(keys []model.Key, found func(*model.Element)) error {
 	}
 	if found != nil {
 		for i, w := range workers {
-			for j := before[i]; j < len(w.d.elems); j++ {
-				found(&w.d.elems[j])
-			}
+			w.d.each(before[i], found)
 		}
 	}
 	return nil
@@ -244,12 +243,11 @@ func (l *lookuper) lookup(keys []model.Key, found func(*model.Element)) error {
 func (l *lookuper) elements() []model.Element {
 	n := 0
 	for _, w := range l.workers {
-		n += len(w.d.elems)
+		n += w.d.count()
 	}
 	out := make([]model.Element, 0, n)
 	for _, w := range l.workers {
-		out = append(out, w.d.elems...)
-		w.d.elems = nil
+		out = w.d.appendTo(out)
 	}
 	return out
 }

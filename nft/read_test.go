@@ -126,11 +126,30 @@ func TestElementRoundTrip(t *testing.T) {
 				t.Fatalf("%s set %s: encode: %v", rs.Family, s.Name, err)
 			}
 			d := newElemDecoder(exp, &model.Set{Name: s.Name, Key: s.Key, Data: s.Data}, 0)
+			// The same in chunks of two, as lookups keep them.
+			dc := newElemDecoder(exp, &model.Set{Name: s.Name, Key: s.Key, Data: s.Data}, 0)
+			dc.chunk = 2
 			b.eachMessage(func(_ uint16, data []byte) {
 				if err := d.decodeMessage(data); err != nil {
 					t.Errorf("%s set %s: decode: %v", rs.Family, s.Name, err)
 				}
+				if err := dc.decodeMessage(data); err != nil {
+					t.Errorf("%s set %s: decode in chunks: %v", rs.Family, s.Name, err)
+				}
 			})
+			for from := range len(d.elems) + 1 {
+				var got []model.Element
+				dc.each(from, func(e *model.Element) { got = append(got, *e) })
+				if !slices.Equal(got, d.elems[from:]) {
+					t.Errorf("%s set %s: in chunks, from element %d: %v; want %v", rs.Family, s.Name, from, got, d.elems[from:])
+				}
+			}
+			if n := dc.count(); n != len(d.elems) {
+				t.Errorf("%s set %s: in chunks, %d elements; want %d", rs.Family, s.Name, n, len(d.elems))
+			}
+			if all := dc.appendTo(nil); !slices.Equal(all, d.elems) || dc.count() != 0 {
+				t.Errorf("%s set %s: in chunks, all are %v (then %d left); want %v", rs.Family, s.Name, all, dc.count(), d.elems)
+			}
 			got := slices.SortedFunc(slices.Values(d.elems), model.CompareElements)
 			want := slices.SortedFunc(slices.Values(s.Elements), model.CompareElements)
 			if len(got) != len(want) {
