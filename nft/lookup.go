@@ -129,7 +129,7 @@ func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[m
 		if err != nil {
 			return err
 		}
-		keys = keys[:0]
+		keys = slices.Grow(keys[:0], 2*int(width)*len(more))
 		for _, f := range more {
 			from := probe[f] + width
 			probe[f] = from
