@@ -141,7 +141,7 @@ func (t *table) diffAll(want []*model.Chain, tx *nft.Transaction) {
 		claims := t.claims[sk.Name]
 		fixed := sk.ByKey()
 		for k := range t.readBack[sk.Name] {
-			if _, ok := fixed[k]; !ok && claims[k] == nil {
+			if _, ok := fixed[k]; !ok && claims[k].elem == nil {
 				ops.element(sk.Name, k, model.Element{}, false)
 			}
 		}

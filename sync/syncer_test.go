@@ -294,3 +294,54 @@ func TestAdoption(t *testing.T) {
 		t.Errorf("adoption of an up-to-date table wrote %d objects in %d transactions", res.Objects, fake.Calls-calls)
 	}
 }
+
+// TestSharedKeys checks keys that several Services claim (an external IP and port that
+// three Services name, and their NodePort): the first Service by name wins, as model.Build
+// has it, whichever Service comes, changes or goes, and in whatever order.
+func TestSharedKeys(t *testing.T) {
+	ext := netip.MustParseAddr("192.0.2.10")
+	svc := func(ns string, i int) model.Service {
+		return model.Service{Name: model.ServiceName{Namespace: ns, Name: "web"},
+			ClusterIPs:  []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 0, byte(i)})},
+			ExternalIPs: []netip.Addr{ext},
+			Ports: []model.ServicePort{{Name: "http", Protocol: model.TCP, Port: 80, NodePort: 30080, Endpoints: []model.Endpoint{
+				{Addr: netip.AddrFrom4([4]byte{10, 244, byte(i), 1}), Port: 8080, Ready: true},
+				{Addr: netip.AddrFrom4([4]byte{10, 244, byte(i), 2}), Port: 8080, Ready: true},
+			}}}}
+	}
+	node := model.NodeConfig{Family: model.IPv4, NodeName: "node1"}
+	fake := nft.NewFake(1)
+	s := sync.NewSyncer(fake, model.IPv4)
+	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: node})
+	have := map[model.ServiceName]model.Service{}
+	rng := rand.New(rand.NewPCG(1, 2))
+	names := []string{"a", "b", "c"}
+	for step := range 60 {
+		ns := names[rng.IntN(len(names))]
+		name := model.ServiceName{Namespace: ns, Name: "web"}
+		var change *model.Service
+		if _, ok := have[name]; ok && rng.IntN(3) == 0 {
+			delete(have, name)
+		} else {
+			v := svc(ns, 1+rng.IntN(3))
+			change = &v
+			have[name] = v
+		}
+		s.Update(map[model.ServiceName]*model.Service{name: change}, time.Unix(0, 0))
+		syncUntilDone(t, s)
+		for s.Pending() { // chains emptied by a commit go with the next
+			syncUntilDone(t, s)
+		}
+		var all []model.Service
+		for _, v := range have {
+			all = append(all, v)
+		}
+		want := model.Render(model.Build(all, node))
+		if got := fake.Render(model.IPv4); got != want {
+			t.Fatalf("step %d (%s %s): the table differs from model.Build:\n%s", step, name, map[bool]string{true: "gone", false: "set"}[change == nil], scenario.LineDiff(want, got))
+		}
+		if got := model.Render(s.Committed(model.IPv4)); got != want {
+			t.Fatalf("step %d: the syncer's view differs from model.Build:\n%s", step, scenario.LineDiff(want, got))
+		}
+	}
+}

@@ -19,8 +19,16 @@ type table struct {
 	skeleton *model.Ruleset
 	setDefs  map[string]*model.Set
 	parts    map[model.ServiceName]*model.Part
-	// claims records, per set and key, the Services whose Part holds that key.
-	claims map[string]map[model.Key]*claim
+	// claims records, per set and key, the Services whose Part holds that key: the first by
+	// name, in place (a million endpoints make a million keys), and shared the others.
+	claims map[string]map[model.Key]claim
+	shared map[string]map[model.Key][]model.ServiceName
+	// owners numbers the Services with a Part, for claims to name them in four bytes:
+	// ownerIDs gives a Service's number, owners the Service of a number (free when none),
+	// and freeIDs the numbers free.
+	owners   []model.ServiceName
+	ownerIDs map[model.ServiceName]uint32
+	freeIDs  []uint32
 	// chainClaims counts the Parts that hold each service chain, and chainDefs keeps its
 	// content (identical in every Part that holds it).
 	chainClaims map[string]int
@@ -43,13 +51,12 @@ type table struct {
 	noLocalInternal, noLocalExternal int
 }
 
-// claim lists the Services whose Parts hold one key of a set. The first by name wins: its
-// element is the desired one. Almost every key has a single owner.
+// claim is the claim of the Services whose Parts hold one key of a set. The first by name
+// wins: its element is the desired one. Almost every key has a single owner; the table's
+// shared lists the others.
 type claim struct {
-	first model.ServiceName
-	elem  *model.Element // the first owner's element, inside its Part
-	// others are the other owners, sorted.
-	others []model.ServiceName
+	elem  *model.Element // the first owner's element, inside its Part; nil: no claim
+	first uint32         // the first owner, by its number in the table's owners
 }
 
 func newTable(fam model.Family, node model.NodeConfig) *table {
@@ -60,7 +67,9 @@ func newTable(fam model.Family, node model.NodeConfig) *table {
 		skeleton:    sk,
 		setDefs:     map[string]*model.Set{},
 		parts:       map[model.ServiceName]*model.Part{},
-		claims:      map[string]map[model.Key]*claim{},
+		claims:      map[string]map[model.Key]claim{},
+		shared:      map[string]map[model.Key][]model.ServiceName{},
+		ownerIDs:    map[model.ServiceName]uint32{},
 		chainClaims: map[string]int{},
 		chainDefs:   map[string]*model.Chain{},
 		staleChains: map[string]bool{},
@@ -71,7 +80,7 @@ func newTable(fam model.Family, node model.NodeConfig) *table {
 		def := *set
 		def.Elements = nil
 		t.setDefs[set.Name] = &def
-		t.claims[set.Name] = map[model.Key]*claim{}
+		t.claims[set.Name] = map[model.Key]claim{}
 		fixed := make(map[model.Key]*model.Element, len(set.Elements))
 		for i := range set.Elements {
 			e := &set.Elements[i]
@@ -95,7 +104,7 @@ func (t *table) committedElement(set string, k model.Key) (*model.Element, bool)
 	if e, ok := t.fixed[set][k]; ok {
 		return e, true
 	}
-	if c := t.claims[set][k]; c != nil {
+	if c := t.claims[set][k]; c.elem != nil {
 		return c.elem, true
 	}
 	return nil, false
@@ -114,11 +123,7 @@ func (t *table) notePrior(set string, k model.Key) {
 		m = map[model.Key]*model.Element{}
 		t.prior[set] = m
 	}
-	var e *model.Element
-	if c := t.claims[set][k]; c != nil {
-		e = c.elem
-	}
-	m[k] = e
+	m[k] = t.claims[set][k].elem
 }
 
 // markCommitted records that the kernel now holds the desired table: the claims, the
@@ -163,7 +168,7 @@ func (t *table) buildAll(services map[model.ServiceName]*model.Service) {
 	}
 	for set, n := range counts {
 		if len(t.claims[set]) == 0 {
-			t.claims[set] = make(map[model.Key]*claim, n)
+			t.claims[set] = make(map[model.Key]claim, n)
 		}
 	}
 	t.parts = make(map[model.ServiceName]*model.Part, len(services))
@@ -221,6 +226,7 @@ func (t *table) setPart(name model.ServiceName, part *model.Part, touched *dirty
 		}
 	}
 	if part == nil || (len(part.Elements) == 0 && len(part.Chains) == 0) {
+		t.releaseOwner(name)
 		return
 	}
 	t.parts[name] = part
@@ -244,35 +250,85 @@ func (t *table) setPart(name model.ServiceName, part *model.Part, touched *dirty
 	}
 }
 
+// ownerID returns the number of Service name, numbering it if it has none.
+func (t *table) ownerID(name model.ServiceName) uint32 {
+	if id, ok := t.ownerIDs[name]; ok {
+		return id
+	}
+	var id uint32
+	if n := len(t.freeIDs); n > 0 {
+		id, t.freeIDs = t.freeIDs[n-1], t.freeIDs[:n-1]
+		t.owners[id] = name
+	} else {
+		id = uint32(len(t.owners))
+		t.owners = append(t.owners, name)
+	}
+	t.ownerIDs[name] = id
+	return id
+}
+
+// releaseOwner frees the number of Service name, which claims nothing any more.
+func (t *table) releaseOwner(name model.ServiceName) {
+	if id, ok := t.ownerIDs[name]; ok {
+		delete(t.ownerIDs, name)
+		t.owners[id] = model.ServiceName{}
+		t.freeIDs = append(t.freeIDs, id)
+	}
+}
+
 // claim records that Service name's Part holds e under key k of set.
 func (t *table) claim(set string, k model.Key, name model.ServiceName, e *model.Element) {
-	c := t.claims[set][k]
+	claims := t.claims[set]
+	c := claims[k]
 	switch {
-	case c == nil:
-		t.claims[set][k] = &claim{first: name, elem: e}
-	case c.first == name:
+	case c.elem == nil:
+		claims[k] = claim{elem: e, first: t.ownerID(name)}
+		return
+	case t.owners[c.first] == name:
 		c.elem = e
-	case model.CompareNames(name, c.first) < 0:
-		c.others = insertName(c.others, c.first)
-		c.first, c.elem = name, e
+	case model.CompareNames(name, t.owners[c.first]) < 0:
+		t.addShared(set, k, t.owners[c.first])
+		c = claim{elem: e, first: t.ownerID(name)}
 	default:
-		c.others = insertName(c.others, name)
+		t.addShared(set, k, name)
 	}
+	claims[k] = c
+}
+
+// addShared adds name to the other owners of key k of set.
+func (t *table) addShared(set string, k model.Key, name model.ServiceName) {
+	m := t.shared[set]
+	if m == nil {
+		m = map[model.Key][]model.ServiceName{}
+		t.shared[set] = m
+	}
+	m[k] = insertName(m[k], name)
 }
 
 // unclaim forgets that Service name's Part holds key k of set. The Service's Part must
 // already be gone from t.parts.
 func (t *table) unclaim(set string, k model.Key, name model.ServiceName) {
-	c := t.claims[set][k]
+	claims := t.claims[set]
+	c := claims[k]
+	if c.elem == nil {
+		return
+	}
+	others := t.shared[set][k]
 	switch {
-	case c == nil:
-	case c.first != name:
-		c.others = slices.DeleteFunc(c.others, func(n model.ServiceName) bool { return n == name })
-	case len(c.others) == 0:
-		delete(t.claims[set], k)
+	case t.owners[c.first] != name:
+		others = slices.DeleteFunc(others, func(n model.ServiceName) bool { return n == name })
+	case len(others) == 0:
+		delete(claims, k)
+		return
 	default:
-		c.first, c.others = c.others[0], c.others[1:]
-		c.elem = t.parts[c.first].Element(set, k)
+		next := others[0]
+		others = others[1:]
+		claims[k] = claim{elem: t.parts[next].Element(set, k), first: t.ownerID(next)}
+	}
+	if len(others) == 0 {
+		delete(t.shared[set], k)
+	} else {
+		t.shared[set][k] = others
 	}
 }
 
@@ -286,7 +342,7 @@ func insertName(names []model.ServiceName, name model.ServiceName) []model.Servi
 
 // wantElement returns the desired element of set with key k, if any Service claims it.
 func (t *table) wantElement(set string, k model.Key) (model.Element, bool) {
-	if c := t.claims[set][k]; c != nil {
+	if c := t.claims[set][k]; c.elem != nil {
 		return *c.elem, true
 	}
 	return model.Element{}, false

@@ -126,7 +126,7 @@ func (s *Syncer) ConntrackRules() []*conntrack.Rules {
 		for name, part := range t.parts {
 			wins := func(set string, k model.Key) bool {
 				c := t.claims[set][k]
-				return c != nil && c.first == name
+				return c.elem != nil && t.owners[c.first] == name
 			}
 			serviceFrontends(fam, s.services[name], part, wins, r.Frontends)
 		}
