@@ -72,8 +72,8 @@ func (e *encoder) addAll(rs *model.Ruleset, more func(model.Family, string) (ite
 			continue
 		}
 		all := func(yield func(*model.Element) bool) {
-			for i := range s.Elements {
-				if !yield(&s.Elements[i]) {
+			for e := range elementsOf(s.Elements) {
+				if !yield(e) {
 					return
 				}
 			}
@@ -182,24 +182,24 @@ func appendEndpointData(dst []byte, ep netip.AddrPort) []byte {
 	return append(dst, byte(ep.Port()>>8), byte(ep.Port()), 0, 0)
 }
 
-// addElements adds elements to the set s.
-func (e *encoder) addElements(s *model.Set, in []model.Element) error {
-	return e.writeElements(unix.NFT_MSG_NEWSETELEM, s, in)
-}
-
 // writeElements writes in as elements of the set s in messages of type typ: to add
 // (NFT_MSG_NEWSETELEM) or to delete (NFT_MSG_DELSETELEM).
 func (e *encoder) writeElements(typ uint16, s *model.Set, in []model.Element) error {
 	if len(in) == 0 {
 		return nil
 	}
-	return e.writeElementSeq(typ, s, func(yield func(*model.Element) bool) {
+	return e.writeElementSeq(typ, s, elementsOf(in))
+}
+
+// elementsOf yields a pointer to each element of in, in order.
+func elementsOf(in []model.Element) iter.Seq[*model.Element] {
+	return func(yield func(*model.Element) bool) {
 		for i := range in {
 			if !yield(&in[i]) {
 				return
 			}
 		}
-	})
+	}
 }
 
 // writeElementSeq is writeElements of the elements in yields.

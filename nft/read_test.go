@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nftproxy/nftproxy/internal/scale"
 	"github.com/nftproxy/nftproxy/model"
 )
@@ -122,7 +124,7 @@ func TestElementRoundTrip(t *testing.T) {
 				continue
 			}
 			b := &batch{}
-			if err := newEncoder(b, rs.Family).addElements(s, s.Elements); err != nil {
+			if err := newEncoder(b, rs.Family).writeElements(unix.NFT_MSG_NEWSETELEM, s, s.Elements); err != nil {
 				t.Fatalf("%s set %s: encode: %v", rs.Family, s.Name, err)
 			}
 			d := newElemDecoder(exp, &model.Set{Name: s.Name, Key: s.Key, Data: s.Data}, 0)

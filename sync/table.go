@@ -378,11 +378,10 @@ func (t *table) desired() *model.Ruleset {
 	rs := &model.Ruleset{Family: t.fam}
 	for _, set := range t.skeleton.Sets {
 		s := *set
-		claims := t.claims[set.Name]
-		s.Elements = make([]model.Element, 0, len(set.Elements)+len(claims))
-		s.Elements = append(s.Elements, set.Elements...)
-		for _, c := range claims {
-			s.Elements = append(s.Elements, *c.elem)
+		claimed, n := t.claimedElements(set.Name)
+		s.Elements = slices.Grow(slices.Clone(set.Elements), n)
+		for e := range claimed {
+			s.Elements = append(s.Elements, *e)
 		}
 		slices.SortFunc(s.Elements, model.CompareElements)
 		rs.Sets = append(rs.Sets, &s)
