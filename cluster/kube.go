@@ -7,8 +7,11 @@ import (
 	"log/slog"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -48,8 +51,12 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Delta)) error {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", k.NodeName).String()
 		}))
-	services := all.Core().V1().Services().Informer()
-	slices := all.Discovery().V1().EndpointSlices().Informer()
+	services := all.InformerFor(&corev1.Service{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		return servicesResource(c).informer(c, resync)
+	})
+	slices := all.InformerFor(&discoveryv1.EndpointSlice{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		return slicesResource(c).informer(c, resync)
+	})
 	nodes := node.Core().V1().Nodes().Informer()
 	if err := slices.AddIndexers(sliceIndexers); err != nil {
 		return fmt.Errorf("kubernetes source: index endpointslices: %w", err)
@@ -75,22 +82,22 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Delta)) error {
 	defer node.Shutdown()
 
 	log.Info("waiting for the Kubernetes caches to sync")
-	for typ, ok := range all.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("kubernetes source: %v cache did not sync: %w", typ, ctx.Err())
-		}
-	}
-	for typ, ok := range node.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("kubernetes source: %v cache did not sync: %w", typ, ctx.Err())
-		}
-	}
 	// A synced cache has not yet told its handlers about every object of its initial list:
 	// they hear of them from a queue of their own. Wait for that too, so that the first
 	// Delta counts the initial list (the changes metrics would otherwise count it late, as
 	// changes made after the first sync) and a later Delta holds only later events.
-	if !cache.WaitForCacheSync(ctx.Done(), handled...) {
-		return fmt.Errorf("kubernetes source: event handlers did not see the initial lists: %w", ctx.Err())
+	for _, w := range []struct {
+		what   string
+		synced []cache.InformerSynced
+	}{
+		{"the Service cache", []cache.InformerSynced{services.HasSynced}},
+		{"the EndpointSlice cache", []cache.InformerSynced{slices.HasSynced}},
+		{"the Node cache", []cache.InformerSynced{nodes.HasSynced}},
+		{"the event handlers", handled},
+	} {
+		if !waitSynced(ctx, w.synced...) {
+			return fmt.Errorf("kubernetes source: %s did not sync: %w", w.what, ctx.Err())
+		}
 	}
 	log.Info("Kubernetes caches synced")
 	// Taken before anything is read: an event taken here is in the store, and a later one
@@ -118,4 +125,21 @@ func signal(c chan struct{}) {
 	case c <- struct{}{}:
 	default:
 	}
+}
+
+// syncPoll is how often waitSynced checks. client-go's cache.WaitForCacheSync checks every
+// 100 ms: up to a tenth of a second of a cold start lost at each wait.
+const syncPoll = 5 * time.Millisecond
+
+// waitSynced waits until every synced reports true; false when ctx ended first.
+func waitSynced(ctx context.Context, synced ...cache.InformerSynced) bool {
+	err := wait.PollUntilContextCancel(ctx, syncPoll, true, func(context.Context) (bool, error) {
+		for _, s := range synced {
+			if !s() {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	return err == nil
 }

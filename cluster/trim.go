@@ -23,16 +23,19 @@ import (
 // An EndpointSlice is moreover copied into a compact one (compactSlice): at 10,000 Services
 // of 10 endpoints, the slices as decoded hold about 30 MB; compacted, less than half.
 func trimObject(obj any) (any, error) {
-	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		inner, err := trimObject(d.Obj)
-		d.Obj = inner
-		return d, err
+	if _, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		// Its object is the cache's own, trimmed when it entered, and read meanwhile by
+		// others: not to be written.
+		return obj, nil
 	}
 	switch o := obj.(type) {
 	case *corev1.Service:
 		trimMeta(&o.ObjectMeta, serviceLabels)
 		o.Spec.Selector = nil
 	case *discoveryv1.EndpointSlice:
+		if compacted(o) { // by a streamed LIST (streamList)
+			return o, nil
+		}
 		return compactSlice(o), nil
 	case *corev1.Node:
 		trimMeta(&o.ObjectMeta, nil)
@@ -98,19 +101,28 @@ func canonBool(b *bool) *bool {
 // addresses in one array, their node names and zones in another and interned (a cluster has
 // few), their conditions pointing at shared values. The metadata keeps the name, namespace,
 // UID, resource version, deletion timestamp, the service-name label and the trigger time.
+// What it can, it takes from es rather than copy: an array of endpoints already of their
+// exact length (as streamList decodes them), the label and annotation maps when they hold
+// only what is kept. es is not to be used after.
 func compactSlice(es *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
 	out := &discoveryv1.EndpointSlice{
 		TypeMeta: es.TypeMeta,
 		ObjectMeta: metav1.ObjectMeta{
 			Name: es.Name, Namespace: es.Namespace, UID: es.UID, ResourceVersion: es.ResourceVersion,
 			Generation: es.Generation, DeletionTimestamp: es.DeletionTimestamp,
-			Labels: keepLabels(es.Labels, sliceLabels),
+			Labels: es.Labels,
 		},
 		AddressType: es.AddressType,
 		Ports:       es.Ports,
 	}
+	if _, ok := es.Labels[discoveryv1.LabelServiceName]; !ok || len(es.Labels) > 1 {
+		out.Labels = keepLabels(es.Labels, sliceLabels)
+	}
 	if v, ok := es.Annotations[corev1.EndpointsLastChangeTriggerTime]; ok {
-		out.Annotations = map[string]string{corev1.EndpointsLastChangeTriggerTime: v}
+		out.Annotations = es.Annotations
+		if len(es.Annotations) > 1 {
+			out.Annotations = map[string]string{corev1.EndpointsLastChangeTriggerTime: v}
+		}
 	}
 	if len(es.Endpoints) == 0 {
 		return out
@@ -126,7 +138,10 @@ func compactSlice(es *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
 			nstr++
 		}
 	}
-	eps := make([]discoveryv1.Endpoint, len(es.Endpoints))
+	eps := es.Endpoints
+	if cap(eps) != len(eps) {
+		eps = make([]discoveryv1.Endpoint, len(es.Endpoints))
+	}
 	addrs := make([]string, 0, naddr)
 	strs := make([]string, 0, nstr)
 	interned := func(s *string) *string {
@@ -147,7 +162,27 @@ func compactSlice(es *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
 			Serving: canonBool(ep.Conditions.Serving), Terminating: canonBool(ep.Conditions.Terminating)}
 		c.NodeName, c.Zone = interned(ep.NodeName), interned(ep.Zone)
 		c.Hints = ep.Hints
+		c.Hostname, c.TargetRef, c.DeprecatedTopology = nil, nil, nil // c may be ep
 	}
 	out.Endpoints = eps
 	return out
+}
+
+// compacted reports whether es needs no compacting: it holds nothing compactSlice drops and
+// its endpoints' conditions point at the canonical values (a slice compactSlice made, which
+// a streamed LIST hands the informer's transform again).
+func compacted(es *discoveryv1.EndpointSlice) bool {
+	if es.ManagedFields != nil || es.OwnerReferences != nil || es.Finalizers != nil ||
+		len(es.Labels) > len(sliceLabels) || len(es.Annotations) > 1 {
+		return false
+	}
+	canon := func(b *bool) bool { return b == nil || b == &condTrue || b == &condFalse }
+	for i := range es.Endpoints {
+		ep := &es.Endpoints[i]
+		if ep.TargetRef != nil || ep.Hostname != nil || ep.DeprecatedTopology != nil ||
+			!canon(ep.Conditions.Ready) || !canon(ep.Conditions.Serving) || !canon(ep.Conditions.Terminating) {
+			return false
+		}
+	}
+	return true
 }
