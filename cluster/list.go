@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -190,10 +191,7 @@ func stripped(scratch, msg []byte, s strip) (out, buf []byte) {
 	if !ok {
 		return msg, scratch
 	}
-	buf = appendStripped(scratch[:0], msg, s)
-	if len(buf) != n {
-		return msg, buf
-	}
+	buf = appendStripped(slices.Grow(scratch[:0], n), msg, s)
 	return buf, buf
 }
 
