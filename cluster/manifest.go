@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
 	"github.com/nftproxy/nftproxy/internal/logkey"
@@ -206,7 +207,9 @@ func decodeDocument(data []byte, where string, depth int, objs *Objects, bad *[]
 	if len(jsonData) == 0 || bytes.Equal(jsonData, []byte("null")) {
 		return // empty document or only comments
 	}
-	if err := json.Unmarshal(jsonData, &h); err != nil {
+	// Field names are matched case-sensitively, as the API server and the deserializer below
+	// match them: encoding/json would take "nAme" for the name the object does not have.
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(jsonData, &h); err != nil {
 		badDoc(h, fmt.Errorf("parse: %w", err))
 		return
 	}
@@ -216,7 +219,7 @@ func decodeDocument(data []byte, where string, depth int, objs *Objects, bad *[]
 			return
 		}
 		var l listItems
-		if err := json.Unmarshal(jsonData, &l); err != nil {
+		if err := kjson.UnmarshalCaseSensitivePreserveInts(jsonData, &l); err != nil {
 			badDoc(h, fmt.Errorf("parse items: %w", err))
 			return
 		}
@@ -230,7 +233,7 @@ func decodeDocument(data []byte, where string, depth int, objs *Objects, bad *[]
 		badDoc(h, fmt.Errorf("decode: %w", err))
 		return
 	}
-	if h.Metadata.Name == "" {
+	if m, ok := obj.(metav1.Object); ok && m.GetName() == "" {
 		// The API server names every object; a manifest without one could be reported
 		// only by the place it stands in.
 		badDoc(h, errors.New("metadata.name is empty"))

@@ -64,6 +64,16 @@ metadata:
   name: settings
 data:
   a: b
+---
+# the API server and kubectl match field names by case: this Service has no name
+apiVersion: v1
+kind: Service
+metadata:
+  namespace: default
+  Name: web2
+spec:
+  clusterIP: 10.96.0.11
+  ports: [{port: 80}]
 `
 
 const listDoc = `apiVersion: v1
@@ -146,6 +156,7 @@ func TestLoadManifests(t *testing.T) {
 		{"Service", "default", "broken", "01-web.yaml:4"},
 		{"Document", "", "", "01-web.yaml:5"},
 		{"ConfigMap", "default", "settings", "01-web.yaml:6"},
+		{"Service", "default", "", "01-web.yaml:7"},
 		{"Secret", "kube-system", "token", "02-list.yml:1 items[2]"},
 	}
 	if len(bad) != len(wantBad) {
