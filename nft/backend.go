@@ -22,6 +22,7 @@ type Backend interface {
 	// write (the sets given, and what expected returns: it is called once, maybe after some
 	// sets' elements were read, and may block), and the generation it was read at; nil when
 	// there is no table. A table in another layout gives an error matching ErrIncompatible.
+	// No set holds a key twice; the order of a set's elements is the backend's.
 	ReadTable(fam model.Family, sets []*model.Set, expected func() Expected) (*model.Ruleset, uint32, error)
 	// Generation returns the current ruleset generation, which every commit by anyone
 	// changes.

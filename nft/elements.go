@@ -93,6 +93,8 @@ type elemDecoder struct {
 	// lookup of a million-element map copied them over and over: 3.5 s of CPU).
 	chunk int
 	full  [][]model.Element
+	// n counts the elements in full and elems.
+	n int
 }
 
 // newElemDecoder returns a decoder of the elements of s, a set of exp, with room for
@@ -240,17 +242,15 @@ func (d *elemDecoder) decodeElement(b []byte) error {
 		d.elems = make([]model.Element, 0, d.chunk)
 	}
 	d.elems = append(d.elems, e)
+	d.n++
 	return nil
 }
 
 // count returns how many elements d decoded.
-func (d *elemDecoder) count() int {
-	n := len(d.elems)
-	for _, c := range d.full {
-		n += len(c)
-	}
-	return n
-}
+func (d *elemDecoder) count() int { return d.n }
+
+// last returns the element d decoded last; d has decoded one.
+func (d *elemDecoder) last() *model.Element { return &d.elems[len(d.elems)-1] }
 
 // each calls fn with every element d decoded from the from-th on, in order.
 func (d *elemDecoder) each(from int, fn func(*model.Element)) {
@@ -272,7 +272,7 @@ func (d *elemDecoder) appendTo(dst []model.Element) []model.Element {
 		dst = append(dst, c...)
 	}
 	dst = append(dst, d.elems...)
-	d.full, d.elems = nil, nil
+	d.full, d.elems, d.n = nil, nil, 0
 	return dst
 }
 

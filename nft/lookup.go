@@ -78,7 +78,8 @@ func slotKey(f model.Key, slot uint32) model.Key {
 // own: the keys want yields (nil: none; about n of them), and, from the frontends of those keys and of the
 // elements of frontendSets (the table's maps keyed like s without its slot, already read),
 // the slots after the last wanted one until one is missing. s.Elements gets what the kernel
-// holds, sorted.
+// holds, in no particular order: each element is the answer to the lookup of its own key,
+// and no key is looked up twice, so none is there twice.
 func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[model.Key], n int, frontendSets []*model.Set) error {
 	l, err := c.newLookuper(exp, s, n)
 	if err != nil {
@@ -139,12 +140,7 @@ func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[m
 		}
 		width *= 2
 	}
-	elems := l.elements()
-	slices.SortFunc(elems, model.CompareElements)
-	if hasDuplicateKeys(elems) {
-		return fmt.Errorf("set %s: the kernel returned an element twice", s.Name)
-	}
-	s.Elements = elems
+	s.Elements = l.elements()
 	return nil
 }
 
@@ -366,8 +362,14 @@ func parseLookupReplies(b []byte, set string, batch []model.Key, first, last uin
 			if len(data) < 4 {
 				return false, fmt.Errorf("look up elements of set %s: reply without nfgenmsg header", set)
 			}
+			n := d.count()
 			if err := d.decodeMessage(data[4:]); err != nil {
 				return false, fmt.Errorf("look up element %v of set %s: %w", batch[i], set, err)
+			}
+			// The answer must be the one element looked up: the caller counts on finding
+			// no key twice.
+			if d.count() != n+1 || d.last().Key() != batch[i] {
+				return false, fmt.Errorf("look up element %v of set %s: the kernel answered with another", batch[i], set)
 			}
 		}
 	}

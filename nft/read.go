@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"slices"
 	"sync"
 
 	"github.com/nftproxy/nftproxy/model"
@@ -56,7 +57,7 @@ func (n *Netlink) Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, u
 	if want.Family != fam {
 		return nil, 0, fmt.Errorf("read %s table: desired ruleset is of family %s", fam, want.Family)
 	}
-	return n.ReadTable(fam, want.Sets, func() Expected {
+	rs, gen, err := n.ReadTable(fam, want.Sets, func() Expected {
 		return Expected{Chains: want.Chains, Keys: func(set string) (iter.Seq[model.Key], int) {
 			s := want.Set(set)
 			if s == nil {
@@ -71,11 +72,18 @@ func (n *Netlink) Read(fam model.Family, want *model.Ruleset) (*model.Ruleset, u
 			}, len(s.Elements)
 		}}
 	})
+	if rs != nil {
+		for _, s := range rs.Sets {
+			slices.SortFunc(s.Elements, model.CompareElements)
+		}
+	}
+	return rs, gen, err
 }
 
 // ReadTable implements Backend: it is Read with the desired chains and endpoint map keys
-// supplied late. The dumps of the other sets start at once, and expected is called, and may
-// block, before the chains are read, so that the caller can build them meanwhile.
+// supplied late, and the elements of the endpoint maps read by key in no particular order.
+// The dumps of the other sets start at once, and expected is called, and may block, before
+// the chains are read, so that the caller can build them meanwhile.
 func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, expected func() Expected) (*model.Ruleset, uint32, error) {
 	exp, err := newSetExpectation(fam, sets)
 	if err != nil {

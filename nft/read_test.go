@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"slices"
 	"testing"
@@ -273,5 +274,68 @@ func TestHasDuplicateKeys(t *testing.T) {
 	twice[2].Endpoint = netip.MustParseAddrPort("10.244.1.2:8080") // the data does not matter
 	if !hasDuplicateKeys(twice) {
 		t.Errorf("a key twice not reported: %v", twice)
+	}
+}
+
+// TestLookupReplies checks how the answers to a datagram of lookups are read: a found
+// element is decoded, a missing key (ENOENT) skipped, the answer to the last message ends the
+// datagram, and an answer holding an element other than the one looked up fails the read
+// (the caller counts on no key being found twice).
+func TestLookupReplies(t *testing.T) {
+	for _, rs := range readTestRulesets() {
+		exp, err := newExpectation(rs.Family, rs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := rs.Set(model.MapServiceEndpoints)
+		if s == nil || len(s.Elements) < 3 {
+			t.Fatalf("%s: the test ruleset needs three endpoint slots", rs.Family)
+		}
+		// answer returns the kernel's answer to lookup number seq: the element e.
+		answer := func(seq uint32, e model.Element) []byte {
+			b := &batch{}
+			if err := newEncoder(b, rs.Family).writeElements(unix.NFT_MSG_NEWSETELEM, s, []model.Element{e}); err != nil {
+				t.Fatal(err)
+			}
+			m := slices.Clone(b.buf)
+			binary.NativeEndian.PutUint32(m[8:], seq)
+			return m
+		}
+		notFound := func(seq uint32) []byte {
+			m := appendNlmsghdr(nil, unix.NLMSG_ERROR, 0)
+			errno := -int32(unix.ENOENT)
+			m = binary.NativeEndian.AppendUint32(m, uint32(errno))
+			m = append(m, make([]byte, unix.NLMSG_HDRLEN)...)
+			binary.NativeEndian.PutUint32(m, uint32(len(m)))
+			binary.NativeEndian.PutUint32(m[8:], seq)
+			return m
+		}
+		done := func(seq uint32) []byte {
+			m := appendNlmsghdr(nil, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN, 0)
+			m = append(m, 0, 0, 0, 0)
+			binary.NativeEndian.PutUint32(m, uint32(len(m)))
+			binary.NativeEndian.PutUint32(m[8:], seq)
+			return m
+		}
+		a, b, c := s.Elements[0], s.Elements[1], s.Elements[2]
+		batchKeys := []model.Key{a.Key(), b.Key(), c.Key()}
+		const first = 100
+		last := uint32(first + len(batchKeys))
+
+		d := newElemDecoder(exp, &model.Set{Name: s.Name, Key: s.Key, Data: s.Data}, 0)
+		dgram := slices.Concat(answer(first, a), notFound(first+1), answer(first+2, c), done(last))
+		ok, err := parseLookupReplies(dgram, s.Name, batchKeys, first, last, d)
+		if !ok || err != nil {
+			t.Errorf("%s: found, missing, found, done: done=%v err=%v", rs.Family, ok, err)
+		}
+		if got := d.appendTo(nil); !slices.Equal(got, []model.Element{a, c}) {
+			t.Errorf("%s: decoded %v, want %v", rs.Family, got, []model.Element{a, c})
+		}
+
+		d = newElemDecoder(exp, &model.Set{Name: s.Name, Key: s.Key, Data: s.Data}, 0)
+		dgram = slices.Concat(answer(first, a), answer(first+1, a), done(last))
+		if _, err := parseLookupReplies(dgram, s.Name, batchKeys, first, last, d); err == nil {
+			t.Errorf("%s: the answer to the lookup of %v held %v, and the read went on", rs.Family, b.Key(), a)
+		}
 	}
 }

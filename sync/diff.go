@@ -9,14 +9,6 @@ import (
 	"github.com/nftproxy/nftproxy/nft"
 )
 
-// tableIndex is the content of one table as read back, indexed by set and key and by chain
-// name.
-type tableIndex struct {
-	// elems points at the elements of the table read back, which never change once built.
-	elems  map[string]map[model.Key]*model.Element
-	chains map[string]*model.Chain
-}
-
 // elementDiff gathers the element additions and deletions that make a table's committed
 // elements the desired ones, per set; emit writes them in a stable order.
 type elementDiff struct {
@@ -133,26 +125,23 @@ func (t *table) isSkeletonChain(name string) bool {
 	return t.skeleton.Chain(name) != nil
 }
 
-// diffAll adds to tx what makes the committed (read back) table equal the desired one: the
-// skeleton's and the claimed elements, and the chains want.
-func (t *table) diffAll(want []*model.Chain, tx *nft.Transaction) {
+// diffAll adds to tx what makes the table read back (have) equal the desired one: the
+// skeleton's and the claimed elements, and the chains want. have's sets hold no key twice
+// (nft.Backend.ReadTable), in any order.
+//
+// Each element read is compared with the desired one of its key; only when fewer desired
+// keys were found than there are is the read table indexed, to find those missing. At a
+// million endpoints a restart finds them all, and one map lookup per element read is what
+// the comparison costs: indexing the read elements and looking each desired key up in that
+// index cost three.
+func (t *table) diffAll(have *model.Ruleset, want []*model.Chain, tx *nft.Transaction) {
 	ops := t.newElementDiff()
 	for _, sk := range t.skeleton.Sets {
-		claims := t.claims[sk.Name]
-		fixed := sk.ByKey()
-		for k := range t.readBack[sk.Name] {
-			if _, ok := fixed[k]; !ok && claims[k].elem == nil {
-				ops.element(sk.Name, k, model.Element{}, false)
-			}
+		var read []model.Element
+		if s := have.Set(sk.Name); s != nil {
+			read = s.Elements
 		}
-		for k, e := range fixed {
-			ops.element(sk.Name, k, e, true)
-		}
-		for k, c := range claims {
-			if _, ok := fixed[k]; !ok {
-				ops.element(sk.Name, k, *c.elem, true)
-			}
-		}
+		ops.set(sk.Name, read)
 	}
 	var chainOps []nft.Op
 	wanted := map[string]bool{}
@@ -173,20 +162,60 @@ func (t *table) diffAll(want []*model.Chain, tx *nft.Transaction) {
 	t.cleanStale(tx)
 }
 
-func indexRuleset(rs *model.Ruleset) *tableIndex {
-	ts := &tableIndex{elems: map[string]map[model.Key]*model.Element{}, chains: map[string]*model.Chain{}}
-	for _, s := range rs.Sets {
-		m := make(map[model.Key]*model.Element, len(s.Elements))
-		for i := range s.Elements {
-			e := &s.Elements[i]
-			m[e.Key()] = e
+// set makes the elements of set, read back as read (no key twice), the desired ones: the
+// skeleton's (fixed) and, for the other keys, the claimed.
+func (o *elementDiff) set(set string, read []model.Element) {
+	fixed, claims := o.t.fixed[set], o.t.claims[set]
+	desired := len(claims)
+	for k := range fixed {
+		if claims[k].elem == nil {
+			desired++
 		}
-		ts.elems[s.Name] = m
 	}
+	found := 0
+	for i := range read {
+		have := &read[i]
+		k := have.Key()
+		want := fixed[k]
+		if want == nil {
+			want = claims[k].elem
+		}
+		switch {
+		case want == nil:
+			o.dels[set] = append(o.dels[set], *have)
+			continue
+		case *have != *want:
+			o.dels[set] = append(o.dels[set], *have)
+			o.adds[set] = append(o.adds[set], *want)
+		}
+		found++
+	}
+	if found == desired {
+		return
+	}
+	held := make(map[model.Key]struct{}, len(read))
+	for i := range read {
+		held[read[i].Key()] = struct{}{}
+	}
+	for k, e := range fixed {
+		if _, ok := held[k]; !ok {
+			o.adds[set] = append(o.adds[set], *e)
+		}
+	}
+	for k, c := range claims {
+		if _, ok := held[k]; !ok && fixed[k] == nil {
+			o.adds[set] = append(o.adds[set], *c.elem)
+		}
+	}
+}
+
+// chainIndex returns the chains of rs by name.
+func chainIndex(rs *model.Ruleset) map[string]*model.Chain {
+	out := make(map[string]*model.Chain, len(rs.Chains))
 	for _, c := range rs.Chains {
-		ts.chains[c.Name] = c
+		out[c.Name] = c
 	}
-	return ts
+	return out
 }
 
 // desiredChainIndex returns the desired chains by name.
@@ -198,24 +227,26 @@ func (t *table) desiredChainIndex() map[string]*model.Chain {
 	return out
 }
 
-// holds reports whether rb, a table read back, holds exactly what t committed last.
-func (t *table) holds(rb *tableIndex) bool {
-	if len(t.committedChains) != len(rb.chains) {
+// holds reports whether have, a table read back (no key twice in a set), holds exactly what
+// t committed last.
+func (t *table) holds(have *model.Ruleset) bool {
+	if len(t.committedChains) != len(have.Chains) {
 		return false
 	}
-	for name, c := range t.committedChains {
-		oc, ok := rb.chains[name]
+	for _, c := range have.Chains {
+		oc, ok := t.committedChains[c.Name]
 		if !ok || !reflect.DeepEqual(c.Rules, oc.Rules) {
 			return false
 		}
 	}
 	counts := t.committedCounts()
-	for name, m := range rb.elems {
-		if len(m) != counts[name] {
+	for _, s := range have.Sets {
+		if len(s.Elements) != counts[s.Name] {
 			return false
 		}
-		for k, e := range m {
-			if have, ok := t.committedElement(name, k); !ok || *have != *e {
+		for i := range s.Elements {
+			e := &s.Elements[i]
+			if c, ok := t.committedElement(s.Name, e.Key()); !ok || *c != *e {
 				return false
 			}
 		}

@@ -418,12 +418,11 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			tx.Replace = append(tx.Replace, t.desiredSkeleton())
 			replaced[t] = true
 		default:
-			rb := indexRuleset(have)
-			t.readBack, t.committedChains = rb.elems, rb.chains
-			if prev := s.tables[fam]; prev != nil && prev.committed && !prev.holds(rb) {
+			t.committedChains = chainIndex(have)
+			if prev := s.tables[fam]; prev != nil && prev.committed && !prev.holds(have) {
 				res.DriftRepaired = true
 			}
-			t.diffAll(chains, tx)
+			t.diffAll(have, chains, tx)
 		}
 		if i > 0 && g != gen && res.ReplacedUnread == nil {
 			s.restorePending(changes, old)

@@ -161,8 +161,8 @@ func TestOneEndpointChange(t *testing.T) {
 	}
 }
 
-// TestDriftRepair checks that a change made behind the syncer's back (an element deleted by
-// hand, a flushed table) is seen through the generation and repaired by the next sync.
+// TestDriftRepair checks that a change made behind the syncer's back (an element deleted,
+// changed or added by hand, a flushed table) is seen through the generation and repaired by the next sync.
 func TestDriftRepair(t *testing.T) {
 	fake := nft.NewFake(1)
 	s := newScaleSyncer(t, fake, 20, 3)
@@ -171,6 +171,16 @@ func TestDriftRepair(t *testing.T) {
 		"element deleted": func(rs *model.Ruleset) {
 			set := rs.Set(model.MapServiceEndpoints)
 			set.Elements = set.Elements[1:]
+		},
+		"element changed": func(rs *model.Ruleset) {
+			e := &rs.Set(model.MapServiceEndpoints).Elements[0]
+			e.Endpoint = netip.AddrPortFrom(netip.MustParseAddr("10.99.99.99"), 9999)
+		},
+		"element added": func(rs *model.Ruleset) {
+			set := rs.Set(model.MapServiceEndpoints)
+			e := set.Elements[0]
+			e.Slot = 1000
+			set.Elements = append(set.Elements, e)
 		},
 		"table flushed": func(rs *model.Ruleset) {
 			for _, set := range rs.Sets {

@@ -37,11 +37,10 @@ type table struct {
 	committedChains map[string]*model.Chain
 	// The committed elements are not kept apart: after every commit they are the claimed
 	// ones and the skeleton's (fixed). Until the next commit, prior holds, for each key
-	// whose claim changed since, the committed element (nil: none). During a full sync,
-	// readBack holds the elements read back from the kernel instead.
-	fixed    map[string]map[model.Key]*model.Element
-	prior    map[string]map[model.Key]*model.Element
-	readBack map[string]map[model.Key]*model.Element
+	// whose claim changed since, the committed element (nil: none). A full sync compares
+	// the desired elements with those read back instead (diffAll).
+	fixed map[string]map[model.Key]*model.Element
+	prior map[string]map[model.Key]*model.Element
 	// committed is set once the table was committed: from then on, changed claims record
 	// their prior elements.
 	committed bool
@@ -91,13 +90,9 @@ func newTable(fam model.Family, node model.NodeConfig) *table {
 	return t
 }
 
-// committedElement returns the element of set with key k that the kernel holds (as of the
-// last commit, or as read back during a full sync).
+// committedElement returns the element of set with key k that the kernel holds as of the
+// last commit.
 func (t *table) committedElement(set string, k model.Key) (*model.Element, bool) {
-	if t.readBack != nil {
-		e, ok := t.readBack[set][k]
-		return e, ok
-	}
 	if e, ok := t.prior[set][k]; ok {
 		return e, e != nil
 	}
@@ -130,7 +125,6 @@ func (t *table) notePrior(set string, k model.Key) {
 // skeleton's elements and the desired chains.
 func (t *table) markCommitted() {
 	t.committed = true
-	t.readBack = nil
 	clear(t.prior)
 }
 
