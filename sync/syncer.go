@@ -436,8 +436,19 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 		gen = 0
 	}
 	if len(replaced) > 0 {
+		claimed := map[model.Family]map[string][]*model.Element{}
+		for t := range replaced {
+			claimed[t.fam] = t.claimedByPart()
+		}
 		tx.More = func(fam model.Family, set string) (iter.Seq[*model.Element], int) {
-			return tables[fam].claimedElements(set)
+			elems := claimed[fam][set]
+			return func(yield func(*model.Element) bool) {
+				for _, e := range elems {
+					if !yield(e) {
+						return
+					}
+				}
+			}, len(elems)
 		}
 	}
 	res.FamilyObjects = tx.ObjectsByFamily()

@@ -307,7 +307,8 @@ func TestAdoption(t *testing.T) {
 
 // TestSharedKeys checks keys that several Services claim (an external IP and port that
 // three Services name, and their NodePort): the first Service by name wins, as model.Build
-// has it, whichever Service comes, changes or goes, and in whatever order.
+// has it, whichever Service comes, changes or goes, and in whatever order; a cold sync of
+// the same Services (and one naming the key twice) writes the same table whole.
 func TestSharedKeys(t *testing.T) {
 	ext := netip.MustParseAddr("192.0.2.10")
 	svc := func(ns string, i int) model.Service {
@@ -353,5 +354,43 @@ func TestSharedKeys(t *testing.T) {
 		if got := model.Render(s.Committed(model.IPv4)); got != want {
 			t.Fatalf("step %d: the syncer's view differs from model.Build:\n%s", step, scenario.LineDiff(want, got))
 		}
+		// A restarted daemon writes the same table whole, with one Service that names
+		// an external IP of its own twice besides.
+		twice := svc("twice", 4)
+		twice.ExternalIPs = []netip.Addr{netip.MustParseAddr("192.0.2.20"), netip.MustParseAddr("192.0.2.20")}
+		twice.Ports[0].NodePort = 30081
+		all = append(all, twice)
+		cold := nft.NewFake(1)
+		restarted := sync.NewSyncer(cold, model.IPv4)
+		restarted.SetNode(map[model.Family]model.NodeConfig{model.IPv4: node})
+		changes := map[model.ServiceName]*model.Service{}
+		for i := range all {
+			changes[all[i].Name] = &all[i]
+		}
+		restarted.Update(changes, time.Unix(0, 0))
+		built := model.Build(all, node)
+		res, err := restarted.Sync()
+		if err != nil {
+			t.Fatalf("step %d: cold sync: %v", step, err)
+		}
+		if got, want := cold.Render(model.IPv4), model.Render(built); got != want {
+			t.Fatalf("step %d: a cold sync differs from model.Build:\n%s", step, scenario.LineDiff(want, got))
+		}
+		if want := objects(built); res.Objects != want {
+			t.Fatalf("step %d: a cold sync wrote %d objects; model.Build has %d", step, res.Objects, want)
+		}
 	}
+}
+
+// objects counts the kernel objects of rs: the table, its sets and their elements, its chains
+// and their rules.
+func objects(rs *model.Ruleset) int {
+	n := 1
+	for _, s := range rs.Sets {
+		n += 1 + len(s.Elements)
+	}
+	for _, c := range rs.Chains {
+		n += 1 + len(c.Rules)
+	}
+	return n
 }

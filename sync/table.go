@@ -29,6 +29,9 @@ type table struct {
 	owners   []model.ServiceName
 	ownerIDs map[model.ServiceName]uint32
 	freeIDs  []uint32
+	// twice names, per Service, the sets in which its Part holds a key twice (the later
+	// element is the one claimed): a hairpin address that two ports share, say.
+	twice map[model.ServiceName][]string
 	// chainClaims counts the Parts that hold each service chain, and chainDefs keeps its
 	// content (identical in every Part that holds it).
 	chainClaims map[string]int
@@ -69,6 +72,7 @@ func newTable(fam model.Family, node model.NodeConfig) *table {
 		claims:      map[string]map[model.Key]claim{},
 		shared:      map[string]map[model.Key][]model.ServiceName{},
 		ownerIDs:    map[model.ServiceName]uint32{},
+		twice:       map[model.ServiceName][]string{},
 		chainClaims: map[string]int{},
 		chainDefs:   map[string]*model.Chain{},
 		staleChains: map[string]bool{},
@@ -199,6 +203,7 @@ func (tk *dirty) chain(name string) {
 func (t *table) setPart(name model.ServiceName, part *model.Part, touched *dirty) {
 	if old := t.parts[name]; old != nil {
 		delete(t.parts, name)
+		delete(t.twice, name)
 		t.noLocalInternal -= old.NoLocalInternal
 		t.noLocalExternal -= old.NoLocalExternal
 		for _, pe := range old.Elements {
@@ -279,6 +284,10 @@ func (t *table) claim(set string, k model.Key, name model.ServiceName, e *model.
 		claims[k] = claim{elem: e, first: t.ownerID(name)}
 		return
 	case t.owners[c.first] == name:
+		// The same Part holds k twice (setPart took the claims of its old Part first).
+		if !slices.Contains(t.twice[name], set) {
+			t.twice[name] = append(t.twice[name], set)
+		}
 		c.elem = e
 	case model.CompareNames(name, t.owners[c.first]) < 0:
 		t.addShared(set, k, t.owners[c.first])
@@ -364,6 +373,34 @@ func (t *table) claimedElements(set string) (iter.Seq[*model.Element], int) {
 			}
 		}
 	}, len(claims)
+}
+
+// claimedByPart returns the claimed elements of every set, as claimedElements gives them
+// but in the order of the Parts that hold them: the encoder of a replaced table reads each
+// once, and read in the claims' order (the map's) every element was a cache miss, 0.35 s at
+// a million endpoints, where a Part's elements lie side by side. An element is the claimed
+// one of its key unless its key is shared or its Part holds a key of its set twice; only
+// then are the claims consulted.
+func (t *table) claimedByPart() map[string][]*model.Element {
+	out := make(map[string][]*model.Element, len(t.claims))
+	for set, claims := range t.claims {
+		out[set] = make([]*model.Element, 0, len(claims))
+	}
+	for name, p := range t.parts {
+		twiceIn := t.twice[name]
+		for i := range p.Elements {
+			pe := &p.Elements[i]
+			shared := t.shared[pe.Set]
+			if twice := len(twiceIn) > 0 && slices.Contains(twiceIn, pe.Set); twice || len(shared) > 0 {
+				k := pe.Element.Key()
+				if _, ok := shared[k]; (twice || ok) && t.claims[pe.Set][k].elem != &pe.Element {
+					continue
+				}
+			}
+			out[pe.Set] = append(out[pe.Set], &pe.Element)
+		}
+	}
+	return out
 }
 
 // desired returns the whole desired ruleset, as model.Build of the same Services gives it:
