@@ -442,13 +442,7 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 		}
 		tx.More = func(fam model.Family, set string) (iter.Seq[*model.Element], int) {
 			elems := claimed[fam][set]
-			return func(yield func(*model.Element) bool) {
-				for _, e := range elems {
-					if !yield(e) {
-						return
-					}
-				}
-			}, len(elems)
+			return slices.Values(elems), len(elems)
 		}
 	}
 	res.FamilyObjects = tx.ObjectsByFamily()
