@@ -13,14 +13,15 @@
 //   - partial sync: a sync that rebuilds only the Parts of the changed Services and diffs only
 //     the elements and chains they touch.
 //   - full sync: a sync that reads the tables back from the kernel and diffs the whole desired
-//     ruleset against them (at start, after a failed commit, or when someone else changed
-//     the ruleset: drift).
+//     ruleset against them, each element read compared with the desired one of its key (at
+//     start, after a failed commit, or when someone else changed the ruleset: drift). A table
+//     that is not there, or in another layout, is replaced whole, its claimed elements
+//     streamed to the encoder in the order of the Parts that hold them.
 //   - claim: a Service's hold on one element of one set; when two Services claim the same key,
 //     the first by name wins.
 //   - committed: the syncer's view of what the kernel holds: the committed chains by name, and
 //     as elements the claimed ones and the skeleton's (what every commit leaves), except the
-//     keys whose claims changed since the last commit (prior: their committed elements), or,
-//     during a full sync, the elements read back.
+//     keys whose claims changed since the last commit (prior: their committed elements).
 //   - unread replacement: after replaceAfterReadFailures full syncs in a row that could not
 //     read a table back, the next replaces the tables without reading them.
 package sync
