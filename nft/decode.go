@@ -244,6 +244,7 @@ func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error)
 	// rules; the endpoint maps once the others are read, by key (lookup.go), unless they
 	// were prefetched at the same generation.
 	setErrs := make([]error, len(out.Sets))
+	batches := make([][][]model.Element, len(out.Sets)) // the endpoint maps looked up
 	var wg sync.WaitGroup
 	for i, s := range out.Sets {
 		if s.Dynamic || isEndpointMap(s) {
@@ -273,7 +274,7 @@ func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error)
 				keys, n = exp.keys(s.Name)
 			}
 			if elems, ok := pf.elements(s.Name, exp.sets[s.Name]); ok {
-				s.Elements = elems
+				batches[i] = elems
 				continue
 			}
 			fronts := slices.DeleteFunc(slices.Clone(out.Sets), func(f *model.Set) bool { return !isFrontendSet(f, s) })
@@ -286,7 +287,7 @@ func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error)
 						return
 					}
 				}
-				setErrs[i] = c.lookupEndpointMap(exp, s, keys, n, fronts)
+				batches[i], setErrs[i] = c.lookupEndpointMap(exp, s, keys, n, fronts)
 			})
 		}
 		wg.Wait()
@@ -296,7 +297,32 @@ func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error)
 			return nil, fmt.Errorf("read set %s: %w", out.Sets[i].Name, err)
 		}
 	}
+	if err == nil {
+		deliverEndpointMaps(exp, out, batches)
+	}
 	return rs, err
+}
+
+// deliverEndpointMaps gives the elements of the endpoint maps of out, dumped (in the set) or
+// looked up (in batches, by the set's index), to exp.elements if it takes them, or else to
+// the sets, in one slice each.
+func deliverEndpointMaps(exp *expectation, out *model.Ruleset, batches [][][]model.Element) {
+	for i, s := range out.Sets {
+		if !isEndpointMap(s) {
+			continue
+		}
+		all := append([][]model.Element{s.Elements}, batches[i]...)
+		if exp.elements == nil {
+			s.Elements = slices.Concat(all...)
+			continue
+		}
+		s.Elements = nil
+		for _, b := range all {
+			if len(b) > 0 {
+				exp.elements(s.Name, b)
+			}
+		}
+	}
 }
 
 // readChains reads the chains and rules of the table into out.

@@ -266,14 +266,14 @@ func (d *elemDecoder) each(from int, fn func(*model.Element)) {
 	}
 }
 
-// appendTo appends every element d decoded to dst, and forgets them.
-func (d *elemDecoder) appendTo(dst []model.Element) []model.Element {
-	for _, c := range d.full {
-		dst = append(dst, c...)
+// take returns the elements d decoded, in the slices it decoded them into, and forgets them.
+func (d *elemDecoder) take() [][]model.Element {
+	out := d.full
+	if len(d.elems) > 0 {
+		out = append(out, d.elems)
 	}
-	dst = append(dst, d.elems...)
 	d.full, d.elems, d.n = nil, nil, 0
-	return dst
+	return out
 }
 
 // decodeKey fills the key fields of e from a key as model.ElementKey writes it, and reports

@@ -32,6 +32,8 @@ type expectation struct {
 	dumpMax int
 	// keys yields the keys expected in an endpoint map (nil: none).
 	keys func(set string) (iter.Seq[model.Key], int)
+	// elements, when set, takes the endpoint maps' elements (Expected.Elements).
+	elements func(set string, elems []model.Element)
 }
 
 func newExpectation(fam model.Family, want *model.Ruleset) (*expectation, error) {

@@ -263,7 +263,7 @@ func (f *Fake) Replace(rulesets ...*model.Ruleset) error {
 // ReadTable implements Backend. The Fake always holds tables in the layout it was given, so
 // it never reports ErrIncompatible.
 func (f *Fake) ReadTable(fam model.Family, _ []*model.Set, expected func() Expected) (*model.Ruleset, uint32, error) {
-	expected()
+	exp := expected()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.FailReads > 0 {
@@ -274,8 +274,24 @@ func (f *Fake) ReadTable(fam model.Family, _ []*model.Set, expected func() Expec
 	if t == nil {
 		return nil, f.gen, nil
 	}
-	return t.ruleset(fam), f.gen, nil
+	rs := t.ruleset(fam)
+	if exp.Elements != nil {
+		// As Netlink does, in batches (small ones, so that there are several).
+		for _, s := range rs.Sets {
+			if !isEndpointMap(s) {
+				continue
+			}
+			for b := range slices.Chunk(s.Elements, fakeReadBatch) {
+				exp.Elements(s.Name, b)
+			}
+			s.Elements = nil
+		}
+	}
+	return rs, f.gen, nil
 }
+
+// fakeReadBatch is how many endpoint map elements the Fake hands Expected.Elements at a time.
+const fakeReadBatch = 7
 
 // Generation implements Backend.
 func (f *Fake) Generation() (uint32, error) {

@@ -77,13 +77,13 @@ func slotKey(f model.Key, slot uint32) model.Key {
 // lookupEndpointMap reads the elements of the endpoint map s by key, over sockets of its
 // own: the keys want yields (nil: none; about n of them), and, from the frontends of those keys and of the
 // elements of frontendSets (the table's maps keyed like s without its slot, already read),
-// the slots after the last wanted one until one is missing. s.Elements gets what the kernel
-// holds, in no particular order: each element is the answer to the lookup of its own key,
-// and no key is looked up twice, so none is there twice.
-func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[model.Key], n int, frontendSets []*model.Set) error {
+// the slots after the last wanted one until one is missing. It returns what the kernel
+// holds, in batches and in no particular order: each element is the answer to the lookup of
+// its own key, and no key is looked up twice, so none is there twice.
+func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[model.Key], n int, frontendSets []*model.Set) ([][]model.Element, error) {
 	l, err := c.newLookuper(exp, s, n)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer l.close()
 	// The wanted keys, a chunk at a time; next is, per frontend, the first slot past them.
@@ -96,7 +96,7 @@ func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[m
 			next[f] = max(next[f], k.Slot+1)
 			if len(keys) == lookupChunk {
 				if err := l.lookup(keys, nil); err != nil {
-					return err
+					return nil, err
 				}
 				keys = keys[:0]
 			}
@@ -128,7 +128,7 @@ func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[m
 			}
 		})
 		if err != nil {
-			return err
+			return nil, err
 		}
 		keys = slices.Grow(keys[:0], 2*int(width)*len(more))
 		for _, f := range more {
@@ -140,8 +140,7 @@ func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[m
 		}
 		width *= 2
 	}
-	s.Elements = l.elements()
-	return nil
+	return l.elements(), nil
 }
 
 // lookupChunk is how many wanted keys are looked up at a time.
@@ -235,15 +234,12 @@ func (l *lookuper) lookup(keys []model.Key, found func(*model.Element)) error {
 	return nil
 }
 
-// elements returns every element found, and lets the workers' copies go.
-func (l *lookuper) elements() []model.Element {
-	n := 0
+// elements returns every element found, in the workers' batches, and lets the workers
+// forget them.
+func (l *lookuper) elements() [][]model.Element {
+	var out [][]model.Element
 	for _, w := range l.workers {
-		n += w.d.count()
-	}
-	out := make([]model.Element, 0, n)
-	for _, w := range l.workers {
-		out = w.d.appendTo(out)
+		out = append(out, w.d.take()...)
 	}
 	return out
 }

@@ -23,9 +23,10 @@ type prefetch struct {
 	// gen is the generation of the read; ok is set when it is consistent.
 	gen uint32
 	ok  bool
-	// sets are the endpoint maps read, with their elements, and defs their definitions.
-	sets map[string]*model.Set
-	defs map[string]setDef
+	// elems are the elements of the endpoint maps read, by name, in the batches read, and
+	// defs their definitions.
+	elems map[string][][]model.Element
+	defs  map[string]setDef
 }
 
 // Prefetch starts reading the endpoint maps of fam's table in the background, for the next
@@ -34,7 +35,7 @@ type prefetch struct {
 // frontend the table's maps hold (lookup.go): all that nftproxy wrote. A restarted proxy
 // reads its largest maps this way while it is still listing the cluster.
 func (n *Netlink) Prefetch(fam model.Family) {
-	pf := &prefetch{done: make(chan struct{}), sets: map[string]*model.Set{}, defs: map[string]setDef{}}
+	pf := &prefetch{done: make(chan struct{}), elems: map[string][][]model.Element{}, defs: map[string]setDef{}}
 	n.pmu.Lock()
 	if n.prefetched == nil {
 		n.prefetched = map[model.Family]*prefetch{}
@@ -71,19 +72,22 @@ func (pf *prefetch) read(n *Netlink, fam model.Family) error {
 				fronts = append(fronts, s)
 			}
 		}
-		for _, m := range maps {
-			pf.sets[m.Name] = m
-		}
+		read := make([][][]model.Element, len(maps))
 		fronts = slices.DeleteFunc(fronts, func(f *model.Set) bool {
 			return !slices.ContainsFunc(maps, func(m *model.Set) bool { return isFrontendSet(f, m) })
 		})
-		if err := readAll(fronts, func(s *model.Set) error { return c.readElementsApart(exp, s, 0, 0) }); err != nil {
+		if err := readAll(fronts, func(_ int, s *model.Set) error { return c.readElementsApart(exp, s, 0, 0) }); err != nil {
 			return err
 		}
-		return readAll(maps, func(s *model.Set) error {
+		err := readAll(maps, func(i int, s *model.Set) (err error) {
 			ff := slices.DeleteFunc(slices.Clone(fronts), func(f *model.Set) bool { return !isFrontendSet(f, s) })
-			return c.lookupEndpointMap(exp, s, nil, 0, ff)
+			read[i], err = c.lookupEndpointMap(exp, s, nil, 0, ff)
+			return err
 		})
+		for i, m := range maps {
+			pf.elems[m.Name] = read[i]
+		}
+		return err
 	})
 	if err != nil {
 		return err
@@ -100,12 +104,12 @@ func (pf *prefetch) read(n *Netlink, fam model.Family) error {
 	return nil
 }
 
-// readAll calls read for each set at once, and joins the errors.
-func readAll(sets []*model.Set, read func(*model.Set) error) error {
+// readAll calls read for each set (and its index) at once, and joins the errors.
+func readAll(sets []*model.Set, read func(int, *model.Set) error) error {
 	errs := make([]error, len(sets))
 	var wg sync.WaitGroup
 	for i, s := range sets {
-		wg.Go(func() { errs[i] = read(s) })
+		wg.Go(func() { errs[i] = read(i, s) })
 	}
 	wg.Wait()
 	return errors.Join(errs...)
@@ -129,15 +133,15 @@ func (n *Netlink) takePrefetch(fam model.Family, gen uint32) *prefetch {
 	return pf
 }
 
-// elements returns the prefetched elements of the endpoint map name if it was read with the
-// definition def.
-func (pf *prefetch) elements(name string, def setDef) ([]model.Element, bool) {
+// elements returns the prefetched elements of the endpoint map name, in batches, if it was
+// read with the definition def.
+func (pf *prefetch) elements(name string, def setDef) ([][]model.Element, bool) {
 	if pf == nil {
 		return nil, false
 	}
-	s, ok := pf.sets[name]
+	elems, ok := pf.elems[name]
 	if !ok || !pf.defs[name].equal(def) {
 		return nil, false
 	}
-	return s.Elements, true
+	return elems, true
 }

@@ -34,6 +34,11 @@ type Expected struct {
 	// how many there are; it may be nil, or return nil for none. ReadTable looks those up
 	// rather than dump the map (see lookup.go).
 	Keys func(set string) (iter.Seq[model.Key], int)
+	// Elements, when set, is handed the elements of the endpoint maps in batches, and the
+	// endpoint maps of the returned table are left without elements: a caller that only
+	// compares them spares the copy into one slice (a million elements, 100 MB, held twice
+	// while copied). It is called from ReadTable's goroutine, and may keep the batches.
+	Elements func(set string, elems []model.Element)
 }
 
 // Read returns nftproxy's table of family fam as the kernel holds it, decoded against want
@@ -95,7 +100,7 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, expected func()
 	exp.pending = func() error {
 		once.Do(func() {
 			want := expected()
-			exp.keys = want.Keys
+			exp.keys, exp.elements = want.Keys, want.Elements
 			chainErr = exp.addChains(want.Chains)
 		})
 		return chainErr

@@ -150,7 +150,7 @@ func TestElementRoundTrip(t *testing.T) {
 			if n := dc.count(); n != len(d.elems) {
 				t.Errorf("%s set %s: in chunks, %d elements; want %d", rs.Family, s.Name, n, len(d.elems))
 			}
-			if all := dc.appendTo(nil); !slices.Equal(all, d.elems) || dc.count() != 0 {
+			if all := slices.Concat(dc.take()...); !slices.Equal(all, d.elems) || dc.count() != 0 {
 				t.Errorf("%s set %s: in chunks, all are %v (then %d left); want %v", rs.Family, s.Name, all, dc.count(), d.elems)
 			}
 			got := slices.SortedFunc(slices.Values(d.elems), model.CompareElements)
@@ -328,7 +328,7 @@ func TestLookupReplies(t *testing.T) {
 		if !ok || err != nil {
 			t.Errorf("%s: found, missing, found, done: done=%v err=%v", rs.Family, ok, err)
 		}
-		if got := d.appendTo(nil); !slices.Equal(got, []model.Element{a, c}) {
+		if got := slices.Concat(d.take()...); !slices.Equal(got, []model.Element{a, c}) {
 			t.Errorf("%s: decoded %v, want %v", rs.Family, got, []model.Element{a, c})
 		}
 

@@ -125,23 +125,35 @@ func (t *table) isSkeletonChain(name string) bool {
 	return t.skeleton.Chain(name) != nil
 }
 
+// readBack is a table as a full sync read it: the ruleset ReadTable returned, and the
+// elements of its endpoint maps, which came apart in batches (nft.Expected.Elements). No
+// set holds a key twice; the order means nothing.
+type readBack struct {
+	rs      *model.Ruleset
+	batches map[string][][]model.Element
+}
+
+// elements returns the elements read of set, in batches.
+func (rb readBack) elements(set string) [][]model.Element {
+	out := rb.batches[set]
+	if s := rb.rs.Set(set); s != nil && len(s.Elements) > 0 {
+		out = append([][]model.Element{s.Elements}, out...)
+	}
+	return out
+}
+
 // diffAll adds to tx what makes the table read back (have) equal the desired one: the
-// skeleton's and the claimed elements, and the chains want. have's sets hold no key twice
-// (nft.Backend.ReadTable), in any order.
+// skeleton's and the claimed elements, and the chains want.
 //
 // Each element read is compared with the desired one of its key; only when fewer desired
 // keys were found than there are is the read table indexed, to find those missing. At a
 // million endpoints a restart finds them all, and one map lookup per element read is what
 // the comparison costs: indexing the read elements and looking each desired key up in that
 // index cost three.
-func (t *table) diffAll(have *model.Ruleset, want []*model.Chain, tx *nft.Transaction) {
+func (t *table) diffAll(have readBack, want []*model.Chain, tx *nft.Transaction) {
 	ops := t.newElementDiff()
 	for _, sk := range t.skeleton.Sets {
-		var read []model.Element
-		if s := have.Set(sk.Name); s != nil {
-			read = s.Elements
-		}
-		ops.set(sk.Name, read)
+		ops.set(sk.Name, have.elements(sk.Name))
 	}
 	var chainOps []nft.Op
 	wanted := map[string]bool{}
@@ -162,9 +174,9 @@ func (t *table) diffAll(have *model.Ruleset, want []*model.Chain, tx *nft.Transa
 	t.cleanStale(tx)
 }
 
-// set makes the elements of set, read back as read (no key twice), the desired ones: the
-// skeleton's (fixed) and, for the other keys, the claimed.
-func (o *elementDiff) set(set string, read []model.Element) {
+// set makes the elements of set, read back as read (in batches, no key twice), the desired
+// ones: the skeleton's (fixed) and, for the other keys, the claimed.
+func (o *elementDiff) set(set string, read [][]model.Element) {
 	fixed, claims := o.t.fixed[set], o.t.claims[set]
 	desired := len(claims)
 	for k := range fixed {
@@ -172,38 +184,43 @@ func (o *elementDiff) set(set string, read []model.Element) {
 			desired++
 		}
 	}
-	found := 0
-	for i := range read {
-		have := &read[i]
-		k := have.Key()
-		want := fixed[k]
-		if want == nil {
-			want = claims[k].elem
+	found, held := 0, 0
+	for _, batch := range read {
+		held += len(batch)
+		for i := range batch {
+			have := &batch[i]
+			k := have.Key()
+			want := fixed[k]
+			if want == nil {
+				want = claims[k].elem
+			}
+			switch {
+			case want == nil:
+				o.dels[set] = append(o.dels[set], *have)
+				continue
+			case *have != *want:
+				o.dels[set] = append(o.dels[set], *have)
+				o.adds[set] = append(o.adds[set], *want)
+			}
+			found++
 		}
-		switch {
-		case want == nil:
-			o.dels[set] = append(o.dels[set], *have)
-			continue
-		case *have != *want:
-			o.dels[set] = append(o.dels[set], *have)
-			o.adds[set] = append(o.adds[set], *want)
-		}
-		found++
 	}
 	if found == desired {
 		return
 	}
-	held := make(map[model.Key]struct{}, len(read))
-	for i := range read {
-		held[read[i].Key()] = struct{}{}
+	keys := make(map[model.Key]struct{}, held)
+	for _, batch := range read {
+		for i := range batch {
+			keys[batch[i].Key()] = struct{}{}
+		}
 	}
 	for k, e := range fixed {
-		if _, ok := held[k]; !ok {
+		if _, ok := keys[k]; !ok {
 			o.adds[set] = append(o.adds[set], *e)
 		}
 	}
 	for k, c := range claims {
-		if _, ok := held[k]; !ok && fixed[k] == nil {
+		if _, ok := keys[k]; !ok && fixed[k] == nil {
 			o.adds[set] = append(o.adds[set], *c.elem)
 		}
 	}
@@ -227,28 +244,31 @@ func (t *table) desiredChainIndex() map[string]*model.Chain {
 	return out
 }
 
-// holds reports whether have, a table read back (no key twice in a set), holds exactly what
-// t committed last.
-func (t *table) holds(have *model.Ruleset) bool {
-	if len(t.committedChains) != len(have.Chains) {
+// holds reports whether have, a table read back, holds exactly what t committed last.
+func (t *table) holds(have readBack) bool {
+	if len(t.committedChains) != len(have.rs.Chains) {
 		return false
 	}
-	for _, c := range have.Chains {
+	for _, c := range have.rs.Chains {
 		oc, ok := t.committedChains[c.Name]
 		if !ok || !reflect.DeepEqual(c.Rules, oc.Rules) {
 			return false
 		}
 	}
 	counts := t.committedCounts()
-	for _, s := range have.Sets {
-		if len(s.Elements) != counts[s.Name] {
-			return false
-		}
-		for i := range s.Elements {
-			e := &s.Elements[i]
-			if c, ok := t.committedElement(s.Name, e.Key()); !ok || *c != *e {
-				return false
+	for _, s := range have.rs.Sets {
+		n := 0
+		for _, batch := range have.elements(s.Name) {
+			n += len(batch)
+			for i := range batch {
+				e := &batch[i]
+				if c, ok := t.committedElement(s.Name, e.Key()); !ok || *c != *e {
+					return false
+				}
 			}
+		}
+		if n != counts[s.Name] {
+			return false
 		}
 	}
 	return true

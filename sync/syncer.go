@@ -396,9 +396,13 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			t.buildAll(s.services)
 			chains = t.desiredChains()
 		}()
+		// The endpoint maps' elements come in batches, compared as they are (diffAll).
+		batches := map[string][][]model.Element{}
 		have, g, err := s.Backend.ReadTable(fam, t.skeleton.Sets, func() nft.Expected {
 			<-built
-			return nft.Expected{Chains: chains, Keys: t.claimedKeys}
+			return nft.Expected{Chains: chains, Keys: t.claimedKeys, Elements: func(set string, elems []model.Element) {
+				batches[set] = append(batches[set], elems)
+			}}
 		})
 		<-built
 		unread := err != nil && !errors.Is(err, nft.ErrIncompatible)
@@ -418,11 +422,12 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			tx.Replace = append(tx.Replace, t.desiredSkeleton())
 			replaced[t] = true
 		default:
+			read := readBack{rs: have, batches: batches}
 			t.committedChains = chainIndex(have)
-			if prev := s.tables[fam]; prev != nil && prev.committed && !prev.holds(have) {
+			if prev := s.tables[fam]; prev != nil && prev.committed && !prev.holds(read) {
 				res.DriftRepaired = true
 			}
-			t.diffAll(have, chains, tx)
+			t.diffAll(read, chains, tx)
 		}
 		if i > 0 && g != gen && res.ReplacedUnread == nil {
 			s.restorePending(changes, old)

@@ -172,13 +172,16 @@ func TestDriftRepair(t *testing.T) {
 			set := rs.Set(model.MapServiceEndpoints)
 			set.Elements = set.Elements[1:]
 		},
-		"element changed": func(rs *model.Ruleset) {
-			e := &rs.Set(model.MapServiceEndpoints).Elements[0]
-			e.Endpoint = netip.AddrPortFrom(netip.MustParseAddr("10.99.99.99"), 9999)
+		"elements changed": func(rs *model.Ruleset) {
+			// The first and the last: a read hands the elements over in batches.
+			elems := rs.Set(model.MapServiceEndpoints).Elements
+			for _, e := range []*model.Element{&elems[0], &elems[len(elems)-1]} {
+				e.Endpoint = netip.AddrPortFrom(netip.MustParseAddr("10.99.99.99"), 9999)
+			}
 		},
 		"element added": func(rs *model.Ruleset) {
 			set := rs.Set(model.MapServiceEndpoints)
-			e := set.Elements[0]
+			e := set.Elements[len(set.Elements)-1]
 			e.Slot = 1000
 			set.Elements = append(set.Elements, e)
 		},
