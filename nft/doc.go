@@ -36,6 +36,8 @@
 //   - lookup: a request for set elements by key (NFT_MSG_GETSETELEM without NLM_F_DUMP).
 //     The endpoint maps, keyed by a frontend and a slot, are read by lookups of the keys
 //     expected and of the slots past them, not dumped: a dump is quadratic in the kernel.
+//     The elements found stay in the batches they were decoded into (a million of them are
+//     100 MB): a caller that only compares them takes the batches (Expected.Elements).
 //   - prefetch: the endpoint maps read ahead of the read that needs them, by walking the slots
 //     of the frontends the table holds.
 package nft
