@@ -173,10 +173,11 @@ func TestDriftRepair(t *testing.T) {
 			set.Elements = set.Elements[1:]
 		},
 		"elements changed": func(rs *model.Ruleset) {
-			// The first and the last: a read hands the elements over in batches.
+			// The first, one in the Fake's next batch of 7, and the last: a read hands
+			// the elements over in batches.
 			elems := rs.Set(model.MapServiceEndpoints).Elements
-			for _, e := range []*model.Element{&elems[0], &elems[len(elems)-1]} {
-				e.Endpoint = netip.AddrPortFrom(netip.MustParseAddr("10.99.99.99"), 9999)
+			for _, i := range []int{0, min(7, len(elems)-1), len(elems) - 1} {
+				elems[i].Endpoint = netip.AddrPortFrom(netip.MustParseAddr("10.99.99.99"), 9999)
 			}
 		},
 		"element added": func(rs *model.Ruleset) {
