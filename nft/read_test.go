@@ -310,13 +310,8 @@ func TestLookupReplies(t *testing.T) {
 			binary.NativeEndian.PutUint32(m[8:], seq)
 			return m
 		}
-		done := func(seq uint32) []byte {
-			m := appendNlmsghdr(nil, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN, 0)
-			m = append(m, 0, 0, 0, 0)
-			binary.NativeEndian.PutUint32(m, uint32(len(m)))
-			binary.NativeEndian.PutUint32(m[8:], seq)
-			return m
-		}
+		// The answer to the last message, the generation's.
+		done := func(seq uint32) []byte { return batchMessage(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN, seq, 0) }
 		a, b, c := s.Elements[0], s.Elements[1], s.Elements[2]
 		batchKeys := []model.Key{a.Key(), b.Key(), c.Key()}
 		const first = 100
