@@ -55,6 +55,9 @@ type Proxy struct {
 	NodeRequired bool
 	// Events, when set, receives the events about Services that cannot be proxied.
 	Events EventRecorder
+	// AfterFirstSync, when set, is called once, after the first sync that succeeds (the
+	// daemon returns the memory of the start to the system: settleMemory).
+	AfterFirstSync func()
 
 	mu gosync.Mutex
 	// delta folds the Deltas not yet taken by a sync; its Store is nil before the first.
@@ -71,6 +74,8 @@ type Proxy struct {
 	warned    map[string]bool
 	// started is when Run started: EndpointSlice trigger times before it are ignored.
 	started time.Time
+	// synced is set by the first sync that succeeds.
+	synced bool
 	// health tracks, for health checks, the oldest change not yet programmed (zero when
 	// none), the last successful sync and whether this node may receive load-balanced
 	// traffic.
@@ -266,6 +271,12 @@ func (p *Proxy) SyncOnce() error {
 	p.markSynced(at)
 	p.Metrics.observe(families, res, took)
 	p.logResult(res, took)
+	if !p.synced {
+		p.synced = true
+		if p.AfterFirstSync != nil {
+			p.AfterFirstSync()
+		}
+	}
 	return nil
 }
 

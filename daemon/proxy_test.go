@@ -55,6 +55,8 @@ func endpointSlot(ep string) string {
 func TestProxySyncOnce(t *testing.T) {
 	fake := nft.NewFake(1)
 	p := newTestProxy(fake)
+	firstSyncs := 0
+	p.AfterFirstSync = func() { firstSyncs++ }
 	if err := p.SyncOnce(); err != nil || fake.Calls != 0 {
 		t.Fatalf("before any snapshot: err=%v, %d commits; want nothing", err, fake.Calls)
 	}
@@ -66,6 +68,9 @@ func TestProxySyncOnce(t *testing.T) {
 	}
 	if got := fake.Render(model.IPv4); got != "" {
 		t.Fatalf("a failed commit changed the tables:\n%s", got)
+	}
+	if firstSyncs != 0 {
+		t.Fatalf("AfterFirstSync ran %d times before any sync succeeded", firstSyncs)
 	}
 
 	fake.FailRate = 0
@@ -86,6 +91,9 @@ func TestProxySyncOnce(t *testing.T) {
 	}
 	if got := fake.Render(model.IPv4); !strings.Contains(got, endpointSlot("10.244.1.3")) || strings.Contains(got, "10.244.1.2") {
 		t.Errorf("after the endpoint moved the table is:\n%s", got)
+	}
+	if firstSyncs != 1 {
+		t.Errorf("AfterFirstSync ran %d times over three successful syncs; want once", firstSyncs)
 	}
 }
 
