@@ -359,11 +359,16 @@ func TestSharedKeys(t *testing.T) {
 			t.Fatalf("step %d: the syncer's view differs from model.Build:\n%s", step, scenario.LineDiff(want, got))
 		}
 		// A restarted daemon writes the same table whole, with one Service that names
-		// an external IP of its own twice besides.
+		// an external IP of its own twice besides, and one whose external IP is its own
+		// ClusterIP: the same key twice in its Part, with two values (the cluster and the
+		// external chain); the first one is the Service's, as in model.Build.
 		twice := svc("twice", 4)
 		twice.ExternalIPs = []netip.Addr{netip.MustParseAddr("192.0.2.20"), netip.MustParseAddr("192.0.2.20")}
 		twice.Ports[0].NodePort = 30081
-		all = append(all, twice)
+		own := svc("own", 5)
+		own.ExternalIPs = own.ClusterIPs
+		own.Ports[0].NodePort = 30082
+		all = append(all, twice, own)
 		cold := nft.NewFake(1)
 		restarted := sync.NewSyncer(cold, model.IPv4)
 		restarted.SetNode(map[model.Family]model.NodeConfig{model.IPv4: node})

@@ -29,8 +29,9 @@ type table struct {
 	owners   []model.ServiceName
 	ownerIDs map[model.ServiceName]uint32
 	freeIDs  []uint32
-	// twice names, per Service, the sets in which its Part holds a key twice (the later
-	// element is the one claimed): a hairpin address that two ports share, say.
+	// twice names, per Service, the sets in which its Part holds a key twice (the first
+	// element is the one claimed): a hairpin address that two ports share, say, or a
+	// ClusterIP that is also the Service's external IP.
 	twice map[model.ServiceName][]string
 	// chainClaims counts the Parts that hold each service chain, and chainDefs keeps its
 	// content (identical in every Part that holds it).
@@ -284,11 +285,13 @@ func (t *table) claim(set string, k model.Key, name model.ServiceName, e *model.
 		claims[k] = claim{elem: e, first: t.ownerID(name)}
 		return
 	case t.owners[c.first] == name:
-		// The same Part holds k twice (setPart took the claims of its old Part first).
+		// The same Part holds k twice (setPart took the claims of its old Part first): the
+		// first element stays, as in model.Build and Part.Element (a Service whose external
+		// IP is its ClusterIP holds that key with its cluster chain, then its external one).
 		if !slices.Contains(t.twice[name], set) {
 			t.twice[name] = append(t.twice[name], set)
 		}
-		c.elem = e
+		return
 	case model.CompareNames(name, t.owners[c.first]) < 0:
 		t.addShared(set, k, t.owners[c.first])
 		c = claim{elem: e, first: t.ownerID(name)}
@@ -380,7 +383,8 @@ func (t *table) claimedElements(set string) (iter.Seq[*model.Element], int) {
 // once, and read in the claims' order (the map's) every element was a cache miss, 0.35 s at
 // a million endpoints, where a Part's elements lie side by side. An element is the claimed
 // one of its key unless its key is shared or its Part holds a key of its set twice; only
-// then are the claims consulted.
+// then are the claims consulted. t must be built whole (buildAll): twice does not record a
+// Part that a later unclaim made the first owner of a key it holds twice.
 func (t *table) claimedByPart() map[string][]*model.Element {
 	out := make(map[string][]*model.Element, len(t.claims))
 	for set, claims := range t.claims {
