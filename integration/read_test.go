@@ -3,6 +3,7 @@ package integration
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"slices"
 	"testing"
@@ -578,6 +579,76 @@ func TestReadWithPrefetch(t *testing.T) {
 			w, g := renderSet(tc.have.Set(name)), renderSet(got.Set(name))
 			if w != g {
 				t.Errorf("%s: map %s read back:\n%s", tc.name, name, scenario.LineDiff(w, g))
+			}
+		}
+	}
+}
+
+// TestReadTableStartedOver checks that a read that sees another commit and starts over hands
+// the endpoint maps' elements to Expected.Elements once: those of the attempt that counts.
+// The syncer compares what it is handed with the desired elements, and takes an element
+// handed twice for one more the kernel holds (a desired one missing, or a stale one deleted
+// twice, which fails the commit).
+func TestReadTableStartedOver(t *testing.T) {
+	topology.RequirePrivileged(t)
+	ns := topology.NewNetNS(t, "rd-again")
+	be := kernelBackend(t, ns)
+	cfg := model.NodeConfig{Family: model.IPv4}
+	var svcs []model.Service
+	for i := range 100 {
+		svcs = append(svcs, scale.Service(i, 1+i%5, 0))
+	}
+	want := model.Build(svcs, cfg)
+	if err := be.Replace(want); err != nil {
+		t.Fatal(err)
+	}
+	maps := []string{"service-endpoints", "nodeport-endpoints"}
+	for _, tc := range []struct {
+		name    string
+		dumpMax int
+	}{{"looked up", -1}, {"dumped", 0}} {
+		be.DumpMax = tc.dumpMax
+		attempts := 0
+		got := map[string]*model.Set{}
+		for _, name := range maps {
+			got[name] = &model.Set{Name: name, Key: want.Set(name).Key, Data: want.Set(name).Data, Comment: want.Set(name).Comment}
+		}
+		rs, _, err := be.ReadTable(model.IPv4, want.Sets, func() nft.Expected {
+			return nft.Expected{
+				Chains: want.Chains,
+				Keys: func(set string) (iter.Seq[model.Key], int) {
+					if set == "service-endpoints" {
+						attempts++
+						if attempts == 1 {
+							// Someone else's table, committed in the middle of the read.
+							ns.Run(t, "nft", "add table ip someone-else")
+						}
+					}
+					s := want.Set(set)
+					return func(yield func(model.Key) bool) {
+						for _, e := range s.Elements {
+							if !yield(e.Key()) {
+								return
+							}
+						}
+					}, len(s.Elements)
+				},
+				Elements: func(set string, elems []model.Element) {
+					got[set].Elements = append(got[set].Elements, elems...)
+				},
+			}
+		})
+		ns.Run(t, "nft", "delete table ip someone-else")
+		if err != nil || rs == nil {
+			t.Fatalf("%s: read: %v (table %v)", tc.name, err, rs != nil)
+		}
+		if attempts < 2 {
+			t.Fatalf("%s: the read did not start over after the commit (%d attempts)", tc.name, attempts)
+		}
+		for _, name := range maps {
+			slices.SortFunc(got[name].Elements, model.CompareElements)
+			if w, g := renderSet(want.Set(name)), renderSet(got[name]); w != g {
+				t.Errorf("%s: map %s handed over:\n%s", tc.name, name, scenario.LineDiff(w, g))
 			}
 		}
 	}

@@ -170,8 +170,11 @@ func decodeChain(data []byte) (name string, def chainDef, err error) {
 	return name, def, ad.Err()
 }
 
-// readTable reads the table of exp's family, or returns nil when it does not exist.
-func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error) {
+// readTable reads the table of exp's family, or returns nil when it does not exist. The
+// elements of the endpoint maps looked up (or prefetched) come back apart, in batches by the
+// set's index, for deliverEndpointMaps once the read is known to be of one generation: a read
+// that is started over must not hand exp.elements the same elements twice.
+func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, [][][]model.Element, error) {
 	fam := exp.nfproto
 	// The table.
 	ae := newAttrs()
@@ -195,13 +198,13 @@ func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error)
 		return ad.Err()
 	})
 	if errors.Is(err, unix.ENOENT) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get table: %w", err)
+		return nil, nil, fmt.Errorf("get table: %w", err)
 	}
 	if tableFlags != 0 || tableUdata {
-		return nil, fmt.Errorf("table has flags %#x or user data: %w", tableFlags, ErrIncompatible)
+		return nil, nil, fmt.Errorf("table has flags %#x or user data: %w", tableFlags, ErrIncompatible)
 	}
 
 	// The sets: the kernel's must be exactly the ones nftproxy would create.
@@ -221,21 +224,21 @@ func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error)
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list sets: %w", err)
+		return nil, nil, fmt.Errorf("list sets: %w", err)
 	}
 	for name, def := range kernelSets {
 		want, ok := exp.sets[name]
 		if !ok {
-			return nil, fmt.Errorf("set %s: not one of nftproxy's: %w", name, ErrIncompatible)
+			return nil, nil, fmt.Errorf("set %s: not one of nftproxy's: %w", name, ErrIncompatible)
 		}
 		if !want.equal(def) {
-			return nil, fmt.Errorf("set %s: %s: %w", name, def.diff(want), ErrIncompatible)
+			return nil, nil, fmt.Errorf("set %s: %s: %w", name, def.diff(want), ErrIncompatible)
 		}
 	}
 	out := &model.Ruleset{Family: exp.fam}
 	for _, s := range exp.want.Sets {
 		if _, ok := kernelSets[s.Name]; !ok {
-			return nil, fmt.Errorf("set %s: missing: %w", s.Name, ErrIncompatible)
+			return nil, nil, fmt.Errorf("set %s: missing: %w", s.Name, ErrIncompatible)
 		}
 		out.Sets = append(out.Sets, &model.Set{Name: s.Name, Key: slices.Clone(s.Key), Data: s.Data, Comment: s.Comment,
 			Dynamic: s.Dynamic, Size: s.Size})
@@ -294,13 +297,10 @@ func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, error)
 	}
 	for i, err := range setErrs {
 		if err != nil {
-			return nil, fmt.Errorf("read set %s: %w", out.Sets[i].Name, err)
+			return nil, nil, fmt.Errorf("read set %s: %w", out.Sets[i].Name, err)
 		}
 	}
-	if err == nil {
-		deliverEndpointMaps(exp, out, batches)
-	}
-	return rs, err
+	return rs, batches, err
 }
 
 // deliverEndpointMaps gives the elements of the endpoint maps of out, dumped (in the set) or

@@ -37,7 +37,9 @@
 //     The endpoint maps, keyed by a frontend and a slot, are read by lookups of the keys
 //     expected and of the slots past them, not dumped: a dump is quadratic in the kernel.
 //     The elements found stay in the batches they were decoded into (a million of them are
-//     100 MB): a caller that only compares them takes the batches (Expected.Elements).
+//     100 MB): a caller that only compares them takes the batches (Expected.Elements),
+//     handed over once the read is known to be of one generation, never those of a read
+//     that saw a commit and started over.
 //   - prefetch: the endpoint maps read ahead of the read that needs them, by walking the slots
 //     of the frontends the table holds.
 package nft

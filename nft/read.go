@@ -112,9 +112,10 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, expected func()
 	defer c.sock.Close()
 	for range readAttempts {
 		var rs *model.Ruleset
+		var batches [][][]model.Element
 		gen, readErr, err := c.atOneGeneration(func(gen uint32) error {
 			var err error
-			rs, err = c.readTable(exp, n.takePrefetch(fam, gen))
+			rs, batches, err = c.readTable(exp, n.takePrefetch(fam, gen))
 			return err
 		})
 		switch {
@@ -125,6 +126,10 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, expected func()
 			return nil, 0, fmt.Errorf("read %s table: %w", fam, err)
 		case readErr != nil:
 			return nil, gen, fmt.Errorf("read %s table: %w", fam, readErr)
+		}
+		if rs != nil {
+			// Only now: an attempt that saw a commit is forgotten, its elements with it.
+			deliverEndpointMaps(exp, rs, batches)
 		}
 		return rs, gen, nil
 	}
