@@ -367,6 +367,9 @@ func parseLookupReplies(b []byte, set string, batch []model.Key, first, last uin
 			if d.count() != n+1 || d.last().Key() != batch[i] {
 				return false, fmt.Errorf("look up element %v of set %s: the kernel answered with another", batch[i], set)
 			}
+		default:
+			// Not an answer to a lookup: taken for "not found", it would hide an element.
+			return false, fmt.Errorf("look up element %v of set %s: unexpected netlink message type %#x", batch[i], set, mtype)
 		}
 	}
 	return false, nil

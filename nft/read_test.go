@@ -332,5 +332,11 @@ func TestLookupReplies(t *testing.T) {
 		if _, err := parseLookupReplies(dgram, s.Name, batchKeys, first, last, d); err == nil {
 			t.Errorf("%s: the answer to the lookup of %v held %v, and the read went on", rs.Family, b.Key(), a)
 		}
+
+		d = newElemDecoder(exp, &model.Set{Name: s.Name, Key: s.Key, Data: s.Data}, 0)
+		dgram = slices.Concat(answer(first, a), batchMessage(unix.NLMSG_DONE, first+1, 0), answer(first+2, c), done(last))
+		if _, err := parseLookupReplies(dgram, s.Name, batchKeys, first, last, d); err == nil {
+			t.Errorf("%s: the lookup of %v was answered by a message of another type, and the read went on", rs.Family, b.Key())
+		}
 	}
 }
