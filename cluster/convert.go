@@ -362,7 +362,10 @@ func convertService(s *corev1.Service) (model.Service, error) {
 		ms.LoadBalancerIPs = append(ms.LoadBalancerIPs, addr)
 	}
 
-	if ms.Type == model.NodePort || ms.Type == model.LoadBalancer {
+	// externalTrafficPolicy applies to a Service reachable from outside the cluster: a
+	// NodePort or LoadBalancer one, or one with external IPs (kube-proxy's
+	// ExternallyAccessible; the API server takes Local on no other).
+	if ms.Type == model.NodePort || ms.Type == model.LoadBalancer || len(ms.ExternalIPs) > 0 {
 		ms.ExternalPolicyLocal = s.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
 		if ms.ExternalPolicyLocal && ms.Type == model.LoadBalancer {
 			if p := s.Spec.HealthCheckNodePort; p < 0 || p > 65535 {
@@ -553,14 +556,12 @@ func parseSlice(es *discoveryv1.EndpointSlice) (parsedSlice, error) {
 			continue
 		}
 		c := ep.Conditions
+		// A nil ready or serving means true (the API's documentation, and kube-proxy's).
 		se := sliceEndpoint{
 			addr:        addr,
 			ready:       c.Ready == nil || *c.Ready,
+			serving:     c.Serving == nil || *c.Serving,
 			terminating: c.Terminating != nil && *c.Terminating,
-		}
-		se.serving = se.ready
-		if c.Serving != nil {
-			se.serving = *c.Serving
 		}
 		if ep.NodeName != nil {
 			se.nodeName = *ep.NodeName

@@ -167,7 +167,7 @@ func TestConvert(t *testing.T) {
 				ready("10.244.1.5", 8080, "node-a"),
 				{Addr: addr("10.244.1.6"), Port: 8080, Serving: true, NodeName: "node-a"}}}}}},
 	}, {
-		name: "conditions carried, nil ready means ready, nil serving follows ready",
+		name: "conditions carried, nil ready and nil serving mean true",
 		objs: Objects{
 			Services: []*corev1.Service{webSvc},
 			EndpointSlices: []*discoveryv1.EndpointSlice{
@@ -175,15 +175,20 @@ func TestConvert(t *testing.T) {
 					withConditions(ep("10.244.1.1", ""), nil, nil, nil),
 					withConditions(ep("10.244.1.2", ""), ptr(false), nil, nil),
 					withConditions(ep("10.244.1.3", ""), ptr(false), ptr(true), ptr(true)),
-					withConditions(ep("10.244.1.4", ""), ptr(true), ptr(false), ptr(false))),
+					withConditions(ep("10.244.1.4", ""), ptr(true), ptr(false), ptr(false)),
+					// Terminating, serving by default: the fallback when nothing is ready.
+					withConditions(ep("10.244.1.5", ""), ptr(false), nil, ptr(true)),
+					withConditions(ep("10.244.1.6", ""), ptr(false), ptr(false), ptr(true))),
 			},
 		},
 		want: []model.Service{{Name: name("web"), ClusterIPs: addrs("10.96.0.10"), Ports: []model.ServicePort{
 			{Protocol: model.TCP, Port: 80, Endpoints: []model.Endpoint{
 				{Addr: addr("10.244.1.1"), Port: 8080, Ready: true, Serving: true},
-				{Addr: addr("10.244.1.2"), Port: 8080},
+				{Addr: addr("10.244.1.2"), Port: 8080, Serving: true},
 				{Addr: addr("10.244.1.3"), Port: 8080, Serving: true, Terminating: true},
 				{Addr: addr("10.244.1.4"), Port: 8080, Ready: true},
+				{Addr: addr("10.244.1.5"), Port: 8080, Serving: true, Terminating: true},
+				{Addr: addr("10.244.1.6"), Port: 8080, Terminating: true},
 			}}}}},
 	}, {
 		name: "ignored services and their slices",
@@ -275,10 +280,19 @@ func TestConvert(t *testing.T) {
 			with(service("cip", []string{"10.96.0.22"}, svcPort("", "", 80)), func(s *corev1.Service) {
 				s.Spec.Type = ""
 				s.Spec.Ports[0].NodePort = 30082 // not a NodePort Service: dropped
+				// Not reachable from outside: no external policy (a manifest may say it).
+				s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+			}),
+			with(service("cip-ext", []string{"10.96.0.23"}, svcPort("", "", 80)), func(s *corev1.Service) {
+				s.Spec.ExternalIPs = []string{"203.0.113.11"}
+				s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 			}),
 		}},
 		want: []model.Service{
 			{Name: name("cip"), Type: model.ClusterIP, ClusterIPs: addrs("10.96.0.22"),
+				Ports: []model.ServicePort{{Protocol: model.TCP, Port: 80}}},
+			{Name: name("cip-ext"), Type: model.ClusterIP, ClusterIPs: addrs("10.96.0.23"),
+				ExternalIPs: addrs("203.0.113.11"), ExternalPolicyLocal: true,
 				Ports: []model.ServicePort{{Protocol: model.TCP, Port: 80}}},
 			{Name: name("lb"), Type: model.LoadBalancer, ClusterIPs: addrs("10.96.0.20"), ExternalIPs: addrs("203.0.113.10"),
 				LoadBalancerIPs: addrs("198.51.100.1", "198.51.100.3"),

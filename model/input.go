@@ -89,7 +89,8 @@ type Service struct {
 	// LoadBalancerIPs holds status.loadBalancer.ingress[].ip, without ingresses in Proxy mode.
 	LoadBalancerIPs []netip.Addr
 	// ExternalPolicyLocal is spec.externalTrafficPolicy Local (of a NodePort or LoadBalancer
-	// Service): external traffic goes only to endpoints on this node, unmasqueraded.
+	// Service, or one with external IPs): external traffic goes only to endpoints on this
+	// node, unmasqueraded.
 	ExternalPolicyLocal bool
 	// InternalPolicyLocal is spec.internalTrafficPolicy Local: cluster traffic goes only to
 	// endpoints on this node.
@@ -121,8 +122,8 @@ type ServicePort struct {
 type Endpoint struct {
 	Addr netip.Addr
 	Port uint16
-	// Ready, Serving and Terminating are the EndpointSlice conditions (nil ready means ready;
-	// nil serving means the value of ready).
+	// Ready, Serving and Terminating are the EndpointSlice conditions (nil ready and nil
+	// serving mean true, nil terminating false).
 	Ready       bool
 	Serving     bool
 	Terminating bool
