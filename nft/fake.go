@@ -30,6 +30,8 @@ type Fake struct {
 	Last *Transaction
 	// FailReads is how many of the next ReadTable calls fail with ErrInjected.
 	FailReads int
+	// FailPrunes is how many of the next PruneAffinity calls fail with ErrInjected.
+	FailPrunes int
 	// affinity holds the affinity entries AddAffinity stood in for the packet path with.
 	affinity map[model.Family][]AffinityEntry
 }
@@ -351,6 +353,10 @@ func (f *Fake) Affinity(fam model.Family) []AffinityEntry {
 func (f *Fake) PruneAffinity(fam model.Family, keep func(AffinityEntry) bool) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.FailPrunes > 0 {
+		f.FailPrunes--
+		return 0, ErrInjected
+	}
 	before := len(f.affinity[fam])
 	if before == 0 {
 		return 0, nil

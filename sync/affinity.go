@@ -49,9 +49,16 @@ func slotPairs(p *model.Part) map[model.Key]map[netip.AddrPort]bool {
 
 // appendAffinityReleases appends the destinations of a Service with session affinity that
 // lose an endpoint when its Part old is replaced by new: their clients may be remembered
-// with an endpoint that is gone.
+// with an endpoint that is gone. A Service that gets session affinity back (old without, new
+// with) has all its destinations appended: the entries of when it last had affinity stayed
+// in the map, and may name endpoints that went meanwhile, which nothing released then.
 func appendAffinityReleases(out []model.Key, old, new *model.Part) []model.Key {
 	if !hasAffinity(old) {
+		if old != nil && hasAffinity(new) {
+			for dst := range slotPairs(new) {
+				out = append(out, dst)
+			}
+		}
 		return out
 	}
 	now := slotPairs(new)
@@ -93,13 +100,16 @@ func (t *table) slotHolds(set string, k model.Key, ep netip.AddrPort) bool {
 
 // releaseAffinity deletes the affinity entries that point at endpoints their destination no
 // longer has: among the destinations dsts (Slot 0; an invalid address stands for a NodePort on
-// any address), or all of them when all is set. Failures are kept for the loop to report;
-// the rules are right either way, only some clients may be sent to a gone endpoint until
-// their entries expire. It returns how many entries it deleted.
+// any address), or all of them when all is set. Failures are kept for the loop to report,
+// and the next call checks every entry (the rules are right either way, but a client sent
+// to a gone endpoint refreshes its entry with each connection). It returns how many entries
+// it deleted.
 //
 // Deleting is a commit of its own, which moves the ruleset generation on by one; the syncer
 // counts it, so that the next sync does not take it for someone else's change.
 func (s *Syncer) releaseAffinity(dsts map[model.Family][]model.Key, all bool) int {
+	all = all || s.affinityDue
+	s.affinityDue = false
 	released := 0
 	for _, fam := range s.Families {
 		t := s.tables[fam]
@@ -123,6 +133,7 @@ func (s *Syncer) releaseAffinity(dsts map[model.Family][]model.Key, all bool) in
 		n, err := s.Backend.PruneAffinity(fam, keep)
 		if err != nil {
 			s.affinityErrs = append(s.affinityErrs, fmt.Errorf("release session affinity to gone endpoints: %w", err))
+			s.affinityDue = true
 			continue
 		}
 		if n > 0 && s.gen != 0 {

@@ -69,3 +69,67 @@ func TestAffinityReleasedWithEndpoint(t *testing.T) {
 		t.Errorf("affinity after a restart without 10.244.1.1: %v, want %v", got, want)
 	}
 }
+
+// TestAffinityReleasedAfterAffinityWasOff: a Service whose session affinity is turned off
+// loses an endpoint meanwhile, then gets affinity back; the clients remembered with the gone
+// endpoint from before are forgotten then (their entries stayed in the map, and a client
+// sent to its endpoint refreshes its entry with each connection).
+func TestAffinityReleasedAfterAffinityWasOff(t *testing.T) {
+	fake := nft.NewFake(1)
+	s := sync.NewSyncer(fake, model.IPv4)
+	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4, NodeName: "node1"}})
+	update := func(svc *model.Service) {
+		t.Helper()
+		s.Update(map[model.ServiceName]*model.Service{svc.Name: svc}, time.Now())
+		if res := syncUntilDone(t, s); res.Full {
+			t.Fatalf("a change of %s took a full sync", svc.Name)
+		}
+	}
+	sticky := stickyService("sticky", "10.96.0.10", 30010, 10800, "10.244.1.1", "10.244.1.2")
+	s.Update(map[model.ServiceName]*model.Service{sticky.Name: sticky}, time.Now())
+	syncUntilDone(t, s)
+	keep := affinityTo("10.244.9.1", "10.96.0.10:80", "10.244.1.1")
+	gone := affinityTo("10.244.9.2", "10.96.0.10:80", "10.244.1.2")
+	goneNodePort := affinityTo("203.0.113.2", "192.168.0.2:30010", "10.244.1.2")
+	for _, e := range []nft.AffinityEntry{keep, gone, goneNodePort} {
+		fake.AddAffinity(model.IPv4, e)
+	}
+	update(stickyService("sticky", "10.96.0.10", 30010, 0, "10.244.1.1", "10.244.1.2"))
+	update(stickyService("sticky", "10.96.0.10", 30010, 0, "10.244.1.1"))
+	update(stickyService("sticky", "10.96.0.10", 30010, 10800, "10.244.1.1"))
+	if got, want := fake.Affinity(model.IPv4), []nft.AffinityEntry{keep}; !slices.Equal(got, want) {
+		t.Errorf("affinity after it came back without 10.244.1.2: %v, want %v", got, want)
+	}
+}
+
+// TestAffinityReleaseRetried: when deleting the entries of a gone endpoint fails, the next
+// sync, with nothing else to do, deletes them.
+func TestAffinityReleaseRetried(t *testing.T) {
+	fake := nft.NewFake(1)
+	s := sync.NewSyncer(fake, model.IPv4)
+	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4, NodeName: "node1"}})
+	sticky := stickyService("sticky", "10.96.0.10", 30010, 10800, "10.244.1.1", "10.244.1.2")
+	s.Update(map[model.ServiceName]*model.Service{sticky.Name: sticky}, time.Now())
+	syncUntilDone(t, s)
+	keep := affinityTo("10.244.9.1", "10.96.0.10:80", "10.244.1.1")
+	gone := affinityTo("10.244.9.2", "10.96.0.10:80", "10.244.1.2")
+	fake.AddAffinity(model.IPv4, keep)
+	fake.AddAffinity(model.IPv4, gone)
+
+	sticky = stickyService("sticky", "10.96.0.10", 30010, 10800, "10.244.1.1")
+	s.Update(map[model.ServiceName]*model.Service{sticky.Name: sticky}, time.Now())
+	fake.FailPrunes = 1
+	syncUntilDone(t, s)
+	if errs := s.AffinityErrors(); len(errs) != 1 {
+		t.Fatalf("a failed release reported %v", errs)
+	}
+	if got, want := fake.Affinity(model.IPv4), []nft.AffinityEntry{keep, gone}; !slices.Equal(got, want) {
+		t.Fatalf("affinity after the failed release: %v, want %v", got, want)
+	}
+	if res := syncUntilDone(t, s); res.Full || res.AffinityReleased != 1 {
+		t.Errorf("the next sync: full %v, released %d entries; want a partial one releasing 1", res.Full, res.AffinityReleased)
+	}
+	if got, want := fake.Affinity(model.IPv4), []nft.AffinityEntry{keep}; !slices.Equal(got, want) {
+		t.Errorf("affinity after the next sync: %v, want %v", got, want)
+	}
+}

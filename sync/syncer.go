@@ -37,6 +37,9 @@ type Syncer struct {
 	// conntrackDue is set when the next sync must reconcile the conntrack table.
 	conntrackDue bool
 	affinityErrs []error
+	// affinityDue is set when a release of affinity entries failed: the next sync checks
+	// every entry.
+	affinityDue bool
 
 	node     map[model.Family]model.NodeConfig
 	services map[model.ServiceName]*model.Service
