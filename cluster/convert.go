@@ -15,6 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	netutils "k8s.io/utils/net"
 
 	"github.com/nftproxy/nftproxy/model"
 )
@@ -390,7 +391,7 @@ func convertService(s *corev1.Service) (model.Service, error) {
 	if ms.Type == model.LoadBalancer {
 		for i, r := range s.Spec.LoadBalancerSourceRanges {
 			// The API server accepts surrounding spaces, as kube-proxy does.
-			p, err := netip.ParsePrefix(strings.TrimSpace(r))
+			p, err := parsePrefix(strings.TrimSpace(r))
 			if err != nil {
 				return ms, fmt.Errorf("spec.loadBalancerSourceRanges[%d]: %w", i, err)
 			}
@@ -441,16 +442,38 @@ func parseProtocol(p corev1.Protocol) (model.Protocol, error) {
 	return 0, fmt.Errorf("unknown protocol %q", p)
 }
 
-// parseAddr parses an IP address, unmapping IPv4-in-IPv6 and refusing zones.
+// parseAddr parses an IP address, unmapping IPv4-in-IPv6 and refusing zones. An IPv4
+// address with leading zeros in an octet ("010.0.0.5"), which the API server took before
+// its strict validation and still holds in old objects, is read as decimal, as kube-proxy
+// reads it (ParseIPSloppy).
 func parseAddr(s string) (netip.Addr, error) {
 	addr, err := netip.ParseAddr(s)
 	if err != nil {
-		return netip.Addr{}, err
+		ip := netutils.ParseIPSloppy(s)
+		if ip == nil {
+			return netip.Addr{}, err
+		}
+		addr, _ = netip.AddrFromSlice(ip)
 	}
 	if addr.Zone() != "" {
 		return netip.Addr{}, fmt.Errorf("address %q has a zone", s)
 	}
 	return addr.Unmap(), nil
+}
+
+// parsePrefix parses a CIDR prefix, legacy IPv4 with leading zeros included (as parseAddr).
+func parsePrefix(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err == nil {
+		return p, nil
+	}
+	_, ipNet, sloppyErr := netutils.ParseCIDRSloppy(s)
+	if sloppyErr != nil {
+		return netip.Prefix{}, err
+	}
+	addr, _ := netip.AddrFromSlice(ipNet.IP)
+	ones, _ := ipNet.Mask.Size()
+	return netip.PrefixFrom(addr.Unmap(), ones), nil
 }
 
 func parseAddrs(ss []string) ([]netip.Addr, error) {

@@ -287,6 +287,13 @@ func TestConvert(t *testing.T) {
 				s.Spec.ExternalIPs = []string{"203.0.113.11"}
 				s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 			}),
+			// Legacy IPv4 with leading zeros, which old objects may hold: decimal.
+			with(service("legacy", []string{"10.96.0.024"}, svcPort("", "", 80)), func(s *corev1.Service) {
+				s.Spec.Type = corev1.ServiceTypeLoadBalancer
+				s.Spec.Ports[0].NodePort = 30083
+				s.Spec.ExternalIPs = []string{"203.0.113.012"}
+				s.Spec.LoadBalancerSourceRanges = []string{"010.0.0.0/8"}
+			}),
 		}},
 		want: []model.Service{
 			{Name: name("cip"), Type: model.ClusterIP, ClusterIPs: addrs("10.96.0.22"),
@@ -299,6 +306,9 @@ func TestConvert(t *testing.T) {
 				Ports: []model.ServicePort{
 					{Name: "http", Protocol: model.TCP, Port: 80, NodePort: 30080},
 					{Name: "dns", Protocol: model.UDP, Port: 53}}},
+			{Name: name("legacy"), Type: model.LoadBalancer, ClusterIPs: addrs("10.96.0.24"), ExternalIPs: addrs("203.0.113.12"),
+				LoadBalancerSourceRanges: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
+				Ports:                    []model.ServicePort{{Protocol: model.TCP, Port: 80, NodePort: 30083}}},
 			{Name: name("np"), Type: model.NodePort, ClusterIPs: addrs("10.96.0.21"),
 				Ports: []model.ServicePort{{Protocol: model.TCP, Port: 80, NodePort: 30081}}},
 		},
