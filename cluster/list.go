@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"time"
 
@@ -501,6 +502,9 @@ func (p *pbReader) length() (uint64, error) {
 	}
 	if p.left >= 0 && n > uint64(p.left) {
 		return 0, fmt.Errorf("field of %d bytes in %d: %w", n, p.left, io.ErrUnexpectedEOF)
+	}
+	if n > math.MaxInt64 {
+		return 0, fmt.Errorf("field of %d bytes: longer than any body", n)
 	}
 	return n, nil
 }

@@ -238,6 +238,14 @@ func TestStreamListErrors(t *testing.T) {
 		t.Errorf("an unknown envelope field: %v, %d Services", err, len(got.Items))
 	}
 
+	// One that claims more bytes than a length can be: not a body to trust.
+	ls.body = func(pb []byte) []byte {
+		return protowire.AppendVarint(protowire.AppendTag(pb, 9, protowire.BytesType), 1<<63)
+	}
+	if got, err := list(); err == nil || got != nil {
+		t.Errorf("an envelope field of 2^63 bytes: %v (list %v), want an error", err, got != nil)
+	}
+
 	for _, cut := range []int{5, 100, 10_000, -1} {
 		ls.body = func(pb []byte) []byte {
 			if cut < 0 {
