@@ -131,7 +131,9 @@ func (c *ConntrackSysctls) Apply(root string, log *slog.Logger) error {
 	var readOnly, missing []string
 	for _, w := range writes {
 		path := filepath.Join(root, sysctlNetfilterDir, w.name)
-		err := writeInt(path, w.value, log)
+		// As kube-proxy: nf_conntrack_max is only ever raised, never lowered below what the
+		// node was given.
+		err := writeInt(path, w.value, w.name == "nf_conntrack_max", log)
 		switch {
 		case errors.Is(err, errReadOnly):
 			readOnly = append(readOnly, w.name)
@@ -155,7 +157,7 @@ func (c *ConntrackSysctls) Apply(root string, log *slog.Logger) error {
 		if cur >= w.value/4 {
 			continue
 		}
-		if err := writeInt(hashsize, w.value/4, log); err != nil {
+		if err := writeInt(hashsize, w.value/4, true, log); err != nil {
 			log.Warn("cannot raise the conntrack hash size", logkey.Value, w.value/4, logkey.Error, err)
 		}
 	}
@@ -170,13 +172,14 @@ func (c *ConntrackSysctls) Apply(root string, log *slog.Logger) error {
 	return nil
 }
 
-// writeInt writes value to the sysctl file at path unless it holds value already.
-func writeInt(path string, value int, log *slog.Logger) error {
+// writeInt writes value to the sysctl file at path unless it holds value already, or (with
+// raiseOnly) more.
+func writeInt(path string, value int, raiseOnly bool, log *slog.Logger) error {
 	cur, err := readInt(path)
 	if err != nil {
 		return err
 	}
-	if cur == value {
+	if cur == value || (raiseOnly && cur > value) {
 		return nil
 	}
 	if err := os.WriteFile(path, []byte(strconv.Itoa(value)+"\n"), 0o644); err != nil {

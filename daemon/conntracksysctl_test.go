@@ -65,9 +65,15 @@ func TestConntrackSysctls(t *testing.T) {
 		},
 		{
 			name: "min wins over a small per-core figure; the rest set",
-			c:    ConntrackSysctls{MaxPerCore: 10, Min: 50000, TCPBeLiberal: true, UDPTimeout: 10 * time.Second, UDPStreamTimeout: 5 * time.Minute},
-			want: map[string]string{"nf_conntrack_max": "50000", "hashsize": "16384", "nf_conntrack_tcp_timeout_established": "432000", "nf_conntrack_tcp_timeout_close_wait": "60",
+			c:    ConntrackSysctls{MaxPerCore: 10, Min: 70000, TCPBeLiberal: true, UDPTimeout: 10 * time.Second, UDPStreamTimeout: 5 * time.Minute},
+			want: map[string]string{"nf_conntrack_max": "70000", "hashsize": "17500", "nf_conntrack_tcp_timeout_established": "432000", "nf_conntrack_tcp_timeout_close_wait": "60",
 				"nf_conntrack_tcp_be_liberal": "1", "nf_conntrack_udp_timeout": "10", "nf_conntrack_udp_timeout_stream": "300"},
+		},
+		{
+			// kube-proxy only ever raises it: a node tuned higher keeps its limit.
+			name: "a higher nf_conntrack_max stays",
+			c:    ConntrackSysctls{MaxPerCore: 10, Min: 50000},
+			want: map[string]string{"nf_conntrack_max": "65536", "hashsize": "16384"},
 		},
 		{
 			name: "capped at 1Mi entries",
