@@ -56,7 +56,7 @@ func TestConfigFileMatchesFlags(t *testing.T) {
 		{"enableProfiling", "enableProfiling: true", []string{"--profiling"}},
 		{"nftables.masqueradeAll", "mode: nftables\nnftables: {masqueradeAll: true}", []string{"--masquerade-all", "--proxy-mode", "nftables"}},
 		{"iptables.masqueradeAll with mode \"\"", "mode: \"\"\niptables: {masqueradeAll: true}", []string{"--masquerade-all"}},
-		{"nftables.syncPeriod", "nftables: {syncPeriod: 30s}", []string{"--sync-period", "30s"}},
+		{"nftables.syncPeriod", "nftables: {syncPeriod: 40s}", []string{"--sync-period", "40s"}},
 		{"nftables.minSyncPeriod", "nftables: {minSyncPeriod: 5s}", []string{"--iptables-min-sync-period", "5s"}},
 		{"iptables.syncPeriod with mode \"\"", "iptables: {syncPeriod: 45s}", []string{"--iptables-sync-period", "45s"}},
 		{"clientConnection.kubeconfig", "clientConnection: {kubeconfig: /k.conf}", []string{"--kubeconfig", "/k.conf"}},

@@ -24,7 +24,7 @@ const (
 // Default periods, as kube-proxy's.
 const (
 	DefaultMinSyncPeriod = time.Second
-	DefaultSyncPeriod    = time.Minute
+	DefaultSyncPeriod    = 30 * time.Second
 )
 
 // Proxy is the sync loop: it converts the Services that the Deltas of a source name into
