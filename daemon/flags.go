@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+	netutils "k8s.io/utils/net"
 )
 
 // Options is everything `nftproxy run` and `nftproxy render` are told on their command line
@@ -52,6 +55,9 @@ type Options struct {
 
 	// run is set by BindRunFlags: the options are run's.
 	run bool
+	// healthzPort and metricsPort are kube-proxy's deprecated --healthz-port and
+	// --metrics-port (completeAddresses).
+	healthzPort, metricsPort int32
 }
 
 // ClientOptions are kube-proxy's clientConnection settings and --master.
@@ -68,6 +74,8 @@ type ClientOptions struct {
 
 // The defaults that differ from a zero value, kube-proxy's where it has the setting.
 const (
+	DefaultHealthzPort    = 10256
+	DefaultMetricsPort    = 10249
 	DefaultHealthzAddress = "0.0.0.0:10256"
 	DefaultMetricsAddress = "127.0.0.1:10249"
 	DefaultContentType    = "application/vnd.kubernetes.protobuf"
@@ -150,8 +158,6 @@ func (o *Options) BindRunFlags(nfs *namedFlagSets) {
 		{"bind-address-hard-fail", "nftproxy always exits when it cannot open --metrics-bind-address or --healthz-bind-address"},
 		{"show-hidden-metrics-for-version", "nftproxy hides no metrics"},
 		{"oom-score-adj", "set the container's OOM score instead"},
-		{"healthz-port", "deprecated in kube-proxy; use --healthz-bind-address"},
-		{"metrics-port", "deprecated in kube-proxy; use --metrics-bind-address"},
 		{"iptables-masquerade-bit", "nftproxy's masquerade mark is its own"},
 		{"iptables-localhost-nodeports", "iptables mode only: NodePorts are never served on loopback"},
 		{"ipvs-scheduler", "ipvs mode only"},
@@ -165,6 +171,11 @@ func (o *Options) BindRunFlags(nfs *namedFlagSets) {
 	} {
 		o.ignoredFlag(fs, f.name, f.why)
 	}
+	// Deprecated in kube-proxy, and read as it reads them (completeAddresses).
+	fs.Int32Var(&o.healthzPort, "healthz-port", DefaultHealthzPort, "port of --healthz-bind-address when it has none; 0 disables /healthz and /livez (without --config)")
+	fs.Int32Var(&o.metricsPort, "metrics-port", DefaultMetricsPort, "port of --metrics-bind-address when it has none; 0 disables /metrics (without --config)")
+	_ = fs.MarkDeprecated("healthz-port", "use --healthz-bind-address")
+	_ = fs.MarkDeprecated("metrics-port", "use --metrics-bind-address")
 }
 
 // ignoredFlag registers a kube-proxy flag that is accepted with any value and only noted in
@@ -265,6 +276,7 @@ func Parse(args []string, run bool, output io.Writer) (*Options, *pflag.FlagSet,
 		return nil, fs, err
 	}
 	if o.ConfigFile == "" {
+		o.completeAddresses()
 		return o, fs, nil
 	}
 	// Start again from the defaults, apply the file, then the command line over it.
@@ -276,7 +288,34 @@ func Parse(args []string, run bool, output io.Writer) (*Options, *pflag.FlagSet,
 	if err := fs.Parse(args); err != nil {
 		return nil, fs, err
 	}
+	file.completeAddresses()
 	return file, fs, nil
+}
+
+// completeAddresses finishes the servers' addresses as kube-proxy does: an address without
+// a port (an IP alone) gets its server's port; without --config, that port is the deprecated
+// --healthz-port's or --metrics-port's, and 0 turns the server off.
+func (o *Options) completeAddresses() {
+	healthz, metrics := int32(DefaultHealthzPort), int32(DefaultMetricsPort)
+	if o.ConfigFile == "" && o.run {
+		healthz, metrics = o.healthzPort, o.metricsPort
+		if healthz == 0 {
+			o.HealthzAddress = ""
+		}
+		if metrics == 0 {
+			o.MetricsAddress = ""
+		}
+	}
+	o.HealthzAddress = appendPortIfNeeded(o.HealthzAddress, healthz)
+	o.MetricsAddress = appendPortIfNeeded(o.MetricsAddress, metrics)
+}
+
+// appendPortIfNeeded returns addr with port appended when addr is an IP address alone.
+func appendPortIfNeeded(addr string, port int32) string {
+	if _, _, err := net.SplitHostPort(addr); err == nil || netutils.ParseIPSloppy(addr) == nil {
+		return addr
+	}
+	return net.JoinHostPort(addr, strconv.Itoa(int(port)))
 }
 
 // flagSet binds o's flags in one flag set, named after the command.

@@ -2,12 +2,15 @@ package daemon
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	kubeproxy "k8s.io/kube-proxy/config/v1alpha1"
+	netutils "k8s.io/utils/net"
 	"sigs.k8s.io/yaml"
 )
 
@@ -117,6 +120,12 @@ func (o *Options) applyKubeProxyConfiguration(cfg *kubeproxy.KubeProxyConfigurat
 	// The node and its servers.
 	if h := strings.TrimSpace(cfg.HostnameOverride); h != "" {
 		o.Config.HostnameOverride = strings.ToLower(h)
+	}
+	// kube-proxy's default addresses follow bindAddress's family: on an IPv6 node (kubeadm
+	// writes bindAddress "::" there, and no server address) they are [::] and [::1].
+	if ip := netutils.ParseIPSloppy(cfg.BindAddress); ip != nil && ip.To4() == nil {
+		o.HealthzAddress = net.JoinHostPort("::", strconv.Itoa(DefaultHealthzPort))
+		o.MetricsAddress = net.JoinHostPort("::1", strconv.Itoa(DefaultMetricsPort))
 	}
 	setString(&o.HealthzAddress, cfg.HealthzBindAddress)
 	setString(&o.MetricsAddress, cfg.MetricsBindAddress)

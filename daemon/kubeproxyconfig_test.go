@@ -203,3 +203,36 @@ func TestIgnoredFlags(t *testing.T) {
 		t.Errorf("warnings %q, want [%q]", w, want)
 	}
 }
+
+// TestServerAddresses: the health and metrics servers' addresses as kube-proxy finishes them:
+// an IP alone gets the server's port (the deprecated --healthz-port or --metrics-port's
+// without --config, where 0 turns the server off), and a file whose bindAddress is IPv6
+// defaults them to [::] and [::1].
+func TestServerAddresses(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		file             string
+		flags            []string
+		healthz, metrics string
+	}{
+		{"defaults", "", nil, "0.0.0.0:10256", "127.0.0.1:10249"},
+		{"IPs without ports", "", []string{"--healthz-bind-address=0.0.0.0", "--metrics-bind-address=::1"}, "0.0.0.0:10256", "[::1]:10249"},
+		{"the deprecated port flags", "", []string{"--healthz-bind-address=10.0.0.1", "--healthz-port=12345", "--metrics-port=0"}, "10.0.0.1:12345", ""},
+		{"an IPv6 bindAddress", "bindAddress: \"::\"\n", nil, "[::]:10256", "[::1]:10249"},
+		{"a file's IP without port", "metricsBindAddress: 0.0.0.0\nhealthzBindAddress: \"::\"\n", nil, "[::]:10256", "0.0.0.0:10249"},
+		{"port flags with --config", "clusterCIDR: 10.244.0.0/16\n", []string{"--healthz-port=0"}, "0.0.0.0:10256", "127.0.0.1:10249"},
+	} {
+		file := ""
+		if tc.file != "" {
+			file = header + tc.file
+		}
+		o, err := parse(t, file, tc.flags...)
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if o.HealthzAddress != tc.healthz || o.MetricsAddress != tc.metrics {
+			t.Errorf("%s: healthz %q, metrics %q; want %q, %q", tc.name, o.HealthzAddress, o.MetricsAddress, tc.healthz, tc.metrics)
+		}
+	}
+}
