@@ -133,7 +133,8 @@ func (s *Syncer) releaseAffinity(dsts map[model.Family][]model.Key, all bool) in
 		n, err := s.Backend.PruneAffinity(fam, keep)
 		if err != nil {
 			s.affinityErrs = append(s.affinityErrs, fmt.Errorf("release session affinity to gone endpoints: %w", err))
-			s.affinityDue = true
+			// The entries left may make flows to gone endpoints: once they go, so do those.
+			s.affinityDue, s.conntrackDue = true, true
 			continue
 		}
 		if n > 0 && s.gen != 0 {

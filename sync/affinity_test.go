@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nftproxy/nftproxy/conntrack"
 	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
 	"github.com/nftproxy/nftproxy/sync"
@@ -131,5 +132,65 @@ func TestAffinityReleaseRetried(t *testing.T) {
 	}
 	if got, want := fake.Affinity(model.IPv4), []nft.AffinityEntry{keep}; !slices.Equal(got, want) {
 		t.Errorf("affinity after the next sync: %v, want %v", got, want)
+	}
+}
+
+// affinityAtReconcile records, at each conntrack reconcile, the affinity entries the Fake
+// holds then.
+type affinityAtReconcile struct {
+	fake *nft.Fake
+	seen [][]nft.AffinityEntry
+}
+
+func (a *affinityAtReconcile) Reconcile(rules []*conntrack.Rules) []conntrack.Result {
+	a.seen = append(a.seen, a.fake.Affinity(model.IPv4))
+	return nil
+}
+
+// TestAffinityReleasedBeforeFlows: the entries that remember a gone endpoint are deleted
+// before the flows to it are: a client's packet in between would otherwise be sent to the
+// gone endpoint again, by its entry, in a new flow that no cleanup looks at until the next.
+func TestAffinityReleasedBeforeFlows(t *testing.T) {
+	fake := nft.NewFake(1)
+	node := map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4, NodeName: "node1"}}
+	rec := &affinityAtReconcile{fake: fake}
+	s := sync.NewSyncer(fake, model.IPv4)
+	s.Conntrack = rec
+	s.SetNode(node)
+	sticky := func(eps ...string) *model.Service {
+		svc := stickyService("dns", "10.96.0.10", 30053, 10800, eps...)
+		svc.Ports[0].Protocol = model.UDP
+		return svc
+	}
+	udpAffinityTo := func(client, ep string) nft.AffinityEntry {
+		e := affinityTo(client, "10.96.0.10:80", ep)
+		e.Proto = model.UDP
+		return e
+	}
+	s.Update(map[model.ServiceName]*model.Service{sticky().Name: sticky("10.244.1.1", "10.244.1.2")}, time.Now())
+	syncUntilDone(t, s)
+	keep, gone := udpAffinityTo("10.244.9.1", "10.244.1.1"), udpAffinityTo("10.244.9.2", "10.244.1.2")
+	fake.AddAffinity(model.IPv4, keep)
+	fake.AddAffinity(model.IPv4, gone)
+
+	rec.seen = nil
+	s.Update(map[model.ServiceName]*model.Service{sticky().Name: sticky("10.244.1.1")}, time.Now())
+	if res := syncUntilDone(t, s); res.Full {
+		t.Fatal("an endpoint change took a full sync")
+	}
+	if len(rec.seen) != 1 || !slices.Equal(rec.seen[0], []nft.AffinityEntry{keep}) {
+		t.Errorf("partial sync: affinity at the conntrack reconcile %v, want one reconcile seeing %v", rec.seen, []nft.AffinityEntry{keep})
+	}
+
+	// A restarted syncer finds the entry again (left by a prune that never ran).
+	fake.AddAffinity(model.IPv4, gone)
+	rec.seen = nil
+	s = sync.NewSyncer(fake, model.IPv4)
+	s.Conntrack = rec
+	s.SetNode(node)
+	s.Update(map[model.ServiceName]*model.Service{sticky().Name: sticky("10.244.1.1")}, time.Now())
+	syncUntilDone(t, s)
+	if len(rec.seen) != 1 || !slices.Equal(rec.seen[0], []nft.AffinityEntry{keep}) {
+		t.Errorf("full sync: affinity at the conntrack reconcile %v, want one reconcile seeing %v", rec.seen, []nft.AffinityEntry{keep})
 	}
 }

@@ -338,9 +338,11 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 		return res, err
 	}
 	s.afterCommit(tx)
+	// Affinity first: a packet between the two would otherwise follow a remembered gone
+	// endpoint and make a new flow to it, after the conntrack cleanup deleted the old one.
+	res.AffinityReleased = s.releaseAffinity(releases, false)
 	s.conntrackDue = s.conntrackDue || ctChanged
 	s.reconcileConntrack(&res)
-	res.AffinityReleased = s.releaseAffinity(releases, false)
 	return res, nil
 }
 
@@ -472,12 +474,13 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 	// by the next commit); afterCommit ignores Replace, whose tables hold the desired chains.
 	// Every table now holds exactly the desired elements, and the ones read back go.
 	s.afterCommit(tx)
-	// A full sync cannot tell what changed since the last commit (at start: anything, while
-	// the daemon was down): check every entry. The rule keeps what is not stale.
+	// A full sync cannot tell which endpoints clients are remembered with: check them all,
+	// before the flows (as syncPartial).
+	res.AffinityReleased = s.releaseAffinity(nil, true)
+	// Nor what changed since the last commit (at start: anything, while the daemon was
+	// down): check every entry. The rule keeps what is not stale.
 	s.conntrackDue = true
 	s.reconcileConntrack(&res)
-	// Nor which endpoints clients are remembered with: check them all.
-	res.AffinityReleased = s.releaseAffinity(nil, true)
 	return res, nil
 }
 
