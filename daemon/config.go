@@ -247,28 +247,39 @@ func (c *Config) NodeConfig(fam model.Family, nodeName string, node cluster.Node
 	case DetectLocalInterfaceNamePrefix:
 		nc.ClusterCIDRs, nc.PodInterface, nc.PodInterfacePrefix = nil, c.PodInterfaceNamePrefix, true
 	}
-	if slices.ContainsFunc(c.NodePortAddresses, func(p netip.Prefix) bool { return p.Bits() == 0 && fam.Contains(p.Addr()) }) {
-		// A /0 of this family: every local address, as when nothing restricts NodePorts.
+	// As kube-proxy's NodePortAddresses: the CIDRs of this family (and with primary, this
+	// family's primary IP); a family that none of them names serves NodePorts on every local
+	// address, as a /0 of it does.
+	own := slices.DeleteFunc(slices.Clone(c.NodePortAddresses), func(p netip.Prefix) bool { return !fam.Contains(p.Addr()) })
+	var primary []netip.Addr
+	if c.NodePortPrimary {
+		primary = slices.DeleteFunc(node.PrimaryIPs(), func(a netip.Addr) bool { return !fam.Contains(a) })
+		for _, a := range primary {
+			own = append(own, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	switch {
+	case slices.ContainsFunc(own, func(p netip.Prefix) bool { return p.Bits() == 0 }):
 		nc.NodePortAddresses = nil
-	} else if c.NodePortPrimary {
-		// Primary IPs serve NodePorts whether or not they are configured on an interface
-		// (they may sit on a load balancer's side of the node).
-		nc.NodePortAddresses = slices.Clone(c.NodePortAddresses)
-		if len(c.NodePortAddresses) == 0 {
-			// Primary IPs alone: other local addresses do not matter.
-			nc.LocalAddresses = nil
-		} else {
-			nc.LocalAddresses = slices.Clone(localAddrs)
+	case len(own) > 0:
+		nc.NodePortAddresses = own
+		if c.NodePortPrimary {
+			// Primary IPs serve NodePorts whether or not they are configured on an
+			// interface (they may sit on a load balancer's side of the node); with primary
+			// alone, other local addresses do not matter.
+			if len(c.NodePortAddresses) == 0 {
+				nc.LocalAddresses = nil
+			} else {
+				nc.LocalAddresses = slices.Clone(localAddrs)
+			}
+			nc.LocalAddresses = append(nc.LocalAddresses, primary...)
 		}
-		for _, a := range node.PrimaryIPs() {
-			nc.NodePortAddresses = append(nc.NodePortAddresses, netip.PrefixFrom(a, a.BitLen()))
-			nc.LocalAddresses = append(nc.LocalAddresses, a)
-		}
-		if len(nc.NodePortAddresses) == 0 {
-			// No Node object yet: an impossible prefix keeps NodePorts closed rather than
-			// open on every address.
-			nc.NodePortAddresses = []netip.Prefix{netip.PrefixFrom(netip.IPv6Unspecified(), 128)}
-		}
+	case c.NodePortPrimary && node.Name == "":
+		// No Node object yet: an impossible prefix keeps NodePorts closed rather than open
+		// on every address.
+		nc.NodePortAddresses = []netip.Prefix{netip.PrefixFrom(netip.IPv6Unspecified(), 128)}
+	default:
+		nc.NodePortAddresses = nil
 	}
 	if len(nc.NodePortAddresses) == 0 {
 		// The rules use local addresses only to pick NodePort addresses; leaving them out

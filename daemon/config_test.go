@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"io"
 	"net/netip"
 	"slices"
@@ -63,6 +64,39 @@ func TestDetectLocalModeFlags(t *testing.T) {
 		if !slices.Equal(nc.ClusterCIDRs, tc.cidrs) || nc.PodInterface != tc.iface || nc.PodInterfacePrefix != tc.prefix {
 			t.Errorf("%q: pod traffic is %v / %q (prefix %v), want %v / %q (prefix %v)",
 				name, nc.ClusterCIDRs, nc.PodInterface, nc.PodInterfacePrefix, tc.cidrs, tc.iface, tc.prefix)
+		}
+	}
+}
+
+// TestNodePortAddressesByFamily: which local addresses accept NodePorts in each family, as
+// kube-proxy's NodePortAddresses has it: a family that no CIDR (or primary IP) names
+// accepts them on every address; with primary and no Node object yet, none.
+func TestNodePortAddressesByFamily(t *testing.T) {
+	local := []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("192.168.1.5"), netip.MustParseAddr("fd00::5")}
+	node := cluster.NodeInfo{Name: "node1", InternalIPs: []netip.Addr{netip.MustParseAddr("192.168.1.5")}}
+	const every = "every address"
+	for _, tc := range []struct {
+		name       string
+		c          Config
+		node       cluster.NodeInfo
+		ipv4, ipv6 string
+	}{
+		{"an IPv4 CIDR", Config{NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, node, "[10.0.0.5]", every},
+		{"an IPv6 CIDR", Config{NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("fd00::/64")}}, node, every, "[fd00::5]"},
+		{"primary, an IPv4 node", Config{NodePortPrimary: true}, node, "[192.168.1.5]", every},
+		{"primary and a CIDR", Config{NodePortPrimary: true, NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, node, "[10.0.0.5 192.168.1.5]", every},
+		{"primary, no Node yet", Config{NodePortPrimary: true}, cluster.NodeInfo{}, "[]", "[]"},
+		{"all", Config{NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}, node, every, every},
+	} {
+		for fam, want := range map[model.Family]string{model.IPv4: tc.ipv4, model.IPv6: tc.ipv6} {
+			nc := tc.c.NodeConfig(fam, "node1", tc.node, local)
+			got := every
+			if nc.NodePortAddresses != nil {
+				got = fmt.Sprint(nc.NodePortIPs())
+			}
+			if got != want {
+				t.Errorf("%s, %s: NodePorts on %s, want %s", tc.name, fam, got, want)
+			}
 		}
 	}
 }
