@@ -201,10 +201,13 @@ func refusedFlag(fs *pflag.FlagSet, name, usage string) {
 	fs.Lookup(name).NoOptDefVal = "true"
 }
 
+// ProxyMode is the proxy mode nftproxy runs in, as kube-proxy's /proxyMode names it.
+const ProxyMode = "nftables"
+
 // checkProxyMode accepts kube-proxy's --proxy-mode (and mode:) values that mean nftables.
 func checkProxyMode(mode string) error {
 	switch mode {
-	case "", "nftables":
+	case "", ProxyMode:
 		return nil
 	}
 	return fmt.Errorf("proxy mode %q: nftproxy is an nftables proxy; want \"nftables\" or empty", mode)

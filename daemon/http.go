@@ -14,10 +14,21 @@ import (
 
 // MetricsHandler serves /metrics from reg, /debug/services from p (DebugServices; when p is
 // not nil) and, with profiling, the runtime profiles under /debug/pprof/ as kube-proxy's
-// enableProfiling does.
+// enableProfiling does. As kube-proxy's metrics server it also answers /healthz with "ok"
+// while the process serves, and /proxyMode with the mode ("nftables"), which tools ask to
+// learn which proxy a node runs.
 func MetricsHandler(reg *prometheus.Registry, p *Proxy, profiling bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	text := func(body string) http.HandlerFunc {
+		return func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			_, _ = w.Write([]byte(body))
+		}
+	}
+	mux.HandleFunc("/healthz", text("ok"))
+	mux.HandleFunc("/proxyMode", text(ProxyMode))
 	if p != nil {
 		mux.Handle(DebugServicesPath, DebugServicesHandler(p))
 	}

@@ -29,6 +29,13 @@ func TestMetricsHandlerProfiling(t *testing.T) {
 		if code, body := get("/metrics"); code != http.StatusOK || !strings.Contains(body, "probe_total 0") {
 			t.Errorf("profiling=%v: /metrics answered %d:\n%s", profiling, code, body)
 		}
+		// kube-proxy's metrics server answers these too; tools ask /proxyMode.
+		if code, body := get("/healthz"); code != http.StatusOK || body != "ok" {
+			t.Errorf("profiling=%v: /healthz on the metrics address answered %d %q, want 200 ok", profiling, code, body)
+		}
+		if code, body := get("/proxyMode"); code != http.StatusOK || body != "nftables" {
+			t.Errorf("profiling=%v: /proxyMode answered %d %q, want 200 nftables", profiling, code, body)
+		}
 		code, body := get("/debug/pprof/heap?debug=1")
 		switch {
 		case profiling && (code != http.StatusOK || !strings.Contains(body, "heap profile")):
