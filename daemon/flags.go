@@ -58,6 +58,9 @@ type Options struct {
 	// healthzPort and metricsPort are kube-proxy's deprecated --healthz-port and
 	// --metrics-port (completeAddresses).
 	healthzPort, metricsPort int32
+	// lenient is what strict decoding found wrong in the configuration file, which was then
+	// decoded without those checks, as kube-proxy does.
+	lenient error
 }
 
 // ClientOptions are kube-proxy's clientConnection settings and --master.
@@ -360,6 +363,9 @@ func (o *Options) Validate() error {
 // Warnings returns the warnings the options deserve, one per source of ignored settings.
 func (o *Options) Warnings() []string {
 	var out []string
+	if o.lenient != nil {
+		out = append(out, fmt.Sprintf("%s: read without strict checks, as kube-proxy does, after: %v (a field of another version, or a typo whose setting is not applied)", o.ConfigFile, o.lenient))
+	}
 	if len(o.Ignored.File) > 0 {
 		out = append(out, fmt.Sprintf("%s: ignoring settings that do not apply to nftproxy: %s", o.ConfigFile, strings.Join(o.Ignored.File, ", ")))
 	}

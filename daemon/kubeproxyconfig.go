@@ -14,28 +14,34 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// codecs decodes kube-proxy's published configuration type strictly: an unknown or
-// duplicated field is an error, as a typo must not pass for a setting.
-var codecs = func() serializer.CodecFactory {
+// codecs decodes kube-proxy's published configuration type strictly (an unknown or
+// duplicated field is an error), and lenientCodecs without that check.
+var codecs, lenientCodecs = func() (serializer.CodecFactory, serializer.CodecFactory) {
 	scheme := runtime.NewScheme()
 	if err := kubeproxy.AddToScheme(scheme); err != nil {
 		panic(err)
 	}
-	return serializer.NewCodecFactory(scheme, serializer.EnableStrict)
+	return serializer.NewCodecFactory(scheme, serializer.EnableStrict), serializer.NewCodecFactory(scheme, serializer.DisableStrict)
 }()
 
 // DecodeKubeProxyConfiguration decodes a KubeProxyConfiguration
-// (kubeproxy.config.k8s.io/v1alpha1, YAML or JSON) strictly.
-func DecodeKubeProxyConfiguration(data []byte) (*kubeproxy.KubeProxyConfiguration, error) {
+// (kubeproxy.config.k8s.io/v1alpha1, YAML or JSON) as kube-proxy does: strictly, and when
+// only the strict checks fail (an unknown or duplicated field), leniently, returning what
+// the strict decoding said as strictErr.
+func DecodeKubeProxyConfiguration(data []byte) (cfg *kubeproxy.KubeProxyConfiguration, strictErr, err error) {
 	obj, gvk, err := codecs.UniversalDeserializer().Decode(data, nil, nil)
+	if runtime.IsStrictDecodingError(err) {
+		strictErr = err
+		obj, gvk, err = lenientCodecs.UniversalDeserializer().Decode(data, nil, nil)
+	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg, ok := obj.(*kubeproxy.KubeProxyConfiguration)
 	if !ok {
-		return nil, fmt.Errorf("got %v, want a KubeProxyConfiguration", gvk)
+		return nil, nil, fmt.Errorf("got %v, want a KubeProxyConfiguration", gvk)
 	}
-	return cfg, nil
+	return cfg, strictErr, nil
 }
 
 // ApplyConfigFile reads a KubeProxyConfiguration file and applies it to o, which holds the
@@ -48,9 +54,13 @@ func (o *Options) ApplyConfigFile(path string) error {
 	if err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
-	cfg, err := DecodeKubeProxyConfiguration(data)
+	cfg, strictErr, err := DecodeKubeProxyConfiguration(data)
 	if err != nil {
 		return fmt.Errorf("--config %s: %w", path, err)
+	}
+	if strictErr != nil {
+		// kube-proxy goes on too (a field of another version, say), and only logs it.
+		o.lenient = strictErr
 	}
 	// Which top-level fields the file has: a field nftproxy does not read is named in the
 	// warning whenever it is there (kubeadm writes them all, mostly zero).

@@ -172,9 +172,6 @@ func TestConfigRefused(t *testing.T) {
 		{"mode kernelspace", header + "mode: kernelspace", nil, `proxy mode "kernelspace"`},
 		{"--proxy-mode=ipvs", "", []string{"--proxy-mode=ipvs"}, `proxy mode "ipvs"`},
 		{"--proxy-mode iptables", "", []string{"--proxy-mode", "iptables"}, `proxy mode "iptables"`},
-		{"unknown field", header + "clusterCidr: 10.244.0.0/16", nil, `unknown field "clusterCidr"`},
-		{"unknown nested field", header + "nftables: {masqueradeAl: true}", nil, `unknown field "nftables.masqueradeAl"`},
-		{"duplicate field", header + "clusterCIDR: 10.0.0.0/8\nclusterCIDR: 10.244.0.0/16", nil, `already set`},
 		{"wrong kind", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeletConfiguration", nil, "no kind"},
 		{"bad CIDR", header + "clusterCIDR: 10.244.0.0", nil, "clusterCIDR"},
 		{"nodeport localhost", header + "nodePortAddresses: [localhost]", nil, "loopback"},
@@ -187,6 +184,36 @@ func TestConfigRefused(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("%s: error %v, want one containing %q", tc.name, err, tc.err)
 		}
+	}
+}
+
+// TestConfigLenient: a file that strict decoding refuses only for an unknown or duplicated
+// field is read anyway, as kube-proxy reads it, with a warning that quotes the error.
+func TestConfigLenient(t *testing.T) {
+	for _, tc := range []struct {
+		name, file, warning string
+		cidr                string
+	}{
+		{"unknown field", "clusterCidr: 10.0.0.0/8\nclusterCIDR: 10.244.0.0/16", `unknown field "clusterCidr"`, "10.244.0.0/16"},
+		{"unknown nested field", "nftables: {masqueradeAl: true}\nclusterCIDR: 10.244.0.0/16", `unknown field "nftables.masqueradeAl"`, "10.244.0.0/16"},
+		{"duplicate field", "clusterCIDR: 10.0.0.0/8\nclusterCIDR: 10.244.0.0/16", `already set`, "10.244.0.0/16"},
+	} {
+		o, err := parse(t, header+tc.file)
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if got := o.Config.ClusterCIDRs; len(got) != 1 || got[0].String() != tc.cidr {
+			t.Errorf("%s: cluster CIDRs %v, want %s", tc.name, got, tc.cidr)
+		}
+		if w := strings.Join(o.Warnings(), "\n"); !strings.Contains(w, tc.warning) || !strings.Contains(w, "without strict checks") {
+			t.Errorf("%s: warnings %q, want one quoting %q", tc.name, w, tc.warning)
+		}
+	}
+	if o, err := parse(t, header+"clusterCIDR: 10.244.0.0/16"); err != nil {
+		t.Errorf("a clean file: %v", err)
+	} else if w := o.Warnings(); len(w) != 0 {
+		t.Errorf("a clean file: warnings %q", w)
 	}
 }
 
