@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -97,6 +98,36 @@ func TestNodePortAddressesByFamily(t *testing.T) {
 			if got != want {
 				t.Errorf("%s, %s: NodePorts on %s, want %s", tc.name, fam, got, want)
 			}
+		}
+	}
+}
+
+// TestNodeName: the node's name as kube-proxy takes it: --hostname-override, else (nftproxy's
+// addition) NODE_NAME, else the hostname; trimmed and lower-cased, and never blank.
+func TestNodeName(t *testing.T) {
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		override, env, want string
+	}{
+		{" Node-1 ", "other", "node-1"},
+		{"", "Node-2\n", "node-2"},
+		{"", "", strings.ToLower(strings.TrimSpace(host))},
+		{"  ", "other", ""},
+	} {
+		t.Setenv("NODE_NAME", tc.env)
+		o := &Options{Config: Config{HostnameOverride: tc.override}}
+		got, err := o.NodeName()
+		if tc.want == "" {
+			if err == nil {
+				t.Errorf("override %q: node name %q, want an error", tc.override, got)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("override %q, NODE_NAME %q: %q, %v; want %q", tc.override, tc.env, got, err, tc.want)
 		}
 	}
 }

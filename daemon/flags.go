@@ -391,17 +391,24 @@ func (o *Options) Logger(w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", o.LogFormat)
 }
 
-// NodeName returns this node's name: --hostname-override, else $NODE_NAME, else the hostname.
+// NodeName returns this node's name: --hostname-override, else $NODE_NAME, else the hostname,
+// trimmed and lower-cased as kube-proxy takes it; blank is an error.
 func (o *Options) NodeName() (string, error) {
-	if o.Config.HostnameOverride != "" {
-		return o.Config.HostnameOverride, nil
+	name, from := o.Config.HostnameOverride, "--hostname-override"
+	if name == "" {
+		name, from = os.Getenv("NODE_NAME"), "NODE_NAME"
 	}
-	if n := os.Getenv("NODE_NAME"); n != "" {
-		return n, nil
+	if name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return "", fmt.Errorf("node name: %w", err)
+		}
+		name, from = h, "the hostname"
 	}
-	h, err := os.Hostname()
-	if err != nil {
-		return "", fmt.Errorf("node name: %w", err)
+	// As kube-proxy (GetHostname): trimmed and lower-cased, as Node names are.
+	name = strings.ToLower(strings.TrimSpace(name))
+	if name == "" {
+		return "", fmt.Errorf("node name: %s is blank", from)
 	}
-	return h, nil
+	return name, nil
 }
