@@ -183,15 +183,21 @@ func (c *Config) NodePortsRestricted() bool {
 func isAll4(p netip.Prefix) bool { return p.Bits() == 0 && p.Addr().Is4() }
 func isAll6(p netip.Prefix) bool { return p.Bits() == 0 && p.Addr().Is6() }
 
-// nodePortAddressesValue is --nodeport-addresses. Each use of the flag replaces the list, so
-// that the command line overrides a configuration file's list.
-type nodePortAddressesValue struct{ c *Config }
+// nodePortAddressesValue is --nodeport-addresses. Its first use replaces the list (the
+// default, or a configuration file's: the command line overrides it); later uses add to it,
+// as kube-proxy's string-slice flag does.
+type nodePortAddressesValue struct {
+	c     *Config
+	given []string // the fields of every use so far
+}
 
 func (v *nodePortAddressesValue) Set(s string) error {
-	prefixes, primary, err := ParseNodePortAddresses(strings.Split(s, ","))
+	given := append(slices.Clone(v.given), strings.Split(s, ",")...)
+	prefixes, primary, err := ParseNodePortAddresses(given)
 	if err != nil {
 		return err
 	}
+	v.given = given
 	v.c.NodePortAddresses, v.c.NodePortPrimary = prefixes, primary
 	return nil
 }

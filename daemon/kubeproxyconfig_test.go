@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -184,6 +185,19 @@ func TestConfigRefused(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("%s: error %v, want one containing %q", tc.name, err, tc.err)
 		}
+	}
+}
+
+// TestNodePortAddressesRepeated: --nodeport-addresses given twice means both lists, as
+// kube-proxy's string-slice flag has it; once, it replaces the file's.
+func TestNodePortAddressesRepeated(t *testing.T) {
+	o, err := parse(t, header+"nodePortAddresses: [192.168.0.0/24]\n", "--nodeport-addresses=10.0.0.0/8", "--nodeport-addresses", "primary,fd00::/64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/64")}
+	if !slices.Equal(o.Config.NodePortAddresses, want) || !o.Config.NodePortPrimary {
+		t.Errorf("nodeport addresses %v (primary %v), want %v and primary", o.Config.NodePortAddresses, o.Config.NodePortPrimary, want)
 	}
 }
 
