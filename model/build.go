@@ -388,7 +388,13 @@ func (b *builder) endpointSets(eps []Endpoint) (cluster, local []Endpoint) {
 			}
 		}
 	}
-	return b.topology(usable(valid)), usable(onNode)
+	clusterEps := usable(valid)
+	if len(clusterEps) > 0 && clusterEps[0].Ready {
+		// Hints are for ready endpoints: with none ready, the serving terminating ones are
+		// all used, hinted or not (kube-proxy's topologyModeFromHints).
+		clusterEps = b.topology(clusterEps)
+	}
+	return clusterEps, usable(onNode)
 }
 
 // topology narrows the cluster endpoints by their hints: to those hinted for this node when
