@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"net/netip"
-	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -95,16 +94,4 @@ func FindNode(nodes []*corev1.Node, name string) (NodeInfo, bool) {
 		return info, true
 	}
 	return NodeInfo{}, false
-}
-
-// Addresses returns the node's InternalIPs and ExternalIPs of family fam, sorted.
-func (n NodeInfo) Addresses(fam model.Family) []netip.Addr {
-	var out []netip.Addr
-	for _, a := range slices.Concat(n.InternalIPs, n.ExternalIPs) {
-		if fam.Contains(a) {
-			out = append(out, a)
-		}
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out)
 }

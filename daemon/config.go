@@ -236,7 +236,7 @@ func (c *Config) NodeConfig(fam model.Family, nodeName string, node cluster.Node
 		Family:            fam,
 		NodeName:          nodeName,
 		Zone:              node.Zone,
-		NodeIPs:           node.Addresses(fam),
+		NodeIPs:           slices.DeleteFunc(node.PrimaryIPs(), func(a netip.Addr) bool { return !fam.Contains(a) }),
 		ClusterCIDRs:      c.ClusterCIDRs,
 		ServiceCIDRs:      c.ServiceCIDRs,
 		MasqueradeAll:     c.MasqueradeAll,

@@ -131,3 +131,18 @@ func TestNodeName(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeIPsForSourceRanges: the node addresses that let a LoadBalancer Service's own IPs
+// through its source ranges are its primary ones, as kube-proxy's node IP: not a second
+// InternalIP, nor an ExternalIP.
+func TestNodeIPsForSourceRanges(t *testing.T) {
+	node := cluster.NodeInfo{Name: "node1",
+		InternalIPs: []netip.Addr{netip.MustParseAddr("192.168.0.2"), netip.MustParseAddr("192.168.0.3"), netip.MustParseAddr("fd00::2")},
+		ExternalIPs: []netip.Addr{netip.MustParseAddr("203.0.113.7")}}
+	var c Config
+	for fam, want := range map[model.Family]string{model.IPv4: "[192.168.0.2]", model.IPv6: "[fd00::2]"} {
+		if got := fmt.Sprint(c.NodeConfig(fam, "node1", node, nil).NodeIPs); got != want {
+			t.Errorf("%s: node IPs %s, want %s", fam, got, want)
+		}
+	}
+}

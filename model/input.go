@@ -143,7 +143,8 @@ type NodeConfig struct {
 	NodeName string
 	// Zone is this node's topology.kubernetes.io/zone label, "" when it has none.
 	Zone string
-	// NodeIPs are this node's addresses from its Node object. A LoadBalancer Service whose
+	// NodeIPs are this node's primary addresses (its Node object's first InternalIP of the
+	// family, else its first ExternalIP: kube-proxy's node IP). A LoadBalancer Service whose
 	// loadBalancerSourceRanges contain one of them also admits its own LoadBalancer IPs as
 	// sources (traffic that a load balancer hairpins back through the node).
 	NodeIPs []netip.Addr
