@@ -71,14 +71,25 @@ func TestAffinityReleasedWithEndpoint(t *testing.T) {
 	}
 }
 
+// stickySyncer returns a Fake and a syncer of node1 that programmed sticky (10.96.0.10:80 and
+// NodePort 30010, session affinity 3h) with the endpoints eps.
+func stickySyncer(t *testing.T, eps ...string) (*nft.Fake, *sync.Syncer) {
+	t.Helper()
+	fake := nft.NewFake(1)
+	s := sync.NewSyncer(fake, model.IPv4)
+	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4, NodeName: "node1"}})
+	sticky := stickyService("sticky", "10.96.0.10", 30010, 10800, eps...)
+	s.Update(map[model.ServiceName]*model.Service{sticky.Name: sticky}, time.Now())
+	syncUntilDone(t, s)
+	return fake, s
+}
+
 // TestAffinityReleasedAfterAffinityWasOff: a Service whose session affinity is turned off
 // loses an endpoint meanwhile, then gets affinity back; the clients remembered with the gone
 // endpoint from before are forgotten then (their entries stayed in the map, and a client
 // sent to its endpoint refreshes its entry with each connection).
 func TestAffinityReleasedAfterAffinityWasOff(t *testing.T) {
-	fake := nft.NewFake(1)
-	s := sync.NewSyncer(fake, model.IPv4)
-	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4, NodeName: "node1"}})
+	fake, s := stickySyncer(t, "10.244.1.1", "10.244.1.2")
 	update := func(svc *model.Service) {
 		t.Helper()
 		s.Update(map[model.ServiceName]*model.Service{svc.Name: svc}, time.Now())
@@ -86,9 +97,6 @@ func TestAffinityReleasedAfterAffinityWasOff(t *testing.T) {
 			t.Fatalf("a change of %s took a full sync", svc.Name)
 		}
 	}
-	sticky := stickyService("sticky", "10.96.0.10", 30010, 10800, "10.244.1.1", "10.244.1.2")
-	s.Update(map[model.ServiceName]*model.Service{sticky.Name: sticky}, time.Now())
-	syncUntilDone(t, s)
 	keep := affinityTo("10.244.9.1", "10.96.0.10:80", "10.244.1.1")
 	gone := affinityTo("10.244.9.2", "10.96.0.10:80", "10.244.1.2")
 	goneNodePort := affinityTo("203.0.113.2", "192.168.0.2:30010", "10.244.1.2")
@@ -106,18 +114,13 @@ func TestAffinityReleasedAfterAffinityWasOff(t *testing.T) {
 // TestAffinityReleaseRetried: when deleting the entries of a gone endpoint fails, the next
 // sync, with nothing else to do, deletes them.
 func TestAffinityReleaseRetried(t *testing.T) {
-	fake := nft.NewFake(1)
-	s := sync.NewSyncer(fake, model.IPv4)
-	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4, NodeName: "node1"}})
-	sticky := stickyService("sticky", "10.96.0.10", 30010, 10800, "10.244.1.1", "10.244.1.2")
-	s.Update(map[model.ServiceName]*model.Service{sticky.Name: sticky}, time.Now())
-	syncUntilDone(t, s)
+	fake, s := stickySyncer(t, "10.244.1.1", "10.244.1.2")
 	keep := affinityTo("10.244.9.1", "10.96.0.10:80", "10.244.1.1")
 	gone := affinityTo("10.244.9.2", "10.96.0.10:80", "10.244.1.2")
 	fake.AddAffinity(model.IPv4, keep)
 	fake.AddAffinity(model.IPv4, gone)
 
-	sticky = stickyService("sticky", "10.96.0.10", 30010, 10800, "10.244.1.1")
+	sticky := stickyService("sticky", "10.96.0.10", 30010, 10800, "10.244.1.1")
 	s.Update(map[model.ServiceName]*model.Service{sticky.Name: sticky}, time.Now())
 	fake.FailPrunes = 1
 	syncUntilDone(t, s)
