@@ -56,7 +56,7 @@ type Proxy struct {
 	// Events, when set, receives the events about Services that cannot be proxied.
 	Events EventRecorder
 	// AfterFirstSync, when set, is called once, after the first sync that succeeds (the
-	// daemon returns the memory of the start to the system: settleMemory).
+	// daemon sets its garbage collector's steady target: settleMemory).
 	AfterFirstSync func()
 
 	mu gosync.Mutex

@@ -25,8 +25,6 @@ const (
 	Full = "full"
 	// GOGC is the garbage collector's target (as the GOGC variable says it).
 	GOGC = "gogc"
-	// HeapInUse is the bytes of the Go heap in use.
-	HeapInUse = "heapInUse"
 	// Kernel is the kernel's release.
 	Kernel = "kernel"
 	// Kubeconfig is the kubeconfig file in use.
