@@ -163,12 +163,19 @@ func TestKubernetesObservability(t *testing.T) {
 	})
 
 	t.Run("events", func(t *testing.T) {
+		// The API server takes an EndpointSlice port without a number (slices not derived from
+		// a Service may leave it out); nftproxy skips that entry and says so on the slice.
 		if _, err := k.admin.CoreV1().Services("default").Create(ctx, &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: "default"},
-			Spec: corev1.ServiceSpec{ExternalIPs: []string{"192.0.2.010"}, Ports: []corev1.ServicePort{{Name: "http",
+			Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http",
 				Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}},
 		}, metav1.CreateOptions{}); err != nil {
-			t.Fatalf("create a Service with a leading-zero externalIP: %v", err)
+			t.Fatalf("create service: %v", err)
+		}
+		es := kubeSlice("bad", 8080, pod1)
+		es.Ports[0].Port = nil
+		if _, err := k.admin.DiscoveryV1().EndpointSlices("default").Create(ctx, es, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("create a slice whose port has no number: %v", err)
 		}
 		find := func(ns, kind, name, reason string) (*eventsv1.Event, string) {
 			list, err := k.admin.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
@@ -185,12 +192,12 @@ func TestKubernetesObservability(t *testing.T) {
 			return nil, fmt.Sprint(seen)
 		}
 		var bad *eventsv1.Event
-		waitFor(t, readyTimeout, "a Warning InvalidService event on default/bad", func() (bool, string) {
+		waitFor(t, readyTimeout, "a Warning InvalidEndpointSlice event on default/bad-1", func() (bool, string) {
 			var state string
-			bad, state = find("default", "Service", "bad", "InvalidService")
+			bad, state = find("default", "EndpointSlice", "bad-1", "InvalidEndpointSlice")
 			return bad != nil, state
 		})
-		if bad.Type != corev1.EventTypeWarning || !strings.Contains(bad.Note, "spec.externalIPs") ||
+		if bad.Type != corev1.EventTypeWarning || !strings.Contains(bad.Note, "no port number") ||
 			bad.ReportingController != "nftproxy" || bad.Regarding.UID == "" {
 			t.Errorf("the event on default/bad: type %s, note %q, controller %q, regarding %+v", bad.Type, bad.Note, bad.ReportingController, bad.Regarding)
 		}
