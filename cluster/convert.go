@@ -655,17 +655,18 @@ func portEndpoints(sp model.ServicePort, eps []parsedSlice) []model.Endpoint {
 	return slices.Clip(kept)
 }
 
-// better reports whether a should replace b as the copy of a duplicated endpoint: ready wins,
-// then serving, then not terminating; otherwise the first seen stays.
+// better reports whether a should replace b as the copy of a duplicated endpoint: not
+// terminating wins (as in kube-proxy: a terminating pod's IP reused by a new pod is the new
+// pod's, ready or not), then ready, then serving; otherwise the first seen stays.
 func better(a, b model.Endpoint) bool {
+	if a.Terminating != b.Terminating {
+		return !a.Terminating
+	}
 	if a.Ready != b.Ready {
 		return a.Ready
 	}
 	if a.Serving != b.Serving {
 		return a.Serving
-	}
-	if a.Terminating != b.Terminating {
-		return !a.Terminating
 	}
 	return false
 }

@@ -151,21 +151,25 @@ func TestConvert(t *testing.T) {
 		want: []model.Service{{Name: name("web"), ClusterIPs: addrs("10.96.0.10"), Ports: []model.ServicePort{
 			{Name: "http", Protocol: model.TCP, Port: 80, Endpoints: []model.Endpoint{ready("10.244.1.5", 8080, "node-a")}}}}},
 	}, {
-		name: "same endpoint in two slices: the ready copy wins",
+		name: "same endpoint in two slices: not terminating wins, then ready",
 		objs: Objects{
 			Services: []*corev1.Service{webSvc},
 			EndpointSlices: []*discoveryv1.EndpointSlice{
 				slice("web-b", "web", v4, []discoveryv1.EndpointPort{sp("", 8080)},
-					ep("10.244.1.5", "node-a"), withConditions(ep("10.244.1.6", "node-a"), ptr(false), ptr(false), nil)),
+					ep("10.244.1.5", "node-a"), withConditions(ep("10.244.1.6", "node-a"), ptr(false), ptr(false), nil),
+					// A new pod, not ready yet, on the IP a terminating pod still serves from.
+					withConditions(ep("10.244.1.7", "node-a"), ptr(false), ptr(false), ptr(false))),
 				slice("web-a", "web", v4, []discoveryv1.EndpointPort{sp("", 8080)},
 					withConditions(ep("10.244.1.5", "node-a"), ptr(false), ptr(true), ptr(true)),
-					withConditions(ep("10.244.1.6", "node-a"), ptr(false), ptr(true), nil)),
+					withConditions(ep("10.244.1.6", "node-a"), ptr(false), ptr(true), nil),
+					withConditions(ep("10.244.1.7", "node-a"), ptr(false), ptr(true), ptr(true))),
 			},
 		},
 		want: []model.Service{{Name: name("web"), ClusterIPs: addrs("10.96.0.10"), Ports: []model.ServicePort{
 			{Protocol: model.TCP, Port: 80, Endpoints: []model.Endpoint{
 				ready("10.244.1.5", 8080, "node-a"),
-				{Addr: addr("10.244.1.6"), Port: 8080, Serving: true, NodeName: "node-a"}}}}}},
+				{Addr: addr("10.244.1.6"), Port: 8080, Serving: true, NodeName: "node-a"},
+				{Addr: addr("10.244.1.7"), Port: 8080, NodeName: "node-a"}}}}}},
 	}, {
 		name: "conditions carried, nil ready and nil serving mean true",
 		objs: Objects{
