@@ -28,6 +28,11 @@ var frontendSets = []struct {
 	{model.MapNoEndpointNodePorts, true},
 }
 
+// isNoEndpointSet reports whether set is one of the maps of frontends without endpoints.
+func isNoEndpointSet(set string) bool {
+	return set == model.MapNoEndpointServices || set == model.MapNoEndpointNodePorts
+}
+
 // hasConntrackPorts reports whether a Service has a UDP or SCTP port, the only ones whose
 // entries the reconciler looks at.
 func hasConntrackPorts(svc *model.Service) bool {
@@ -123,12 +128,17 @@ func (s *Syncer) ConntrackRules() []*conntrack.Rules {
 		} else {
 			r.AllLocalNodePorts = true
 		}
-		for name, part := range t.parts {
-			wins := func(set string, k model.Key) bool {
-				c := t.claims[set][k]
-				return c.elem != nil && t.owners[c.first] == name
+		// Two passes: a frontend one Service claims with endpoints and another without (both
+		// naming one external IP and port) is the latter's, as the rules have it: the check
+		// for ports without endpoints comes before the DNAT.
+		for _, noEndpoints := range []bool{false, true} {
+			for name, part := range t.parts {
+				wins := func(set string, k model.Key) bool {
+					c := t.claims[set][k]
+					return isNoEndpointSet(set) == noEndpoints && c.elem != nil && t.owners[c.first] == name
+				}
+				serviceFrontends(fam, s.services[name], part, wins, r.Frontends)
 			}
-			serviceFrontends(fam, s.services[name], part, wins, r.Frontends)
 		}
 		out = append(out, r)
 	}

@@ -100,6 +100,26 @@ func TestConntrackRules(t *testing.T) {
 	}
 }
 
+// TestConntrackRulesSharedFrontend: two Services name the same external IP and UDP port, one
+// with endpoints and one without; the reconciler sees the frontend as the rules treat it,
+// without endpoints (the check for ports without endpoints comes before the DNAT), every
+// time, whatever the order the Services are visited in.
+func TestConntrackRulesSharedFrontend(t *testing.T) {
+	s := sync.NewSyncer(nft.NewFake(1), model.IPv4)
+	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4, NodeName: "node1"}})
+	with := dnsService("with", "10.96.0.10", ep("10.244.2.1", true, true))
+	without := dnsService("without", "10.96.0.11")
+	without.Ports[0].NodePort, without.Ports[1].NodePort = 30054, 30081
+	s.Update(map[model.ServiceName]*model.Service{with.Name: with, without.Name: without}, time.Now())
+	syncUntilDone(t, s)
+	f := conntrack.Frontend{Addr: netip.MustParseAddr("203.0.113.9"), Proto: model.UDP, Port: 53}
+	for i := range 50 {
+		if eps, ok := s.ConntrackRules()[0].Frontends[f]; !ok || len(eps) != 0 {
+			t.Fatalf("call %d: the shared frontend has endpoints %v (present %v), want none", i, eps, ok)
+		}
+	}
+}
+
 // TestConntrackReconcileWhen: the reconciler runs after every full sync, after a partial
 // sync that changed a UDP frontend or its serving endpoints, when asked, and again after
 // it failed; not after a partial sync that changed only TCP ports or nothing.
