@@ -232,11 +232,13 @@ func splitList(s string) []string {
 // localAddrs are the addresses of this node's interfaces (for --nodeport-addresses CIDRs);
 // node is this node's Node object, if known (for --nodeport-addresses=primary).
 func (c *Config) NodeConfig(fam model.Family, nodeName string, node cluster.NodeInfo, localAddrs []netip.Addr) model.NodeConfig {
+	// This family's primary IP (kube-proxy's node IP), when the Node object gives one.
+	primary := slices.DeleteFunc(node.PrimaryIPs(), func(a netip.Addr) bool { return !fam.Contains(a) })
 	nc := model.NodeConfig{
 		Family:            fam,
 		NodeName:          nodeName,
 		Zone:              node.Zone,
-		NodeIPs:           slices.DeleteFunc(node.PrimaryIPs(), func(a netip.Addr) bool { return !fam.Contains(a) }),
+		NodeIPs:           primary,
 		ClusterCIDRs:      c.ClusterCIDRs,
 		ServiceCIDRs:      c.ServiceCIDRs,
 		MasqueradeAll:     c.MasqueradeAll,
@@ -257,9 +259,7 @@ func (c *Config) NodeConfig(fam model.Family, nodeName string, node cluster.Node
 	// family's primary IP); a family that none of them names serves NodePorts on every local
 	// address, as a /0 of it does.
 	own := slices.DeleteFunc(slices.Clone(c.NodePortAddresses), func(p netip.Prefix) bool { return !fam.Contains(p.Addr()) })
-	var primary []netip.Addr
 	if c.NodePortPrimary {
-		primary = slices.DeleteFunc(node.PrimaryIPs(), func(a netip.Addr) bool { return !fam.Contains(a) })
 		for _, a := range primary {
 			own = append(own, netip.PrefixFrom(a, a.BitLen()))
 		}

@@ -58,10 +58,9 @@ func (o *Options) ApplyConfigFile(path string) error {
 	if err != nil {
 		return fmt.Errorf("--config %s: %w", path, err)
 	}
-	if strictErr != nil {
-		// kube-proxy goes on too (a field of another version, say), and only logs it.
-		o.lenient = strictErr
-	}
+	// kube-proxy goes on too after a strict decoding error (a field of another version, say),
+	// and only logs it.
+	o.lenient = strictErr
 	// Which top-level fields the file has: a field nftproxy does not read is named in the
 	// warning whenever it is there (kubeadm writes them all, mostly zero).
 	var present map[string]any

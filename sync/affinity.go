@@ -2,7 +2,9 @@ package sync
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 
 	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
@@ -55,9 +57,7 @@ func slotPairs(p *model.Part) map[model.Key]map[netip.AddrPort]bool {
 func appendAffinityReleases(out []model.Key, old, new *model.Part) []model.Key {
 	if !hasAffinity(old) {
 		if old != nil && hasAffinity(new) {
-			for dst := range slotPairs(new) {
-				out = append(out, dst)
-			}
+			out = slices.AppendSeq(out, maps.Keys(slotPairs(new)))
 		}
 		return out
 	}
