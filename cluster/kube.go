@@ -5,16 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	gosync "sync"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/nftproxy/nftproxy/internal/kubeclient"
 )
 
 // KubeSource delivers the cluster from the Kubernetes API: shared informers on Services,
@@ -25,7 +22,8 @@ import (
 // When the API server goes away the informers keep retrying and the rules stay as they are;
 // when it returns they relist and the events of the relist catch up.
 type KubeSource struct {
-	Client kubernetes.Interface
+	// Client reaches the API server.
+	Client *kubeclient.Client
 	// NodeName is this node's name, whose Node object is watched.
 	NodeName string
 	// Log receives progress messages; nil means slog.Default().
@@ -33,31 +31,46 @@ type KubeSource struct {
 	// Resync is the informers' resync period; zero disables resyncs (the sync loop has its
 	// own --sync-period).
 	Resync time.Duration
+
+	// resources, when set, replaces Client's Services, EndpointSlices and Node (tests: a
+	// fake client set's).
+	resources func() kubeResources
+}
+
+// kubeResources are the objects a KubeSource lists and watches, and the client whose
+// WatchList semantics its informers follow (nil: the API server's).
+type kubeResources struct {
+	services, slices, node resource
+	client                 any
 }
 
 // Run calls onChange with a Full Delta once the caches have synced and then with a Delta after
 // every change (coalesced: a burst of events gives one Delta naming every Service it touched),
 // until ctx is done.
 func (k *KubeSource) Run(ctx context.Context, onChange func(Delta)) error {
-	if k.Client == nil {
+	res := kubeResources{}
+	switch {
+	case k.resources != nil:
+		res = k.resources()
+	case k.Client != nil:
+		res = kubeResources{services: servicesResource(k.Client.Core), slices: slicesResource(k.Client.Discovery),
+			node: nodeResource(k.Client.Core, k.NodeName)}
+	default:
 		return errors.New("kubernetes source: no client")
 	}
 	log := k.Log
 	if log == nil {
 		log = slog.Default()
 	}
-	all := informers.NewSharedInformerFactoryWithOptions(k.Client, k.Resync, informers.WithTransform(trimObject))
-	node := informers.NewSharedInformerFactoryWithOptions(k.Client, k.Resync, informers.WithTransform(trimObject),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", k.NodeName).String()
-		}))
-	services := all.InformerFor(&corev1.Service{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
-		return servicesResource(c).informer(c, resync)
-	})
-	slices := all.InformerFor(&discoveryv1.EndpointSlice{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
-		return slicesResource(c).informer(c, resync)
-	})
-	nodes := node.Core().V1().Nodes().Informer()
+	var informers [3]cache.SharedIndexInformer
+	for i, r := range []resource{res.services, res.slices, res.node} {
+		inf, err := r.informer(res.client, k.Resync)
+		if err != nil {
+			return fmt.Errorf("kubernetes source: informer of %T: %w", r.typ, err)
+		}
+		informers[i] = inf
+	}
+	services, slices, nodes := informers[0], informers[1], informers[2]
 	if err := slices.AddIndexers(sliceIndexers); err != nil {
 		return fmt.Errorf("kubernetes source: index endpointslices: %w", err)
 	}
@@ -76,10 +89,14 @@ func (k *KubeSource) Run(ctx context.Context, onChange func(Delta)) error {
 		handled = append(handled, reg.HasSynced)
 	}
 	store := informerStore{services: services.GetIndexer(), slices: slices.GetIndexer(), nodes: nodes.GetIndexer()}
-	all.Start(ctx.Done())
-	node.Start(ctx.Done())
-	defer all.Shutdown()
-	defer node.Shutdown()
+	// The informers stop with ctx, or when Run returns; Run returns once they have.
+	ctx, cancel := context.WithCancel(ctx)
+	var running gosync.WaitGroup
+	defer running.Wait()
+	defer cancel()
+	for _, inf := range informers {
+		running.Go(func() { inf.RunWithContext(ctx) })
+	}
 
 	log.Info("waiting for the Kubernetes caches to sync")
 	// A synced cache has not yet told its handlers about every object of its initial list:

@@ -14,6 +14,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/nftproxy/nftproxy/model"
@@ -39,6 +40,25 @@ func webObjects(endpoint string) Objects {
 	}
 }
 
+// fakeResources lists and watches the objects of a fake client set, whose REST clients are nil
+// (the fake client set answers from memory). Its Nodes are all of them: it applies no field
+// selector.
+func fakeResources(c kubernetes.Interface) kubeResources {
+	svcs, slices, nodes := c.CoreV1().Services(""), c.DiscoveryV1().EndpointSlices(""), c.CoreV1().Nodes()
+	return kubeResources{
+		services: resource{typ: &corev1.Service{},
+			list:  func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return svcs.List(ctx, o) },
+			watch: svcs.Watch},
+		slices: resource{typ: &discoveryv1.EndpointSlice{},
+			list:  func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return slices.List(ctx, o) },
+			watch: slices.Watch},
+		node: resource{typ: &corev1.Node{},
+			list:  func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return nodes.List(ctx, o) },
+			watch: nodes.Watch},
+		client: c,
+	}
+}
+
 // TestKubeSource checks that the source delivers a Full Delta once its caches synced, whose
 // store holds only this node's Node object; then Deltas naming the Services an event touched:
 // a new Service, and the Service of an updated EndpointSlice, whose slices the store finds
@@ -57,7 +77,8 @@ func TestKubeSource(t *testing.T) {
 		initial = append(initial, es)
 	}
 	client := fake.NewClientset(initial...)
-	src := &KubeSource{Client: client, NodeName: "node1", Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	src := &KubeSource{NodeName: "node1", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		resources: func() kubeResources { return fakeResources(client) }}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	deltas := make(chan Delta, 10)

@@ -17,12 +17,13 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/nftproxy/nftproxy/internal/kubeclient"
 )
 
 // The informers of Services and EndpointSlices fill their caches with a LIST whose response is
@@ -48,48 +49,70 @@ var protobufMagic = []byte{0x6b, 0x38, 0x73, 0x00}
 
 // resource is what an informer of one kind of object needs.
 type resource struct {
-	name string         // as in the API's path: "services"
-	typ  runtime.Object // an empty object of the kind
-	// rest is the client of the resource's API group; a fake client set's is a nil
-	// *rest.RESTClient.
-	rest  rest.Interface
-	into  func() listInto // a list to stream into
+	typ   runtime.Object // an empty object of the kind
 	list  func(context.Context, metav1.ListOptions) (runtime.Object, error)
 	watch func(context.Context, metav1.ListOptions) (watch.Interface, error)
 }
 
-// servicesResource is every namespace's Services.
-func servicesResource(c kubernetes.Interface) resource {
-	s := c.CoreV1().Services(metav1.NamespaceAll)
-	return resource{name: "services", typ: &corev1.Service{}, rest: c.CoreV1().RESTClient(),
-		into:  func() listInto { return &serviceList{} },
-		list:  func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return s.List(ctx, o) },
-		watch: s.Watch}
+// servicesResource is every namespace's Services, listed by streamList.
+func servicesResource(core rest.Interface) resource {
+	return resource{typ: &corev1.Service{}, list: streamLister(core, "services", func() listInto { return &serviceList{} }),
+		watch: restWatch(core, "services", "")}
 }
 
-// slicesResource is every namespace's EndpointSlices.
-func slicesResource(c kubernetes.Interface) resource {
-	s := c.DiscoveryV1().EndpointSlices(metav1.NamespaceAll)
-	return resource{name: "endpointslices", typ: &discoveryv1.EndpointSlice{}, rest: c.DiscoveryV1().RESTClient(),
-		into:  func() listInto { return &sliceList{} },
-		list:  func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return s.List(ctx, o) },
-		watch: s.Watch}
+// slicesResource is every namespace's EndpointSlices, listed by streamList.
+func slicesResource(discovery rest.Interface) resource {
+	return resource{typ: &discoveryv1.EndpointSlice{}, list: streamLister(discovery, "endpointslices", func() listInto { return &sliceList{} }),
+		watch: restWatch(discovery, "endpointslices", "")}
 }
 
-// informer returns a shared informer of res, whose LIST is streamed (streamList) when res has
-// a REST client, else client-go's; client gives the informer client-go's WatchList semantics.
-func (res resource) informer(client kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
-	lw := &cache.ListWatch{ListWithContextFunc: res.list, WatchFuncWithContext: res.watch}
-	if rc, ok := res.rest.(*rest.RESTClient); ok && rc != nil {
-		lw.ListWithContextFunc = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return streamList(ctx, rc, res.name, o, res.into())
-		}
+// nodeResource is the Node named name (a field selector: the API server sends no other).
+func nodeResource(core rest.Interface, name string) resource {
+	sel := fields.OneTermEqualSelector("metadata.name", name).String()
+	return resource{typ: &corev1.Node{},
+		list: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = sel
+			out := &corev1.NodeList{}
+			err := core.Get().Resource("nodes").VersionedParams(&o, kubeclient.ParameterCodec).Do(ctx).Into(out)
+			return out, err
+		},
+		watch: restWatch(core, "nodes", sel)}
+}
+
+// streamLister lists resource through rc with streamList, into a fresh list of into's.
+func streamLister(rc rest.Interface, resource string, into func() listInto) func(context.Context, metav1.ListOptions) (runtime.Object, error) {
+	return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return streamList(ctx, rc, resource, o, into())
 	}
-	return cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, client), res.typ,
-		cache.SharedIndexInformerOptions{
-			ResyncPeriod: resync,
-			Indexers:     cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
-		})
+}
+
+// restWatch watches resource (cluster-wide) through rc, as client-go's typed clients do;
+// selector, when set, is the field selector.
+func restWatch(rc rest.Interface, resource, selector string) func(context.Context, metav1.ListOptions) (watch.Interface, error) {
+	return func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+		var timeout time.Duration
+		if o.TimeoutSeconds != nil {
+			timeout = time.Duration(*o.TimeoutSeconds) * time.Second
+		}
+		if selector != "" {
+			o.FieldSelector = selector
+		}
+		o.Watch = true
+		return rc.Get().Resource(resource).VersionedParams(&o, kubeclient.ParameterCodec).Timeout(timeout).Watch(ctx)
+	}
+}
+
+// informer returns a shared informer of res, whose objects are trimmed (trimObject) as they
+// enter its cache; client, when not nil, is the client whose WatchList semantics the
+// informer follows (a fake client set's, in tests).
+func (res resource) informer(client any, resync time.Duration) (cache.SharedIndexInformer, error) {
+	lw := &cache.ListWatch{ListWithContextFunc: res.list, WatchFuncWithContext: res.watch}
+	inf := cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, client), res.typ,
+		cache.SharedIndexInformerOptions{ResyncPeriod: resync, Indexers: cache.Indexers{}})
+	if err := inf.SetTransform(trimObject); err != nil {
+		return nil, fmt.Errorf("set transform: %w", err)
+	}
+	return inf, nil
 }
 
 // listInto receives a streamed list: its runtime.Object, the metadata, each item's bytes.
@@ -310,7 +333,7 @@ func (c *chunks[T]) all() []T {
 // and Accept header); a response that is not 2xx is the error client-go would give (an API
 // status: a 410 Gone has the informer list again).
 func streamList(ctx context.Context, rc rest.Interface, resource string, opts metav1.ListOptions, into listInto) (runtime.Object, error) {
-	body, err := rc.Get().Resource(resource).VersionedParams(&opts, scheme.ParameterCodec).Stream(ctx)
+	body, err := rc.Get().Resource(resource).VersionedParams(&opts, kubeclient.ParameterCodec).Stream(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -325,7 +348,7 @@ func streamList(ctx context.Context, rc rest.Interface, resource string, opts me
 		if err != nil {
 			return nil, fmt.Errorf("list %s: read response: %w", resource, err)
 		}
-		if err := runtime.DecodeInto(scheme.Codecs.UniversalDeserializer(), data, into.object()); err != nil {
+		if err := runtime.DecodeInto(kubeclient.Codecs.UniversalDeserializer(), data, into.object()); err != nil {
 			return nil, fmt.Errorf("list %s: decode response: %w", resource, err)
 		}
 		into.trimAll()

@@ -21,9 +21,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+
+	"github.com/nftproxy/nftproxy/internal/kubeclient"
 )
 
 // listObjects returns Services and EndpointSlices holding everything the API server may send:
@@ -144,12 +145,12 @@ func (s *listServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Write(data)
 }
 
-// listClient returns a client set of srv speaking contentType, as the daemon's does.
-func listClient(t *testing.T, srv *httptest.Server, contentType string) kubernetes.Interface {
+// listClient returns a client of srv speaking contentType, as the daemon's does.
+func listClient(t *testing.T, srv *httptest.Server, contentType string) *kubeclient.Client {
 	t.Helper()
 	cfg := &rest.Config{Host: srv.URL, ContentConfig: rest.ContentConfig{ContentType: contentType,
 		AcceptContentTypes: contentType}}
-	c, err := kubernetes.NewForConfig(cfg)
+	c, err := kubeclient.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +170,7 @@ func TestStreamList(t *testing.T) {
 	defer srv.Close()
 	for _, ct := range []string{runtime.ContentTypeProtobuf, runtime.ContentTypeJSON} {
 		c := listClient(t, srv, ct)
-		got, err := streamList(t.Context(), c.CoreV1().RESTClient(), "services", metav1.ListOptions{}, &serviceList{})
+		got, err := streamList(t.Context(), c.Core, "services", metav1.ListOptions{}, &serviceList{})
 		if err != nil {
 			t.Fatalf("%s: %v", ct, err)
 		}
@@ -185,7 +186,7 @@ func TestStreamList(t *testing.T) {
 			t.Errorf("%s: a streamed Service kept what is dropped or lost what is read: %+v", ct, s)
 		}
 
-		got, err = streamList(t.Context(), c.DiscoveryV1().RESTClient(), "endpointslices", metav1.ListOptions{}, &sliceList{})
+		got, err = streamList(t.Context(), c.Discovery, "endpointslices", metav1.ListOptions{}, &sliceList{})
 		if err != nil {
 			t.Fatalf("%s: %v", ct, err)
 		}
@@ -225,7 +226,7 @@ func TestStreamListErrors(t *testing.T) {
 	defer srv.Close()
 	c := listClient(t, srv, runtime.ContentTypeProtobuf)
 	list := func() (*corev1.ServiceList, error) {
-		got, err := streamList(t.Context(), c.CoreV1().RESTClient(), "services", metav1.ListOptions{}, &serviceList{})
+		got, err := streamList(t.Context(), c.Core, "services", metav1.ListOptions{}, &serviceList{})
 		l, _ := got.(*corev1.ServiceList)
 		return l, err
 	}
@@ -263,7 +264,7 @@ func TestStreamListErrors(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if _, err := streamList(ctx, c.CoreV1().RESTClient(), "services", metav1.ListOptions{}, &serviceList{}); err == nil {
+	if _, err := streamList(ctx, c.Core, "services", metav1.ListOptions{}, &serviceList{}); err == nil {
 		t.Error("a cancelled LIST succeeded")
 	}
 }

@@ -24,10 +24,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/kubernetes/scheme"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
+	"github.com/nftproxy/nftproxy/internal/kubeclient"
 	"github.com/nftproxy/nftproxy/internal/logkey"
 )
 
@@ -228,7 +228,11 @@ func decodeDocument(data []byte, where string, depth int, objs *Objects, bad *[]
 		}
 		return
 	}
-	obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(jsonData, nil, nil)
+	obj, _, err := kubeclient.Codecs.UniversalDeserializer().Decode(jsonData, nil, nil)
+	if runtime.IsNotRegisteredError(err) {
+		badDoc(h, fmt.Errorf("unsupported kind %s %s", h.APIVersion, h.Kind))
+		return
+	}
 	if err != nil {
 		badDoc(h, fmt.Errorf("decode: %w", err))
 		return

@@ -65,6 +65,12 @@ metadata:
 data:
   a: b
 ---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  namespace: default
+  name: web
+---
 # the API server and kubectl match field names by case: this Service has no name
 apiVersion: v1
 kind: Service
@@ -156,7 +162,8 @@ func TestLoadManifests(t *testing.T) {
 		{"Service", "default", "broken", "01-web.yaml:4"},
 		{"Document", "", "", "01-web.yaml:5"},
 		{"ConfigMap", "default", "settings", "01-web.yaml:6"},
-		{"Service", "default", "", "01-web.yaml:7"},
+		{"Deployment", "default", "web", "01-web.yaml:7"},
+		{"Service", "default", "", "01-web.yaml:8"},
 		{"Secret", "kube-system", "token", "02-list.yml:1 items[2]"},
 	}
 	if len(bad) != len(wantBad) {
@@ -169,6 +176,10 @@ func TestLoadManifests(t *testing.T) {
 			t.Errorf("bad[%d] = %q (kind %q ns %q name %q), want %s %s/%s at %s", i, b, b.Kind, b.Namespace, b.Name,
 				w.kind, w.ns, w.name, w.where)
 		}
+	}
+	// A kind of an API group nftproxy does not decode is named as one.
+	if want := "unsupported kind apps/v1 Deployment"; len(bad) > 3 && !strings.Contains(bad[3].Err.Error(), want) {
+		t.Errorf("bad[3] = %q, want it to say %q", bad[3], want)
 	}
 
 	// The loaded objects convert end to end.

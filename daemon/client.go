@@ -5,15 +5,16 @@ import (
 	"os"
 
 	clientfeatures "k8s.io/client-go/features"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/nftproxy/nftproxy/internal/kubeclient"
 )
 
 // NewClient returns a client of the API server the options name: --kubeconfig (else the
 // in-cluster configuration), --master over its address, and kube-proxy's content type, QPS
 // and burst. userAgent names nftproxy and its version.
-func (c ClientOptions) NewClient(userAgent string) (kubernetes.Interface, error) {
+func (c ClientOptions) NewClient(userAgent string) (*kubeclient.Client, error) {
 	var cfg *rest.Config
 	var err error
 	if c.Kubeconfig == "" && c.Master == "" {
@@ -39,11 +40,7 @@ func (c ClientOptions) NewClient(userAgent string) (kubernetes.Interface, error)
 	if err := preferList(); err != nil {
 		return nil, err
 	}
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return client, nil
+	return kubeclient.New(cfg)
 }
 
 // watchListEnv is client-go's environment variable for its WatchListClient feature.

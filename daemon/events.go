@@ -1,13 +1,24 @@
 package daemon
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+	"unicode/utf8"
+
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/rest"
 
 	"github.com/nftproxy/nftproxy/cluster"
+	"github.com/nftproxy/nftproxy/internal/logkey"
 )
 
 // Event reasons and actions nftproxy reports (events.k8s.io/v1). "Starting" and
@@ -37,15 +48,130 @@ const (
 	reportingController = "nftproxy"
 )
 
-// EventRecorder records events about objects; client-go's events.EventRecorder.
-type EventRecorder = events.EventRecorder
+// EventRecorder records events about objects. Its method is client-go's
+// events.EventRecorder's.
+type EventRecorder interface {
+	// Eventf records an event of type eventtype about regarding (and related, which may be
+	// nil), its note formatted from note and args.
+	Eventf(regarding runtime.Object, related runtime.Object, eventtype, reason, action, note string, args ...any)
+}
 
-// NewEventBroadcaster returns a broadcaster that writes events through the events.k8s.io/v1
-// API, as kube-proxy's does. The caller starts it (StartRecordingToSinkWithContext) and
-// shuts it down.
-func NewEventBroadcaster(client kubernetes.Interface) (events.EventBroadcaster, EventRecorder) {
-	b := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
-	return b, b.NewRecorder(scheme.Scheme, reportingController)
+// Limits of the eventWriter.
+const (
+	// eventQueue is how many events may wait to be written.
+	eventQueue = 256
+	// eventTries is how many times an event is sent when the API server cannot be reached
+	// (client-go's events library's limit), eventRetry the wait between two tries.
+	eventTries = 12
+	eventRetry = 10 * time.Second
+	// maxNoteBytes is the API server's limit on an event's note.
+	maxNoteBytes = 1024
+)
+
+// eventWriter is the EventRecorder of a proxy reading the API server: it writes each event as
+// an events.k8s.io/v1 Event, as kube-proxy's recorder does (the same name, namespace, type,
+// reporting controller and instance), from a queue that one goroutine (Run) empties, so that
+// recording never waits for the API server.
+//
+// It takes the place of client-go's events library, which links a client of every API group
+// (about 10 MB of resident memory; see package kubeclient). What it leaves out, nftproxy does
+// not need: it reports a problem once, not at every sync, so there are no series of repeated
+// events to fold into one and no rate of them to limit. The queue is bounded; an event that
+// does not fit is dropped, and logged.
+type eventWriter struct {
+	client   rest.Interface // of events.k8s.io/v1
+	instance string         // reportingInstance
+	log      *slog.Logger
+	queue    chan *eventsv1.Event
+	retry    time.Duration
+	now      func() time.Time
+}
+
+// newEventWriter returns an eventWriter over client, a REST client of events.k8s.io/v1. Its
+// reporting instance is "nftproxy-" and the host name, as kube-proxy's is "kube-proxy-" and
+// the host name.
+func newEventWriter(client rest.Interface, log *slog.Logger) *eventWriter {
+	host, _ := os.Hostname()
+	return &eventWriter{client: client, instance: reportingController + "-" + host, log: log,
+		queue: make(chan *eventsv1.Event, eventQueue), retry: eventRetry, now: time.Now}
+}
+
+// Eventf queues an event about regarding, which is an object reference (every event nftproxy
+// records names its object by reference); related is one too, or nil.
+func (w *eventWriter) Eventf(regarding, related runtime.Object, eventtype, reason, action, note string, args ...any) {
+	ref, ok := regarding.(*corev1.ObjectReference)
+	if !ok || ref == nil {
+		w.log.Error("event not recorded: it is about no object reference", logkey.Reason, reason, logkey.Regarding, fmt.Sprintf("%T", regarding))
+		return
+	}
+	rel, _ := related.(*corev1.ObjectReference)
+	now := w.now()
+	ns := ref.Namespace
+	if ns == "" {
+		ns = metav1.NamespaceDefault // events about cluster-scoped objects, as client-go's
+	}
+	ev := &eventsv1.Event{
+		ObjectMeta:          metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", ref.Name, now.UnixNano()), Namespace: ns},
+		EventTime:           metav1.NewMicroTime(now),
+		ReportingController: reportingController,
+		ReportingInstance:   w.instance,
+		Action:              action,
+		Reason:              reason,
+		Regarding:           *ref,
+		Related:             rel,
+		Note:                truncateNote(fmt.Sprintf(note, args...)),
+		Type:                eventtype,
+	}
+	select {
+	case w.queue <- ev:
+	default:
+		w.log.Error("event dropped: too many waiting to be written", logkey.Reason, reason, logkey.Note, ev.Note)
+	}
+}
+
+// Run writes the queued events until ctx is done.
+func (w *eventWriter) Run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-w.queue:
+			w.write(ctx, ev)
+		}
+	}
+}
+
+// write creates ev, trying again while the API server cannot be reached; an event the API
+// server refuses is not sent again (it would be refused again).
+func (w *eventWriter) write(ctx context.Context, ev *eventsv1.Event) {
+	for try := 1; ; try++ {
+		err := w.client.Post().Namespace(ev.Namespace).Resource("events").Body(ev).Do(ctx).Error()
+		if err == nil {
+			return
+		}
+		var status apierrors.APIStatus
+		if errors.As(err, &status) || try == eventTries {
+			w.log.Error("event not written", logkey.Reason, ev.Reason, logkey.Note, ev.Note, logkey.Error, err, logkey.Tries, try)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(w.retry):
+		}
+	}
+}
+
+// truncateNote cuts note to the API server's limit, at a character's start.
+func truncateNote(note string) string {
+	if len(note) <= maxNoteBytes {
+		return note
+	}
+	n := maxNoteBytes
+	for n > 0 && !utf8.RuneStart(note[n]) {
+		n--
+	}
+	return note[:n]
 }
 
 // nodeRef is the reference events about this node carry, as kube-proxy's.

@@ -10,12 +10,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 
 	"github.com/nftproxy/nftproxy/cluster"
 	"github.com/nftproxy/nftproxy/conntrack"
+	"github.com/nftproxy/nftproxy/internal/kubeclient"
 	"github.com/nftproxy/nftproxy/internal/logkey"
 	"github.com/nftproxy/nftproxy/nft"
 	"github.com/nftproxy/nftproxy/sync"
@@ -40,7 +39,7 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 		NewBuildInfo(version))
 	RegisterClientMetrics(reg)
 	// With the API server as source: the client, and events (none from manifests: no API).
-	var client kubernetes.Interface
+	var client *kubeclient.Client
 	var recorder EventRecorder
 	if o.Manifests == "" {
 		var err error
@@ -49,12 +48,9 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 		}
 		// client-go logs through klog: send it to the same handler.
 		klog.SetSlogLogger(log)
-		var broadcaster events.EventBroadcaster
-		broadcaster, recorder = NewEventBroadcaster(client)
-		if err := broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
-			return fmt.Errorf("start recording events: %w", err)
-		}
-		defer broadcaster.Shutdown()
+		events := newEventWriter(client.Events, log)
+		go events.Run(ctx)
+		recorder = events
 	}
 	backend := nft.NewNetlink("")
 	defer backend.Close()
@@ -178,6 +174,6 @@ func serveHTTP(o *Options, reg *prometheus.Registry, proxy *Proxy, recorder Even
 // nodeEvent records an event about this node, as kube-proxy's at start; rec may be nil.
 func nodeEvent(rec EventRecorder, node, eventType, reason, note string) {
 	if rec != nil {
-		rec.Eventf(nodeRef(node), nil, eventType, reason, actionStart, note)
+		rec.Eventf(nodeRef(node), nil, eventType, reason, actionStart, "%s", note)
 	}
 }

@@ -33,14 +33,20 @@ const (
 	Manifests = "manifests"
 	// Node is this node's name.
 	Node = "node"
+	// Note is an event's note.
+	Note = "note"
 	// Object names an object from the cluster, as "Kind namespace/name: reason".
 	Object = "object"
 	// Objects is a number of nftables objects written.
 	Objects = "objects"
 	// Port is a port number.
 	Port = "port"
+	// Reason is an event's reason.
+	Reason = "reason"
 	// RetryIn is the delay before a retry.
 	RetryIn = "retryIn"
+	// Regarding is the kind of object an event is about.
+	Regarding = "regarding"
 	// Service names a Service as namespace/name.
 	Service = "service"
 	// Services is a number of Services.
@@ -48,6 +54,8 @@ const (
 	// Sysctl is a sysctl's path; Sysctls lists sysctl names.
 	Sysctl  = "sysctl"
 	Sysctls = "sysctls"
+	// Tries is a number of attempts.
+	Tries = "tries"
 	// Value is the value written; Was the one it replaced.
 	Value = "value"
 	Was   = "was"
