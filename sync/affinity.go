@@ -77,7 +77,7 @@ func appendAffinityReleases(out []model.Key, old, new *model.Part) []model.Key {
 // recorded for still has in the syncer's view of the table.
 func (t *table) affinityValid(e nft.AffinityEntry) bool {
 	k := model.Key{Addr: e.Dst.Addr(), Proto: e.Proto, Port: e.Dst.Port()}
-	if t.claims[model.MapServiceEndpoints][k].elem != nil {
+	if t.claims[model.MapServiceEndpoints].get(k).elem != nil {
 		return t.slotHolds(model.MapServiceEndpoints, k, e.Endpoint)
 	}
 	// Not a Service address: a NodePort, reached on one of the node's addresses.
@@ -88,7 +88,7 @@ func (t *table) affinityValid(e nft.AffinityEntry) bool {
 // without gaps) holds endpoint ep.
 func (t *table) slotHolds(set string, k model.Key, ep netip.AddrPort) bool {
 	for k.Slot = 0; ; k.Slot++ {
-		c := t.claims[set][k]
+		c := t.claims[set].get(k)
 		if c.elem == nil {
 			return false
 		}

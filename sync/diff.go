@@ -178,9 +178,9 @@ func (t *table) diffAll(have readBack, want []*model.Chain, tx *nft.Transaction)
 // ones: the skeleton's (fixed) and, for the other keys, the claimed.
 func (o *elementDiff) set(set string, read [][]model.Element) {
 	fixed, claims := o.t.fixed[set], o.t.claims[set]
-	desired := len(claims)
+	desired := claims.len()
 	for k := range fixed {
-		if claims[k].elem == nil {
+		if claims.get(k).elem == nil {
 			desired++
 		}
 	}
@@ -192,7 +192,7 @@ func (o *elementDiff) set(set string, read [][]model.Element) {
 			k := have.Key()
 			want := fixed[k]
 			if want == nil {
-				want = claims[k].elem
+				want = claims.get(k).elem
 			}
 			switch {
 			case want == nil:
@@ -219,8 +219,11 @@ func (o *elementDiff) set(set string, read [][]model.Element) {
 			o.adds[set] = append(o.adds[set], *e)
 		}
 	}
-	for k, c := range claims {
-		if _, ok := keys[k]; !ok && fixed[k] == nil {
+	for c := range claims.all() {
+		if k := c.elem.Key(); fixed[k] == nil {
+			if _, ok := keys[k]; ok {
+				continue
+			}
 			o.adds[set] = append(o.adds[set], *c.elem)
 		}
 	}

@@ -20,8 +20,9 @@ type table struct {
 	setDefs  map[string]*model.Set
 	parts    map[model.ServiceName]*model.Part
 	// claims records, per set and key, the Services whose Part holds that key: the first by
-	// name, in place (a million endpoints make a million keys), and shared the others.
-	claims map[string]map[model.Key]claim
+	// name, in place (a million endpoints make a million keys; claimMap), and shared the
+	// others.
+	claims map[string]*claimMap
 	shared map[string]map[model.Key][]model.ServiceName
 	// owners numbers the Services with a Part, for claims to name them in four bytes:
 	// ownerIDs gives a Service's number, owners the Service of a number (free when none),
@@ -60,6 +61,7 @@ type table struct {
 type claim struct {
 	elem  *model.Element // the first owner's element, inside its Part; nil: no claim
 	first uint32         // the first owner, by its number in the table's owners
+	tag   uint32         // 32 bits of the key's hash (claimMap)
 }
 
 func newTable(fam model.Family, node model.NodeConfig) *table {
@@ -70,7 +72,7 @@ func newTable(fam model.Family, node model.NodeConfig) *table {
 		skeleton:    sk,
 		setDefs:     map[string]*model.Set{},
 		parts:       map[model.ServiceName]*model.Part{},
-		claims:      map[string]map[model.Key]claim{},
+		claims:      map[string]*claimMap{},
 		shared:      map[string]map[model.Key][]model.ServiceName{},
 		ownerIDs:    map[model.ServiceName]uint32{},
 		twice:       map[model.ServiceName][]string{},
@@ -84,7 +86,7 @@ func newTable(fam model.Family, node model.NodeConfig) *table {
 		def := *set
 		def.Elements = nil
 		t.setDefs[set.Name] = &def
-		t.claims[set.Name] = map[model.Key]claim{}
+		t.claims[set.Name] = newClaimMap(0)
 		fixed := make(map[model.Key]*model.Element, len(set.Elements))
 		for i := range set.Elements {
 			e := &set.Elements[i]
@@ -104,7 +106,7 @@ func (t *table) committedElement(set string, k model.Key) (*model.Element, bool)
 	if e, ok := t.fixed[set][k]; ok {
 		return e, true
 	}
-	if c := t.claims[set][k]; c.elem != nil {
+	if c := t.claims[set].get(k); c.elem != nil {
 		return c.elem, true
 	}
 	return nil, false
@@ -123,7 +125,7 @@ func (t *table) notePrior(set string, k model.Key) {
 		m = map[model.Key]*model.Element{}
 		t.prior[set] = m
 	}
-	m[k] = t.claims[set][k].elem
+	m[k] = t.claims[set].get(k).elem
 }
 
 // markCommitted records that the kernel now holds the desired table: the claims, the
@@ -137,7 +139,7 @@ func (t *table) markCommitted() {
 func (t *table) committedCounts() map[string]int {
 	out := map[string]int{}
 	for name := range t.setDefs {
-		out[name] = len(t.fixed[name]) + len(t.claims[name])
+		out[name] = len(t.fixed[name]) + t.claims[name].len()
 	}
 	return out
 }
@@ -166,8 +168,8 @@ func (t *table) buildAll(services map[model.ServiceName]*model.Service) {
 		}
 	}
 	for set, n := range counts {
-		if len(t.claims[set]) == 0 {
-			t.claims[set] = make(map[model.Key]claim, n)
+		if t.claims[set].len() == 0 {
+			t.claims[set] = newClaimMap(n)
 		}
 	}
 	t.parts = make(map[model.ServiceName]*model.Part, len(services))
@@ -279,10 +281,10 @@ func (t *table) releaseOwner(name model.ServiceName) {
 // claim records that Service name's Part holds e under key k of set.
 func (t *table) claim(set string, k model.Key, name model.ServiceName, e *model.Element) {
 	claims := t.claims[set]
-	c := claims[k]
+	c := claims.get(k)
 	switch {
 	case c.elem == nil:
-		claims[k] = claim{elem: e, first: t.ownerID(name)}
+		claims.put(claim{elem: e, first: t.ownerID(name)})
 		return
 	case t.owners[c.first] == name:
 		// The same Part holds k twice (setPart took the claims of its old Part first): the
@@ -298,7 +300,7 @@ func (t *table) claim(set string, k model.Key, name model.ServiceName, e *model.
 	default:
 		t.addShared(set, k, name)
 	}
-	claims[k] = c
+	claims.put(c)
 }
 
 // addShared adds name to the other owners of key k of set.
@@ -315,7 +317,7 @@ func (t *table) addShared(set string, k model.Key, name model.ServiceName) {
 // already be gone from t.parts.
 func (t *table) unclaim(set string, k model.Key, name model.ServiceName) {
 	claims := t.claims[set]
-	c := claims[k]
+	c := claims.get(k)
 	if c.elem == nil {
 		return
 	}
@@ -324,12 +326,12 @@ func (t *table) unclaim(set string, k model.Key, name model.ServiceName) {
 	case t.owners[c.first] != name:
 		others = slices.DeleteFunc(others, func(n model.ServiceName) bool { return n == name })
 	case len(others) == 0:
-		delete(claims, k)
+		claims.delete(k)
 		return
 	default:
 		next := others[0]
 		others = others[1:]
-		claims[k] = claim{elem: t.parts[next].Element(set, k), first: t.ownerID(next)}
+		claims.put(claim{elem: t.parts[next].Element(set, k), first: t.ownerID(next)})
 	}
 	if len(others) == 0 {
 		delete(t.shared[set], k)
@@ -348,7 +350,7 @@ func insertName(names []model.ServiceName, name model.ServiceName) []model.Servi
 
 // wantElement returns the desired element of set with key k, if any Service claims it.
 func (t *table) wantElement(set string, k model.Key) (model.Element, bool) {
-	if c := t.claims[set][k]; c.elem != nil {
+	if c := t.claims[set].get(k); c.elem != nil {
 		return *c.elem, true
 	}
 	return model.Element{}, false
@@ -356,7 +358,7 @@ func (t *table) wantElement(set string, k model.Key) (model.Element, bool) {
 
 // claimedKeys yields the keys of set that some Service claims, and their number.
 func (t *table) claimedKeys(set string) (iter.Seq[model.Key], int) {
-	return maps.Keys(t.claims[set]), len(t.claims[set])
+	return t.claims[set].keys(), t.claims[set].len()
 }
 
 // desiredSkeleton returns the desired ruleset without the claimed elements: the skeleton's
@@ -370,12 +372,12 @@ func (t *table) desiredSkeleton() *model.Ruleset {
 func (t *table) claimedElements(set string) (iter.Seq[*model.Element], int) {
 	claims := t.claims[set]
 	return func(yield func(*model.Element) bool) {
-		for _, c := range claims {
+		for c := range claims.all() {
 			if !yield(c.elem) {
 				return
 			}
 		}
-	}, len(claims)
+	}, claims.len()
 }
 
 // claimedByPart returns the claimed elements of every set, as claimedElements gives them
@@ -388,7 +390,7 @@ func (t *table) claimedElements(set string) (iter.Seq[*model.Element], int) {
 func (t *table) claimedByPart() map[string][]*model.Element {
 	out := make(map[string][]*model.Element, len(t.claims))
 	for set, claims := range t.claims {
-		out[set] = make([]*model.Element, 0, len(claims))
+		out[set] = make([]*model.Element, 0, claims.len())
 	}
 	for name, p := range t.parts {
 		twiceIn := t.twice[name]
@@ -397,7 +399,7 @@ func (t *table) claimedByPart() map[string][]*model.Element {
 			shared := t.shared[pe.Set]
 			if twice := len(twiceIn) > 0 && slices.Contains(twiceIn, pe.Set); twice || len(shared) > 0 {
 				k := pe.Element.Key()
-				if _, ok := shared[k]; (twice || ok) && t.claims[pe.Set][k].elem != &pe.Element {
+				if _, ok := shared[k]; (twice || ok) && t.claims[pe.Set].get(k).elem != &pe.Element {
 					continue
 				}
 			}

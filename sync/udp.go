@@ -134,7 +134,7 @@ func (s *Syncer) ConntrackRules() []*conntrack.Rules {
 		for _, noEndpoints := range []bool{false, true} {
 			for name, part := range t.parts {
 				wins := func(set string, k model.Key) bool {
-					c := t.claims[set][k]
+					c := t.claims[set].get(k)
 					return isNoEndpointSet(set) == noEndpoints && c.elem != nil && t.owners[c.first] == name
 				}
 				serviceFrontends(fam, s.services[name], part, wins, r.Frontends)

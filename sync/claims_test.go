@@ -1,0 +1,69 @@
+package sync
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+
+	"github.com/nftproxy/nftproxy/model"
+)
+
+// TestClaimMap checks the claims table against a Go map under random puts, replacements and
+// deletions of keys that crowd few addresses and slots (long probe runs, deletions inside
+// them, growth), with IPv4 keys beside their IPv4-mapped IPv6 twins, which are other keys:
+// every claim put is found by its key until deleted, every key deleted or never put is not,
+// and the count and the iteration hold exactly the claims.
+func TestClaimMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	elems := make([]model.Element, 0, 4096)
+	for a := range 8 {
+		v4 := netip.AddrFrom4([4]byte{10, 96, 0, byte(a)})
+		for _, addr := range []netip.Addr{v4, netip.AddrFrom16(v4.As16())} {
+			for slot := range 256 {
+				elems = append(elems, model.Element{Addr: addr, Proto: model.TCP, Port: 80, Slot: uint32(slot)})
+			}
+		}
+	}
+	m := newClaimMap(0)
+	want := map[model.Key]claim{}
+	for step := range 200_000 {
+		e := &elems[rng.IntN(len(elems))]
+		k := e.Key()
+		switch rng.IntN(3) {
+		case 0, 1:
+			c := claim{elem: e, first: uint32(step)}
+			m.put(c)
+			want[k] = c
+		case 2:
+			m.delete(k)
+			delete(want, k)
+		}
+		if step%1000 != 0 {
+			continue
+		}
+		if m.len() != len(want) {
+			t.Fatalf("step %d: len %d, want %d", step, m.len(), len(want))
+		}
+		for i := range elems {
+			k := elems[i].Key()
+			got, w := m.get(k), want[k]
+			if got.elem != w.elem || got.first != w.first {
+				t.Fatalf("step %d: get(%v) = %v/%d, want %v/%d", step, k, got.elem, got.first, w.elem, w.first)
+			}
+		}
+		seen := 0
+		for c := range m.all() {
+			if w, ok := want[c.elem.Key()]; !ok || w.first != c.first {
+				t.Fatalf("step %d: all() yields a claim on %v (first %d) the map does not hold", step, c.elem.Key(), c.first)
+			}
+			seen++
+		}
+		if seen != len(want) {
+			t.Fatalf("step %d: all() yields %d claims, want %d", step, seen, len(want))
+		}
+	}
+	var nilMap *claimMap
+	if nilMap.get(elems[0].Key()).elem != nil || nilMap.len() != 0 {
+		t.Errorf("a nil claimMap holds something")
+	}
+}
