@@ -500,7 +500,7 @@ type sliceEndpoint struct {
 	addr                        netip.Addr
 	ready, serving, terminating bool
 	nodeName                    string
-	zoneHints, nodeHints        []string
+	hints                       *model.Hints
 }
 
 // parsedSlice is the usable content of one EndpointSlice.
@@ -589,12 +589,13 @@ func parseSlice(es *discoveryv1.EndpointSlice) (parsedSlice, error) {
 		if ep.NodeName != nil {
 			se.nodeName = *ep.NodeName
 		}
-		if h := ep.Hints; h != nil {
+		if h := ep.Hints; h != nil && len(h.ForZones)+len(h.ForNodes) > 0 {
+			se.hints = &model.Hints{}
 			for _, z := range h.ForZones {
-				se.zoneHints = append(se.zoneHints, z.Name)
+				se.hints.Zones = append(se.hints.Zones, z.Name)
 			}
 			for _, n := range h.ForNodes {
-				se.nodeHints = append(se.nodeHints, n.Name)
+				se.hints.Nodes = append(se.hints.Nodes, n.Name)
 			}
 		}
 		ps.endpoints = append(ps.endpoints, se)
@@ -634,8 +635,7 @@ func portEndpoints(sp model.ServicePort, eps []parsedSlice) []model.Endpoint {
 				Serving:     se.serving,
 				Terminating: se.terminating,
 				NodeName:    se.nodeName,
-				ZoneHints:   se.zoneHints,
-				NodeHints:   se.nodeHints,
+				Hints:       se.hints,
 			})
 		}
 	}

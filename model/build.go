@@ -422,10 +422,20 @@ func (b *builder) topology(eps []Endpoint) []Endpoint {
 		}
 		return out
 	}
-	if out := narrow(b.node.NodeName, func(ep Endpoint) []string { return ep.NodeHints }); len(out) > 0 {
+	if out := narrow(b.node.NodeName, func(ep Endpoint) []string {
+		if ep.Hints == nil {
+			return nil
+		}
+		return ep.Hints.Nodes
+	}); len(out) > 0 {
 		return out
 	}
-	if out := narrow(b.node.Zone, func(ep Endpoint) []string { return ep.ZoneHints }); len(out) > 0 {
+	if out := narrow(b.node.Zone, func(ep Endpoint) []string {
+		if ep.Hints == nil {
+			return nil
+		}
+		return ep.Hints.Zones
+	}); len(out) > 0 {
 		return out
 	}
 	return eps

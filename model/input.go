@@ -129,10 +129,15 @@ type Endpoint struct {
 	Terminating bool
 	// NodeName is the node the endpoint runs on, "" when unknown.
 	NodeName string
-	// ZoneHints and NodeHints are the EndpointSlice's hints.forZones and hints.forNodes: the
-	// zones and nodes whose proxies should prefer this endpoint. Nil when it has none.
-	ZoneHints []string
-	NodeHints []string
+	// Hints are the EndpointSlice's hints, nil when it has none (a pointer: few endpoints
+	// have hints, and the conversions of every endpoint are kept).
+	Hints *Hints
+}
+
+// Hints are an endpoint's topology hints: the zones (hints.forZones) and nodes
+// (hints.forNodes) whose proxies should prefer it.
+type Hints struct {
+	Zones, Nodes []string
 }
 
 // NodeConfig is this node's configuration for one family: flags and facts about the node that
