@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -266,5 +267,59 @@ func TestStreamListErrors(t *testing.T) {
 	cancel()
 	if _, err := streamList(ctx, c.Core, "services", metav1.ListOptions{}, &serviceList{}); err == nil {
 		t.Error("a cancelled LIST succeeded")
+	}
+}
+
+// TestNodeResource checks the requests that fill and follow the Node cache: a list and a
+// watch of /api/v1/nodes selecting this node by name (a proxy must not cache every Node of a
+// large cluster), carrying the reflector's resource version, and the watch's timeout.
+func TestNodeResource(t *testing.T) {
+	var mu sync.Mutex
+	var got []*http.Request
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r)
+		mu.Unlock()
+		w.Header().Set("Content-Type", runtime.ContentTypeJSON)
+		if r.URL.Query().Get("watch") == "true" {
+			w.WriteHeader(http.StatusOK) // a watch that ends at once
+			return
+		}
+		fmt.Fprint(w, `{"apiVersion":"v1","kind":"NodeList","metadata":{"resourceVersion":"7"},"items":[{"metadata":{"name":"node-0"}}]}`)
+	}))
+	defer srv.Close()
+	c := listClient(t, srv, runtime.ContentTypeJSON)
+	res := nodeResource(c.Core, "node-0")
+	obj, err := res.list(t.Context(), metav1.ListOptions{ResourceVersion: "0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, ok := obj.(*corev1.NodeList); !ok || len(l.Items) != 1 || l.Items[0].Name != "node-0" || l.ResourceVersion != "7" {
+		t.Errorf("list gave %#v, want the NodeList of node-0 at resource version 7", obj)
+	}
+	timeout := int64(300)
+	w, err := res.watch(t.Context(), metav1.ListOptions{ResourceVersion: "7", TimeoutSeconds: &timeout, AllowWatchBookmarks: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Stop()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 {
+		t.Fatalf("%d requests, want a list and a watch", len(got))
+	}
+	for i, want := range []map[string]string{
+		{"fieldSelector": "metadata.name=node-0", "resourceVersion": "0", "watch": ""},
+		{"fieldSelector": "metadata.name=node-0", "resourceVersion": "7", "watch": "true", "timeoutSeconds": "300", "allowWatchBookmarks": "true"},
+	} {
+		r := got[i]
+		if r.Method != http.MethodGet || r.URL.Path != "/api/v1/nodes" {
+			t.Errorf("request %d: %s %s, want GET /api/v1/nodes", i, r.Method, r.URL.Path)
+		}
+		for k, v := range want {
+			if g := r.URL.Query().Get(k); g != v {
+				t.Errorf("request %d: %s=%q, want %q (%s)", i, k, g, v, r.URL.RawQuery)
+			}
+		}
 	}
 }

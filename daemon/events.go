@@ -15,6 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/uuid"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/rest"
 
 	"github.com/nftproxy/nftproxy/cluster"
@@ -71,7 +73,9 @@ const (
 // eventWriter is the EventRecorder of a proxy reading the API server: it writes each event as
 // an events.k8s.io/v1 Event, as kube-proxy's recorder does (the same name, namespace, type,
 // reporting controller and instance), from a queue that one goroutine (Run) empties, so that
-// recording never waits for the API server.
+// recording never waits for the API server. Events are written one at a time: while the API
+// server cannot be reached, the first waits (up to eventTries) and the others wait behind it,
+// rather than each giving up on its own as client-go's do.
 //
 // It takes the place of client-go's events library, which links a client of every API group
 // (about 10 MB of resident memory; see package kubeclient). What it leaves out, nftproxy does
@@ -111,7 +115,7 @@ func (w *eventWriter) Eventf(regarding, related runtime.Object, eventtype, reaso
 		ns = metav1.NamespaceDefault // events about cluster-scoped objects, as client-go's
 	}
 	ev := &eventsv1.Event{
-		ObjectMeta:          metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", ref.Name, now.UnixNano()), Namespace: ns},
+		ObjectMeta:          metav1.ObjectMeta{Name: eventName(ref.Name, now), Namespace: ns},
 		EventTime:           metav1.NewMicroTime(now),
 		ReportingController: reportingController,
 		ReportingInstance:   w.instance,
@@ -149,8 +153,10 @@ func (w *eventWriter) write(ctx context.Context, ev *eventsv1.Event) {
 		if err == nil {
 			return
 		}
+		// Not sent again: what the API server refused, and a request that cannot be made.
 		var status apierrors.APIStatus
-		if errors.As(err, &status) || try == eventTries {
+		var construction *rest.RequestConstructionError
+		if errors.As(err, &status) || errors.As(err, &construction) || try == eventTries {
 			w.log.Error("event not written", logkey.Reason, ev.Reason, logkey.Note, ev.Note, logkey.Error, err, logkey.Tries, try)
 			return
 		}
@@ -160,6 +166,17 @@ func (w *eventWriter) write(ctx context.Context, ev *eventsv1.Event) {
 		case <-time.After(w.retry):
 		}
 	}
+}
+
+// eventName names an event about the object named name, as client-go's recorder does: the
+// name and the time, in hexadecimal nanoseconds, unless that is no valid object name (a Node
+// or EndpointSlice name may take up to 253 characters), then a random UUID.
+func eventName(name string, at time.Time) string {
+	out := fmt.Sprintf("%s.%x", name, at.UnixNano())
+	if len(validation.IsDNS1123Subdomain(out)) > 0 {
+		return string(uuid.NewUUID())
+	}
+	return out
 }
 
 // truncateNote cuts note to the API server's limit, at a character's start.

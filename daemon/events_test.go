@@ -18,6 +18,7 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/events"
 
@@ -164,5 +165,20 @@ func TestEventWriter(t *testing.T) {
 	defer srv.mu.Unlock()
 	if srv.n != 4 {
 		t.Errorf("%d requests, want 4: the Service event twice (first unanswered), the refused Node event once, the last", srv.n)
+	}
+}
+
+// TestEventName checks that an event's name is the object's and the time's, as client-go's,
+// and still a valid object name when the object's name is as long as a name may be (a Node's
+// or an EndpointSlice's: 253 characters), which the API server would otherwise refuse.
+func TestEventName(t *testing.T) {
+	at := time.Unix(0, 0x18eef060d21c4000)
+	if got := eventName("node-0", at); got != "node-0.18eef060d21c4000" {
+		t.Errorf("eventName(node-0) = %q, want node-0.18eef060d21c4000", got)
+	}
+	long := strings.Repeat("a", 253)
+	got := eventName(long, at)
+	if errs := validation.IsDNS1123Subdomain(got); len(errs) > 0 || got == eventName(long, at) {
+		t.Errorf("eventName of a 253-character name = %q: %v (want a valid name, another each time)", got, errs)
 	}
 }

@@ -7,7 +7,8 @@
 // type: linked into the proxy they cost about 10 MB of resident memory on every node (the
 // code and type data of forty-odd API groups the proxy never reads) and their start-up
 // registration. The clients here are what the Clientset's three would be: same paths,
-// serializers, user agent and shared rate limiter.
+// serializers, user agent and shared rate limiter; the content type is the configuration's
+// (the daemon asks for protobuf, as kube-proxy does).
 package kubeclient
 
 import (
@@ -57,6 +58,9 @@ type Client struct {
 // client and, when cfg sets QPS without a rate limiter, one token bucket of QPS and Burst.
 func New(cfg *rest.Config) (*Client, error) {
 	c := *cfg
+	if c.UserAgent == "" {
+		c.UserAgent = rest.DefaultKubernetesUserAgent() // before the HTTP client, which sends it
+	}
 	if c.RateLimiter == nil && c.QPS > 0 {
 		if c.Burst <= 0 {
 			return nil, fmt.Errorf("kubernetes client: a QPS of %v needs a burst greater than 0", c.QPS)
@@ -90,8 +94,5 @@ func groupClient(c rest.Config, hc *http.Client, apiPath string, gv schema.Group
 	c.APIPath = apiPath
 	c.GroupVersion = &gv
 	c.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(Scheme, Codecs).WithoutConversion()
-	if c.UserAgent == "" {
-		c.UserAgent = rest.DefaultKubernetesUserAgent()
-	}
 	return rest.RESTClientForConfigAndClient(&c, hc)
 }
