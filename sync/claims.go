@@ -11,10 +11,10 @@ import (
 
 // claimMap holds the claims on the keys of one set: a hash table of claims alone, each found by
 // the key of its element. A Go map of the same claims keeps the key beside each claim (a
-// 32-byte model.Key, a 16-byte claim and the map's own overhead: about 60 bytes an entry),
-// where the key is already in the claimed element. Here an entry is the claim itself, 16
-// bytes, in a table at most 80% full: at 10,000 Services x 10 endpoints, 3 MB for the
-// table's 155,000 claims instead of 10-13 MB.
+// 32-byte model.Key, a 16-byte claim and the map's own overhead), where the key is already in
+// the claimed element. Here an entry is the claim itself, 16 bytes, in a table at most 70%
+// full: at 10,000 Services x 10 endpoints the table's claims took about 10 MB as Go maps and
+// take 4.6 MB here (BenchmarkKernelColdSync's heap after the sync: 57.9 -> 52.5 MB).
 //
 // It is an open-addressing table with linear probing, deleted entries shifted back into
 // place (no tombstones), its size a power of two, at most 70% full. Each claim carries 32

@@ -11,16 +11,18 @@ import (
 // TestClaimMap checks the claims table against a Go map under random puts, replacements and
 // deletions of keys that crowd few addresses and slots (long probe runs, deletions inside
 // them, growth), with IPv4 keys beside their IPv4-mapped IPv6 twins, which are other keys:
-// every claim put is found by its key until deleted, every key deleted or never put is not,
-// and the count and the iteration hold exactly the claims.
+// every claim put is found by its key until deleted or replaced (by another element of the
+// same key: another Service's, as a claim passes from one owner to the next), every key
+// deleted or never put is not, and the count and the iteration hold exactly the claims.
 func TestClaimMap(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	elems := make([]model.Element, 0, 4096)
+	elems := make([]model.Element, 0, 4096) // twins: elems[i] and elems[i^1] share a key
 	for a := range 8 {
 		v4 := netip.AddrFrom4([4]byte{10, 96, 0, byte(a)})
 		for _, addr := range []netip.Addr{v4, netip.AddrFrom16(v4.As16())} {
 			for slot := range 256 {
-				elems = append(elems, model.Element{Addr: addr, Proto: model.TCP, Port: 80, Slot: uint32(slot)})
+				e := model.Element{Addr: addr, Proto: model.TCP, Port: 80, Slot: uint32(slot)}
+				elems = append(elems, e, e)
 			}
 		}
 	}
@@ -47,7 +49,7 @@ func TestClaimMap(t *testing.T) {
 		for i := range elems {
 			k := elems[i].Key()
 			got, w := m.get(k), want[k]
-			if got.elem != w.elem || got.first != w.first {
+			if got.elem != w.elem || got.first != w.first { // the same element, not its twin
 				t.Fatalf("step %d: get(%v) = %v/%d, want %v/%d", step, k, got.elem, got.first, w.elem, w.first)
 			}
 		}

@@ -331,7 +331,11 @@ func (t *table) unclaim(set string, k model.Key, name model.ServiceName) {
 	default:
 		next := others[0]
 		others = others[1:]
-		claims.put(claim{elem: t.parts[next].Element(set, k), first: t.ownerID(next)})
+		if e := t.parts[next].Element(set, k); e != nil {
+			claims.put(claim{elem: e, first: t.ownerID(next)})
+		} else {
+			claims.delete(k) // not reached: a Service is shared on the keys its Part holds
+		}
 	}
 	if len(others) == 0 {
 		delete(t.shared[set], k)
