@@ -406,12 +406,8 @@ var wantGrants = func() map[grant]bool {
 			m[grant{gr[0], gr[1], v}] = true
 		}
 	}
-	// client-go's event recorders (core/v1 and events.k8s.io/v1) only create and patch.
-	for _, group := range []string{"", "events.k8s.io"} {
-		for _, v := range []string{"create", "patch"} {
-			m[grant{group, "events", v}] = true
-		}
-	}
+	// nftproxy's event writer only creates events.k8s.io/v1 Events.
+	m[grant{"events.k8s.io", "events", "create"}] = true
 	return m
 }()
 
