@@ -406,13 +406,16 @@ func (b *builder) topology(eps []Endpoint) []Endpoint {
 	if len(eps) == 0 {
 		return eps
 	}
-	narrow := func(want string, hints func(Endpoint) []string) []Endpoint {
+	narrow := func(want string, hints func(*Hints) []string) []Endpoint {
 		if want == "" {
 			return nil
 		}
 		var out []Endpoint
 		for _, ep := range eps {
-			h := hints(ep)
+			if ep.Hints == nil {
+				return nil
+			}
+			h := hints(ep.Hints)
 			if len(h) == 0 {
 				return nil
 			}
@@ -422,20 +425,10 @@ func (b *builder) topology(eps []Endpoint) []Endpoint {
 		}
 		return out
 	}
-	if out := narrow(b.node.NodeName, func(ep Endpoint) []string {
-		if ep.Hints == nil {
-			return nil
-		}
-		return ep.Hints.Nodes
-	}); len(out) > 0 {
+	if out := narrow(b.node.NodeName, func(h *Hints) []string { return h.Nodes }); len(out) > 0 {
 		return out
 	}
-	if out := narrow(b.node.Zone, func(ep Endpoint) []string {
-		if ep.Hints == nil {
-			return nil
-		}
-		return ep.Hints.Zones
-	}); len(out) > 0 {
+	if out := narrow(b.node.Zone, func(h *Hints) []string { return h.Zones }); len(out) > 0 {
 		return out
 	}
 	return eps
