@@ -162,7 +162,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.mu.Lock()
 	p.started = time.Now()
 	p.mu.Unlock()
-	prefetch(p.Backend)
 	changed := p.signal()
 	period := p.SyncPeriod
 	if period <= 0 {
@@ -213,17 +212,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 			wait := max(p.MinSyncPeriod, minRetryDelay)
 			retry, retryAt = time.After(wait), time.Now().Add(wait)
 		}
-	}
-}
-
-// prefetch has backend start reading the endpoint maps of both tables, the bulk of what the
-// first (full) sync reads back, while the sources are still listing the cluster. A restarted
-// proxy finds its tables in place; the first sync uses what was read if nothing committed
-// since.
-func prefetch(backend nft.Backend) {
-	if pf, ok := backend.(nft.Prefetcher); ok {
-		pf.Prefetch(model.IPv4)
-		pf.Prefetch(model.IPv6)
 	}
 }
 

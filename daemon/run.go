@@ -16,6 +16,7 @@ import (
 	"github.com/nftproxy/nftproxy/conntrack"
 	"github.com/nftproxy/nftproxy/internal/kubeclient"
 	"github.com/nftproxy/nftproxy/internal/logkey"
+	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
 	"github.com/nftproxy/nftproxy/sync"
 )
@@ -80,6 +81,11 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 		<-errc
 		return err
 	}
+	// A restarted proxy finds its tables in place: their endpoint maps, the bulk of what the
+	// first (full) sync reads back, are read meanwhile too. The kernel check commits nothing,
+	// so what is read stays current.
+	backend.Prefetch(model.IPv4)
+	backend.Prefetch(model.IPv6)
 	if err := checkKernel(backend, log); err != nil {
 		return abort(err)
 	}
