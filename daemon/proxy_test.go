@@ -49,7 +49,7 @@ func newTestProxy(fake *nft.Fake) *Proxy {
 
 // endpointSlot is how the table shows the Service's one endpoint.
 func endpointSlot(ep string) string {
-	return `10.96.0.10 . tcp . 80 . 0 comment "default/web:http" : ` + ep + ` . 8080`
+	return `10.96.0.10 . tcp . 80 . 0 : ` + ep + ` . 8080`
 }
 
 func TestProxySyncOnce(t *testing.T) {

@@ -32,8 +32,8 @@ type tableDiff struct {
 // (got, nil when there is none), line by line within each group, and returns the groups
 // that differ: the skeleton, then the shared chains, then Services by name.
 func diffTables(want, got *model.Ruleset) []tableDiff {
-	owners := addressOwners(want, got)
-	a, b := groupLines(want, owners), groupLines(got, owners)
+	o := elementOwners(want, got)
+	a, b := groupLines(want, o), groupLines(got, o)
 	names := make([]string, 0, len(a)+len(b))
 	for g := range a {
 		names = append(names, g)
@@ -71,16 +71,26 @@ func compareGroups(x, y string) int {
 	return cmp.Or(cmp.Compare(rank(x), rank(y)), strings.Compare(x, y))
 }
 
-// addressOwners maps the addresses of the Services' elements (their frontends and endpoints)
-// to the Service, so that the elements without a comment (ClusterIPs, hairpin pairs) can be
-// attributed. An address of several Services goes to the first by name.
-func addressOwners(tables ...*model.Ruleset) map[netip.Addr]string {
-	owners := map[netip.Addr]string{}
+// owners attributes the elements without a comment (ClusterIPs, hairpin pairs, endpoint
+// slots) to Services, by the addresses and the frontends of the elements with one.
+type owners struct {
+	// addrs maps the addresses of the Services' elements (their frontends and endpoints)
+	// to the Service; an address of several Services goes to the first by name.
+	addrs map[netip.Addr]string
+	// frontends maps the keys of the Services' frontends (address, protocol and port, or
+	// protocol and NodePort) to the Service: an endpoint slot's key is its frontend's and
+	// a slot number.
+	frontends map[model.Key]string
+}
+
+// elementOwners collects the owners of tables' elements.
+func elementOwners(tables ...*model.Ruleset) owners {
+	o := owners{addrs: map[netip.Addr]string{}, frontends: map[model.Key]string{}}
 	own := func(a netip.Addr, svc string) {
-		if cur, ok := owners[a]; !a.IsValid() || ok && cur <= svc {
+		if cur, ok := o.addrs[a]; !a.IsValid() || ok && cur <= svc {
 			return
 		}
-		owners[a] = svc
+		o.addrs[a] = svc
 	}
 	for _, rs := range tables {
 		if rs == nil {
@@ -92,6 +102,9 @@ func addressOwners(tables ...*model.Ruleset) map[netip.Addr]string {
 				if !ok {
 					continue
 				}
+				if slices.Contains(s.Key, model.KeyProto) {
+					o.frontends[e.Key()] = svc
+				}
 				if slices.Contains(s.Key, model.KeyAddr) {
 					own(e.Addr, svc)
 				}
@@ -101,7 +114,20 @@ func addressOwners(tables ...*model.Ruleset) map[netip.Addr]string {
 			}
 		}
 	}
-	return owners
+	return o
+}
+
+// of returns the Service an element of set s without a comment belongs to, if any.
+func (o owners) of(s *model.Set, e model.Element) (string, bool) {
+	if slices.Contains(s.Key, model.KeySlot) {
+		f := e.Key()
+		f.Slot = 0
+		if svc, ok := o.frontends[f]; ok {
+			return svc, true
+		}
+	}
+	svc, ok := o.addrs[e.Addr]
+	return svc, ok
 }
 
 // elementService returns the Service ("namespace/name") an element's comment names.
@@ -112,7 +138,7 @@ func elementService(e model.Element) (string, bool) {
 
 // groupLines splits a table into lines by group: each element on a line of its own, as
 // `nft add element` takes it, sorted within its set; each chain as `nft list table` prints it.
-func groupLines(rs *model.Ruleset, owners map[netip.Addr]string) map[string][]string {
+func groupLines(rs *model.Ruleset, o owners) map[string][]string {
 	groups := map[string][]string{}
 	if rs == nil {
 		return groups
@@ -129,7 +155,7 @@ func groupLines(rs *model.Ruleset, owners map[netip.Addr]string) map[string][]st
 		for _, e := range s.Elements {
 			g, ok := elementService(e)
 			if !ok {
-				g, ok = owners[e.Addr]
+				g, ok = o.of(s, e)
 			}
 			if !ok {
 				g = groupSkeleton

@@ -13,7 +13,8 @@ import (
 // TestDiffTables: a table equal to the cluster's gives no diff; a kernel table with an
 // endpoint of one Service changed, a ClusterIP of another missing and a shared chain gone
 // gives one group per Service and one for the shared chains, each a unified diff of
-// exactly the lines that differ, attributed by element comment or by address.
+// exactly the lines that differ, attributed by element comment, by frontend (endpoint slots,
+// a NodePort's too) or by address.
 func TestDiffTables(t *testing.T) {
 	render := func() *model.Ruleset {
 		t.Helper()
@@ -36,8 +37,15 @@ func TestDiffTables(t *testing.T) {
 	got := render()
 	eps := got.Set(model.MapServiceEndpoints)
 	for i, e := range eps.Elements {
-		if e.Comment == "default/sticky:p" && e.Slot == 1 {
+		if e.Addr == netip.MustParseAddr("10.96.0.110") && e.Slot == 1 {
 			eps.Elements[i].Endpoint = netip.MustParseAddrPort("10.244.9.9:8080")
+		}
+	}
+	// A NodePort's slot (no address in its key) goes with the Service its frontend names.
+	nps := got.Set(model.MapNodePortEndpoints)
+	for i, e := range nps.Elements {
+		if e.Port == 30111 && e.Slot == 1 {
+			nps.Elements[i].Endpoint = netip.MustParseAddrPort("10.244.9.9:8080")
 		}
 	}
 	ips := got.Set(model.SetClusterIPs)
@@ -49,17 +57,20 @@ func TestDiffTables(t *testing.T) {
 	for _, d := range diffs {
 		groups = append(groups, d.Group)
 	}
-	if !slices.Equal(groups, []string{groupShared, "default/plain", "default/sticky"}) {
-		t.Fatalf("groups that differ: %q, want (shared chains), default/plain, default/sticky", groups)
+	if !slices.Equal(groups, []string{groupShared, "default/plain", "default/sticky", "default/sticky-short"}) {
+		t.Fatalf("groups that differ: %q, want (shared chains), default/plain, default/sticky, default/sticky-short", groups)
+	}
+	if want := "+element ip nftproxy nodeport-endpoints { tcp . 30111 . 1 : 10.244.9.9 . 8080 }\n"; !strings.Contains(diffs[3].Diff, want) {
+		t.Errorf("default/sticky-short diff lacks its NodePort slot (%q):\n%s", want, diffs[3].Diff)
 	}
 	wantSticky := `--- cluster
 +++ kernel
 @@ -1,5 +1,5 @@
  element ip nftproxy cluster-ips { 10.96.0.110 }
  element ip nftproxy service-ips { 10.96.0.110 . tcp . 80 comment "default/sticky:p" : goto cluster-tcp-2-affinity-10800 }
- element ip nftproxy service-endpoints { 10.96.0.110 . tcp . 80 . 0 comment "default/sticky:p" : 10.244.2.110 . 8080 }
--element ip nftproxy service-endpoints { 10.96.0.110 . tcp . 80 . 1 comment "default/sticky:p" : 10.244.3.110 . 8080 }
-+element ip nftproxy service-endpoints { 10.96.0.110 . tcp . 80 . 1 comment "default/sticky:p" : 10.244.9.9 . 8080 }
+ element ip nftproxy service-endpoints { 10.96.0.110 . tcp . 80 . 0 : 10.244.2.110 . 8080 }
+-element ip nftproxy service-endpoints { 10.96.0.110 . tcp . 80 . 1 : 10.244.3.110 . 8080 }
++element ip nftproxy service-endpoints { 10.96.0.110 . tcp . 80 . 1 : 10.244.9.9 . 8080 }
  element ip nftproxy affinity-services { 10.96.0.110 . tcp . 80 comment "default/sticky:p" : goto affinity-record-tcp-10800 }
 `
 	if diffs[2].Diff != wantSticky {
