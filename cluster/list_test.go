@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
@@ -91,6 +92,19 @@ func trimmedItems[T any](items []T) []any {
 	var out []any
 	for i := range items {
 		o, err := trimObject(any(&items[i]))
+		if err != nil {
+			panic(err)
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
+// trimmedPtrs is trimmedItems of a list of pointers.
+func trimmedPtrs[T any](items []*T) []any {
+	var out []any
+	for _, it := range items {
+		o, err := trimObject(any(it))
 		if err != nil {
 			panic(err)
 		}
@@ -175,11 +189,11 @@ func TestStreamList(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", ct, err)
 		}
-		gs := got.(*corev1.ServiceList)
+		gs := got.(*objectList[corev1.Service, *corev1.Service])
 		if gs.ResourceVersion != "4711" || gs.Continue != "next-page" {
 			t.Errorf("%s: Service list metadata %+v, want resource version 4711, continue next-page", ct, gs.ListMeta)
 		}
-		if items := trimmedItems(gs.Items); !reflect.DeepEqual(items, wantSvcs) {
+		if items := trimmedPtrs(gs.Items); !reflect.DeepEqual(items, wantSvcs) {
 			t.Errorf("%s: streamed Services differ from the trimmed list: first %+v, want %+v", ct, items[0], wantSvcs[0])
 		}
 		if s := gs.Items[1]; s.Annotations != nil || s.ManagedFields != nil || s.Spec.Selector != nil ||
@@ -191,11 +205,11 @@ func TestStreamList(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", ct, err)
 		}
-		ge := got.(*discoveryv1.EndpointSliceList)
+		ge := got.(*objectList[discoveryv1.EndpointSlice, *discoveryv1.EndpointSlice])
 		if ge.ResourceVersion != "4712" {
 			t.Errorf("%s: EndpointSlice list resource version %q, want 4712", ct, ge.ResourceVersion)
 		}
-		items := trimmedItems(ge.Items)
+		items := trimmedPtrs(ge.Items)
 		if len(items) != len(wantSlices) {
 			t.Fatalf("%s: %d slices, want %d", ct, len(items), len(wantSlices))
 		}
@@ -210,8 +224,49 @@ func TestStreamList(t *testing.T) {
 			es.Endpoints[3].Hints == nil || es.Endpoints[3].Addresses[0] != "10.244.11.4" {
 			t.Errorf("%s: a streamed slice kept what is dropped or lost what is read: %+v", ct, es)
 		}
-		if at, ok := ParseTriggerTime(&ge.Items[10]); !ok || !at.Equal(time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)) {
+		if at, ok := ParseTriggerTime(ge.Items[10]); !ok || !at.Equal(time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)) {
 			t.Errorf("%s: the trigger time did not survive: %v", ct, ge.Items[10].Annotations)
+		}
+	}
+}
+
+// TestStreamListItemsKept checks that the items of a streamed list reach the informer's
+// store as they were decoded: client-go's reflector takes them from the list with
+// meta.ExtractListWithAlloc, which copies each item of a list of values into an allocation of
+// its own (at 10,000 Services, 6 MB of garbage at once) but takes runtime.Objects as they are.
+func TestStreamListItemsKept(t *testing.T) {
+	svcs, slices := listObjects()
+	ls := &listServer{objs: map[string]runtime.Object{"services": svcs, "endpointslices": slices}}
+	srv := httptest.NewServer(ls)
+	defer srv.Close()
+	c := listClient(t, srv, runtime.ContentTypeProtobuf)
+	for _, r := range []struct {
+		rc       rest.Interface
+		resource string
+		into     listInto
+	}{{c.Core, "services", &serviceList{}}, {c.Discovery, "endpointslices", &sliceList{}}} {
+		got, err := streamList(t.Context(), r.rc, r.resource, metav1.ListOptions{}, r.into)
+		if err != nil {
+			t.Fatal(err)
+		}
+		items, err := meta.ExtractListWithAlloc(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		listed := reflect.ValueOf(got).Elem().FieldByName("Items")
+		if len(items) != 600 || listed.Len() != len(items) {
+			t.Fatalf("%s: %d items extracted of %d listed, want 600", r.resource, len(items), listed.Len())
+		}
+		for i, it := range items {
+			if it != listed.Index(i).Interface() {
+				t.Fatalf("%s: item %d was copied on its way to the store", r.resource, i)
+			}
+		}
+		if _, err := meta.ListAccessor(got); err != nil {
+			t.Errorf("%s: the reflector cannot read the list's metadata: %v", r.resource, err)
+		}
+		if cp := got.DeepCopyObject(); !reflect.DeepEqual(cp, got) {
+			t.Errorf("%s: a deep copy differs", r.resource)
 		}
 	}
 }
@@ -226,9 +281,9 @@ func TestStreamListErrors(t *testing.T) {
 	srv := httptest.NewServer(ls)
 	defer srv.Close()
 	c := listClient(t, srv, runtime.ContentTypeProtobuf)
-	list := func() (*corev1.ServiceList, error) {
+	list := func() (*objectList[corev1.Service, *corev1.Service], error) {
 		got, err := streamList(t.Context(), c.Core, "services", metav1.ListOptions{}, &serviceList{})
-		l, _ := got.(*corev1.ServiceList)
+		l, _ := got.(*objectList[corev1.Service, *corev1.Service])
 		return l, err
 	}
 
