@@ -3,6 +3,7 @@ package daemon
 import (
 	"log/slog"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 
@@ -29,6 +30,16 @@ import (
 // start's memory returned to the system at once (debug.FreeOSMemory): RSS then fell to 144
 // MB, only to climb back to 171 MB over the next minutes as the heap filled its target.
 const steadyGCPercent = 50
+
+// collectBeforeFirstSync is what the daemon does between listing the cluster and its first
+// sync: a garbage collection. Listing leaves its garbage in the heap (the response's buffers,
+// each object as decoded before it was trimmed), and the first sync, which builds every
+// Service's Part and claims (and, in a restart, reads the tables back), allocated on top of
+// it up to the collector's target, twice what was live at the last collection during the
+// LIST. Collected first, the sync reuses that memory. Peak RSS at 10,000 Services x 10
+// endpoints (probe, 5 rounds): 142 -> 139 MB for a first start, 160 -> 147 MB for a restart
+// with its tables in place; the collection costs about 20 ms, within the start's noise.
+func collectBeforeFirstSync() { runtime.GC() }
 
 // settleMemory is what the daemon does once its first sync succeeded: it sets the garbage
 // collector's target to steadyGCPercent, unless the operator set GOGC.

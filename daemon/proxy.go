@@ -55,6 +55,10 @@ type Proxy struct {
 	NodeRequired bool
 	// Events, when set, receives the events about Services that cannot be proxied.
 	Events EventRecorder
+	// BeforeFirstSync, when set, is called before each sync until one succeeds, once the
+	// changes are converted (the daemon collects the garbage of listing the cluster:
+	// collectBeforeFirstSync).
+	BeforeFirstSync func()
 	// AfterFirstSync, when set, is called once, after the first sync that succeeds (the
 	// daemon sets its garbage collector's steady target: settleMemory).
 	AfterFirstSync func()
@@ -246,6 +250,9 @@ func (p *Proxy) SyncOnce() error {
 	if err != nil {
 		p.recordSync(time.Now(), 0, false, sync.SyncResult{}, err)
 		return err
+	}
+	if !p.synced && p.BeforeFirstSync != nil {
+		p.BeforeFirstSync()
 	}
 	start := time.Now()
 	res, err := p.syncer.Sync()

@@ -55,8 +55,14 @@ func endpointSlot(ep string) string {
 func TestProxySyncOnce(t *testing.T) {
 	fake := nft.NewFake(1)
 	p := newTestProxy(fake)
-	firstSyncs := 0
+	firstSyncs, beforeFirst := 0, 0
 	p.AfterFirstSync = func() { firstSyncs++ }
+	p.BeforeFirstSync = func() {
+		beforeFirst++
+		if fake.Calls != beforeFirst-1 {
+			t.Errorf("BeforeFirstSync ran after %d commits, before attempt %d", fake.Calls, beforeFirst)
+		}
+	}
 	if err := p.SyncOnce(); err != nil || fake.Calls != 0 {
 		t.Fatalf("before any snapshot: err=%v, %d commits; want nothing", err, fake.Calls)
 	}
@@ -91,6 +97,9 @@ func TestProxySyncOnce(t *testing.T) {
 	}
 	if got := fake.Render(model.IPv4); !strings.Contains(got, endpointSlot("10.244.1.3")) || strings.Contains(got, "10.244.1.2") {
 		t.Errorf("after the endpoint moved the table is:\n%s", got)
+	}
+	if beforeFirst != 2 {
+		t.Errorf("BeforeFirstSync ran %d times, around a failed first sync and its retry; want twice", beforeFirst)
 	}
 	if firstSyncs != 1 {
 		t.Errorf("AfterFirstSync ran %d times over three successful syncs; want once", firstSyncs)
