@@ -142,9 +142,12 @@ type objectList[T any, P interface {
 
 // DeepCopyObject implements runtime.Object.
 func (l *objectList[T, P]) DeepCopyObject() runtime.Object {
-	out := &objectList[T, P]{TypeMeta: l.TypeMeta, ListMeta: *l.ListMeta.DeepCopy(), Items: make([]P, len(l.Items))}
-	for i, it := range l.Items {
-		out.Items[i] = it.DeepCopyObject().(P)
+	out := &objectList[T, P]{TypeMeta: l.TypeMeta, ListMeta: *l.ListMeta.DeepCopy()}
+	if l.Items != nil {
+		out.Items = make([]P, len(l.Items))
+		for i, it := range l.Items {
+			out.Items[i] = it.DeepCopyObject().(P)
+		}
 	}
 	return out
 }
@@ -174,6 +177,8 @@ func (l *serviceList) decodeWhole(data []byte) error {
 	}
 	l.TypeMeta, l.ListMeta = whole.TypeMeta, whole.ListMeta
 	l.Items = make([]*corev1.Service, 0, len(whole.Items))
+	// Each Service a copy of its own (trimmed, 640 bytes), not a pointer into the array of
+	// the decoded list, which would stay whole as long as any of them is cached.
 	for _, svc := range whole.Items {
 		trimObject(&svc)
 		l.Items = append(l.Items, &svc)
@@ -210,6 +215,7 @@ func (l *sliceList) decodeWhole(data []byte) error {
 	}
 	l.TypeMeta, l.ListMeta = whole.TypeMeta, whole.ListMeta
 	l.Items = make([]*discoveryv1.EndpointSlice, len(whole.Items))
+	// compactSlice copies each into a slice of its own.
 	for i := range whole.Items {
 		l.Items[i] = compactSlice(&whole.Items[i])
 	}

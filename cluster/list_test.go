@@ -230,43 +230,47 @@ func TestStreamList(t *testing.T) {
 	}
 }
 
-// TestStreamListItemsKept checks that the items of a streamed list reach the informer's
-// store as they were decoded: client-go's reflector takes them from the list with
-// meta.ExtractListWithAlloc, which copies each item of a list of values into an allocation of
-// its own (at 10,000 Services, 6 MB of garbage at once) but takes runtime.Objects as they are.
+// TestStreamListItemsKept checks that the items of a streamed list, from protobuf and from
+// JSON, reach the informer's store as they were decoded: client-go's reflector takes them from
+// the list with meta.ExtractListWithAlloc, which copies each item of a list of values into an
+// allocation of its own (at 10,000 Services, 6 MB of garbage at once) but takes
+// runtime.Objects as they are.
 func TestStreamListItemsKept(t *testing.T) {
 	svcs, slices := listObjects()
 	ls := &listServer{objs: map[string]runtime.Object{"services": svcs, "endpointslices": slices}}
 	srv := httptest.NewServer(ls)
 	defer srv.Close()
-	c := listClient(t, srv, runtime.ContentTypeProtobuf)
-	for _, r := range []struct {
-		rc       rest.Interface
-		resource string
-		into     listInto
-	}{{c.Core, "services", &serviceList{}}, {c.Discovery, "endpointslices", &sliceList{}}} {
-		got, err := streamList(t.Context(), r.rc, r.resource, metav1.ListOptions{}, r.into)
-		if err != nil {
-			t.Fatal(err)
-		}
-		items, err := meta.ExtractListWithAlloc(got)
-		if err != nil {
-			t.Fatal(err)
-		}
-		listed := reflect.ValueOf(got).Elem().FieldByName("Items")
-		if len(items) != 600 || listed.Len() != len(items) {
-			t.Fatalf("%s: %d items extracted of %d listed, want 600", r.resource, len(items), listed.Len())
-		}
-		for i, it := range items {
-			if it != listed.Index(i).Interface() {
-				t.Fatalf("%s: item %d was copied on its way to the store", r.resource, i)
+	for _, ct := range []string{runtime.ContentTypeProtobuf, runtime.ContentTypeJSON} {
+		c := listClient(t, srv, ct)
+		for _, r := range []struct {
+			rc       rest.Interface
+			resource string
+			into     listInto
+		}{{c.Core, "services", &serviceList{}}, {c.Discovery, "endpointslices", &sliceList{}}} {
+			what := ct + " " + r.resource
+			got, err := streamList(t.Context(), r.rc, r.resource, metav1.ListOptions{}, r.into)
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
 			}
-		}
-		if _, err := meta.ListAccessor(got); err != nil {
-			t.Errorf("%s: the reflector cannot read the list's metadata: %v", r.resource, err)
-		}
-		if cp := got.DeepCopyObject(); !reflect.DeepEqual(cp, got) {
-			t.Errorf("%s: a deep copy differs", r.resource)
+			items, err := meta.ExtractListWithAlloc(got)
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			listed := reflect.ValueOf(got).Elem().FieldByName("Items")
+			if len(items) != 600 || listed.Len() != len(items) {
+				t.Fatalf("%s: %d items extracted of %d listed, want 600", what, len(items), listed.Len())
+			}
+			for i, it := range items {
+				if it != listed.Index(i).Interface() {
+					t.Fatalf("%s: item %d was copied on its way to the store", what, i)
+				}
+			}
+			if _, err := meta.ListAccessor(got); err != nil {
+				t.Errorf("%s: the reflector cannot read the list's metadata: %v", what, err)
+			}
+			if cp := got.DeepCopyObject(); !reflect.DeepEqual(cp, got) {
+				t.Errorf("%s: a deep copy differs", what)
+			}
 		}
 	}
 }

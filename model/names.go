@@ -51,7 +51,8 @@ const MasqueradeMark uint32 = 0x4000
 // maxCommentLen is nft's limit for comments (NFTNL_UDATA_COMMENT_MAXLEN).
 const maxCommentLen = 128
 
-// PortComment is the comment carried by every map element of a Service port:
+// PortComment is the comment carried by the frontends of a Service port (the elements keyed by
+// its address, protocol and port, or its NodePort; its endpoint slots carry none):
 // "namespace/name:port", with the port's name, or its number when it has none.
 func PortComment(svc ServiceName, p ServicePort) string {
 	port := p.Name

@@ -87,7 +87,8 @@ type Element struct {
 	Verdict Verdict
 	// Endpoint is the element's value in an endpoint map.
 	Endpoint netip.AddrPort
-	// Comment names the Service the element belongs to ("namespace/name:port").
+	// Comment names the Service a frontend belongs to ("namespace/name:port"); endpoint slots,
+	// keyed by their frontend, and the skeleton's elements have none.
 	Comment string
 }
 

@@ -8,14 +8,6 @@ import (
 	"github.com/nftproxy/nftproxy/model"
 )
 
-// Prefetcher is implemented by backends that can read a table's endpoint maps ahead of the
-// ReadTable that needs them.
-type Prefetcher interface {
-	Prefetch(fam model.Family)
-}
-
-var _ Prefetcher = (*Netlink)(nil)
-
 // prefetch holds the endpoint maps of one table, read ahead of the ReadTable that needs them,
 // and the generation they were read at.
 type prefetch struct {
@@ -33,7 +25,8 @@ type prefetch struct {
 // ReadTable of fam to use instead of looking their elements up itself if nothing was
 // committed in between. Without the keys a caller expects, it walks the slots of every
 // frontend the table's maps hold (lookup.go): all that nftproxy wrote. A restarted proxy
-// reads its largest maps this way while it is still listing the cluster.
+// reads its largest maps this way while it lists the cluster and checks the kernel (whose
+// probe commits nothing).
 func (n *Netlink) Prefetch(fam model.Family) {
 	pf := &prefetch{done: make(chan struct{}), elems: map[string][][]model.Element{}, defs: map[string]setDef{}}
 	n.pmu.Lock()

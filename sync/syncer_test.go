@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -306,6 +307,45 @@ func TestAdoption(t *testing.T) {
 	}
 	if res.Objects != 0 || fake.Calls != calls {
 		t.Errorf("adoption of an up-to-date table wrote %d objects in %d transactions", res.Objects, fake.Calls-calls)
+	}
+}
+
+// TestAdoptionRewritesCommentedSlots checks a restart over the tables of an earlier nftproxy,
+// whose endpoint slots carried their Service's comment: the first full sync rewrites those
+// slots (deleted and added again, without a comment) and nothing else, and the next finds
+// nothing to change.
+func TestAdoptionRewritesCommentedSlots(t *testing.T) {
+	fake := nft.NewFake(1)
+	newScaleSyncer(t, fake, 20, 3)
+	slots := 0
+	fake.Tamper(model.IPv4, func(rs *model.Ruleset) {
+		eps := rs.Set(model.MapServiceEndpoints).Elements
+		for i := range eps {
+			eps[i].Comment = "older/version:p"
+		}
+		slots = len(eps)
+	})
+	restarted := sync.NewSyncer(fake, model.IPv4)
+	restarted.SetNode(map[model.Family]model.NodeConfig{model.IPv4: scaleNode})
+	changes := map[model.ServiceName]*model.Service{}
+	for i := range 20 {
+		svc := scale.Service(i, 3, 0)
+		changes[svc.Name] = &svc
+	}
+	restarted.Update(changes, time.Now())
+	res, err := restarted.Sync()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slots != 60 || res.Objects != 2*slots {
+		t.Errorf("adopting %d commented slots wrote %d objects, want each deleted and added (%d)", slots, res.Objects, 2*slots)
+	}
+	if got := fake.Render(model.IPv4); strings.Contains(got, "older/version") {
+		t.Errorf("a commented slot survived the first full sync:\n%s", got)
+	}
+	restarted.RequestFull()
+	if res, err := restarted.Sync(); err != nil || res.Objects != 0 {
+		t.Errorf("the next full sync wrote %d objects (err %v), want none", res.Objects, err)
 	}
 }
 

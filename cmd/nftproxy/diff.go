@@ -72,10 +72,11 @@ func compareGroups(x, y string) int {
 }
 
 // owners attributes the elements without a comment (ClusterIPs, hairpin pairs, endpoint
-// slots) to Services, by the addresses and the frontends of the elements with one.
+// slots) to Services, by the addresses and the frontends of the elements with one. A key
+// or address of several Services goes to the first by name, whichever table holds it.
 type owners struct {
-	// addrs maps the addresses of the Services' elements (their frontends and endpoints)
-	// to the Service; an address of several Services goes to the first by name.
+	// addrs maps the addresses of the Services' elements (their frontends, and the
+	// endpoints of their slots) to the Service.
 	addrs map[netip.Addr]string
 	// frontends maps the keys of the Services' frontends (address, protocol and port, or
 	// protocol and NodePort) to the Service: an endpoint slot's key is its frontend's and
@@ -86,6 +87,11 @@ type owners struct {
 // elementOwners collects the owners of tables' elements.
 func elementOwners(tables ...*model.Ruleset) owners {
 	o := owners{addrs: map[netip.Addr]string{}, frontends: map[model.Key]string{}}
+	first := func(m map[model.Key]string, k model.Key, svc string) {
+		if cur, ok := m[k]; !ok || svc < cur {
+			m[k] = svc
+		}
+	}
 	own := func(a netip.Addr, svc string) {
 		if cur, ok := o.addrs[a]; !a.IsValid() || ok && cur <= svc {
 			return
@@ -102,13 +108,26 @@ func elementOwners(tables ...*model.Ruleset) owners {
 				if !ok {
 					continue
 				}
-				if slices.Contains(s.Key, model.KeyProto) {
-					o.frontends[e.Key()] = svc
+				if slices.Contains(s.Key, model.KeyProto) && !slices.Contains(s.Key, model.KeySlot) {
+					first(o.frontends, e.Key(), svc)
 				}
 				if slices.Contains(s.Key, model.KeyAddr) {
 					own(e.Addr, svc)
 				}
-				if s.Data == model.EndpointData {
+			}
+		}
+	}
+	// The endpoints, by their slots' frontends: a hairpin pair is two of them.
+	for _, rs := range tables {
+		if rs == nil {
+			continue
+		}
+		for _, s := range rs.Sets {
+			if s.Data != model.EndpointData {
+				continue
+			}
+			for _, e := range s.Elements {
+				if svc, ok := o.frontend(e); ok {
 					own(e.Endpoint.Addr(), svc)
 				}
 			}
@@ -117,12 +136,18 @@ func elementOwners(tables ...*model.Ruleset) owners {
 	return o
 }
 
+// frontend returns the Service of an endpoint slot's frontend, if any.
+func (o owners) frontend(e model.Element) (string, bool) {
+	f := e.Key()
+	f.Slot = 0
+	svc, ok := o.frontends[f]
+	return svc, ok
+}
+
 // of returns the Service an element of set s without a comment belongs to, if any.
 func (o owners) of(s *model.Set, e model.Element) (string, bool) {
 	if slices.Contains(s.Key, model.KeySlot) {
-		f := e.Key()
-		f.Slot = 0
-		if svc, ok := o.frontends[f]; ok {
+		if svc, ok := o.frontend(e); ok {
 			return svc, true
 		}
 	}

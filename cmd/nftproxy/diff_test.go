@@ -11,7 +11,8 @@ import (
 )
 
 // TestDiffTables: a table equal to the cluster's gives no diff; a kernel table with an
-// endpoint of one Service changed, a ClusterIP of another missing and a shared chain gone
+// endpoint of one Service changed, a NodePort slot of another, a hairpin pair of a third and a
+// ClusterIP of a fourth missing, and a shared chain gone
 // gives one group per Service and one for the shared chains, each a unified diff of
 // exactly the lines that differ, attributed by element comment, by frontend (endpoint slots,
 // a NodePort's too) or by address.
@@ -48,6 +49,9 @@ func TestDiffTables(t *testing.T) {
 			nps.Elements[i].Endpoint = netip.MustParseAddrPort("10.244.9.9:8080")
 		}
 	}
+	// A hairpin pair goes with the Service whose slot holds its endpoint.
+	hp := got.Set(model.SetHairpin)
+	hp.Elements = nil
 	ips := got.Set(model.SetClusterIPs)
 	ips.Elements = slices.DeleteFunc(ips.Elements, func(e model.Element) bool { return e.Addr.String() == "10.96.0.114" })
 	got.Chains = slices.DeleteFunc(got.Chains, func(c *model.Chain) bool { return c.Name == "cluster-tcp-2" })
@@ -57,11 +61,14 @@ func TestDiffTables(t *testing.T) {
 	for _, d := range diffs {
 		groups = append(groups, d.Group)
 	}
-	if !slices.Equal(groups, []string{groupShared, "default/plain", "default/sticky", "default/sticky-short"}) {
-		t.Fatalf("groups that differ: %q, want (shared chains), default/plain, default/sticky, default/sticky-short", groups)
+	if !slices.Equal(groups, []string{groupShared, "default/plain", "default/sticky", "default/sticky-local", "default/sticky-short"}) {
+		t.Fatalf("groups that differ: %q, want (shared chains), default/plain, default/sticky, default/sticky-local, default/sticky-short", groups)
 	}
-	if want := "+element ip nftproxy nodeport-endpoints { tcp . 30111 . 1 : 10.244.9.9 . 8080 }\n"; !strings.Contains(diffs[3].Diff, want) {
-		t.Errorf("default/sticky-short diff lacks its NodePort slot (%q):\n%s", want, diffs[3].Diff)
+	if want := "-element ip nftproxy hairpin { 10.244.1.113 . 10.244.1.113 }\n"; !strings.Contains(diffs[3].Diff, want) {
+		t.Errorf("default/sticky-local diff lacks its hairpin pair (%q):\n%s", want, diffs[3].Diff)
+	}
+	if want := "+element ip nftproxy nodeport-endpoints { tcp . 30111 . 1 : 10.244.9.9 . 8080 }\n"; !strings.Contains(diffs[4].Diff, want) {
+		t.Errorf("default/sticky-short diff lacks its NodePort slot (%q):\n%s", want, diffs[4].Diff)
 	}
 	wantSticky := `--- cluster
 +++ kernel
