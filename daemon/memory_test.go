@@ -28,3 +28,26 @@ func TestSettleMemory(t *testing.T) {
 		}
 	}
 }
+
+// TestCollectBeforeFirstSync checks the collector's target before the first sync: left alone
+// for a first start, the steady one for a restart, the operator's when GOGC is set.
+func TestCollectBeforeFirstSync(t *testing.T) {
+	before := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(before) })
+	for _, tc := range []struct {
+		env          string
+		restart      bool
+		start, after int
+	}{
+		{"", false, 100, 100},
+		{"", true, 100, steadyGCPercent},
+		{"80", true, 80, 80},
+	} {
+		t.Setenv("GOGC", tc.env)
+		debug.SetGCPercent(tc.start)
+		collectBeforeFirstSync(tc.restart)
+		if got := debug.SetGCPercent(100); got != tc.after {
+			t.Errorf("GOGC=%q, restart %v: the collector's target before the first sync is %d; want %d", tc.env, tc.restart, got, tc.after)
+		}
+	}
+}

@@ -57,7 +57,7 @@ func Run(ctx context.Context, o *Options, node string, log *slog.Logger, version
 	defer backend.Close()
 	proxy := newProxy(o, node, backend, log, NewMetrics(reg), recorder)
 	proxy.NodeRequired = client != nil
-	proxy.BeforeFirstSync = collectBeforeFirstSync
+	proxy.BeforeFirstSync = func() { collectBeforeFirstSync(backend.PrefetchFound()) }
 	proxy.AfterFirstSync = func() { settleMemory(log) }
 	defer proxy.ServiceHealth.Close()
 

@@ -541,7 +541,8 @@ func TestReadEndpointMapsByKey(t *testing.T) {
 // TestReadWithPrefetch checks that a read that follows Prefetch returns the endpoint maps as
 // the kernel holds them: the prefetched ones (all the frontends' slots, whatever the desired
 // table) when nothing was committed in between, and freshly read ones when another socket
-// replaced the table after the prefetch.
+// replaced the table after the prefetch; and that PrefetchFound tells a restart (the table in
+// place) from a first start.
 func TestReadWithPrefetch(t *testing.T) {
 	topology.RequirePrivileged(t)
 	ns := topology.NewNetNS(t, "rd-prefetch")
@@ -553,6 +554,12 @@ func TestReadWithPrefetch(t *testing.T) {
 		svcB = append(svcB, scale.Service(i, 2, 1)) // other slots and endpoint ports
 	}
 	a, b := model.Build(svcA, cfg), model.Build(svcB, cfg)
+	// Before the table exists, a prefetch finds nothing (a first start).
+	be.Prefetch(model.IPv4)
+	be.Prefetch(model.IPv6)
+	if be.PrefetchFound() {
+		t.Error("PrefetchFound without a table")
+	}
 	if err := be.Replace(a); err != nil {
 		t.Fatal(err)
 	}
@@ -566,6 +573,9 @@ func TestReadWithPrefetch(t *testing.T) {
 		{"another commit after the prefetch", b, b, b},
 	} {
 		be.Prefetch(model.IPv4)
+		if !be.PrefetchFound() {
+			t.Errorf("%s: PrefetchFound is false with the table in place (a restart)", tc.name)
+		}
 		if tc.commitAfter != nil {
 			if err := kernelBackend(t, ns).Replace(tc.commitAfter); err != nil {
 				t.Fatal(err)

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"errors"
+	"maps"
 	"slices"
 	"sync"
 
@@ -124,6 +125,21 @@ func (n *Netlink) takePrefetch(fam model.Family, gen uint32) *prefetch {
 		return nil
 	}
 	return pf
+}
+
+// PrefetchFound reports whether a read that Prefetch started, and that no ReadTable has used
+// yet, found its family's table (as a restarted daemon does), waiting for the reads in
+// progress.
+func (n *Netlink) PrefetchFound() bool {
+	n.pmu.Lock()
+	pfs := slices.Collect(maps.Values(n.prefetched))
+	n.pmu.Unlock()
+	found := false
+	for _, pf := range pfs {
+		<-pf.done
+		found = found || pf.ok
+	}
+	return found
 }
 
 // elements returns the prefetched elements of the endpoint map name, in batches, if it was
