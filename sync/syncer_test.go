@@ -116,8 +116,9 @@ func TestConvergenceUnderFailures(t *testing.T) {
 var scaleNode = model.NodeConfig{Family: model.IPv4, NodeName: scale.NodeName(0),
 	ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
 
-func newScaleSyncer(t testing.TB, backend nft.Backend, n, m int) *sync.Syncer {
-	t.Helper()
+// scaleSyncer returns a new syncer of scaleNode (a daemon just started) with n Services of m
+// endpoints to program.
+func scaleSyncer(backend nft.Backend, n, m int) *sync.Syncer {
 	s := sync.NewSyncer(backend, model.IPv4)
 	s.SetNode(map[model.Family]model.NodeConfig{model.IPv4: scaleNode})
 	changes := map[model.ServiceName]*model.Service{}
@@ -126,6 +127,13 @@ func newScaleSyncer(t testing.TB, backend nft.Backend, n, m int) *sync.Syncer {
 		changes[svc.Name] = &svc
 	}
 	s.Update(changes, time.Now())
+	return s
+}
+
+// newScaleSyncer is scaleSyncer after its first sync.
+func newScaleSyncer(t testing.TB, backend nft.Backend, n, m int) *sync.Syncer {
+	t.Helper()
+	s := scaleSyncer(backend, n, m)
 	if _, err := s.Sync(); err != nil {
 		t.Fatal(err)
 	}
@@ -253,14 +261,7 @@ func TestReplaceUnreadable(t *testing.T) {
 		set := rs.Set(model.MapServiceEndpoints)
 		set.Elements = set.Elements[1:]
 	})
-	restarted := sync.NewSyncer(fake, model.IPv4)
-	restarted.SetNode(map[model.Family]model.NodeConfig{model.IPv4: scaleNode})
-	changes := map[model.ServiceName]*model.Service{}
-	for i := range 20 {
-		svc := scale.Service(i, 3, 0)
-		changes[svc.Name] = &svc
-	}
-	restarted.Update(changes, time.Now())
+	restarted := scaleSyncer(fake, 20, 3)
 	fake.FailReads = 1000
 	for i := range 2 {
 		if _, err := restarted.Sync(); !errors.Is(err, nft.ErrInjected) {
@@ -293,14 +294,7 @@ func TestAdoption(t *testing.T) {
 	fake := nft.NewFake(1)
 	newScaleSyncer(t, fake, 50, 4)
 	calls := fake.Calls
-	restarted := sync.NewSyncer(fake, model.IPv4)
-	restarted.SetNode(map[model.Family]model.NodeConfig{model.IPv4: scaleNode})
-	changes := map[model.ServiceName]*model.Service{}
-	for i := range 50 {
-		svc := scale.Service(i, 4, 0)
-		changes[svc.Name] = &svc
-	}
-	restarted.Update(changes, time.Now())
+	restarted := scaleSyncer(fake, 50, 4)
 	res, err := restarted.Sync()
 	if err != nil {
 		t.Fatal(err)
@@ -325,14 +319,7 @@ func TestAdoptionRewritesCommentedSlots(t *testing.T) {
 		}
 		slots = len(eps)
 	})
-	restarted := sync.NewSyncer(fake, model.IPv4)
-	restarted.SetNode(map[model.Family]model.NodeConfig{model.IPv4: scaleNode})
-	changes := map[model.ServiceName]*model.Service{}
-	for i := range 20 {
-		svc := scale.Service(i, 3, 0)
-		changes[svc.Name] = &svc
-	}
-	restarted.Update(changes, time.Now())
+	restarted := scaleSyncer(fake, 20, 3)
 	res, err := restarted.Sync()
 	if err != nil {
 		t.Fatal(err)
