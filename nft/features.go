@@ -49,14 +49,19 @@ func (f Features) String() string {
 // batch that needs a module the kernel has not loaded is aborted, the module loaded and the
 // batch replayed; in one batch that needs many, as a first sync does, each replay loads every
 // module requested so far again (Linux 6.1 asked modprobe 91 times for 13 modules, 11 s in
-// a VM). Rule by rule, each module is asked for about once.
+// a VM). Rule by rule, each module is asked for about once. The second family's rules need
+// the same modules but for a few of its own (fib, reject), so its rulesets are tried whole,
+// one batch each, and rule by rule only to name what the kernel refuses. Each batch the kernel
+// aborts waits for an RCU grace period: the probe took 0.24 s rule by rule in both families on
+// this machine's Linux 6.18, 0.16 s so (0.46 and 0.36 s on 6.1 in a VM, its modules loaded by
+// the probe).
 //
 // A kernel that lacks something nftproxy needs gives an error naming it.
 func (n *Netlink) Probe() (Features, error) {
 	f := Features{Kernel: kernelRelease()}
 	err := n.control(func(c *conn) error {
-		for _, fam := range []model.Family{model.IPv4, model.IPv6} {
-			if err := probeFamily(c, fam); err != nil {
+		for i, fam := range []model.Family{model.IPv4, model.IPv6} {
+			if err := probeFamily(c, fam, i > 0); err != nil {
 				return err
 			}
 		}
@@ -72,10 +77,17 @@ func (n *Netlink) Probe() (Features, error) {
 }
 
 // probeFamily checks fam's table: first every set and chain (the chain types), then each rule
-// that uses an expression no earlier rule used.
-func probeFamily(c *conn, fam model.Family) error {
+// that uses an expression no earlier rule used. With whole, each ruleset is tried whole first,
+// in one batch, and looked into rule by rule only if the kernel refuses it, to name what it
+// refuses: for the second family, whose rules need the modules the first family's loaded (but
+// for a few of its own, fib and reject), that is two batches instead of nine.
+func probeFamily(c *conn, fam model.Family, whole bool) error {
+	rulesets := probeRulesets(fam)
+	if whole && !slices.ContainsFunc(rulesets, func(rs *model.Ruleset) bool { return probeWhole(c, fam, rs) != nil }) {
+		return nil
+	}
 	proven := map[string]bool{}
-	for _, rs := range probeRulesets(fam) {
+	for _, rs := range rulesets {
 		if err := probeCommit(c, fam, rs, nil); err != nil {
 			return fmt.Errorf("the kernel refuses nftproxy's %s sets and chains (nf_tables with NAT chains, CONFIG_NFT_NAT; Linux %s or later): %w", fam, MinKernel, err)
 		}
@@ -126,6 +138,27 @@ func probeCommit(c *conn, fam model.Family, rs *model.Ruleset, r *model.Rule) er
 	if r != nil {
 		e.addChain(&model.Chain{Name: probeChain})
 		if err := e.addRule(probeChain, *r); err != nil {
+			return err
+		}
+	}
+	return tryBatch(c, b, e.fam)
+}
+
+// probeWhole tries rs in one batch: the scratch table with its sets, its chains and their
+// rules.
+func probeWhole(c *conn, fam model.Family, rs *model.Ruleset) error {
+	b := &batch{}
+	e := newEncoder(b, fam)
+	e.table = probeTable
+	b.addTable(e.fam, probeTable)
+	for _, s := range rs.Sets {
+		e.addSet(s)
+	}
+	for _, ch := range rs.Chains {
+		e.addChain(ch)
+	}
+	for _, ch := range rs.Chains {
+		if err := e.addRules(ch); err != nil {
 			return err
 		}
 	}
