@@ -123,18 +123,7 @@ const probeChain = "probe"
 // regular chain of its own. Base chains register netfilter hooks, and taking them down again
 // waits for an RCU grace period (5-15 ms): only the first batch of a ruleset has them.
 func probeCommit(c *conn, fam model.Family, rs *model.Ruleset, r *model.Rule) error {
-	b := &batch{}
-	e := newEncoder(b, fam)
-	e.table = probeTable
-	b.addTable(e.fam, probeTable)
-	for _, s := range rs.Sets {
-		e.addSet(s)
-	}
-	for _, ch := range rs.Chains {
-		if r == nil || ch.Hook == nil {
-			e.addChain(ch)
-		}
-	}
+	b, e := probeBatch(fam, rs, r == nil)
 	if r != nil {
 		e.addChain(&model.Chain{Name: probeChain})
 		if err := e.addRule(probeChain, *r); err != nil {
@@ -144,9 +133,9 @@ func probeCommit(c *conn, fam model.Family, rs *model.Ruleset, r *model.Rule) er
 	return tryBatch(c, b, e.fam)
 }
 
-// probeWhole tries rs in one batch: the scratch table with its sets, its chains and their
-// rules.
-func probeWhole(c *conn, fam model.Family, rs *model.Ruleset) error {
+// probeBatch starts a probe batch: the scratch table with rs's sets (no elements) and its
+// chains, the base chains only with base.
+func probeBatch(fam model.Family, rs *model.Ruleset, base bool) (*batch, *encoder) {
 	b := &batch{}
 	e := newEncoder(b, fam)
 	e.table = probeTable
@@ -155,8 +144,17 @@ func probeWhole(c *conn, fam model.Family, rs *model.Ruleset) error {
 		e.addSet(s)
 	}
 	for _, ch := range rs.Chains {
-		e.addChain(ch)
+		if base || ch.Hook == nil {
+			e.addChain(ch)
+		}
 	}
+	return b, e
+}
+
+// probeWhole tries rs in one batch: the scratch table with its sets, its chains and their
+// rules.
+func probeWhole(c *conn, fam model.Family, rs *model.Ruleset) error {
+	b, e := probeBatch(fam, rs, true)
 	for _, ch := range rs.Chains {
 		if err := e.addRules(ch); err != nil {
 			return err

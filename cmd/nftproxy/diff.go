@@ -87,16 +87,10 @@ type owners struct {
 // elementOwners collects the owners of tables' elements.
 func elementOwners(tables ...*model.Ruleset) owners {
 	o := owners{addrs: map[netip.Addr]string{}, frontends: map[model.Key]string{}}
-	first := func(m map[model.Key]string, k model.Key, svc string) {
-		if cur, ok := m[k]; !ok || svc < cur {
-			m[k] = svc
-		}
-	}
 	own := func(a netip.Addr, svc string) {
-		if cur, ok := o.addrs[a]; !a.IsValid() || ok && cur <= svc {
-			return
+		if a.IsValid() {
+			firstByName(o.addrs, a, svc)
 		}
-		o.addrs[a] = svc
 	}
 	for _, rs := range tables {
 		if rs == nil {
@@ -109,7 +103,7 @@ func elementOwners(tables ...*model.Ruleset) owners {
 					continue
 				}
 				if slices.Contains(s.Key, model.KeyProto) && !slices.Contains(s.Key, model.KeySlot) {
-					first(o.frontends, e.Key(), svc)
+					firstByName(o.frontends, e.Key(), svc)
 				}
 				if slices.Contains(s.Key, model.KeyAddr) {
 					own(e.Addr, svc)
@@ -134,6 +128,13 @@ func elementOwners(tables ...*model.Ruleset) owners {
 		}
 	}
 	return o
+}
+
+// firstByName makes svc the owner of k in m unless a Service first by name owns it.
+func firstByName[K comparable](m map[K]string, k K, svc string) {
+	if cur, ok := m[k]; !ok || svc < cur {
+		m[k] = svc
+	}
 }
 
 // frontend returns the Service of an endpoint slot's frontend, if any.
