@@ -528,7 +528,7 @@ func TestReadEndpointMapsByKey(t *testing.T) {
 		for _, name := range []string{"service-endpoints", "nodeport-endpoints"} {
 			want := have.Set(name)
 			if tc.dumped && name == "service-endpoints" {
-				want = &model.Set{Name: want.Name, Key: want.Key, Data: want.Data, Comment: want.Comment, Elements: dumped}
+				want = &model.Set{Name: want.Name, Key: want.Key, Data: want.Data, Size: want.Size, Comment: want.Comment, Elements: dumped}
 			}
 			w, g := renderSet(want), renderSet(got.Set(name))
 			if w != g {
@@ -621,7 +621,7 @@ func TestReadTableStartedOver(t *testing.T) {
 		attempts := 0
 		got := map[string]*model.Set{}
 		for _, name := range maps {
-			got[name] = &model.Set{Name: name, Key: want.Set(name).Key, Data: want.Set(name).Data, Comment: want.Set(name).Comment}
+			got[name] = &model.Set{Name: name, Key: want.Set(name).Key, Data: want.Set(name).Data, Size: want.Set(name).Size, Comment: want.Set(name).Comment}
 		}
 		rs, _, err := be.ReadTable(model.IPv4, want.Sets, func() nft.Expected {
 			return nft.Expected{

@@ -66,6 +66,9 @@ func Build(services []Service, node NodeConfig) *Ruleset {
 	}
 	for _, s := range rs.Sets {
 		slices.SortFunc(s.Elements, CompareElements)
+		if IsEndpointMap(s) {
+			s.Size = EndpointMapSize(len(s.Elements))
+		}
 	}
 	slices.SortFunc(serviceChains, func(a, b *Chain) int { return cmp.Compare(a.Name, b.Name) })
 	rs.Chains = append(rs.Chains, serviceChains...)
@@ -221,8 +224,10 @@ func (b *builder) skeleton() *Ruleset {
 	addSet(&Set{Name: MapServiceNodePorts, Key: keyProtoPort, Data: VerdictData, Comment: "NodePort traffic"})
 	addSet(&Set{Name: MapNoEndpointServices, Key: keyAddrProtoPort, Data: VerdictData, Comment: "vmap to drop or reject packets to services with no endpoints"})
 	addSet(&Set{Name: MapNoEndpointNodePorts, Key: keyProtoPort, Data: VerdictData, Comment: "vmap to drop or reject packets to service nodeports with no endpoints"})
-	addSet(&Set{Name: MapServiceEndpoints, Key: keyAddrProtoPortSlot, Data: EndpointData, Comment: "Endpoint of each slot of a ClusterIP, ExternalIP or LoadBalancer IP port"})
-	addSet(&Set{Name: MapNodePortEndpoints, Key: keyProtoPortSlot, Data: EndpointData, Comment: "Endpoint of each slot of a NodePort"})
+	addSet(&Set{Name: MapServiceEndpoints, Key: keyAddrProtoPortSlot, Data: EndpointData, Size: EndpointMapMinSize,
+		Comment: "Endpoint of each slot of a ClusterIP, ExternalIP or LoadBalancer IP port"})
+	addSet(&Set{Name: MapNodePortEndpoints, Key: keyProtoPortSlot, Data: EndpointData, Size: EndpointMapMinSize,
+		Comment: "Endpoint of each slot of a NodePort"})
 	addSet(&Set{Name: MapFirewallIPs, Key: keyAddrProtoPort, Data: VerdictData, Comment: "LoadBalancer IP ports with loadBalancerSourceRanges, to their firewall chains"})
 	addSet(&Set{Name: MapAffinity, Key: []KeyField{KeySaddr, KeyAddr, KeyProto, KeyPort}, Data: EndpointData,
 		Dynamic: true, Size: AffinityMapSize,

@@ -44,6 +44,25 @@ const (
 // affinity until entries expire.
 const AffinityMapSize = 1 << 20
 
+// EndpointMapMinSize is the least room of an endpoint map (EndpointMapSize). The kernel's
+// hash table for it has 32,768 buckets, 256 KiB.
+const EndpointMapMinSize uint32 = 1 << 14
+
+// EndpointMapSize returns the room (Set.Size) an endpoint map is created with to hold n
+// elements: n and half as many again, rounded up to a power of two, at least
+// EndpointMapMinSize. A map of fixed room fills faster: the kernel's resizable hash table
+// (a map without a size) rehashes as it grows, and at a million endpoints that is a third
+// of the commit. The syncer creates the endpoint maps with this room and rewrites one, in
+// the same transaction, when its elements would no longer fit.
+func EndpointMapSize(n int) uint32 {
+	want := uint64(n) + uint64(n)/2
+	size := uint64(EndpointMapMinSize)
+	for size < want && size < 1<<31 {
+		size <<= 1
+	}
+	return uint32(size)
+}
+
 // MasqueradeMark is the packet mark bit that asks the postrouting chain to masquerade.
 // kube-proxy uses the same bit, so the two never disagree about what it means.
 const MasqueradeMark uint32 = 0x4000

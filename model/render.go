@@ -40,8 +40,11 @@ func renderSet(b *strings.Builder, fam Family, s *Set) {
 	}
 	fmt.Fprintf(b, "\t%s %s {\n", kind, s.Name)
 	fmt.Fprintf(b, "\t\t%s\n", setTypeLine(fam, s))
+	if s.Size != 0 {
+		fmt.Fprintf(b, "\t\tsize %d\n", s.Size)
+	}
 	if s.Dynamic {
-		fmt.Fprintf(b, "\t\tsize %d\n\t\tflags dynamic,timeout\n", s.Size)
+		b.WriteString("\t\tflags dynamic,timeout\n")
 	}
 	if s.Comment != "" {
 		fmt.Fprintf(b, "\t\tcomment %s\n", strconv.Quote(s.Comment))

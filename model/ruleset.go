@@ -58,9 +58,13 @@ type Set struct {
 	// Data is what elements map to; NoData makes a plain set.
 	Data    DataKind
 	Comment string
-	// Dynamic marks a set that the packet path fills ("flags dynamic,timeout"), with room
-	// for Size elements. nftproxy creates it but never lists, diffs or writes its elements.
-	Dynamic  bool
+	// Dynamic marks a set that the packet path fills ("flags dynamic,timeout"). nftproxy
+	// creates it but never lists, diffs or writes its elements.
+	Dynamic bool
+	// Size is the most elements the set can hold ("size"; 0: no limit). The kernel gives
+	// a map with a size but no flags a hash table of fixed size, which it fills much faster
+	// than the resizable one it gives a map without (EndpointMapSize); the limit is hard: an
+	// element beyond it is refused.
 	Size     uint32
 	Elements []Element
 }
@@ -76,6 +80,14 @@ func (s *Set) ByKey() map[Key]Element {
 
 // IsMap reports whether the set is a map.
 func (s *Set) IsMap() bool { return s.Data != NoData }
+
+// IsEndpointMap reports whether s is one of the endpoint maps, which hold an element per
+// endpoint slot (keyed on a frontend's fields and a slot number) and are sized to their
+// elements (EndpointMapSize). The session affinity map, also mapping to endpoints, is not
+// one: the packet path fills it.
+func IsEndpointMap(s *Set) bool {
+	return !s.Dynamic && s.Data == EndpointData && len(s.Key) > 1 && s.Key[len(s.Key)-1] == KeySlot
+}
 
 // Element is one element of a set or map. Only the fields named by the set's Key are used.
 type Element struct {
@@ -105,6 +117,36 @@ type Chain struct {
 	Name  string
 	Hook  *Hook
 	Rules []Rule
+}
+
+// UsesSet reports whether a rule of c refers to the named set or map. The kernel does not
+// delete a set while a rule refers to it.
+func (c *Chain) UsesSet(name string) bool {
+	for _, r := range c.Rules {
+		for _, x := range r.Exprs {
+			var set string
+			switch x := x.(type) {
+			case DaddrInSet:
+				set = x.Set
+			case SaddrDaddrInSet:
+				set = x.Set
+			case VmapLookup:
+				set = x.Map
+			case DNATSlot:
+				set = x.Map
+			case DNATMap:
+				set = x.Map
+			case RecordAffinity:
+				set = x.Map
+			case CtOriginalVmap:
+				set = x.Map
+			}
+			if set == name {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Rule is a list of expressions evaluated in order, with an optional comment.

@@ -152,6 +152,13 @@ func (b *batch) delTable(family byte, name string) {
 	b.add(family, unix.NFT_MSG_DELTABLE, 0, ae)
 }
 
+func (b *batch) delSet(family byte, table, name string) {
+	ae := newAttrs()
+	ae.String(unix.NFTA_SET_TABLE, table)
+	ae.String(unix.NFTA_SET_NAME, name)
+	b.add(family, unix.NFT_MSG_DELSET, 0, ae)
+}
+
 // chainSpec describes a chain to create; hooked chains set hook.
 type chainSpec struct {
 	name     string

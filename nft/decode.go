@@ -40,6 +40,9 @@ type setDef struct {
 	dataType uint32
 	dataLen  uint32
 	udata    string
+	// size is the most elements the set holds (NFTA_SET_DESC_SIZE; 0: no limit). A table
+	// whose sizes differ from nftproxy's is still its: the syncer rewrites a map too small.
+	size uint32
 	// extra is set when the set has properties nftproxy never gives a set (timeouts,
 	// expressions, stateful objects).
 	extra bool
@@ -51,6 +54,7 @@ func (d setDef) equal(o setDef) bool {
 	if d.dataType == unix.NFT_DATA_VERDICT && o.dataType == unix.NFT_DATA_VERDICT {
 		d.dataLen, o.dataLen = 0, 0
 	}
+	d.size, o.size = 0, 0
 	return d == o
 }
 
@@ -121,6 +125,16 @@ func decodeSet(data []byte) (name string, def setDef, err error) {
 			def.dataLen = ad.Uint32()
 		case unix.NFTA_SET_USERDATA:
 			def.udata = string(ad.Bytes())
+		case unix.NFTA_SET_DESC:
+			ad.Nested(func(nd *netlink.AttributeDecoder) error {
+				nd.ByteOrder = binary.BigEndian
+				for nd.Next() {
+					if nd.Type() == unix.NFTA_SET_DESC_SIZE {
+						def.size = nd.Uint32()
+					}
+				}
+				return nil
+			})
 		case unix.NFTA_SET_TIMEOUT, unix.NFTA_SET_OBJ_TYPE, nftaSetExpr, nftaSetExpressions:
 			def.extra = true
 		}
@@ -241,7 +255,7 @@ func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, [][][]
 			return nil, nil, fmt.Errorf("set %s: missing: %w", s.Name, ErrIncompatible)
 		}
 		out.Sets = append(out.Sets, &model.Set{Name: s.Name, Key: slices.Clone(s.Key), Data: s.Data, Comment: s.Comment,
-			Dynamic: s.Dynamic, Size: s.Size})
+			Dynamic: s.Dynamic, Size: kernelSets[s.Name].size})
 	}
 	// The elements, each set over a socket of its own while this one reads the chains and
 	// rules; the endpoint maps once the others are read, by key (lookup.go), unless they

@@ -67,23 +67,7 @@ func (e *encoder) addAll(rs *model.Ruleset, more func(model.Family, string) (ite
 		e.addChain(c)
 	}
 	for _, s := range rs.Sets {
-		elems, n := more(rs.Family, s.Name)
-		if len(s.Elements)+n == 0 {
-			continue
-		}
-		all := func(yield func(*model.Element) bool) {
-			for e := range elementsOf(s.Elements) {
-				if !yield(e) {
-					return
-				}
-			}
-			for e := range elems {
-				if !yield(e) {
-					return
-				}
-			}
-		}
-		if err := e.writeElementSeq(unix.NFT_MSG_NEWSETELEM, s, all); err != nil {
+		if err := e.writeSetElements(s, more); err != nil {
 			return err
 		}
 	}
@@ -93,6 +77,28 @@ func (e *encoder) addAll(rs *model.Ruleset, more func(model.Family, string) (ite
 		}
 	}
 	return nil
+}
+
+// writeSetElements adds the elements of a set just created: its own, then those more gives
+// for it.
+func (e *encoder) writeSetElements(s *model.Set, more func(model.Family, string) (iter.Seq[*model.Element], int)) error {
+	elems, n := more(e.family, s.Name)
+	if len(s.Elements)+n == 0 {
+		return nil
+	}
+	all := func(yield func(*model.Element) bool) {
+		for e := range elementsOf(s.Elements) {
+			if !yield(e) {
+				return
+			}
+		}
+		for e := range elems {
+			if !yield(e) {
+				return
+			}
+		}
+	}
+	return e.writeElementSeq(unix.NFT_MSG_NEWSETELEM, s, all)
 }
 
 // addRules appends the rules of c to the chain c.Name.

@@ -13,7 +13,8 @@ import (
 // Fake is an in-memory Backend. It applies each transaction atomically with the kernel's
 // checks that matter to a syncer (an element or chain added twice with different content, a
 // missing element or chain deleted, a chain deleted while it has rules or is referenced, a
-// stale generation), keeps the resulting tables, records the last transaction and can be told
+// set deleted while a rule refers to it, more elements than a set's size, a stale
+// generation), keeps the resulting tables, records the last transaction and can be told
 // to fail a share of transactions, so that tests of the sync loop can check convergence
 // without a kernel.
 type Fake struct {
@@ -161,7 +162,8 @@ func (f *Fake) Apply(tx *Transaction, genID uint32) error {
 	}()
 	for i, rs := range tx.Replace {
 		old, had := f.tables[rs.Family]
-		f.tables[rs.Family] = newFakeTable(tx.Replaced(i))
+		t := newFakeTable(tx.Replaced(i))
+		f.tables[rs.Family] = t
 		undo = append(undo, func() {
 			if had {
 				f.tables[rs.Family] = old
@@ -169,13 +171,18 @@ func (f *Fake) Apply(tx *Transaction, genID uint32) error {
 				delete(f.tables, rs.Family)
 			}
 		})
+		for _, def := range t.sets {
+			if err := t.checkSize(def); err != nil {
+				return fmt.Errorf("%s table: %w", rs.Family, err)
+			}
+		}
 	}
 	for i, op := range tx.Ops {
 		t := f.tables[op.Family]
 		if t == nil {
 			return fmt.Errorf("operation %d: no %s table", i, op.Family)
 		}
-		if err := t.apply(op, &undo); err != nil {
+		if err := t.apply(tx, op, &undo); err != nil {
 			return fmt.Errorf("operation %d: %w", i, err)
 		}
 	}
@@ -185,8 +192,49 @@ func (f *Fake) Apply(tx *Transaction, genID uint32) error {
 	return nil
 }
 
-// apply applies one operation, appending to undo what reverts it.
-func (t *fakeTable) apply(op Op, undo *[]func()) error {
+// checkSize fails, as the kernel refuses an element beyond a set's size (ENFILE), when the
+// set def holds more elements than its size.
+func (t *fakeTable) checkSize(def *model.Set) error {
+	if n := len(t.elems[def.Name]); def.Size != 0 && n > int(def.Size) {
+		return fmt.Errorf("set %s: %d elements, room for %d", def.Name, n, def.Size)
+	}
+	return nil
+}
+
+// replaceSet applies a ReplaceSet operation of tx, appending to undo what reverts it.
+func (t *fakeTable) replaceSet(tx *Transaction, op Op, undo *[]func()) error {
+	i := slices.IndexFunc(t.sets, func(s *model.Set) bool { return s.Name == op.Set.Name })
+	if i < 0 {
+		return fmt.Errorf("set %s: no such set", op.Set.Name)
+	}
+	for _, c := range t.chains {
+		if c.UsesSet(op.Set.Name) {
+			return fmt.Errorf("set %s: delete a set that chain %s refers to", op.Set.Name, c.Name)
+		}
+	}
+	oldDef, oldElems := t.sets[i], t.elems[op.Set.Name]
+	def := *op.Set
+	def.Elements = nil
+	elems := op.Set.ByKey()
+	more, _ := tx.more(op.Family, op.Set.Name)
+	for e := range more {
+		if old, ok := elems[e.Key()]; ok && old != *e {
+			return fmt.Errorf("set %s: element %v added twice with other data", op.Set.Name, e.Key())
+		}
+		elems[e.Key()] = *e
+	}
+	for _, e := range elems {
+		if e.Verdict.Chain != "" && t.chains[e.Verdict.Chain] == nil {
+			return fmt.Errorf("set %s: element refers to missing chain %s", op.Set.Name, e.Verdict.Chain)
+		}
+	}
+	t.sets[i], t.elems[op.Set.Name] = &def, elems
+	*undo = append(*undo, func() { t.sets[i], t.elems[op.Set.Name] = oldDef, oldElems })
+	return t.checkSize(&def)
+}
+
+// apply applies one operation of tx, appending to undo what reverts it.
+func (t *fakeTable) apply(tx *Transaction, op Op, undo *[]func()) error {
 	// Chain changes are undone by restoring the chain index and order as they were.
 	chains, order := maps.Clone(t.chains), slices.Clone(t.order)
 	restoreChains := func() { t.chains, t.order = chains, order }
@@ -218,7 +266,12 @@ func (t *fakeTable) apply(op Op, undo *[]func()) error {
 				*undo = append(*undo, func() { delete(m, k) })
 			}
 		}
+		if op.Kind == AddElements {
+			return t.checkSize(t.sets[slices.IndexFunc(t.sets, func(s *model.Set) bool { return s.Name == op.Set.Name })])
+		}
 		return nil
+	case ReplaceSet:
+		return t.replaceSet(tx, op, undo)
 	case AddChain:
 		if old, ok := t.chains[op.Chain.Name]; ok {
 			if len(old.Rules) > 0 || len(op.Chain.Rules) > 0 {

@@ -52,9 +52,7 @@ const lookupRcvBuf = 8 << 20
 
 // isEndpointMap reports whether s is read by key: a map of the table whose key ends in a
 // slot.
-func isEndpointMap(s *model.Set) bool {
-	return !s.Dynamic && len(s.Key) > 1 && s.Key[len(s.Key)-1] == model.KeySlot
-}
+func isEndpointMap(s *model.Set) bool { return model.IsEndpointMap(s) }
 
 // isFrontendSet reports whether f holds frontends of the endpoint map m: keyed like m without
 // its slot.

@@ -28,6 +28,11 @@ const (
 	FlushChain
 	// DeleteChain deletes the empty, unreferenced chain Chain.Name.
 	DeleteChain
+	// ReplaceSet deletes the set or map named Set.Name and creates it anew as Set describes
+	// it (its size, say), holding Set.Elements and those Transaction.More gives for it. The
+	// rules that refer to the set are flushed by earlier operations of the transaction and
+	// written again by later ones: the kernel deletes no set a rule refers to.
+	ReplaceSet
 )
 
 // Op is one change to the table of Family.
@@ -44,8 +49,9 @@ type Op struct {
 // replaced wholesale, then Ops are applied in order.
 type Transaction struct {
 	Replace []*model.Ruleset
-	// More, when set, gives more elements of the replaced tables' sets: those it yields for
-	// a set of a Replace ruleset are written after the set's own Elements, n of them. A
+	// More, when set, gives more elements of the replaced tables' sets and of the sets that
+	// ReplaceSet operations create: those it yields for such a set are written after the
+	// set's own Elements, n of them. A
 	// caller that keeps a large table elsewhere (the syncer's claims) streams it from there
 	// rather than copying every element into the Ruleset.
 	More func(fam model.Family, set string) (elems iter.Seq[*model.Element], n int)
@@ -113,6 +119,9 @@ func (tx *Transaction) ObjectsByFamily() map[model.Family]int {
 		switch op.Kind {
 		case AddElements, DeleteElements:
 			out[op.Family] += len(op.Set.Elements)
+		case ReplaceSet:
+			_, more := tx.more(op.Family, op.Set.Name)
+			out[op.Family] += 2 + len(op.Set.Elements) + more
 		case AddChain, RewriteChain:
 			out[op.Family] += 1 + len(op.Chain.Rules)
 		case FlushChain, DeleteChain:
@@ -155,6 +164,10 @@ func (tx *Transaction) encode(b *batch) error {
 			b.flushChain(e.fam, model.TableName, op.Chain.Name)
 		case DeleteChain:
 			b.delChain(e.fam, model.TableName, op.Chain.Name)
+		case ReplaceSet:
+			b.delSet(e.fam, model.TableName, op.Set.Name)
+			e.addSet(op.Set)
+			err = e.writeSetElements(op.Set, tx.more)
 		default:
 			err = fmt.Errorf("unknown operation %d", op.Kind)
 		}
@@ -220,6 +233,19 @@ func (tx *Transaction) String() string {
 			fmt.Fprintf(&b, "flush chain %s %s\n", table, op.Chain.Name)
 		case DeleteChain:
 			fmt.Fprintf(&b, "delete chain %s %s\n", table, op.Chain.Name)
+		case ReplaceSet:
+			kind := "set"
+			if op.Set.IsMap() {
+				kind = "map"
+			}
+			fmt.Fprintf(&b, "delete %s %s %s\n", kind, table, op.Set.Name)
+			set := *op.Set
+			elems, n := tx.more(op.Family, set.Name)
+			set.Elements = slices.Grow(slices.Clone(set.Elements), n)
+			for e := range elems {
+				set.Elements = append(set.Elements, *e)
+			}
+			b.WriteString(model.Render(&model.Ruleset{Family: op.Family, Sets: []*model.Set{&set}}))
 		default:
 			fmt.Fprintf(&b, "# unknown operation %d\n", op.Kind)
 		}

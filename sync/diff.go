@@ -1,6 +1,7 @@
 package sync
 
 import (
+	"iter"
 	"maps"
 	"reflect"
 	"slices"
@@ -275,4 +276,76 @@ func (t *table) holds(have readBack) bool {
 		}
 	}
 	return true
+}
+
+// growMaps makes room, in tx, for the elements of the endpoint maps that would hold more
+// than their size once tx is committed, or that have none (a table of an earlier version,
+// whose maps the kernel made resizable): such a map is created anew, sized to its elements
+// (model.EndpointMapSize), holding every claimed element, in place of tx's changes to its
+// elements. The rules that use it are flushed first and written again last, unless tx
+// rewrites or flushes them itself. The sizes are the table's once tx is committed.
+//
+// tx.More gives the new maps' elements; it must be set before, if at all.
+func (t *table) growMaps(tx *nft.Transaction) {
+	grow := map[string]*model.Set{}
+	for _, def := range t.skeleton.Sets {
+		if !model.IsEndpointMap(def) {
+			continue
+		}
+		n := t.elementCount(def.Name)
+		if size := t.sizes[def.Name]; size != 0 && n <= int(size) {
+			continue
+		}
+		sized := *def
+		sized.Size = model.EndpointMapSize(n)
+		grow[def.Name] = &sized
+	}
+	if len(grow) == 0 {
+		return
+	}
+	handled := map[string]bool{}
+	tx.Ops = slices.DeleteFunc(tx.Ops, func(op nft.Op) bool {
+		if op.Family != t.fam {
+			return false
+		}
+		switch op.Kind {
+		case nft.AddElements, nft.DeleteElements:
+			return grow[op.Set.Name] != nil
+		case nft.RewriteChain, nft.FlushChain, nft.DeleteChain:
+			handled[op.Chain.Name] = true
+		}
+		return false
+	})
+	var before, after []nft.Op
+	for _, name := range slices.Sorted(maps.Keys(t.committedChains)) {
+		c := t.committedChains[name]
+		uses := false
+		for set := range grow {
+			uses = uses || c.UsesSet(set)
+		}
+		if !uses {
+			continue
+		}
+		before = append(before, nft.Op{Kind: nft.FlushChain, Family: t.fam, Chain: &model.Chain{Name: name}})
+		if !handled[name] {
+			after = append(after, nft.Op{Kind: nft.RewriteChain, Family: t.fam, Chain: c})
+		}
+	}
+	for _, def := range t.skeleton.Sets {
+		if s := grow[def.Name]; s != nil {
+			before = append(before, nft.Op{Kind: nft.ReplaceSet, Family: t.fam, Set: s})
+			t.resized[def.Name] = s.Size
+		}
+	}
+	tx.Ops = append(append(before, tx.Ops...), after...)
+	more := tx.More
+	tx.More = func(fam model.Family, set string) (iter.Seq[*model.Element], int) {
+		if fam == t.fam && grow[set] != nil {
+			return t.claimedElements(set)
+		}
+		if more == nil {
+			return func(func(*model.Element) bool) {}, 0
+		}
+		return more(fam, set)
+	}
 }

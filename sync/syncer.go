@@ -323,6 +323,7 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 		undos = append(undos, undo{t, prev})
 		t.diffTouched(touched, tx)
 		t.cleanStale(tx)
+		t.growMaps(tx)
 	}
 	res.FamilyObjects = tx.ObjectsByFamily()
 	res.Objects = tx.Objects()
@@ -331,8 +332,9 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 			for name, p := range u.parts {
 				u.t.setPart(name, p, nil)
 			}
-			// The claims are the committed elements again.
+			// The claims are the committed elements again, in maps of the committed sizes.
 			clear(u.t.prior)
+			clear(u.t.resized)
 		}
 		s.restorePending(changes, old)
 		return res, err
@@ -389,6 +391,7 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 	tx := &nft.Transaction{}
 	tables := map[model.Family]*table{}
 	replaced := map[*table]bool{}
+	var diffed []*table
 	var gen uint32
 	for i, fam := range s.Families {
 		t := newTable(fam, s.node[fam])
@@ -429,6 +432,12 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 		default:
 			read := readBack{rs: have, batches: batches}
 			t.committedChains = chainIndex(have)
+			for _, set := range have.Sets {
+				if model.IsEndpointMap(set) {
+					t.sizes[set.Name] = set.Size
+				}
+			}
+			diffed = append(diffed, t)
 			if prev := s.tables[fam]; prev != nil && prev.committed && !prev.holds(read) {
 				res.DriftRepaired = true
 			}
@@ -454,6 +463,9 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			elems := claimed[fam][set]
 			return slices.Values(elems), len(elems)
 		}
+	}
+	for _, t := range diffed {
+		t.growMaps(tx)
 	}
 	res.FamilyObjects = tx.ObjectsByFamily()
 	res.Objects = tx.Objects()

@@ -51,6 +51,10 @@ type table struct {
 	committed bool
 	// staleChains were flushed by an earlier commit and are deleted by the next one.
 	staleChains map[string]bool
+	// sizes holds the size of each endpoint map after the last commit (0: none, a table of
+	// an earlier version), and resized the sizes the transaction being committed gives
+	// them (growMaps).
+	sizes, resized map[string]uint32
 	// noLocalInternal and noLocalExternal sum the Parts' counts of the same names.
 	noLocalInternal, noLocalExternal int
 }
@@ -79,6 +83,8 @@ func newTable(fam model.Family, node model.NodeConfig) *table {
 		chainClaims: map[string]int{},
 		chainDefs:   map[string]*model.Chain{},
 		staleChains: map[string]bool{},
+		sizes:       map[string]uint32{},
+		resized:     map[string]uint32{},
 		fixed:       map[string]map[model.Key]*model.Element{},
 		prior:       map[string]map[model.Key]*model.Element{},
 	}
@@ -133,6 +139,8 @@ func (t *table) notePrior(set string, k model.Key) {
 func (t *table) markCommitted() {
 	t.committed = true
 	clear(t.prior)
+	maps.Copy(t.sizes, t.resized)
+	clear(t.resized)
 }
 
 // committedCounts returns how many elements each set holds after the last commit.
@@ -366,9 +374,31 @@ func (t *table) claimedKeys(set string) (iter.Seq[model.Key], int) {
 }
 
 // desiredSkeleton returns the desired ruleset without the claimed elements: the skeleton's
-// sets with their fixed elements, and the desired chains. claimedElements gives the rest.
+// sets with their fixed elements, the endpoint maps sized to their elements, and the desired
+// chains. claimedElements gives the rest. The endpoint maps' sizes are the table's once the
+// ruleset is committed.
 func (t *table) desiredSkeleton() *model.Ruleset {
-	return &model.Ruleset{Family: t.fam, Sets: t.skeleton.Sets, Chains: t.desiredChains()}
+	sets := slices.Clone(t.skeleton.Sets)
+	for i, s := range sets {
+		if model.IsEndpointMap(s) {
+			sized := *s
+			sized.Size = model.EndpointMapSize(t.elementCount(s.Name))
+			t.resized[s.Name] = sized.Size
+			sets[i] = &sized
+		}
+	}
+	return &model.Ruleset{Family: t.fam, Sets: sets, Chains: t.desiredChains()}
+}
+
+// elementCount returns how many elements set holds in the desired table.
+func (t *table) elementCount(set string) int {
+	n := t.claims[set].len()
+	for k := range t.fixed[set] {
+		if t.claims[set].get(k).elem == nil {
+			n++
+		}
+	}
+	return n
 }
 
 // claimedElements returns the claimed elements of set (the first owner's of each key), and
@@ -414,11 +444,16 @@ func (t *table) claimedByPart() map[string][]*model.Element {
 }
 
 // desired returns the whole desired ruleset, as model.Build of the same Services gives it:
-// the skeleton with every claimed element (sorted) and chain.
+// the skeleton with every claimed element (sorted) and chain, but the endpoint maps' sizes
+// are those committed (model.Build sizes them to their elements; the syncer only grows a
+// map that its elements outgrow).
 func (t *table) desired() *model.Ruleset {
 	rs := &model.Ruleset{Family: t.fam}
 	for _, set := range t.skeleton.Sets {
 		s := *set
+		if size, ok := t.sizes[set.Name]; ok {
+			s.Size = size
+		}
 		claimed, n := t.claimedElements(set.Name)
 		s.Elements = slices.Grow(slices.Clone(set.Elements), n)
 		for e := range claimed {

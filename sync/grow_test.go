@@ -1,0 +1,138 @@
+package sync_test
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/nftproxy/nftproxy/internal/scale"
+	"github.com/nftproxy/nftproxy/internal/scenario"
+	"github.com/nftproxy/nftproxy/model"
+	"github.com/nftproxy/nftproxy/nft"
+)
+
+// sizes returns the size of each endpoint map of fam's table in fake.
+func sizes(t *testing.T, fake *nft.Fake, fam model.Family) map[string]uint32 {
+	t.Helper()
+	rs, _, err := fake.ReadTable(fam, nil, func() nft.Expected { return nft.Expected{} })
+	if err != nil || rs == nil {
+		t.Fatalf("read %s table: %v", fam, err)
+	}
+	out := map[string]uint32{}
+	for _, s := range rs.Sets {
+		if model.IsEndpointMap(s) {
+			out[s.Name] = s.Size
+		}
+	}
+	return out
+}
+
+// replacedSets returns the names of the sets that tx replaces, with their new sizes.
+func replacedSets(tx *nft.Transaction) map[string]uint32 {
+	out := map[string]uint32{}
+	for _, op := range tx.Ops {
+		if op.Kind == nft.ReplaceSet {
+			out[op.Set.Name] = op.Set.Size
+		}
+	}
+	return out
+}
+
+// TestEndpointMapsGrow checks the endpoint maps' sizes, which the kernel enforces (the Fake
+// too): created to fit their elements, a map that the Services outgrow is created anew,
+// larger, by the partial sync that adds them, with every endpoint (the rules that use it
+// flushed before and written again after: the kernel deletes no map in use), and the other
+// map is left alone; a map never shrinks; a restart adopts the grown table as it is.
+func TestEndpointMapsGrow(t *testing.T) {
+	fake := nft.NewFake(1)
+	// 100 Services x 100 endpoints, every tenth a NodePort: 10,000 and 1,000 slots.
+	s := newScaleSyncer(t, fake, 100, 100)
+	least := model.EndpointMapMinSize
+	if got := sizes(t, fake, model.IPv4); got[model.MapServiceEndpoints] != least || got[model.MapNodePortEndpoints] != least {
+		t.Fatalf("first sync: endpoint map sizes %v, want %d", got, least)
+	}
+	// 100 more: 20,000 slots do not fit in 16,384.
+	more := map[model.ServiceName]*model.Service{}
+	all := scale.Services(100, 100)
+	for i := 100; i < 200; i++ {
+		svc := scale.Service(i, 100, 0)
+		more[svc.Name] = &svc
+		all = append(all, svc)
+	}
+	s.Update(more, time.Now())
+	res, err := s.Sync()
+	if err != nil {
+		t.Fatal(err)
+	}
+	grown := model.EndpointMapSize(20000)
+	if res.Full || grown <= least {
+		t.Fatalf("the sync that outgrew the map was full (%v), or the size %d is not larger", res.Full, grown)
+	}
+	if got := replacedSets(fake.Last); len(got) != 1 || got[model.MapServiceEndpoints] != grown {
+		t.Errorf("replaced sets %v, want only %s at size %d", got, model.MapServiceEndpoints, grown)
+	}
+	want := model.Render(model.Build(all, scaleNode))
+	if got := fake.Render(model.IPv4); got != want {
+		t.Errorf("after growing, the table is not the desired one:\n%s", scenario.LineDiff(want, got))
+	}
+
+	// One endpoint changed: no map is replaced any more.
+	svc := scale.Service(150, 100, 0)
+	svc.Ports[0].Endpoints[99].Addr = netip.MustParseAddr("10.200.0.1")
+	s.Update(map[model.ServiceName]*model.Service{svc.Name: &svc}, time.Now())
+	if res, err := s.Sync(); err != nil || res.Objects > 6 || len(replacedSets(fake.Last)) > 0 {
+		t.Errorf("a change after growing: %d objects, replaced %v (err %v):\n%s", res.Objects, replacedSets(fake.Last), err, fake.Last)
+	}
+
+	// Back to 50 Services: the map keeps its size.
+	gone := map[model.ServiceName]*model.Service{}
+	for i := 50; i < 200; i++ {
+		gone[scale.Name(i)] = nil
+	}
+	s.Update(gone, time.Now())
+	if _, err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got := sizes(t, fake, model.IPv4); got[model.MapServiceEndpoints] != grown || len(replacedSets(fake.Last)) > 0 {
+		t.Errorf("after shrinking: sizes %v, replaced %v; want %s kept at %d", got, replacedSets(fake.Last), model.MapServiceEndpoints, grown)
+	}
+	if got, want := fake.Render(model.IPv4), model.Render(s.Committed(model.IPv4)); got != want {
+		t.Errorf("kernel and syncer disagree:\n%s", scenario.LineDiff(want, got))
+	}
+
+	// A restart adopts the table, sizes and all.
+	restarted := scaleSyncer(fake, 50, 100)
+	if res, err := restarted.Sync(); err != nil || res.Objects != 0 {
+		t.Errorf("restart over grown maps wrote %d objects (err %v):\n%s", res.Objects, err, fake.Last)
+	}
+}
+
+// TestAdoptionSizesUnsizedMaps checks a restart over the table of an earlier nftproxy, whose
+// endpoint maps had no size (the kernel's resizable hash): the first full sync creates them
+// anew, sized, with the same elements, and the next full sync finds nothing to change.
+func TestAdoptionSizesUnsizedMaps(t *testing.T) {
+	fake := nft.NewFake(1)
+	newScaleSyncer(t, fake, 20, 3)
+	fake.Tamper(model.IPv4, func(rs *model.Ruleset) {
+		for _, s := range rs.Sets {
+			if model.IsEndpointMap(s) {
+				s.Size = 0
+			}
+		}
+	})
+	restarted := scaleSyncer(fake, 20, 3)
+	if _, err := restarted.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	least := model.EndpointMapMinSize
+	if got := replacedSets(fake.Last); len(got) != 2 || got[model.MapServiceEndpoints] != least || got[model.MapNodePortEndpoints] != least {
+		t.Errorf("replaced sets %v, want both endpoint maps at %d", got, least)
+	}
+	if got, want := fake.Render(model.IPv4), model.Render(model.Build(scale.Services(20, 3), scaleNode)); got != want {
+		t.Errorf("after adoption, the table is not the desired one:\n%s", scenario.LineDiff(want, got))
+	}
+	restarted.RequestFull()
+	if res, err := restarted.Sync(); err != nil || res.Objects != 0 {
+		t.Errorf("the next full sync wrote %d objects (err %v), want none", res.Objects, err)
+	}
+}
