@@ -1,12 +1,19 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/nftproxy/nftproxy/integration/topology"
+	"github.com/nftproxy/nftproxy/internal/scale"
 	"github.com/nftproxy/nftproxy/model"
 )
 
@@ -72,6 +79,11 @@ func TestTrafficEndpointMapGrows(t *testing.T) {
 		}
 		time.Sleep(pollInterval)
 	}
+	// Grown in the sync that added the endpoints: none failed (a map too small for its
+	// elements fails the commit, and the full sync after it would grow the map too).
+	if log := h.proxy.log.String(); strings.Contains(log, "sync failed") {
+		t.Errorf("a sync failed while the map grew:\n%s", log)
+	}
 	// The last endpoint of the last slice, and sticky's slots, are in the new map.
 	h.tp.Node1.Run(t, "nft", "get", "element", "ip", "nftproxy", model.MapServiceEndpoints,
 		"{ 10.96.31.20 . tcp . 80 . 16999 }")
@@ -85,4 +97,48 @@ func TestTrafficEndpointMapGrows(t *testing.T) {
 	// A new client is served through the new map.
 	caller2 := h.pod(1, "caller2")
 	h.waitReply(t, caller2.NS, "tcp", sticky)
+}
+
+// TestEndpointMapFullOfOthersElements checks a map that the kernel finds full although its
+// elements, as the syncer reads them back, fit: someone else added slots of frontends that
+// no map names, which a read by key does not find (the maps are read by key past
+// Netlink.DumpMax elements, here always). The commit that adds an endpoint fails (ENFILE);
+// the next sync creates the map anew, without those slots, and programs the endpoint.
+func TestEndpointMapFullOfOthersElements(t *testing.T) {
+	topology.RequirePrivileged(t)
+	t.Parallel()
+	ns := topology.NewNetNS(t, "full")
+	be := kernelBackend(t, ns)
+	be.DumpMax = -1
+	s := newBenchSyncer(be, benchShape{100, 100}.build()) // 10,000 slots, 1,000 of NodePorts
+	if _, err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	// Fill the map to its size with slots of frontends nobody proxies.
+	var b strings.Builder
+	for i := range int(model.EndpointMapMinSize) - 10000 {
+		fmt.Fprintf(&b, "add element ip nftproxy %s { 10.99.%d.%d . tcp . 80 . 0 : 10.98.0.1 . 80 }\n",
+			model.MapServiceEndpoints, i>>8, i&0xff)
+	}
+	file := filepath.Join(t.TempDir(), "others.nft")
+	if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ns.Run(t, "nft", "-f", file)
+
+	svc := scale.Service(100, 1, 0)
+	s.Update(map[model.ServiceName]*model.Service{svc.Name: &svc}, time.Now())
+	if _, err := s.Sync(); !errors.Is(err, unix.ENFILE) {
+		t.Fatalf("sync into the full map: %v, want ENFILE", err)
+	}
+	if _, err := s.Sync(); err != nil {
+		t.Fatalf("the sync after the map was found full: %v", err)
+	}
+	slot := fmt.Sprintf("{ %s . tcp . 80 . 0 }", scale.ClusterIP(100))
+	if _, err := ns.Exec("nft", "get", "element", "ip", "nftproxy", model.MapServiceEndpoints, slot); err != nil {
+		t.Errorf("the new Service's slot %s is not in the map: %v", slot, err)
+	}
+	if _, err := ns.Exec("nft", "get", "element", "ip", "nftproxy", model.MapServiceEndpoints, "{ 10.99.0.0 . tcp . 80 . 0 }"); err == nil {
+		t.Errorf("the map created anew still holds someone else's slot 10.99.0.0 . tcp . 80 . 0")
+	}
 }

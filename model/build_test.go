@@ -163,3 +163,38 @@ func TestNoLocalEndpointCounts(t *testing.T) {
 		}
 	}
 }
+
+// TestEndpointMapSize checks the endpoint maps' room: at least EndpointMapMinSize, then the
+// elements and half as many again rounded up to a power of two, so that a map holds its
+// elements with room to grow; model.Build gives each map the room of its elements.
+func TestEndpointMapSize(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want uint32
+	}{
+		{0, 1 << 14}, {10923, 1 << 14}, {10924, 1 << 15}, {16384, 1 << 15}, {21845, 1 << 15},
+		{21846, 1 << 16}, {1_100_000, 1 << 21}, {1 << 31, 1 << 31},
+	} {
+		if got := EndpointMapSize(tc.n); got != tc.want {
+			t.Errorf("EndpointMapSize(%d) = %d, want %d", tc.n, got, tc.want)
+		}
+	}
+	var svcs []Service
+	for i := range 120 {
+		svc := Service{Name: ServiceName{Namespace: "ns", Name: fmt.Sprintf("s%d", i)}, Type: ClusterIP,
+			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 0, byte(i)})}}
+		port := ServicePort{Protocol: TCP, Port: 80}
+		for j := range 100 {
+			port.Endpoints = append(port.Endpoints, Endpoint{Addr: netip.AddrFrom4([4]byte{10, 244, byte(i), byte(j)}), Port: 8080, Ready: true, Serving: true})
+		}
+		svc.Ports = []ServicePort{port}
+		svcs = append(svcs, svc)
+	}
+	rs := Build(svcs, NodeConfig{Family: IPv4})
+	if s := rs.Set(MapServiceEndpoints); len(s.Elements) != 12000 || s.Size != 1<<15 {
+		t.Errorf("%s: %d elements, size %d; want 12000 in 32768", s.Name, len(s.Elements), s.Size)
+	}
+	if s := rs.Set(MapNodePortEndpoints); s.Size != EndpointMapMinSize {
+		t.Errorf("%s: empty, size %d; want %d", s.Name, s.Size, EndpointMapMinSize)
+	}
+}

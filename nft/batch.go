@@ -591,8 +591,12 @@ func (c *conn) receiveAcks(begin, last uint32) error {
 
 // batchError is the error of a batch the kernel refused with errno.
 func batchError(errno syscall.Errno) error {
-	if errno == unix.ERESTART {
+	switch errno {
+	case unix.ERESTART:
 		return ErrGenerationChanged
+	case unix.ENFILE:
+		// strerror says "too many open files in system".
+		return fmt.Errorf("nftables rejected the batch: a set is full: %w", errno)
 	}
 	return fmt.Errorf("nftables rejected the batch: %w", errno)
 }

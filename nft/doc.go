@@ -16,7 +16,8 @@
 //     affinity entry (AffinityEntry) is an element of the affinity map, which the packet path
 //     adds and expires.
 //   - transaction: a Transaction, the changes of one sync in model terms: tables to replace,
-//     then Ops (add or delete elements; add, rewrite, flush or delete a chain).
+//     then Ops (add or delete elements; add, rewrite, flush or delete a chain; replace a set,
+//     to give it another size).
 //   - batch: the netlink messages one transaction encodes to, between a batch-begin and a
 //     batch-end message. The kernel applies a batch all or nothing.
 //   - commit: sending one batch in one sendmsg and reading the kernel's acknowledgement.
@@ -31,7 +32,8 @@
 //     and chains and a fingerprint of each rule, taken from the encoder's own messages. The
 //     table state is decoded against it.
 //   - definition (setDef, chainDef): the properties of a set or chain as a NEWSET or NEWCHAIN
-//     message carries them, compared between the expectation and the kernel. A spec
+//     message carries them, compared between the expectation and the kernel (but a set's
+//     size, which the table state reports as the kernel has it). A spec
 //     (setSpec, chainSpec) is what the batch writes such a message from.
 //   - lookup: a request for set elements by key (NFT_MSG_GETSETELEM without NLM_F_DUMP).
 //     The endpoint maps, keyed by a frontend and a slot, are read by lookups of the keys

@@ -7,6 +7,8 @@ import (
 	"slices"
 	gosync "sync"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nftproxy/nftproxy/model"
 )
 
@@ -196,7 +198,7 @@ func (f *Fake) Apply(tx *Transaction, genID uint32) error {
 // set def holds more elements than its size.
 func (t *fakeTable) checkSize(def *model.Set) error {
 	if n := len(t.elems[def.Name]); def.Size != 0 && n > int(def.Size) {
-		return fmt.Errorf("set %s: %d elements, room for %d", def.Name, n, def.Size)
+		return fmt.Errorf("set %s: %d elements, room for %d: %w", def.Name, n, def.Size, unix.ENFILE)
 	}
 	return nil
 }

@@ -279,13 +279,16 @@ func (t *table) holds(have readBack) bool {
 }
 
 // growMaps makes room, in tx, for the elements of the endpoint maps that would hold more
-// than their size once tx is committed, or that have none (a table of an earlier version,
-// whose maps the kernel made resizable): such a map is created anew, sized to its elements
+// than their size once tx is committed, or whose size is not known (0: a table of an earlier
+// version, whose maps the kernel made resizable, or a full sync after the kernel found a map
+// full, Syncer.regrow): such a map is created anew, sized to its elements
 // (model.EndpointMapSize), holding every claimed element, in place of tx's changes to its
 // elements. The rules that use it are flushed first and written again last, unless tx
 // rewrites or flushes them itself. The sizes are the table's once tx is committed.
 //
-// tx.More gives the new maps' elements; it must be set before, if at all.
+// tx.More gives the new maps' elements, in the claims' order (claimedByPart, which a
+// replaced table's encoder reads faster, needs a table built whole: a partial sync's is
+// not); it must be set before, if at all. The endpoint maps hold no fixed elements.
 func (t *table) growMaps(tx *nft.Transaction) {
 	grow := map[string]*model.Set{}
 	for _, def := range t.skeleton.Sets {

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nftproxy/nftproxy/conntrack"
 	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
@@ -52,6 +54,11 @@ type Syncer struct {
 	needFull bool
 	// readFailures counts the full syncs in a row that could not read a table back.
 	readFailures int
+	// regrow is set when a commit found a map full (ENFILE): its elements, as the syncer
+	// counts them, fit, so the kernel holds more than it can read back (elements whose
+	// frontend no map names: someone else's). The next full sync replaces the endpoint maps
+	// whole, which drops those (growMaps).
+	regrow bool
 }
 
 // replaceAfterReadFailures is how many full syncs in a row may fail to read a table back
@@ -214,6 +221,9 @@ func (s *Syncer) Sync() (SyncResult, error) {
 	}
 	if err != nil {
 		s.needFull = true
+		if errors.Is(err, unix.ENFILE) {
+			s.regrow = true
+		}
 		return res, err
 	}
 	s.needFull = false
@@ -433,7 +443,7 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			read := readBack{rs: have, batches: batches}
 			t.committedChains = chainIndex(have)
 			for _, set := range have.Sets {
-				if model.IsEndpointMap(set) {
+				if model.IsEndpointMap(set) && !s.regrow {
 					t.sizes[set.Name] = set.Size
 				}
 			}
@@ -481,6 +491,7 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 	if res.ReplacedUnread == nil {
 		s.readFailures = 0
 	}
+	s.regrow = false
 	s.tables = tables
 	// The diff's chain operations are recorded as they went (the flushed chains are deleted
 	// by the next commit); afterCommit ignores Replace, whose tables hold the desired chains.

@@ -375,8 +375,8 @@ func (t *table) claimedKeys(set string) (iter.Seq[model.Key], int) {
 
 // desiredSkeleton returns the desired ruleset without the claimed elements: the skeleton's
 // sets with their fixed elements, the endpoint maps sized to their elements, and the desired
-// chains. claimedElements gives the rest. The endpoint maps' sizes are the table's once the
-// ruleset is committed.
+// chains. claimedElements gives the rest. It records the endpoint maps' sizes as the
+// table's once the ruleset is committed (markCommitted).
 func (t *table) desiredSkeleton() *model.Ruleset {
 	sets := slices.Clone(t.skeleton.Sets)
 	for i, s := range sets {
