@@ -22,6 +22,11 @@
 //   - committed: the syncer's view of what the kernel holds: the committed chains by name, and
 //     as elements the claimed ones and the skeleton's (what every commit leaves), except the
 //     keys whose claims changed since the last commit (prior: their committed elements).
+//   - size: the room of an endpoint map (model.EndpointMapSize), which the kernel enforces.
+//     The committed sizes are the table's; a sync whose elements outgrow a map (or that
+//     follows a commit the kernel refused as full, or adopts a map without a size) replaces
+//     that map in its transaction, larger, with every claimed element (growing). Maps never
+//     shrink.
 //   - unread replacement: after replaceAfterReadFailures full syncs in a row that could not
 //     read a table back, the next replaces the tables without reading them.
 package sync
