@@ -9,6 +9,7 @@ import (
 	"github.com/nftproxy/nftproxy/internal/scenario"
 	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
+	"github.com/nftproxy/nftproxy/sync"
 )
 
 // sizes returns the size of each endpoint map of fam's table in fake.
@@ -134,5 +135,66 @@ func TestAdoptionSizesUnsizedMaps(t *testing.T) {
 	restarted.RequestFull()
 	if res, err := restarted.Sync(); err != nil || res.Objects != 0 {
 		t.Errorf("the next full sync wrote %d objects (err %v), want none", res.Objects, err)
+	}
+}
+
+// dualService returns a dual-stack NodePort Service i with m endpoints in each family.
+func dualService(i, m int) model.Service {
+	svc := model.Service{Name: scale.Name(i), Type: model.NodePort, ClusterIPs: []netip.Addr{
+		netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}),
+		netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x96, 14: byte(i >> 8), 15: byte(i)}),
+	}}
+	port := model.ServicePort{Name: "http", Protocol: model.TCP, Port: 80, NodePort: uint16(30000 + i)}
+	for j := range m {
+		port.Endpoints = append(port.Endpoints,
+			model.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 200 + byte(i>>8), byte(i), byte(j)}), Port: 8080, Ready: true, Serving: true},
+			model.Endpoint{Addr: netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x24, 12: byte(i >> 8), 13: byte(i), 15: byte(j)}), Port: 8080, Ready: true, Serving: true})
+	}
+	svc.Ports = []model.ServicePort{port}
+	return svc
+}
+
+// TestEndpointMapsGrowDualStack checks growth in both families and both maps at once, in a
+// sync that also adds picking chains, through commits that fail half the time (the retries
+// are full syncs, which find the maps too small in the kernel's read-back): the tables end
+// as model.Build has them, and a full sync after finds nothing to change.
+func TestEndpointMapsGrowDualStack(t *testing.T) {
+	fake := nft.NewFake(7)
+	nodes := map[model.Family]model.NodeConfig{model.IPv4: {Family: model.IPv4}, model.IPv6: {Family: model.IPv6}}
+	s := sync.NewSyncer(fake, families...)
+	s.SetNode(nodes)
+	var all []model.Service
+	changes := map[model.ServiceName]*model.Service{}
+	for i := range 100 {
+		svc := dualService(i, 100)
+		all = append(all, svc)
+		changes[svc.Name] = &svc
+	}
+	s.Update(changes, time.Now())
+	syncUntilDone(t, s)
+	// 100 more, of 101 endpoints (a picking chain of its own): 20,100 slots in each map.
+	changes = map[model.ServiceName]*model.Service{}
+	for i := 100; i < 200; i++ {
+		svc := dualService(i, 101)
+		all = append(all, svc)
+		changes[svc.Name] = &svc
+	}
+	fake.SetFailRate(0.5)
+	s.Update(changes, time.Now())
+	syncUntilDone(t, s)
+	fake.SetFailRate(0)
+	grown := model.EndpointMapSize(20100)
+	for _, fam := range families {
+		if got := sizes(t, fake, fam); got[model.MapServiceEndpoints] != grown || got[model.MapNodePortEndpoints] != grown {
+			t.Errorf("%s: endpoint map sizes %v, want both %d", fam, got, grown)
+		}
+		want := model.Render(model.Build(all, nodes[fam]))
+		if got := fake.Render(fam); got != want {
+			t.Errorf("%s table after growing:\n%s", fam, scenario.LineDiff(want, got))
+		}
+	}
+	s.RequestFull()
+	if res, err := s.Sync(); err != nil || res.Objects != 0 {
+		t.Errorf("a full sync after growing wrote %d objects (err %v)", res.Objects, err)
 	}
 }
