@@ -2,6 +2,7 @@ package sync_test
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -196,5 +197,36 @@ func TestEndpointMapsGrowDualStack(t *testing.T) {
 	s.RequestFull()
 	if res, err := s.Sync(); err != nil || res.Objects != 0 {
 		t.Errorf("a full sync after growing wrote %d objects (err %v)", res.Objects, err)
+	}
+}
+
+// TestEndpointMapGrowsAsItsChainGoes checks growth in a sync that also flushes a picking
+// chain that uses the map (no Service has 100 endpoints any more): the chain is flushed
+// before the map is replaced and not written again, and the next sync deletes it.
+func TestEndpointMapGrowsAsItsChainGoes(t *testing.T) {
+	fake := nft.NewFake(1)
+	s := newScaleSyncer(t, fake, 100, 100)
+	changes := map[model.ServiceName]*model.Service{}
+	var all []model.Service
+	for i := range 200 {
+		svc := scale.Service(i, 101, 0)
+		all = append(all, svc)
+		changes[svc.Name] = &svc
+	}
+	s.Update(changes, time.Now())
+	if _, err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got := replacedSets(fake.Last); got[model.MapServiceEndpoints] == 0 {
+		t.Fatalf("the sync to 20,200 slots replaced %v, want %s", got, model.MapServiceEndpoints)
+	}
+	if !strings.Contains(fake.Render(model.IPv4), "chain cluster-tcp-100 {\n\t}") {
+		t.Errorf("the unused chain cluster-tcp-100 is not left empty:\n%s", fake.Last)
+	}
+	if _, err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fake.Render(model.IPv4), model.Render(model.Build(all, scaleNode)); got != want {
+		t.Errorf("the table after the next sync:\n%s", scenario.LineDiff(want, got))
 	}
 }
