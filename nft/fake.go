@@ -194,6 +194,11 @@ func (f *Fake) Apply(tx *Transaction, genID uint32) error {
 	return nil
 }
 
+// setIndex returns the index in t.sets of the set named name, or -1.
+func (t *fakeTable) setIndex(name string) int {
+	return slices.IndexFunc(t.sets, func(s *model.Set) bool { return s.Name == name })
+}
+
 // checkSize fails, as the kernel refuses an element beyond a set's size (ENFILE), when the
 // set def holds more elements than its size.
 func (t *fakeTable) checkSize(def *model.Set) error {
@@ -205,7 +210,7 @@ func (t *fakeTable) checkSize(def *model.Set) error {
 
 // replaceSet applies a ReplaceSet operation of tx, appending to undo what reverts it.
 func (t *fakeTable) replaceSet(tx *Transaction, op Op, undo *[]func()) error {
-	i := slices.IndexFunc(t.sets, func(s *model.Set) bool { return s.Name == op.Set.Name })
+	i := t.setIndex(op.Set.Name)
 	if i < 0 {
 		return fmt.Errorf("set %s: no such set", op.Set.Name)
 	}
@@ -215,16 +220,15 @@ func (t *fakeTable) replaceSet(tx *Transaction, op Op, undo *[]func()) error {
 		}
 	}
 	oldDef, oldElems := t.sets[i], t.elems[op.Set.Name]
-	def := *op.Set
-	def.Elements = nil
-	elems := op.Set.ByKey()
-	more, _ := tx.more(op.Family, op.Set.Name)
-	for e := range more {
-		if old, ok := elems[e.Key()]; ok && old != *e {
+	def := *tx.wholeSet(op.Family, op.Set)
+	elems := make(map[model.Key]model.Element, len(def.Elements))
+	for _, e := range def.Elements {
+		if old, ok := elems[e.Key()]; ok && old != e {
 			return fmt.Errorf("set %s: element %v added twice with other data", op.Set.Name, e.Key())
 		}
-		elems[e.Key()] = *e
+		elems[e.Key()] = e
 	}
+	def.Elements = nil
 	for _, e := range elems {
 		if e.Verdict.Chain != "" && t.chains[e.Verdict.Chain] == nil {
 			return fmt.Errorf("set %s: element refers to missing chain %s", op.Set.Name, e.Verdict.Chain)
@@ -269,7 +273,7 @@ func (t *fakeTable) apply(tx *Transaction, op Op, undo *[]func()) error {
 			}
 		}
 		if op.Kind == AddElements {
-			return t.checkSize(t.sets[slices.IndexFunc(t.sets, func(s *model.Set) bool { return s.Name == op.Set.Name })])
+			return t.checkSize(t.sets[t.setIndex(op.Set.Name)])
 		}
 		return nil
 	case ReplaceSet:

@@ -76,15 +76,21 @@ func (tx *Transaction) Replaced(i int) *model.Ruleset {
 	out := *rs
 	out.Sets = make([]*model.Set, len(rs.Sets))
 	for j, s := range rs.Sets {
-		c := *s
-		elems, n := tx.More(rs.Family, s.Name)
-		c.Elements = slices.Grow(slices.Clone(s.Elements), n)
-		for e := range elems {
-			c.Elements = append(c.Elements, *e)
-		}
-		out.Sets[j] = &c
+		out.Sets[j] = tx.wholeSet(rs.Family, s)
 	}
 	return &out
+}
+
+// wholeSet returns a copy of s, a set of fam that the transaction creates, with the elements
+// More gives for it appended.
+func (tx *Transaction) wholeSet(fam model.Family, s *model.Set) *model.Set {
+	c := *s
+	elems, n := tx.more(fam, s.Name)
+	c.Elements = slices.Grow(slices.Clone(s.Elements), n)
+	for e := range elems {
+		c.Elements = append(c.Elements, *e)
+	}
+	return &c
 }
 
 // Empty reports whether the transaction changes nothing.
@@ -239,13 +245,7 @@ func (tx *Transaction) String() string {
 				kind = "map"
 			}
 			fmt.Fprintf(&b, "delete %s %s %s\n", kind, table, op.Set.Name)
-			set := *op.Set
-			elems, n := tx.more(op.Family, set.Name)
-			set.Elements = slices.Grow(slices.Clone(set.Elements), n)
-			for e := range elems {
-				set.Elements = append(set.Elements, *e)
-			}
-			b.WriteString(model.Render(&model.Ruleset{Family: op.Family, Sets: []*model.Set{&set}}))
+			b.WriteString(model.Render(&model.Ruleset{Family: op.Family, Sets: []*model.Set{tx.wholeSet(op.Family, op.Set)}}))
 		default:
 			fmt.Fprintf(&b, "# unknown operation %d\n", op.Kind)
 		}

@@ -147,7 +147,7 @@ func (t *table) markCommitted() {
 func (t *table) committedCounts() map[string]int {
 	out := map[string]int{}
 	for name := range t.setDefs {
-		out[name] = len(t.fixed[name]) + t.claims[name].len()
+		out[name] = t.elementCount(name)
 	}
 	return out
 }
@@ -390,7 +390,8 @@ func (t *table) desiredSkeleton() *model.Ruleset {
 	return &model.Ruleset{Family: t.fam, Sets: sets, Chains: t.desiredChains()}
 }
 
-// elementCount returns how many elements set holds in the desired table.
+// elementCount returns how many elements set holds in the desired table (after a commit, the
+// committed one): a key both fixed and claimed is one element.
 func (t *table) elementCount(set string) int {
 	n := t.claims[set].len()
 	for k := range t.fixed[set] {
