@@ -43,7 +43,7 @@ test: lint k8s-bins
 # integration/kernelvm/run.sh (root; TCG unless KVM works). The binaries are built here,
 # without -race (TCG runs them a few times slower already), outside /tmp, which the guest
 # does not see. Not root and not required: skipped, like the other privileged tests.
-KERNEL_TESTS ?= TestKernelRoundTrip|TestProbe|TestPruneAffinityKernel|TestTrafficClusterIPSpreadsOverEndpoints|TestTrafficUDPClusterIP|TestTrafficNodePort|TestTrafficExternalPolicyLocal|TestTrafficSessionAffinity|TestTrafficLoadBalancerSourceRanges|TestRestartWithoutBlip|TestDriftRepair|TestUDPEndpointReplaced|TestConntrack.*|TestReadEndpointMapsByKey|TestTrafficEndpointMapGrows
+KERNEL_TESTS ?= TestKernelRoundTrip|TestProbe|TestPruneAffinityKernel|TestTrafficClusterIPSpreadsOverEndpoints|TestTrafficUDPClusterIP|TestTrafficNodePort|TestTrafficExternalPolicyLocal|TestTrafficSessionAffinity|TestTrafficLoadBalancerSourceRanges|TestRestartWithoutBlip|TestDriftRepair|TestUDPEndpointReplaced|TestConntrack.*|TestReadEndpointMapsByKey|TestTrafficEndpointMapGrows|TestRestartTrustsSyncState
 KVM_BIN := $(BIN)/kernelvm
 test-kernel-6.1:
 	@if [ "$$(id -u)" != 0 ] && [ "$$NFTPROXY_PRIVILEGED_TESTS" != required ]; then \

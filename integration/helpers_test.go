@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nftproxy/nftproxy/integration/topology"
+	"github.com/nftproxy/nftproxy/model"
 	"github.com/nftproxy/nftproxy/nft"
 )
 
@@ -599,4 +600,24 @@ func kernelBackend(tb testing.TB, ns *topology.NetNS) *nft.Netlink {
 	be := nft.NewNetlink(ns.Path())
 	tb.Cleanup(func() { _ = be.Close() })
 	return be
+}
+
+// withoutSyncState returns nft's listing of a table without the elements of its sync-state
+// set (model.SetSyncState), which record the generation of each commit: the table as the
+// Services make it, which model.Render(model.Build(...)) lists.
+func withoutSyncState(listing string) string {
+	start := strings.Index(listing, "\tset "+model.SetSyncState+" {\n")
+	if start < 0 {
+		return listing
+	}
+	end := strings.Index(listing[start:], "\n\t}\n")
+	if end < 0 {
+		return listing
+	}
+	block := listing[start : start+end]
+	from := strings.Index(block, "\n\t\telements = { ")
+	if from < 0 {
+		return listing
+	}
+	return listing[:start+from] + listing[start+end:]
 }

@@ -351,7 +351,9 @@ func TestDriftRepair(t *testing.T) {
 	h.waitReply(t, client.NS, "tcp", target)
 	endpoints := endpointsOf(false, httpPort, local, remote)
 
-	listTable := func() string { return h.tp.Node1.Run(t, "nft", "list", "table", "ip", "nftproxy") }
+	listTable := func() string {
+		return withoutSyncState(h.tp.Node1.Run(t, "nft", "list", "table", "ip", "nftproxy"))
+	}
 	want := listTable()
 	element := fmt.Sprintf("%s . tcp . %d", target.Addr(), target.Port())
 	// hasElement reports whether service-ips maps the ClusterIP's port (service-endpoints

@@ -235,6 +235,7 @@ func (b *builder) skeleton() *Ruleset {
 	addSet(&Set{Name: MapAffinityServices, Key: keyAddrProtoPort, Data: VerdictData, Comment: "Service IP ports with sessionAffinity ClientIP, to the chains that record their clients"})
 	addSet(&Set{Name: MapAffinityNodePorts, Key: keyProtoPort, Data: VerdictData, Comment: "NodePorts with sessionAffinity ClientIP, to the chains that record their clients"})
 	addSet(&Set{Name: SetHairpin, Key: []KeyField{KeyAddr, KeyAddr}, Comment: "Local endpoints paired with themselves, to masquerade a pod that reaches itself through a Service"})
+	addSet(&Set{Name: SetSyncState, Key: []KeyField{KeyPort}, Comment: "nftproxy's own: the generation of its last commit, digests of the endpoint maps"})
 
 	firewall := rule(CtStateNew{}, VmapLookup{Key: keyAddrProtoPort, Map: MapFirewallIPs})
 	addChain(&Chain{Name: ChainFilterPrerouting, Hook: baseHook("filter", "prerouting", priorityDstNAT-10),

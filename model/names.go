@@ -30,6 +30,7 @@ const (
 	MapServiceEndpoints    = "service-endpoints"
 	MapNodePortEndpoints   = "nodeport-endpoints"
 	SetHairpin             = "hairpin"
+	SetSyncState           = "sync-state"
 	SetClusterIPs          = "cluster-ips"
 	SetNodePortIPs         = "nodeport-ips"
 	MapFirewallIPs         = "firewall-ips"

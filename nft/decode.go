@@ -188,7 +188,7 @@ func decodeChain(data []byte) (name string, def chainDef, err error) {
 // elements of the endpoint maps looked up (or prefetched) come back apart, in batches by the
 // set's index, for deliverEndpointMaps once the read is known to be of one generation: a read
 // that is started over must not hand exp.elements the same elements twice.
-func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, [][][]model.Element, error) {
+func (c *conn) readTable(exp *expectation, gen uint32, pf *prefetch) (*model.Ruleset, [][][]model.Element, error) {
 	fam := exp.nfproto
 	// The table.
 	ae := newAttrs()
@@ -302,6 +302,15 @@ func (c *conn) readTable(exp *expectation, pf *prefetch) (*model.Ruleset, [][][]
 					if !errors.Is(err, errDumpTooLarge) {
 						setErrs[i] = err
 						return
+					}
+				}
+				if exp.unchanged != nil {
+					var state []model.Element
+					if st := out.Set(model.SetSyncState); st != nil {
+						state = st.Elements
+					}
+					if skip := exp.unchanged(s.Name, s.Size, state, gen); skip != nil {
+						keys, fronts = skipFrontends(keys, fronts, skip)
 					}
 				}
 				batches[i], setErrs[i] = c.lookupEndpointMap(exp, s, keys, n, fronts)

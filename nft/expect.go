@@ -34,6 +34,9 @@ type expectation struct {
 	keys func(set string) (iter.Seq[model.Key], int)
 	// elements, when set, takes the endpoint maps' elements (Expected.Elements).
 	elements func(set string, elems []model.Element)
+	// unchanged, when set, tells the frontends of an endpoint map not to look up
+	// (Expected.Unchanged).
+	unchanged func(set string, size uint32, state []model.Element, gen uint32) func(model.Key) bool
 }
 
 func newExpectation(fam model.Family, want *model.Ruleset) (*expectation, error) {

@@ -336,6 +336,22 @@ func (f *Fake) ReadTable(fam model.Family, _ []*model.Set, expected func() Expec
 		return nil, f.gen, nil
 	}
 	rs := t.ruleset(fam)
+	if exp.Unchanged != nil {
+		// As Netlink looks the endpoint maps up: not the slots of the frontends the caller
+		// knows unchanged.
+		var state []model.Element
+		if st := rs.Set(model.SetSyncState); st != nil {
+			state = st.Elements
+		}
+		for _, s := range rs.Sets {
+			if !isEndpointMap(s) {
+				continue
+			}
+			if skip := exp.Unchanged(s.Name, s.Size, state, f.gen); skip != nil {
+				s.Elements = slices.DeleteFunc(s.Elements, func(e model.Element) bool { return skip(frontendKey(e.Key())) })
+			}
+		}
+	}
 	if exp.Elements != nil {
 		// As Netlink does, in batches (small ones, so that there are several).
 		for _, s := range rs.Sets {
@@ -424,12 +440,24 @@ func (f *Fake) PruneAffinity(fam model.Family, keep func(AffinityEntry) bool) (i
 	return before - len(f.affinity[fam]), nil
 }
 
-// Render returns the table of fam as nft would list it, or "" when there is none.
+// Render returns the table of fam as nft would list it, but for the elements of the
+// sync-state set (model.WithoutSyncState; SyncState gives them), or "" when there is none.
 func (f *Fake) Render(fam model.Family) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if t := f.tables[fam]; t != nil {
-		return model.Render(t.ruleset(fam))
+		return model.Render(model.WithoutSyncState(t.ruleset(fam)))
 	}
 	return ""
+}
+
+// SyncState returns the elements of the sync-state set of fam's table (model.SyncState),
+// which Render leaves out.
+func (f *Fake) SyncState(fam model.Family) []model.Element {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if t := f.tables[fam]; t != nil {
+		return slices.SortedFunc(maps.Values(t.elems[model.SetSyncState]), model.CompareElements)
+	}
+	return nil
 }

@@ -141,6 +141,28 @@ func (c *conn) lookupEndpointMap(exp *expectation, s *model.Set, want iter.Seq[m
 	return l.elements(), nil
 }
 
+// skipFrontends returns keys and frontendSets without the keys and frontends for which skip
+// reports true, for lookupEndpointMap to look none of their slots up.
+func skipFrontends(keys iter.Seq[model.Key], frontendSets []*model.Set, skip func(model.Key) bool) (iter.Seq[model.Key], []*model.Set) {
+	if keys != nil {
+		all := keys
+		keys = func(yield func(model.Key) bool) {
+			for k := range all {
+				if !skip(frontendKey(k)) && !yield(k) {
+					return
+				}
+			}
+		}
+	}
+	out := make([]*model.Set, len(frontendSets))
+	for i, fs := range frontendSets {
+		kept := *fs
+		kept.Elements = slices.DeleteFunc(slices.Clone(fs.Elements), func(e model.Element) bool { return skip(frontendKey(e.Key())) })
+		out[i] = &kept
+	}
+	return keys, out
+}
+
 // lookupChunk is how many wanted keys are looked up at a time.
 const lookupChunk = 32 << 10
 

@@ -20,6 +20,9 @@ type prefetch struct {
 	// defs their definitions.
 	elems map[string][][]model.Element
 	defs  map[string]setDef
+	// unneeded is set when the table's sync-state set records the generation of the read:
+	// the endpoint maps were not read.
+	unneeded bool
 }
 
 // Prefetch starts reading the endpoint maps of fam's table in the background, for the next
@@ -55,15 +58,30 @@ func (pf *prefetch) read(n *Netlink, fam model.Family) error {
 		return err
 	}
 	defer c.sock.Close()
-	gen, readErr, err := c.atOneGeneration(func(uint32) error {
+	gen, readErr, err := c.atOneGeneration(func(gen uint32) error {
 		var maps, fronts []*model.Set
+		var state *model.Set
 		for _, def := range defs {
 			s := &model.Set{Name: def.Name, Key: slices.Clone(def.Key), Data: def.Data}
 			switch {
 			case isEndpointMap(def):
 				maps = append(maps, s)
+			case def.Name == model.SetSyncState:
+				state = s
 			case !def.Dynamic:
 				fronts = append(fronts, s)
+			}
+		}
+		// The sync-state set records the generation of nftproxy's last commit: if nobody
+		// committed since, the full sync reads back only what changed meanwhile
+		// (Expected.Unchanged), which it knows and this read does not.
+		if state != nil {
+			if err := c.readElementsApart(exp, state, 0, 0); err != nil {
+				return err
+			}
+			if st, err := model.ParseSyncState(state.Elements); err == nil && st.Generation == gen {
+				pf.unneeded = true
+				return nil
 			}
 		}
 		read := make([][][]model.Element, len(maps))
@@ -88,6 +106,9 @@ func (pf *prefetch) read(n *Netlink, fam model.Family) error {
 	}
 	if readErr != nil {
 		return readErr // no table yet, typically
+	}
+	if pf.unneeded {
+		return nil
 	}
 	for _, def := range defs {
 		if isEndpointMap(def) {

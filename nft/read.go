@@ -39,6 +39,14 @@ type Expected struct {
 	// compares them spares the copy into one slice (a million elements, 100 MB, held twice
 	// while copied). It is called from ReadTable's goroutine, and may keep the batches.
 	Elements func(set string, elems []model.Element)
+	// Unchanged, when set, is called before the endpoint map named set is looked up by key,
+	// with the map's size and the elements of the table's sync-state set
+	// (model.SetSyncState) as read at generation gen; the frontends for which the function
+	// it returns (nil: none) reports true are not looked up, nor their slots: the caller
+	// knows they hold what it wants (model.SyncState). A map small enough to dump is dumped
+	// whole, without asking. It is called from ReadTable's goroutines, maybe for the
+	// attempts of several generations.
+	Unchanged func(set string, size uint32, state []model.Element, gen uint32) func(frontend model.Key) bool
 }
 
 // Read returns nftproxy's table of family fam as the kernel holds it, decoded against want
@@ -100,7 +108,7 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, expected func()
 	exp.pending = func() error {
 		once.Do(func() {
 			want := expected()
-			exp.keys, exp.elements = want.Keys, want.Elements
+			exp.keys, exp.elements, exp.unchanged = want.Keys, want.Elements, want.Unchanged
 			chainErr = exp.addChains(want.Chains)
 		})
 		return chainErr
@@ -115,7 +123,7 @@ func (n *Netlink) ReadTable(fam model.Family, sets []*model.Set, expected func()
 		var batches [][][]model.Element
 		gen, readErr, err := c.atOneGeneration(func(gen uint32) error {
 			var err error
-			rs, batches, err = c.readTable(exp, n.takePrefetch(fam, gen))
+			rs, batches, err = c.readTable(exp, gen, n.takePrefetch(fam, gen))
 			return err
 		})
 		switch {

@@ -25,17 +25,60 @@ type claimMap struct {
 	slots []claim // empty: elem == nil
 	n     int
 	seed  maphash.Seed
+	// digests, for an endpoint map, holds the digest of its claimed elements in
+	// model.MaxDigestBuckets buckets (model.FrontendHash), with their numbers: the sum of
+	// each element's model.ElementDigest. Coarser buckets are sums of these (bucketDigests).
+	digests []bucketDigest
+}
+
+// bucketDigest is the digest of the claimed elements of one bucket, and their number.
+type bucketDigest struct {
+	sum uint64
+	n   int
 }
 
 // claimLoad is the share of a claimMap's slots that may be full, in percent. Probe runs grow
 // fast past it: at 80% a one-endpoint change spent 23 us in the claims' probes, at 70% 2 us.
 const claimLoad = 70
 
-// newClaimMap returns a claimMap with room for n claims.
-func newClaimMap(n int) *claimMap {
+// newClaimMap returns a claimMap with room for n claims, digesting them if digest is set.
+func newClaimMap(n int, digest bool) *claimMap {
 	m := &claimMap{seed: maphash.MakeSeed()}
 	m.slots = make([]claim, claimSlots(n))
+	if digest {
+		m.digests = make([]bucketDigest, model.MaxDigestBuckets)
+	}
 	return m
+}
+
+// digest adds (sign 1) or removes (sign -1) e's digest.
+func (m *claimMap) digest(e *model.Element, sign int) {
+	if m.digests == nil {
+		return
+	}
+	d := &m.digests[model.FrontendHash(e.Key())&(model.MaxDigestBuckets-1)]
+	if sign > 0 {
+		d.sum += model.ElementDigest(e)
+	} else {
+		d.sum -= model.ElementDigest(e)
+	}
+	d.n += sign
+}
+
+// bucketDigests returns the digests of the claimed elements in the given number of buckets
+// (a power of two up to model.MaxDigestBuckets), with the number of elements in each, or nil
+// when m keeps no digests.
+func (m *claimMap) bucketDigests(buckets int) []bucketDigest {
+	if m == nil || m.digests == nil {
+		return nil
+	}
+	out := make([]bucketDigest, buckets)
+	for i, d := range m.digests {
+		o := &out[i&(buckets-1)]
+		o.sum += d.sum
+		o.n += d.n
+	}
+	return out
 }
 
 // claimSlots is the number of slots that hold n claims: a power of two, at least 8.
@@ -91,6 +134,12 @@ func (m *claimMap) put(c claim) {
 		}
 		m.n++
 	}
+	if old := m.slots[i].elem; old != c.elem {
+		if old != nil {
+			m.digest(old, -1)
+		}
+		m.digest(c.elem, 1)
+	}
 	c.tag = tag
 	m.slots[i] = c
 }
@@ -119,6 +168,7 @@ func (m *claimMap) delete(k model.Key) {
 		return
 	}
 	m.n--
+	m.digest(m.slots[i].elem, -1)
 	// Shift back every claim of the run after i that may move into the hole: one whose
 	// home slot is not cyclically within (hole, j].
 	mask := len(m.slots) - 1

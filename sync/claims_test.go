@@ -3,6 +3,7 @@ package sync
 import (
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/nftproxy/nftproxy/model"
@@ -26,7 +27,7 @@ func TestClaimMap(t *testing.T) {
 			}
 		}
 	}
-	m := newClaimMap(0)
+	m := newClaimMap(0, true)
 	want := map[model.Key]claim{}
 	for step := range 200_000 {
 		e := &elems[rng.IntN(len(elems))]
@@ -62,6 +63,17 @@ func TestClaimMap(t *testing.T) {
 		}
 		if seen != len(want) {
 			t.Fatalf("step %d: all() yields %d claims, want %d", step, seen, len(want))
+		}
+		// The digests are those of the claimed elements, however they came and went.
+		buckets := 1 << (step / 1000 % 11)
+		wantDigests := make([]bucketDigest, buckets)
+		for k, c := range want {
+			d := &wantDigests[model.FrontendHash(k)&uint32(buckets-1)]
+			d.sum += model.ElementDigest(c.elem)
+			d.n++
+		}
+		if got := m.bucketDigests(buckets); !slices.Equal(got, wantDigests) {
+			t.Fatalf("step %d: digests in %d buckets %v, want %v", step, buckets, got, wantDigests)
 		}
 	}
 	var nilMap *claimMap

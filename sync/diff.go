@@ -132,6 +132,9 @@ func (t *table) isSkeletonChain(name string) bool {
 type readBack struct {
 	rs      *model.Ruleset
 	batches map[string][][]model.Element
+	// trusted holds, per endpoint map, the buckets not read back: the sync-state set shows
+	// them holding the desired elements.
+	trusted map[string]*trust
 }
 
 // elements returns the elements read of set, in batches.
@@ -154,7 +157,9 @@ func (rb readBack) elements(set string) [][]model.Element {
 func (t *table) diffAll(have readBack, want []*model.Chain, tx *nft.Transaction) {
 	ops := t.newElementDiff()
 	for _, sk := range t.skeleton.Sets {
-		ops.set(sk.Name, have.elements(sk.Name))
+		if sk.Name != model.SetSyncState { // written apart, by writeState
+			ops.set(sk.Name, have.elements(sk.Name), have.trusted[sk.Name])
+		}
 	}
 	var chainOps []nft.Op
 	wanted := map[string]bool{}
@@ -176,14 +181,18 @@ func (t *table) diffAll(have readBack, want []*model.Chain, tx *nft.Transaction)
 }
 
 // set makes the elements of set, read back as read (in batches, no key twice), the desired
-// ones: the skeleton's (fixed) and, for the other keys, the claimed.
-func (o *elementDiff) set(set string, read [][]model.Element) {
+// ones: the skeleton's (fixed) and, for the other keys, the claimed. The buckets tr trusts
+// (nil: none) were not read: they hold the claimed elements.
+func (o *elementDiff) set(set string, read [][]model.Element, tr *trust) {
 	fixed, claims := o.t.fixed[set], o.t.claims[set]
 	desired := claims.len()
 	for k := range fixed {
 		if claims.get(k).elem == nil {
 			desired++
 		}
+	}
+	if tr != nil {
+		desired -= tr.claimed
 	}
 	found, held := 0, 0
 	for _, batch := range read {
@@ -222,7 +231,7 @@ func (o *elementDiff) set(set string, read [][]model.Element) {
 	}
 	for c := range claims.all() {
 		if k := c.elem.Key(); fixed[k] == nil {
-			if _, ok := keys[k]; ok {
+			if _, ok := keys[k]; ok || tr != nil && tr.skip(k) {
 				continue
 			}
 			o.adds[set] = append(o.adds[set], *c.elem)
@@ -261,6 +270,9 @@ func (t *table) holds(have readBack) bool {
 	}
 	counts := t.committedCounts()
 	for _, s := range have.rs.Sets {
+		if s.Name == model.SetSyncState {
+			continue
+		}
 		n := 0
 		for _, batch := range have.elements(s.Name) {
 			n += len(batch)

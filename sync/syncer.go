@@ -7,6 +7,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	gosync "sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -97,6 +98,10 @@ type SyncResult struct {
 	// ReplacedUnread holds the read errors of the tables a full sync replaced without
 	// reading them, after replaceAfterReadFailures syncs in a row failed to read them.
 	ReplacedUnread []error
+	// EndpointsRead counts the elements of the endpoint maps a full sync read back: none
+	// when the sync-state set showed them unchanged since the last commit (a restart after
+	// which nothing changed), those of the changed buckets when some did.
+	EndpointsRead int
 	// Elements counts the elements of each set and map after the sync, per family.
 	Elements map[model.Family]map[string]int
 	// AffinityReleased counts the session affinity entries deleted because their endpoint
@@ -317,6 +322,7 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 	var undos []undo
 	for _, fam := range s.Families {
 		t := s.tables[fam]
+		t.pendingState = nil
 		prev := map[model.ServiceName]*model.Part{}
 		touched := dirty{}
 		for name := range changes {
@@ -337,6 +343,11 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 	}
 	res.FamilyObjects = tx.ObjectsByFamily()
 	res.Objects = tx.Objects()
+	if !tx.Empty() {
+		for _, fam := range s.Families {
+			s.tables[fam].writeState(tx, nextGen(s.gen))
+		}
+	}
 	if err := s.commit(tx); err != nil {
 		for _, u := range undos {
 			for name, p := range u.parts {
@@ -345,6 +356,7 @@ func (s *Syncer) syncPartial() (SyncResult, error) {
 			// The claims are the committed elements again, in maps of the committed sizes.
 			clear(u.t.prior)
 			clear(u.t.resized)
+			u.t.pendingState = nil
 		}
 		s.restorePending(changes, old)
 		return res, err
@@ -414,15 +426,30 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			t.buildAll(s.services)
 			chains = t.desiredChains()
 		}()
-		// The endpoint maps' elements come in batches, compared as they are (diffAll).
+		// The endpoint maps' elements come in batches, compared as they are (diffAll), but
+		// for the buckets the sync-state set shows unchanged (trusted).
 		batches := map[string][][]model.Element{}
+		var trustMu gosync.Mutex
+		trusted := map[string]*trust{}
 		have, g, err := s.Backend.ReadTable(fam, t.skeleton.Sets, func() nft.Expected {
 			<-built
-			return nft.Expected{Chains: chains, Keys: t.claimedKeys, Elements: func(set string, elems []model.Element) {
-				batches[set] = append(batches[set], elems)
-			}}
+			return nft.Expected{Chains: chains, Keys: t.claimedKeys,
+				Elements: func(set string, elems []model.Element) {
+					batches[set] = append(batches[set], elems)
+				},
+				Unchanged: func(set string, size uint32, state []model.Element, gen uint32) func(model.Key) bool {
+					tr := t.trustState(set, size, state, gen)
+					if tr == nil {
+						return nil
+					}
+					trustMu.Lock()
+					defer trustMu.Unlock()
+					trusted[set] = tr
+					return tr.skip
+				}}
 		})
 		<-built
+		maps.DeleteFunc(trusted, func(_ string, tr *trust) bool { return err != nil || tr.gen != g })
 		unread := err != nil && !errors.Is(err, nft.ErrIncompatible)
 		if unread {
 			if s.readFailures+1 < replaceAfterReadFailures {
@@ -440,15 +467,24 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 			tx.Replace = append(tx.Replace, t.desiredSkeleton())
 			replaced[t] = true
 		default:
-			read := readBack{rs: have, batches: batches}
+			read := readBack{rs: have, batches: batches, trusted: trusted}
 			t.committedChains = chainIndex(have)
+			t.state = stateIndex(have.Set(model.SetSyncState))
 			for _, set := range have.Sets {
-				if model.IsEndpointMap(set) && !s.regrow {
+				if !model.IsEndpointMap(set) {
+					continue
+				}
+				if !s.regrow {
 					t.sizes[set.Name] = set.Size
+				}
+				for _, batch := range read.elements(set.Name) {
+					res.EndpointsRead += len(batch)
 				}
 			}
 			diffed = append(diffed, t)
-			if prev := s.tables[fam]; prev != nil && prev.committed && !prev.holds(read) {
+			// A sync-state set of this generation shows that nobody else committed since
+			// the last commit: no drift.
+			if prev := s.tables[fam]; prev != nil && prev.committed && len(trusted) == 0 && !prev.holds(read) {
 				res.DriftRepaired = true
 			}
 			t.diffAll(read, chains, tx)
@@ -479,6 +515,17 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 	}
 	res.FamilyObjects = tx.ObjectsByFamily()
 	res.Objects = tx.Objects()
+	// A sync-state set that does not record this generation and the desired endpoints is
+	// written even when nothing else is: the next restart can then trust it.
+	current := true
+	for _, t := range tables {
+		current = current && t.stateCurrent(gen)
+	}
+	if !tx.Empty() || !current {
+		for _, fam := range s.Families {
+			tables[fam].writeState(tx, nextGen(gen))
+		}
+	}
 	s.gen = gen
 	for t := range replaced {
 		t.committedChains = t.desiredChainIndex()
@@ -508,7 +555,8 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 }
 
 // Committed returns the rulesets the syncer believes the kernel holds, for tests: once a
-// commit went through, the desired ruleset.
+// commit went through, the desired ruleset (the sync-state set's elements aside, as
+// model.WithoutSyncState leaves them).
 func (s *Syncer) Committed(fam model.Family) *model.Ruleset {
 	t := s.tables[fam]
 	if t == nil || !t.committed {

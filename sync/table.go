@@ -55,6 +55,9 @@ type table struct {
 	// an earlier version), and resized the sizes the transaction being committed gives
 	// them (growMaps).
 	sizes, resized map[string]uint32
+	// state holds the elements of the sync-state set after the last commit, by key (port),
+	// and pendingState those the transaction being committed gives it (writeState).
+	state, pendingState map[uint16]model.Element
 	// noLocalInternal and noLocalExternal sum the Parts' counts of the same names.
 	noLocalInternal, noLocalExternal int
 }
@@ -92,7 +95,7 @@ func newTable(fam model.Family, node model.NodeConfig) *table {
 		def := *set
 		def.Elements = nil
 		t.setDefs[set.Name] = &def
-		t.claims[set.Name] = newClaimMap(0)
+		t.claims[set.Name] = newClaimMap(0, slices.Contains(model.SyncStateMaps, set.Name))
 		fixed := make(map[model.Key]*model.Element, len(set.Elements))
 		for i := range set.Elements {
 			e := &set.Elements[i]
@@ -141,13 +144,18 @@ func (t *table) markCommitted() {
 	clear(t.prior)
 	maps.Copy(t.sizes, t.resized)
 	clear(t.resized)
+	if t.pendingState != nil {
+		t.state, t.pendingState = t.pendingState, nil
+	}
 }
 
 // committedCounts returns how many elements each set holds after the last commit.
 func (t *table) committedCounts() map[string]int {
 	out := map[string]int{}
 	for name := range t.setDefs {
-		out[name] = t.elementCount(name)
+		if name != model.SetSyncState { // nftproxy's own, not the Services'
+			out[name] = t.elementCount(name)
+		}
 	}
 	return out
 }
@@ -177,7 +185,7 @@ func (t *table) buildAll(services map[model.ServiceName]*model.Service) {
 	}
 	for set, n := range counts {
 		if t.claims[set].len() == 0 {
-			t.claims[set] = newClaimMap(n)
+			t.claims[set] = newClaimMap(n, t.claims[set].digests != nil)
 		}
 	}
 	t.parts = make(map[model.ServiceName]*model.Part, len(services))

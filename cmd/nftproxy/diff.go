@@ -29,9 +29,12 @@ type tableDiff struct {
 }
 
 // diffTables compares the table the cluster asks for (want) with the one the kernel holds
-// (got, nil when there is none), line by line within each group, and returns the groups
+// (got, nil when there is none; the elements of its sync-state set aside), line by line
+// within each group, and returns the groups
 // that differ: the skeleton, then the shared chains, then Services by name.
 func diffTables(want, got *model.Ruleset) []tableDiff {
+	// The sync-state set's elements are nftproxy's note of its last commit, no Service's.
+	got = model.WithoutSyncState(got)
 	o := elementOwners(want, got)
 	a, b := groupLines(want, o), groupLines(got, o)
 	names := make([]string, 0, len(a)+len(b))
