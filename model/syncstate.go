@@ -133,17 +133,26 @@ type SyncState struct {
 
 // Elements returns the elements of the sync-state set that record st.
 func (st SyncState) Elements() []Element {
-	out := []Element{{Port: 0, Comment: "generation " + strconv.FormatUint(uint64(st.Generation), 10)}}
+	out := []Element{GenerationElement(st.Generation)}
 	for i, name := range SyncStateMaps {
 		digests := st.Digests[name]
 		for b, d := range digests {
-			out = append(out, Element{
-				Port:    syncStatePort(i, b),
-				Comment: fmt.Sprintf("%s %d/%d %016x", name, b, len(digests), d),
-			})
+			out = append(out, DigestElement(i, b, len(digests), d))
 		}
 	}
 	return out
+}
+
+// GenerationElement returns the element of the sync-state set that records gen.
+func GenerationElement(gen uint32) Element {
+	return Element{Port: 0, Comment: "generation " + strconv.FormatUint(uint64(gen), 10)}
+}
+
+// DigestElement returns the element of the sync-state set that records the digest of bucket
+// b of buckets of the mapIndex-th map of SyncStateMaps.
+func DigestElement(mapIndex, b, buckets int, digest uint64) Element {
+	return Element{Port: syncStatePort(mapIndex, b),
+		Comment: fmt.Sprintf("%s %d/%d %016x", SyncStateMaps[mapIndex], b, buckets, digest)}
 }
 
 func syncStatePort(mapIndex, bucket int) uint16 {

@@ -35,11 +35,11 @@ func (t *table) sizeAfter(name string) uint32 {
 	return t.sizes[name]
 }
 
-// stateElements returns the elements of the sync-state set, by key, that record gen and the
-// claimed elements of the endpoint maps in maps of the sizes the transaction being built
-// leaves them (a map of unknown size is left out).
-func (t *table) stateElements(gen uint32) map[uint16]model.Element {
-	st := model.SyncState{Generation: gen, Digests: map[string][]uint64{}}
+// stateDigestsAfter returns the digests of the endpoint maps' claimed elements, per map, in
+// as many buckets as the sizes the transaction being built leaves them call for (a map of
+// unknown size is left out).
+func (t *table) stateDigestsAfter() map[string][]uint64 {
+	out := map[string][]uint64{}
 	for _, name := range model.SyncStateMaps {
 		size := t.sizeAfter(name)
 		if t.setDefs[name] == nil || size == 0 {
@@ -50,11 +50,7 @@ func (t *table) stateElements(gen uint32) map[uint16]model.Element {
 		for i, d := range ds {
 			sums[i] = d.sum
 		}
-		st.Digests[name] = sums
-	}
-	out := map[uint16]model.Element{}
-	for _, e := range st.Elements() {
-		out[e.Port] = e
+		out[name] = sums
 	}
 	return out
 }
@@ -62,24 +58,57 @@ func (t *table) stateElements(gen uint32) map[uint16]model.Element {
 // stateCurrent reports whether the sync-state set, as last committed or read, records gen
 // and the claimed elements.
 func (t *table) stateCurrent(gen uint32) bool {
-	return gen != 0 && maps.Equal(t.state, t.stateElements(gen))
+	want := model.SyncState{Generation: gen, Digests: t.stateDigestsAfter()}.Elements()
+	if gen == 0 || len(want) != len(t.state) {
+		return false
+	}
+	for _, e := range want {
+		if t.state[e.Port] != e {
+			return false
+		}
+	}
+	return true
 }
 
 // writeState adds to tx what makes the sync-state set record gen, the generation tx's
-// commit produces (0: unknown), and the claims as tx leaves them. Every commit writes it in
-// every table: any commit changes the generation. The elements are the table's once tx is
-// committed (markCommitted).
+// commit produces (0: unknown), and the claims as tx leaves them: the generation, and the
+// digests of the buckets that changed (all of them when the set's elements could not be
+// read as a SyncState, or a map's buckets changed in number). Every commit writes it in every
+// table: any commit changes the generation. The elements are the table's once tx is committed
+// (markCommitted).
 func (t *table) writeState(tx *nft.Transaction, gen uint32) {
-	want := t.stateElements(gen)
+	digests := t.stateDigestsAfter()
 	var dels, adds []model.Element
-	for _, port := range slices.Sorted(maps.Keys(t.state)) {
-		if w, ok := want[port]; !ok || w != t.state[port] {
+	if t.stateDigests == nil {
+		// Not known: write the set anew.
+		for _, port := range slices.Sorted(maps.Keys(t.state)) {
 			dels = append(dels, t.state[port])
 		}
-	}
-	for _, port := range slices.Sorted(maps.Keys(want)) {
-		if e, ok := t.state[port]; !ok || e != want[port] {
-			adds = append(adds, want[port])
+		adds = model.SyncState{Generation: gen, Digests: digests}.Elements()
+	} else {
+		change := func(e model.Element) {
+			if cur, ok := t.state[e.Port]; ok {
+				if cur == e {
+					return
+				}
+				dels = append(dels, cur)
+			}
+			adds = append(adds, e)
+		}
+		change(model.GenerationElement(gen))
+		for i, name := range model.SyncStateMaps {
+			old, sums := t.stateDigests[name], digests[name]
+			for b, d := range sums {
+				if len(old) != len(sums) || old[b] != d {
+					change(model.DigestElement(i, b, len(sums), d))
+				}
+			}
+			// Buckets that are no more.
+			for b := len(sums); b < len(old); b++ {
+				if cur, ok := t.state[model.DigestElement(i, b, len(old), 0).Port]; ok {
+					dels = append(dels, cur)
+				}
+			}
 		}
 	}
 	def := t.setDefs[model.SetSyncState]
@@ -89,7 +118,39 @@ func (t *table) writeState(tx *nft.Transaction, gen uint32) {
 	if len(adds) > 0 {
 		tx.Ops = append(tx.Ops, nft.Op{Kind: nft.AddElements, Family: t.fam, Set: withElements(def, adds)})
 	}
-	t.pendingState = want
+	t.pendingState = &stateChange{dels: dels, adds: adds, digests: digests}
+}
+
+// stateChange is what a transaction changes in the sync-state set.
+type stateChange struct {
+	dels, adds []model.Element
+	digests    map[string][]uint64
+}
+
+// applyState records that the sync-state set holds what c made of it.
+func (t *table) applyState(c *stateChange) {
+	if t.state == nil {
+		t.state = map[uint16]model.Element{}
+	}
+	for _, e := range c.dels {
+		delete(t.state, e.Port)
+	}
+	for _, e := range c.adds {
+		t.state[e.Port] = e
+	}
+	t.stateDigests = c.digests
+}
+
+// readState records the elements of the sync-state set as read back, and the digests they
+// record, if they can be read.
+func (t *table) readState(s *model.Set) {
+	t.state = stateIndex(s)
+	t.stateDigests = nil
+	if s != nil {
+		if st, err := model.ParseSyncState(s.Elements); err == nil {
+			t.stateDigests = st.Digests
+		}
+	}
 }
 
 // stateIndex returns the elements of a sync-state set read back, by key.

@@ -469,7 +469,7 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 		default:
 			read := readBack{rs: have, batches: batches, trusted: trusted}
 			t.committedChains = chainIndex(have)
-			t.state = stateIndex(have.Set(model.SetSyncState))
+			t.readState(have.Set(model.SetSyncState))
 			for _, set := range have.Sets {
 				if !model.IsEndpointMap(set) {
 					continue

@@ -56,8 +56,11 @@ type table struct {
 	// them (growMaps).
 	sizes, resized map[string]uint32
 	// state holds the elements of the sync-state set after the last commit, by key (port),
-	// and pendingState those the transaction being committed gives it (writeState).
-	state, pendingState map[uint16]model.Element
+	// and stateDigests the digests they record (nil: unknown); pendingState is what the
+	// transaction being committed changes in them (writeState).
+	state        map[uint16]model.Element
+	stateDigests map[string][]uint64
+	pendingState *stateChange
 	// noLocalInternal and noLocalExternal sum the Parts' counts of the same names.
 	noLocalInternal, noLocalExternal int
 }
@@ -145,7 +148,8 @@ func (t *table) markCommitted() {
 	maps.Copy(t.sizes, t.resized)
 	clear(t.resized)
 	if t.pendingState != nil {
-		t.state, t.pendingState = t.pendingState, nil
+		t.applyState(t.pendingState)
+		t.pendingState = nil
 	}
 }
 

@@ -15,6 +15,8 @@ const (
 	Dir = "dir"
 	// Duration is how long an operation took.
 	Duration = "duration"
+	// EndpointsRead is a number of endpoint map elements a full sync read back.
+	EndpointsRead = "endpointsRead"
 	// Entries is a number of kernel entries (affinity, conntrack).
 	Entries = "entries"
 	// Error is an error.
