@@ -42,7 +42,8 @@ test: lint k8s-bins
 # cloud node kernel), booted in qemu with this machine's / as its root by
 # integration/kernelvm/run.sh (root; TCG unless KVM works). The binaries are built here,
 # without -race (TCG runs them a few times slower already), outside /tmp, which the guest
-# does not see. Not root and not required: skipped, like the other privileged tests.
+# does not see. Not root and not required: skipped, like the other privileged tests. With
+# -test.short, tests that fill large maps fill smaller ones (TestRestartTrustsSyncState).
 KERNEL_TESTS ?= TestKernelRoundTrip|TestProbe|TestPruneAffinityKernel|TestTrafficClusterIPSpreadsOverEndpoints|TestTrafficUDPClusterIP|TestTrafficNodePort|TestTrafficExternalPolicyLocal|TestTrafficSessionAffinity|TestTrafficLoadBalancerSourceRanges|TestRestartWithoutBlip|TestDriftRepair|TestUDPEndpointReplaced|TestConntrack.*|TestReadEndpointMapsByKey|TestTrafficEndpointMapGrows|TestRestartTrustsSyncState
 KVM_BIN := $(BIN)/kernelvm
 test-kernel-6.1:
@@ -53,7 +54,7 @@ test-kernel-6.1:
 	$(GO) build -o $(KVM_BIN)/nftproxy ./cmd/nftproxy; \
 	cd integration && NFTPROXY_PRIVILEGED_TESTS=required NFTPROXY_BIN=$(CURDIR)/$(KVM_BIN)/nftproxy \
 	  KERNELVM_ENV="NFTPROXY_PRIVILEGED_TESTS NFTPROXY_BIN" ./kernelvm/run.sh \
-	  ../$(KVM_BIN)/integration.test -test.count=1 -test.timeout=20m -test.run '^($(KERNEL_TESTS))$$'
+	  ../$(KVM_BIN)/integration.test -test.count=1 -test.short -test.timeout=20m -test.run '^($(KERNEL_TESTS))$$'
 
 # Syncer figures at 1,000 and 10,000 Services x 10 endpoints: against the in-memory Fake
 # (sync/) and against the kernel in a network namespace (integration/, needs root).

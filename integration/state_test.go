@@ -13,7 +13,7 @@ import (
 )
 
 // TestRestartTrustsSyncState restarts the syncer on the kernel's table as a restarted daemon
-// does (the endpoint maps prefetched, then a full sync), at 4,000 Services x 10 endpoints,
+// does (the endpoint maps prefetched, then a full sync), at 2,000 Services x 10 endpoints,
 // every endpoint map looked up by key (DumpMax -1): with nothing changed it reads no endpoint
 // back (the sync-state set records the generation and the maps' digests) and writes
 // nothing; with one Service changed meanwhile, only the slots of that Service's buckets; when
@@ -21,7 +21,14 @@ import (
 func TestRestartTrustsSyncState(t *testing.T) {
 	topology.RequirePrivileged(t)
 	ns := topology.NewNetNS(t, "syncstate")
-	services := benchShape{4000, 10}.build()
+	// 22,000 endpoints fill 8 buckets of service-endpoints' digest (2 of nodeport-endpoints').
+	// With -short (the Linux 6.1 VM, whose emulated CPU takes minutes for this), 300
+	// Services fill 2 of each: enough to see the kernel keep and return the set.
+	shape, readShare := benchShape{2000, 10}, 0.35
+	if testing.Short() {
+		shape, readShare = benchShape{300, 10}, 0.75
+	}
+	services := shape.build()
 	first := kernelBackend(t, ns)
 	first.DumpMax = -1
 	cold, err := newBenchSyncer(first, services).Sync()
@@ -55,12 +62,12 @@ func TestRestartTrustsSyncState(t *testing.T) {
 		t.Errorf("a quiet restart read %d of %d endpoints back and wrote %d objects, want none", res.EndpointsRead, total, res.Objects)
 	}
 
-	changed := benchShape{4000, 10}.build()
-	svc := changed[scale.Name(1234)]
+	changed := shape.build()
+	svc := changed[scale.Name(123)]
 	svc.Ports[0].Endpoints[3].Addr = netip.MustParseAddr("10.250.1.3")
 	res := restart("restart after a change", changed)
-	// 8 buckets a map: one of each holds the Service's frontends.
-	if res.Objects == 0 || res.EndpointsRead == 0 || res.EndpointsRead > total/4 {
+	// One bucket of each map holds the Service's frontends.
+	if res.Objects == 0 || res.EndpointsRead == 0 || float64(res.EndpointsRead) > readShare*float64(total) {
 		t.Errorf("a restart after one change read %d of %d endpoints back and wrote %d objects; want those of a bucket of each map, and the change", res.EndpointsRead, total, res.Objects)
 	}
 

@@ -41,7 +41,10 @@
 //     The elements found stay in the batches they were decoded into (a million of them are
 //     100 MB): a caller that only compares them takes the batches (Expected.Elements),
 //     handed over once the read is known to be of one generation, never those of a read
-//     that saw a commit and started over.
+//     that saw a commit and started over. The caller may spare the lookups of the frontends
+//     it knows unchanged (Expected.Unchanged, from the table's sync-state set).
 //   - prefetch: the endpoint maps read ahead of the read that needs them, by walking the slots
-//     of the frontends the table holds.
+//     of the frontends the table holds; not read when the table's sync-state set records the
+//     current generation (model.SyncState): the read that needs them then looks up only what
+//     changed.
 package nft

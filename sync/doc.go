@@ -27,6 +27,10 @@
 //     follows a commit the kernel refused as full, or adopts a map without a size) replaces
 //     that map in its transaction, larger, with every claimed element (growing). Maps never
 //     shrink.
+//   - sync-state: the set in which every commit records the generation it produces and the
+//     digests of the endpoint maps in buckets (model.SyncState, state.go); a full sync that
+//     reads it at that generation looks up only the buckets whose digest is not the desired
+//     elements' (trusted), so that a restart after which nothing changed reads no endpoint.
 //   - unread replacement: after replaceAfterReadFailures full syncs in a row that could not
 //     read a table back, the next replaces the tables without reading them.
 package sync
