@@ -55,21 +55,6 @@ func (t *table) stateDigestsAfter() map[string][]uint64 {
 	return out
 }
 
-// stateCurrent reports whether the sync-state set, as last committed or read, records gen
-// and the claimed elements.
-func (t *table) stateCurrent(gen uint32) bool {
-	want := model.SyncState{Generation: gen, Digests: t.stateDigestsAfter()}.Elements()
-	if gen == 0 || len(want) != len(t.state) {
-		return false
-	}
-	for _, e := range want {
-		if t.state[e.Port] != e {
-			return false
-		}
-	}
-	return true
-}
-
 // writeState adds to tx what makes the sync-state set record gen, the generation tx's
 // commit produces (0: unknown), and the claims as tx leaves them: the generation, and the
 // digests of the buckets that changed (all of them when the set's elements could not be

@@ -515,13 +515,10 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 	}
 	res.FamilyObjects = tx.ObjectsByFamily()
 	res.Objects = tx.Objects()
-	// A sync-state set that does not record this generation and the desired endpoints is
-	// written even when nothing else is: the next restart can then trust it.
-	current := true
-	for _, t := range tables {
-		current = current && t.stateCurrent(gen)
-	}
-	if !tx.Empty() || !current {
+	// Only a commit writes the sync-state set: one that records another generation (someone
+	// else committed) stays as it is until nftproxy has something to change, rather than
+	// make a commit of its own after every commit of other programs on the node.
+	if !tx.Empty() {
 		for _, fam := range s.Families {
 			tables[fam].writeState(tx, nextGen(gen))
 		}
