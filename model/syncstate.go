@@ -12,7 +12,9 @@ import (
 
 // The sync-state set (SetSyncState) is nftproxy's note, in its own table, of what it last
 // committed: the ruleset generation that commit produced, and, per endpoint map, a digest of
-// its elements in buckets of frontends. Every commit rewrites it, in the same transaction.
+// its elements in buckets of frontends. Every commit of the syncer's that changes something
+// rewrites it, in the same transaction (a commit that only deletes session affinity entries
+// does not: the next restart then reads everything back).
 // Whoever reads it at a generation equal to the one it records knows that nobody has changed
 // the ruleset since nftproxy wrote it (every commit advances the generation), so that a bucket
 // whose digest matches the digest of the desired elements of that bucket holds exactly those:

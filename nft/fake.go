@@ -337,8 +337,8 @@ func (f *Fake) ReadTable(fam model.Family, _ []*model.Set, expected func() Expec
 	}
 	rs := t.ruleset(fam)
 	if exp.Unchanged != nil {
-		// As Netlink looks the endpoint maps up: not the slots of the frontends the caller
-		// knows unchanged.
+		// As Netlink looks the endpoint maps up (every one here, where Netlink dumps a small
+		// map whole): not the slots of the frontends the caller knows unchanged.
 		var state []model.Element
 		if st := rs.Set(model.SetSyncState); st != nil {
 			state = st.Elements

@@ -44,8 +44,9 @@ type Expected struct {
 	// (model.SetSyncState) as read at generation gen; the frontends for which the function
 	// it returns (nil: none) reports true are not looked up, nor their slots: the caller
 	// knows they hold what it wants (model.SyncState). A map small enough to dump is dumped
-	// whole, without asking. It is called from ReadTable's goroutines, maybe for the
-	// attempts of several generations.
+	// whole, without asking. It is called from ReadTable's goroutines, once per
+	// attempt of a read that starts over (at the same generation or another): the last
+	// attempt's answers count.
 	Unchanged func(set string, size uint32, state []model.Element, gen uint32) func(frontend model.Key) bool
 }
 

@@ -30,7 +30,8 @@
 //   - sync-state: the set in which every commit records the generation it produces and the
 //     digests of the endpoint maps in buckets (model.SyncState, state.go); a full sync that
 //     reads it at that generation looks up only the buckets whose digest is not the desired
-//     elements' (trusted), so that a restart after which nothing changed reads no endpoint.
+//     elements' (trusted), so that a restart after which nothing changed reads no endpoint
+//     of a map too large to dump.
 //   - unread replacement: after replaceAfterReadFailures full syncs in a row that could not
 //     read a table back, the next replaces the tables without reading them.
 package sync

@@ -12,7 +12,10 @@ import (
 // produces and the digests of the endpoint maps as the commit leaves them. A full sync that
 // reads it at that generation knows the kernel holds what the syncer last committed, and
 // reads back only the endpoint map buckets whose digests differ from the desired elements'
-// (trustState): a restart after which nothing changed reads no endpoint at all.
+// (trustState): a restart after which nothing changed reads back no endpoint of a map it
+// looks up by key (a map small enough to dump is dumped whole). A commit that only deletes
+// session affinity entries (releaseAffinity) does not write the set: until the next commit
+// that changes something, a restart trusts nothing.
 
 // nextGen returns the generation a commit conditional on gen produces: gen + 1, skipping 0
 // as the kernel does; 0 (unknown) for an unconditional commit.
@@ -58,8 +61,8 @@ func (t *table) stateDigestsAfter() map[string][]uint64 {
 // writeState adds to tx what makes the sync-state set record gen, the generation tx's
 // commit produces (0: unknown), and the claims as tx leaves them: the generation, and the
 // digests of the buckets that changed (all of them when the set's elements could not be
-// read as a SyncState, or a map's buckets changed in number). Every commit writes it in every
-// table: any commit changes the generation. The elements are the table's once tx is committed
+// read as a SyncState, or a map's buckets changed in number). Every commit that changes something
+// writes it in every table: any commit changes the generation. The elements are the table's once tx is committed
 // (markCommitted).
 func (t *table) writeState(tx *nft.Transaction, gen uint32) {
 	digests := t.stateDigestsAfter()

@@ -98,9 +98,9 @@ type SyncResult struct {
 	// ReplacedUnread holds the read errors of the tables a full sync replaced without
 	// reading them, after replaceAfterReadFailures syncs in a row failed to read them.
 	ReplacedUnread []error
-	// EndpointsRead counts the elements of the endpoint maps a full sync read back: none
-	// when the sync-state set showed them unchanged since the last commit (a restart after
-	// which nothing changed), those of the changed buckets when some did.
+	// EndpointsRead counts the elements of the endpoint maps a full sync read back: of a map
+	// looked up by key (not one small enough to dump), none when the sync-state set showed
+	// it unchanged since the last commit, those of the changed buckets when some did.
 	EndpointsRead int
 	// Elements counts the elements of each set and map after the sync, per family.
 	Elements map[model.Family]map[string]int
@@ -438,12 +438,15 @@ func (s *Syncer) syncFull() (SyncResult, error) {
 					batches[set] = append(batches[set], elems)
 				},
 				Unchanged: func(set string, size uint32, state []model.Element, gen uint32) func(model.Key) bool {
+					// The last attempt's answer counts: a read may start over at the same
+					// generation.
 					tr := t.trustState(set, size, state, gen)
-					if tr == nil {
-						return nil
-					}
 					trustMu.Lock()
 					defer trustMu.Unlock()
+					if tr == nil {
+						delete(trusted, set)
+						return nil
+					}
 					trusted[set] = tr
 					return tr.skip
 				}}
