@@ -359,13 +359,12 @@ func (p *Proxy) logResult(res sync.SyncResult, took time.Duration) {
 			p.Log.Info("deleted stale "+ipFamily(r.Family)+" conntrack entries", logkey.Entries, r.Deleted, logkey.Duration, r.Took)
 		}
 	}
-	switch {
-	case res.Full:
-		p.Log.Info("synced rules", logkey.Full, res.Full, logkey.Services, res.Services, logkey.Objects, res.Objects,
-			logkey.EndpointsRead, res.EndpointsRead, logkey.Duration, took, logkey.Node, p.NodeName)
-	case res.Objects > 0:
-		p.Log.Info("synced rules", logkey.Full, res.Full, logkey.Services, res.Services, logkey.Objects, res.Objects,
-			logkey.Duration, took, logkey.Node, p.NodeName)
+	if res.Objects > 0 || res.Full {
+		attrs := []any{logkey.Full, res.Full, logkey.Services, res.Services, logkey.Objects, res.Objects}
+		if res.Full {
+			attrs = append(attrs, logkey.EndpointsRead, res.EndpointsRead)
+		}
+		p.Log.Info("synced rules", append(attrs, logkey.Duration, took, logkey.Node, p.NodeName)...)
 	}
 }
 

@@ -153,11 +153,13 @@ func GenerationElement(gen uint32) Element {
 // DigestElement returns the element of the sync-state set that records the digest of bucket
 // b of buckets of the mapIndex-th map of SyncStateMaps.
 func DigestElement(mapIndex, b, buckets int, digest uint64) Element {
-	return Element{Port: syncStatePort(mapIndex, b),
+	return Element{Port: SyncStatePort(mapIndex, b),
 		Comment: fmt.Sprintf("%s %d/%d %016x", SyncStateMaps[mapIndex], b, buckets, digest)}
 }
 
-func syncStatePort(mapIndex, bucket int) uint16 {
+// SyncStatePort returns the key (a port number) of the sync-state set's element that records
+// bucket of the mapIndex-th map of SyncStateMaps.
+func SyncStatePort(mapIndex, bucket int) uint16 {
 	return uint16(1 + mapIndex*MaxDigestBuckets + bucket)
 }
 
@@ -187,7 +189,7 @@ func ParseSyncState(elems []Element) (SyncState, error) {
 				i = j
 			}
 		}
-		if i < 0 || e.Port != syncStatePort(i, bucket) {
+		if i < 0 || e.Port != SyncStatePort(i, bucket) {
 			return SyncState{}, fmt.Errorf("sync-state element %d: comment %q does not belong to it", e.Port, e.Comment)
 		}
 		d := st.Digests[name]

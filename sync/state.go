@@ -93,7 +93,7 @@ func (t *table) writeState(tx *nft.Transaction, gen uint32) {
 			}
 			// Buckets that are no more.
 			for b := len(sums); b < len(old); b++ {
-				if cur, ok := t.state[model.DigestElement(i, b, len(old), 0).Port]; ok {
+				if cur, ok := t.state[model.SyncStatePort(i, b)]; ok {
 					dels = append(dels, cur)
 				}
 			}
